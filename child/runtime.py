@@ -1,0 +1,368 @@
+"""The child's serving loop: one app, many requests, one protocol connection.
+
+The loop reads messages from the supervisor and dispatches them. Setup and runs
+execute as tasks of one task group so that pings and cancels are answered while
+they work; sync app code runs in worker threads. Every request ends with exactly
+one ``result`` or ``error``; before it is sent, the request's captured output is
+drained so that its logs come first.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import re
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import anyio
+import pydantic
+
+from protocol import (
+    EOF,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    Cancel,
+    Connection,
+    Error,
+    ErrorInfo,
+    ErrorType,
+    FieldError,
+    Hello,
+    Load,
+    Message,
+    Partial,
+    Ping,
+    Pong,
+    Progress,
+    ProtocolError,
+    Result,
+    Run,
+    Setup,
+    Shutdown,
+    Unload,
+    Unloaded,
+)
+
+from . import __version__, exit_codes
+from .app_loader import AppLoadError, LoadedApp, load_app
+from .functions import AppFunction
+from .log_capture import PipeForwarder, RequestStream, current_request
+from .metadata import make_metadata
+from .outbox import Outbox
+from .sdk_fallback import install_if_missing
+from .wire_values import to_wire
+
+READ_SIZE = 256 * 1024
+_CUDA_OOM = re.compile(r"cuda(\s+error:)?\s+out of memory|cudaErrorMemoryAllocation", re.I)
+
+
+class RequestFailed(Exception):
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(info.message)
+        self.info = info
+
+
+class ChildRuntime:
+    def __init__(
+        self,
+        connection: Connection,
+        outbox: Outbox,
+        protocol_in: int,
+        streams: tuple[RequestStream, RequestStream],
+        forwarders: tuple[PipeForwarder, ...],
+    ) -> None:
+        self.connection = connection
+        self.outbox = outbox
+        self._in = protocol_in
+        self._streams = streams
+        self._forwarders = forwarders
+        self.app: LoadedApp | None = None
+        self._runs: dict[str, anyio.CancelScope] = {}
+        os.set_blocking(protocol_in, False)
+
+    # -- entry points ---------------------------------------------------------
+
+    async def serve(self, app_dir: str | None) -> int:
+        """Serve until unload, shutdown or end of input; return the exit status."""
+        description = None
+        if app_dir is not None:
+            try:
+                description = self._load(app_dir, {})
+            except RequestFailed as failure:
+                self.outbox.send(Hello(PROTOCOL_VERSION, os.getpid(), __version__, None))
+                self.outbox.send(Error(id=None, error=failure.info))
+                return exit_codes.LOAD_FAILED
+        self.outbox.send(Hello(PROTOCOL_VERSION, os.getpid(), __version__, description))
+        # A protocol error is caught inside the task group: anyio wraps whatever
+        # escapes a task group in an ExceptionGroup, which ``except ProtocolError``
+        # would not match (and ``except*`` needs Python 3.11).
+        async with anyio.create_task_group() as tasks:
+            try:
+                status = await self._dispatch_loop(tasks)
+            except ProtocolError as exc:
+                self._report_protocol_error(exc)
+                status = exit_codes.PROTOCOL_ERROR
+            tasks.cancel_scope.cancel()
+        return status
+
+    def _report_protocol_error(self, exc: ProtocolError) -> None:
+        info = ErrorInfo(ErrorType.PROTOCOL, str(exc), exception=type(exc).__name__)
+        try:
+            self.outbox.send(Error(id=None, error=info))
+        except (ProtocolError, OSError):
+            pass
+
+    async def _dispatch_loop(self, tasks: anyio.abc.TaskGroup) -> int:
+        while True:
+            message = await self._receive()
+            if message is None or isinstance(message, Shutdown):
+                return exit_codes.OK
+            if isinstance(message, Ping):
+                self.outbox.send(Pong(seq=message.seq))
+            elif isinstance(message, Load):
+                self._answer(message.id, partial(self._load, message.app_dir, message.env))
+            elif isinstance(message, Setup):
+                tasks.start_soon(self._request, message.id, partial(self._setup, message))
+            elif isinstance(message, Run):
+                scope = self._runs[message.id] = anyio.CancelScope()
+                tasks.start_soon(self._request, message.id, partial(self._run, message), scope)
+            elif isinstance(message, Cancel):
+                await self._cancel(message.id)
+            elif isinstance(message, Unload):
+                await self._unload(tasks)
+                return exit_codes.OK
+
+    async def _receive(self) -> Message | None:
+        while True:
+            with self.outbox.lock:
+                event = self.connection.next_event()
+            if event is EOF:
+                return None
+            if event is not NEED_DATA:
+                assert isinstance(event, Message)
+                return event
+            await anyio.wait_readable(self._in)
+            try:
+                data = os.read(self._in, READ_SIZE)
+            except BlockingIOError:
+                continue
+            with self.outbox.lock:
+                self.connection.receive_data(data)
+
+    # -- requests -------------------------------------------------------------
+
+    def _answer(self, request_id: str, work: Callable[[], Any]) -> None:
+        """Run synchronous ``work`` for a request and send its outcome."""
+        try:
+            output = work()
+        except RequestFailed as failure:
+            self._finish(request_id, Error(id=request_id, error=failure.info))
+        else:
+            self._finish(request_id, Result(id=request_id, output=output))
+
+    async def _request(
+        self,
+        request_id: str,
+        work: Callable[[], Awaitable[Any]],
+        scope: anyio.CancelScope | None = None,
+    ) -> None:
+        token = current_request.set(request_id)
+        scope = scope or anyio.CancelScope()
+        message: Message
+        try:
+            with scope:
+                output = await work()
+                message = Result(id=request_id, output=output)
+            if scope.cancelled_caught:
+                message = Error(id=request_id, error=_cancelled())
+        except RequestFailed as failure:
+            message = Error(id=request_id, error=failure.info)
+        except Exception as exc:  # a runtime bug must still end the request
+            message = Error(id=request_id, error=_exception_info(exc, ErrorType.APP_EXCEPTION))
+        finally:
+            current_request.reset(token)
+            self._runs.pop(request_id, None)
+        self._finish(request_id, message)
+
+    def _finish(self, request_id: str, message: Message) -> None:
+        for stream in self._streams:
+            stream.flush_request(request_id)
+        for forwarder in self._forwarders:
+            forwarder.drain()
+        self.outbox.send(message)
+
+    def _load(self, app_dir: str, env: dict[str, str]) -> dict[str, Any]:
+        os.environ.update(env)
+        try:
+            os.chdir(app_dir)
+            install_if_missing()
+            self.app = load_app(app_dir)
+            return self.app.describe()
+        except (AppLoadError, OSError) as exc:
+            raise RequestFailed(_exception_info(exc, ErrorType.LOAD_FAILED)) from exc
+
+    async def _setup(self, message: Setup) -> None:
+        app = self._require_app()
+        metadata = self._metadata(message.id, message.metadata)
+        try:
+            args = app.setup_args(message.config, metadata)
+        except pydantic.ValidationError as exc:
+            raise RequestFailed(_validation_info(exc, "setup config")) from exc
+        try:
+            await _call(app.app.setup, args)
+        except Exception as exc:
+            raise RequestFailed(_exception_info(exc, ErrorType.SETUP_FAILED)) from exc
+
+    async def _run(self, message: Run) -> Any:
+        app = self._require_app()
+        function = app.functions.get(message.function)
+        if function is None:
+            raise RequestFailed(
+                ErrorInfo(
+                    ErrorType.UNKNOWN_FUNCTION,
+                    f"the app has no function {message.function!r}; "
+                    f"it has {', '.join(sorted(app.functions)) or 'none'}",
+                )
+            )
+        try:
+            data = function.validate_input(message.input)
+        except pydantic.ValidationError as exc:
+            raise RequestFailed(_validation_info(exc, f"input of {function.name!r}")) from exc
+        args = function.call_args(data, self._metadata(message.id, message.metadata))
+        try:
+            if function.kind.endswith("_gen"):
+                return await self._stream(message.id, function, args)
+            return to_wire(await _call(function.method, args))
+        except anyio.get_cancelled_exc_class():
+            raise
+        except RequestFailed:
+            raise
+        except Exception as exc:
+            raise RequestFailed(_exception_info(exc, ErrorType.APP_EXCEPTION)) from exc
+
+    async def _stream(self, request_id: str, function: AppFunction, args: tuple[Any, ...]) -> Any:
+        last: Any = None
+        count = 0
+        generator = function.method(*args)
+        if function.kind == "async_gen":
+            async for item in generator:
+                last = to_wire(item)
+                count += 1
+                self.outbox.send(Partial(id=request_id, output=last))
+        else:
+            done = object()
+            while (item := await anyio.to_thread.run_sync(next, generator, done)) is not done:
+                last = to_wire(item)
+                count += 1
+                self.outbox.send(Partial(id=request_id, output=last))
+        if count == 0:
+            raise RequestFailed(
+                ErrorInfo(ErrorType.APP_EXCEPTION, f"{function.name!r} yielded no output")
+            )
+        return last
+
+    async def _cancel(self, request_id: str) -> None:
+        scope = self._runs.get(request_id)
+        if scope is None:
+            return
+        on_cancel = getattr(self.app.app if self.app else None, "on_cancel", None)
+        if on_cancel is not None:
+            try:
+                await _call(on_cancel, ())
+            except Exception:
+                logging.getLogger("child").exception("on_cancel raised")
+        scope.cancel()
+
+    async def _unload(self, tasks: anyio.abc.TaskGroup) -> None:
+        for scope in list(self._runs.values()):
+            scope.cancel()
+        while self._runs:
+            await anyio.sleep(0.001)
+        if self.app is not None:
+            unload = getattr(self.app.app, "unload", None)
+            if unload is not None:
+                try:
+                    await _call(unload, ())
+                except Exception:
+                    logging.getLogger("child").exception("unload raised")
+        for stream in self._streams:
+            stream.flush_request(None)
+        for forwarder in self._forwarders:
+            forwarder.drain()
+        self.outbox.send(Unloaded())
+
+    # -- helpers --------------------------------------------------------------
+
+    def _require_app(self) -> LoadedApp:
+        if self.app is None:  # the state machine makes this unreachable
+            raise RequestFailed(ErrorInfo(ErrorType.PROTOCOL, "no app is loaded"))
+        return self.app
+
+    def _metadata(self, request_id: str, fields: dict[str, Any]) -> object:
+        def log(text: str) -> None:
+            self.outbox.log(request_id, "log", text)
+
+        def progress(
+            fraction: float | None = None,
+            message: str | None = None,
+            *,
+            current: float | None = None,
+            total: float | None = None,
+        ) -> None:
+            self.outbox.progress(
+                Progress(
+                    id=request_id, fraction=fraction, current=current, total=total, message=message
+                )
+            )
+
+        return make_metadata({"task_id": request_id, **fields}, log, progress)
+
+
+async def _call(function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """Call app code: coroutine functions on the loop, plain ones in a thread."""
+    if inspect.iscoroutinefunction(function):
+        return await function(*args)
+    result = await anyio.to_thread.run_sync(partial(function, *args))
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+def _cancelled() -> ErrorInfo:
+    return ErrorInfo(ErrorType.CANCELLED, "the request was cancelled")
+
+
+def _validation_info(exc: pydantic.ValidationError, what: str) -> ErrorInfo:
+    errors = tuple(
+        FieldError(loc=tuple(e["loc"]), msg=e["msg"], type=e["type"]) for e in exc.errors()
+    )
+    fields = "; ".join(f"{'.'.join(map(str, e.loc)) or '(root)'}: {e.msg}" for e in errors)
+    return ErrorInfo(
+        ErrorType.VALIDATION,
+        f"invalid {what}: {fields}",
+        exception="pydantic.ValidationError",
+        errors=errors,
+    )
+
+
+def _exception_info(exc: BaseException, error_type: ErrorType) -> ErrorInfo:
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    message = str(exc) or cls.__name__
+    if error_type is ErrorType.APP_EXCEPTION and (
+        cls.__name__ == "OutOfMemoryError" or _CUDA_OOM.search(message)
+    ):
+        error_type = ErrorType.OUT_OF_MEMORY
+    text = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
+    return ErrorInfo(error_type, message, exception=name, traceback=text)
+
+
+def install_streams(outbox: Outbox) -> tuple[RequestStream, RequestStream]:
+    streams = (RequestStream("stdout", outbox.log), RequestStream("stderr", outbox.log))
+    sys.stdout, sys.stderr = streams
+    return streams

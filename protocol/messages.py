@@ -1,0 +1,247 @@
+"""The messages of the protocol, one frozen dataclass each.
+
+Every message is a msgpack map whose ``type`` key names it; the other keys are
+the dataclass fields, under the same names. ``ToChild`` messages flow from the
+supervisor to the child, ``ToSupervisor`` messages the other way. ``encode`` and
+``decode`` convert between messages and msgpack payloads; they check shapes
+(types of fields, required keys) but not ordering, which is the state
+machine's job (``states.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Union
+
+import msgpack
+
+from .error_info import ErrorInfo
+from .errors import RemoteProtocolError
+
+PROTOCOL_VERSION = 1
+
+LogStream = Literal["stdout", "stderr", "log"]
+
+
+@dataclass(frozen=True)
+class Message:
+    TYPE: ClassVar[str] = ""
+    TO_CHILD: ClassVar[bool] = False
+
+
+# -- supervisor to child ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Load(Message):
+    """Load an app into a child that was started without one (a pooled child)."""
+
+    TYPE: ClassVar[str] = "load"
+    TO_CHILD: ClassVar[bool] = True
+    id: str
+    app_dir: str
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Applied to ``os.environ`` before the app is imported."""
+
+
+@dataclass(frozen=True)
+class Setup(Message):
+    TYPE: ClassVar[str] = "setup"
+    TO_CHILD: ClassVar[bool] = True
+    id: str
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Run(Message):
+    TYPE: ClassVar[str] = "run"
+    TO_CHILD: ClassVar[bool] = True
+    id: str
+    function: str
+    input: dict[str, Any]
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cancel(Message):
+    TYPE: ClassVar[str] = "cancel"
+    TO_CHILD: ClassVar[bool] = True
+    id: str
+
+
+@dataclass(frozen=True)
+class Unload(Message):
+    TYPE: ClassVar[str] = "unload"
+    TO_CHILD: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class Shutdown(Message):
+    TYPE: ClassVar[str] = "shutdown"
+    TO_CHILD: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class Ping(Message):
+    TYPE: ClassVar[str] = "ping"
+    TO_CHILD: ClassVar[bool] = True
+    seq: int
+
+
+# -- child to supervisor ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    TYPE: ClassVar[str] = "hello"
+    protocol_version: int
+    pid: int
+    runtime_version: str
+    app: dict[str, Any] | None = None
+    """The app description (see PROTOCOL.md), or None for a child with no app yet."""
+
+
+@dataclass(frozen=True)
+class Log(Message):
+    TYPE: ClassVar[str] = "log"
+    id: str | None
+    stream: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Progress(Message):
+    TYPE: ClassVar[str] = "progress"
+    id: str
+    fraction: float | None = None
+    current: float | None = None
+    total: float | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Partial(Message):
+    TYPE: ClassVar[str] = "partial"
+    id: str
+    output: Any
+
+
+@dataclass(frozen=True)
+class Result(Message):
+    TYPE: ClassVar[str] = "result"
+    id: str
+    output: Any = None
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    TYPE: ClassVar[str] = "error"
+    id: str | None
+    error: ErrorInfo
+
+
+@dataclass(frozen=True)
+class Unloaded(Message):
+    TYPE: ClassVar[str] = "unloaded"
+
+
+@dataclass(frozen=True)
+class Pong(Message):
+    TYPE: ClassVar[str] = "pong"
+    seq: int
+
+
+ToChild = Load | Setup | Run | Cancel | Unload | Shutdown | Ping
+ToSupervisor = Hello | Log | Progress | Partial | Result | Error | Unloaded | Pong
+REQUESTS = (Load, Setup, Run)
+"""Messages that open a request: each gets exactly one terminal Result or Error."""
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        *(Load, Setup, Run, Cancel, Unload, Shutdown, Ping),
+        *(Hello, Log, Progress, Partial, Result, Error, Unloaded, Pong),
+    )
+}
+
+
+# -- codec --------------------------------------------------------------------
+
+
+def encode(message: Message) -> bytes:
+    wire: dict[str, Any] = {"type": message.TYPE}
+    for f in dataclasses.fields(message):
+        value = getattr(message, f.name)
+        wire[f.name] = value.to_wire() if isinstance(value, ErrorInfo) else value
+    try:
+        return msgpack.packb(wire, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"cannot encode {message.TYPE} message: {exc}") from exc
+
+
+def decode(payload: bytes) -> Message:
+    try:
+        wire = msgpack.unpackb(payload, raw=False, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated classes
+        raise RemoteProtocolError(f"payload is not valid msgpack: {exc}") from exc
+    if not isinstance(wire, dict):
+        raise RemoteProtocolError(f"message must be a map, got {type(wire).__name__}")
+    name = wire.get("type")
+    cls = MESSAGE_TYPES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise RemoteProtocolError(f"unknown message type {name!r}")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in wire:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise RemoteProtocolError(f"{name} message lacks field {f.name!r}")
+            continue
+        kwargs[f.name] = _check(cls, f.name, wire[f.name])
+    return cls(**kwargs)
+
+
+_ACCEPTS: dict[type[Message], dict[str, tuple[type, ...] | None]] = {}
+
+
+def _accepted_types(annotation: Any) -> tuple[type, ...] | None:
+    """The runtime types an annotation admits; None means anything."""
+    if annotation is Any:
+        return None
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        accepted: tuple[type, ...] = ()
+        for arg in typing.get_args(annotation):
+            sub = _accepted_types(arg)
+            if sub is None:
+                return None
+            accepted += sub
+        return accepted
+    if annotation is float:
+        return (float, int)
+    if annotation is type(None):
+        return (type(None),)
+    return (origin or annotation,)
+
+
+def _check(cls: type[Message], name: str, value: Any) -> Any:
+    accepts = _ACCEPTS.get(cls)
+    if accepts is None:
+        hints = typing.get_type_hints(cls)
+        accepts = _ACCEPTS[cls] = {
+            f.name: _accepted_types(hints[f.name]) for f in dataclasses.fields(cls)
+        }
+    allowed = accepts[name]
+    if allowed is not None and ErrorInfo in allowed:
+        return ErrorInfo.from_wire(value)
+    if allowed is not None and (
+        not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
+    ):
+        raise RemoteProtocolError(
+            f"{cls.TYPE}.{name} must be {' or '.join(t.__name__ for t in allowed)}, "
+            f"got {type(value).__name__}"
+        )
+    return value

@@ -1,0 +1,240 @@
+"""The handle a caller holds for one started app.
+
+An app has a bounded queue and one or more replica slots that take requests
+from it. ``run`` and ``stream`` put a request on the queue and follow its
+events; a full queue answers at once with ``BusyError`` rather than letting
+latency grow without bound. Setup values travel with each request: a request
+whose values differ from the running child's gets a fresh child, and the new
+values become the app's default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectSendStream
+
+from . import errors as E
+from .events import Event, ResultEvent
+from .lifecycle import ChildState
+from .request import Request
+from .slot import Slot
+
+
+class App:
+    def __init__(
+        self,
+        name: str,
+        app_dir: Path,
+        slots: list[Slot],
+        queue_size: int,
+        setup: dict[str, Any],
+        run_timeout: float | None,
+        on_stop: Callable[[App], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.app_dir = app_dir
+        self.slots = slots
+        self.setup = dict(setup)
+        self.run_timeout = run_timeout
+        self.started_at = time.monotonic()
+        self.cold_start: float | None = None
+        """Seconds from ``start()`` to the first ready child."""
+        self._queue_send, self._queue_receive = anyio.create_memory_object_stream[Request](
+            queue_size
+        )
+        self._requests: dict[str, Request] = {}
+        self._scope = anyio.CancelScope()
+        self._stopped = False
+        self._on_stop = on_stop
+        self.description: dict[str, Any] = {}
+        self.vram_budget: int | None = None
+        self.ram_budget: int | None = None
+
+    # -- the public API -------------------------------------------------------
+
+    @property
+    def functions(self) -> dict[str, dict[str, Any]]:
+        """Function name -> description, input and output JSON schemas, streaming flag."""
+        return dict(self.description.get("functions", {}))
+
+    @property
+    def setup_schema(self) -> dict[str, Any] | None:
+        return self.description.get("setup_schema")
+
+    async def run(
+        self,
+        input: dict[str, Any],
+        *,
+        function: str = "run",
+        setup: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Any:
+        """Run a function and return its output (a dict); raise a ``SupervisorError``."""
+        async for event in self.stream(
+            input,
+            function=function,
+            setup=setup,
+            timeout=timeout,
+            request_id=request_id,
+            metadata=metadata,
+        ):
+            if isinstance(event, ResultEvent):
+                return event.output
+        raise AssertionError("a request stream ended without a result")  # pragma: no cover
+
+    async def stream(
+        self,
+        input: dict[str, Any],
+        *,
+        function: str = "run",
+        setup: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> AsyncIterator[Event]:
+        """Run a function and yield its logs, progress and partial outputs, then its result."""
+        request = self.submit(
+            input,
+            function=function,
+            setup=setup,
+            timeout=timeout,
+            request_id=request_id,
+            metadata=metadata,
+        )
+        try:
+            async for item in request.events:
+                if isinstance(item, E.SupervisorError):
+                    raise item
+                yield item
+        finally:
+            if not request.finished:
+                with anyio.CancelScope(shield=True):
+                    await self.cancel(request.id)
+            self._requests.pop(request.id, None)
+
+    def submit(
+        self,
+        input: dict[str, Any],
+        *,
+        function: str = "run",
+        setup: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Request:
+        """Queue a request and return it; its ``events`` carry the outcome."""
+        if self._stopped:
+            raise E.AppStoppedError(f"{self.name} is stopped")
+        failed = [s for s in self.slots if s.lifecycle.state is ChildState.FAILED]
+        if failed and len(failed) == len(self.slots):
+            raise E.AppFailedError(f"{self.name} failed: {failed[0].failure}")
+        if setup is not None:
+            self.setup = dict(setup)
+        request = Request(
+            function=function,
+            input=input,
+            config=self.setup,
+            metadata=dict(metadata or {}),
+            timeout=timeout if timeout is not None else self.run_timeout,
+        )
+        if request_id is not None:
+            if request_id in self._requests:
+                raise E.InputValidationError(f"request id {request_id!r} is already in use")
+            request.id = request_id
+        try:
+            self._queue_send.send_nowait(request)
+        except anyio.WouldBlock:
+            raise E.BusyError(
+                f"{self.name}: the queue is full "
+                f"({self._queue_send.statistics().max_buffer_size:g} waiting)"
+            ) from None
+        self._requests[request.id] = request
+        return request
+
+    async def cancel(self, request_id: str) -> bool:
+        """Cancel a queued or running request; False if it is unknown or already over."""
+        request = self._requests.get(request_id)
+        if request is None or request.finished:
+            return False
+        if request.started is None:
+            request.fail(E.RequestCancelledError("the request was cancelled while queued"))
+            return True
+        for slot in self.slots:
+            await slot.cancel(request)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        slots = [slot.status() for slot in self.slots]
+        states = {s["state"] for s in slots}
+        return {
+            "name": self.name,
+            "app_dir": str(self.app_dir),
+            "state": _overall(states),
+            "ready": any(s in ("ready", "busy") for s in states),
+            "pids": [s["pid"] for s in slots if s["pid"] is not None],
+            "restarts": sum(s["restarts"] for s in slots),
+            "last_exit": next((s["last_exit"] for s in slots if s["last_exit"]), None),
+            "gpus": sorted({g for s in slots for g in s["gpus"]}),
+            "uptime": time.monotonic() - self.started_at,
+            "cold_start": self.cold_start,
+            "queued": self._queue_send.statistics().current_buffer_used,
+            "replicas": slots,
+        }
+
+    async def stop(self) -> None:
+        """Stop taking requests, unload every child (with a deadline) and kill the rest."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._queue_send.close()
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tasks:
+                for slot in self.slots:
+                    tasks.start_soon(slot.stop)
+        for request in list(self._requests.values()):
+            request.fail(E.AppStoppedError(f"{self.name} was stopped"))
+        with contextlib.suppress(Exception):
+            await self._drain_queue()
+        self._scope.cancel()
+        if self._on_stop is not None:
+            self._on_stop(self)
+
+    # -- wiring ---------------------------------------------------------------
+
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run every slot until the app is stopped; owned by the supervisor's task group."""
+        with self._scope:
+            async with anyio.create_task_group() as tasks:
+                for slot in self.slots:
+                    await tasks.start(slot.run, self._queue_receive.clone())
+                task_status.started()
+
+    async def _drain_queue(self) -> None:
+        while True:
+            try:
+                request = self._queue_receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            request.fail(E.AppStoppedError(f"{self.name} was stopped"))
+
+    @property
+    def queue(self) -> MemoryObjectSendStream[Request]:
+        return self._queue_send
+
+
+def _overall(states: set[str]) -> str:
+    for state in ("ready", "busy", "setting_up", "starting", "restarting", "unloaded", "failed"):
+        if state in states:
+            return state
+    return "stopped" if states else "unloaded"

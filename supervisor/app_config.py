@@ -1,0 +1,75 @@
+"""What an app directory declares about itself in ``inf.yml``.
+
+Only the keys the supervisor acts on are read: ``name``, ``env`` and
+``resources`` (GPU count, VRAM per GPU and RAM, in bytes). A missing file means
+defaults; a malformed one is an error that names the file, so that a typo does
+not silently run an app without its limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+NO_GPU_TYPES = frozenset({"none", "apple"})
+
+
+class AppConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class AppManifest:
+    name: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    gpu_count: int = 0
+    vram: int | None = None
+    """Bytes of VRAM the app needs on each of its GPUs."""
+    ram: int | None = None
+    """Bytes of host memory the app may use."""
+
+
+def read_manifest(app_dir: Path) -> AppManifest:
+    path = app_dir / "inf.yml"
+    if not path.exists():
+        return AppManifest(name=app_dir.name)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise AppConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise AppConfigError(f"{path}: expected a mapping at the top level")
+    resources = _mapping(data.get("resources"), path, "resources")
+    gpu = _mapping(resources.get("gpu"), path, "resources.gpu")
+    env = _mapping(data.get("env"), path, "env")
+    gpu_type = str(gpu.get("type", "any")).lower()
+    count = 0 if gpu_type in NO_GPU_TYPES else _int(gpu.get("count", 0), path, "resources.gpu.count")
+    return AppManifest(
+        name=str(data.get("name") or app_dir.name),
+        env={str(k): str(v) for k, v in env.items()},
+        gpu_count=count,
+        vram=_optional_int(gpu.get("vram"), path, "resources.gpu.vram"),
+        ram=_optional_int(resources.get("ram"), path, "resources.ram"),
+    )
+
+
+def _mapping(value: Any, path: Path, key: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise AppConfigError(f"{path}: {key} must be a mapping")
+    return value
+
+
+def _int(value: Any, path: Path, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise AppConfigError(f"{path}: {key} must be a non-negative number, got {value!r}")
+    return int(value)
+
+
+def _optional_int(value: Any, path: Path, key: str) -> int | None:
+    return None if value in (None, 0) else _int(value, path, key)

@@ -1,0 +1,141 @@
+"""The supervisor's end of one child's protocol connection.
+
+One reader task owns the receive side: it routes each message to the request it
+belongs to (by id), answers the heartbeat, and hands unattributed logs to the
+app's logger. Every open request has its own unbounded inbox, so a slow caller
+never stalls the reader, and the reader never stalls the child. When the
+child's stdout ends, or it breaks the protocol, every inbox is closed: the
+owners of those requests then learn how the child died from its exit status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from protocol import (
+    Connection,
+    Error,
+    Hello,
+    Log,
+    Message,
+    Ping,
+    Pong,
+    ProtocolError,
+    Result,
+)
+from protocol.streams import MessageStream
+
+from .process import ChildProcess
+
+Inbox = MemoryObjectReceiveStream[Message]
+
+
+class ChildChannel:
+    def __init__(self, child: ChildProcess, logger: logging.Logger, max_frame_size: int | None = None) -> None:
+        kwargs: dict[str, Any] = {}
+        if max_frame_size is not None:
+            kwargs["max_frame_size"] = max_frame_size
+        self.connection = Connection("supervisor", **kwargs)
+        self._stream = MessageStream(self.connection, child.stdin, child.stdout)
+        self._logger = logger
+        self._inboxes: dict[str, MemoryObjectSendStream[Message]] = {}
+        self._pongs: dict[int, anyio.Event] = {}
+        self._ping_seq = 0
+        self.hello: Hello | None = None
+        self._hello_event = anyio.Event()
+        self.closed = anyio.Event()
+        self.close_reason: str | None = None
+        """Why the channel closed: end of stream, or the protocol violation."""
+        self.fatal_error: Error | None = None
+        """An ``error`` with no id: the child's last word before exiting."""
+
+    # -- the reader task ------------------------------------------------------
+
+    async def read_loop(self) -> None:
+        try:
+            while True:
+                message = await self._stream.receive()
+                self._route(message)
+        except anyio.EndOfStream:
+            self.close_reason = "the child closed its stdout"
+        except ProtocolError as exc:
+            self.close_reason = f"protocol violation: {exc}"
+            self._logger.error("child broke the protocol: %s", exc)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self.close_reason = "the child's stdout broke"
+        finally:
+            self._close_all()
+
+    def _route(self, message: Message) -> None:
+        if isinstance(message, Hello):
+            self.hello = message
+            self._hello_event.set()
+        elif isinstance(message, Pong):
+            event = self._pongs.pop(message.seq, None)
+            if event is not None:
+                event.set()
+        elif isinstance(message, Log) and message.id is None:
+            self._logger.info("[%s] %s", message.stream, message.message)
+        elif isinstance(message, Error) and message.id is None:
+            self.fatal_error = message
+            self._logger.error("child reported: %s", message.error.message)
+        else:
+            request_id = getattr(message, "id", None)
+            inbox = self._inboxes.get(request_id) if isinstance(request_id, str) else None
+            if inbox is None:
+                return
+            with contextlib.suppress(anyio.BrokenResourceError):
+                inbox.send_nowait(message)
+            if isinstance(message, (Result, Error)) and message.id is not None:
+                del self._inboxes[message.id]
+                inbox.close()
+
+    def _close_all(self) -> None:
+        self.closed.set()
+        self._hello_event.set()
+        for inbox in self._inboxes.values():
+            inbox.close()
+        self._inboxes.clear()
+        for event in self._pongs.values():
+            event.set()
+        self._pongs.clear()
+
+    # -- the API used by the slot ---------------------------------------------
+
+    async def wait_hello(self) -> Hello | None:
+        await self._hello_event.wait()
+        return self.hello
+
+    def open_request(self, request_id: str) -> Inbox:
+        """Register an inbox for a request before sending it."""
+        send, receive = anyio.create_memory_object_stream[Message](math.inf)
+        if self.closed.is_set():
+            send.close()
+        else:
+            self._inboxes[request_id] = send
+        return receive
+
+    async def send(self, message: Message) -> None:
+        await self._stream.send(message)
+
+    async def ping(self, timeout: float) -> bool:
+        """True when the child answered a ping within ``timeout`` seconds."""
+        if self.closed.is_set():
+            return False
+        self._ping_seq += 1
+        seq = self._ping_seq
+        event = self._pongs[seq] = anyio.Event()
+        try:
+            await self.send(Ping(seq=seq))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError):
+            return False
+        with anyio.move_on_after(timeout):
+            await event.wait()
+        self._pongs.pop(seq, None)
+        return event.is_set() and not self.closed.is_set()

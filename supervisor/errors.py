@@ -1,0 +1,152 @@
+"""The exceptions a caller of the supervisor sees: one class per cause.
+
+Every class carries what a caller needs to act (the field errors of a bad
+input, the child's traceback, the exit status of a crash) and converts to a
+JSON-ready dict with ``to_dict`` for the HTTP layer. ``from_error_info`` maps a
+structured error from the child onto its class.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from protocol import ErrorInfo, ErrorType
+
+
+class SupervisorError(Exception):
+    """Base of every error raised by the supervisor's API."""
+
+    type: ClassVar[str] = "supervisor_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "message": self.message, **self.details}
+
+
+class InputValidationError(SupervisorError):
+    """The input (or the setup config) did not validate; ``errors`` names the fields."""
+
+    type = "validation"
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return list(self.details.get("errors", []))
+
+
+class UnknownFunctionError(SupervisorError):
+    type = "unknown_function"
+
+
+class AppExceptionError(SupervisorError):
+    """The app raised; ``exception`` and ``traceback`` come from the child."""
+
+    type = "app_exception"
+
+    @property
+    def traceback(self) -> str | None:
+        return self.details.get("traceback")
+
+
+class OutOfMemoryError(AppExceptionError):
+    """The app ran out of accelerator memory; its child is restarted for a fresh context."""
+
+    type = "out_of_memory"
+
+
+class SetupFailedError(SupervisorError):
+    """``setup()`` raised, or the child could not be set up in time."""
+
+    type = "setup_failed"
+
+
+class LoadFailedError(SetupFailedError):
+    """The app directory could not be imported; retrying will not help."""
+
+    type = "load_failed"
+
+
+class ChildCrashedError(SupervisorError):
+    """The child died while handling the request.
+
+    ``exit_code`` or ``signal`` says how; ``oom_killed`` is true when the
+    kernel's OOM killer is known to have done it.
+    """
+
+    type = "child_crashed"
+
+
+class BudgetExceededError(ChildCrashedError):
+    """The child was stopped for using more VRAM or RAM than its budget."""
+
+    type = "budget_exceeded"
+
+
+class EvictedError(ChildCrashedError):
+    """The child was stopped to free GPU memory for others."""
+
+    type = "evicted"
+
+
+class RequestTimeoutError(SupervisorError):
+    type = "timeout"
+
+
+class RequestCancelledError(SupervisorError):
+    type = "cancelled"
+
+
+class AppFailedError(SupervisorError):
+    """The app crashed too often and the supervisor gave up restarting it."""
+
+    type = "app_failed"
+
+
+class AppStoppedError(SupervisorError):
+    """The app was stopped (or is stopping) and takes no more requests."""
+
+    type = "app_stopped"
+
+
+class BusyError(SupervisorError):
+    """The app's queue is full."""
+
+    type = "busy"
+
+
+class AdmissionError(SupervisorError):
+    """No GPU has (or could be made to have) the memory the app declared."""
+
+    type = "admission"
+
+
+class ProtocolViolationError(SupervisorError):
+    """The child broke the protocol; it has been killed."""
+
+    type = "protocol"
+
+
+_BY_TYPE: dict[ErrorType, type[SupervisorError]] = {
+    ErrorType.VALIDATION: InputValidationError,
+    ErrorType.SETUP_FAILED: SetupFailedError,
+    ErrorType.LOAD_FAILED: LoadFailedError,
+    ErrorType.APP_EXCEPTION: AppExceptionError,
+    ErrorType.OUT_OF_MEMORY: OutOfMemoryError,
+    ErrorType.UNKNOWN_FUNCTION: UnknownFunctionError,
+    ErrorType.CANCELLED: RequestCancelledError,
+    ErrorType.PROTOCOL: ProtocolViolationError,
+}
+
+
+def from_error_info(info: ErrorInfo) -> SupervisorError:
+    details: dict[str, Any] = {}
+    if info.exception:
+        details["exception"] = info.exception
+    if info.traceback:
+        details["traceback"] = info.traceback
+    if info.errors:
+        details["errors"] = [e.to_wire() for e in info.errors]
+    return _BY_TYPE[info.type](info.message, **details)

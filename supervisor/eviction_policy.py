@@ -1,0 +1,327 @@
+"""Which children to stop, and whether a new one fits: pure functions of figures.
+
+The supervisor keeps warm children around after their requests finish, since
+loading a model is the expensive part. Memory is what that costs, so three
+questions come up again and again, and each is answered here from numbers
+alone, without touching a process:
+
+* ``over_budget``: which children exceed the VRAM or RAM budget their app
+  declared (the supervisor restarts those; a leak should not take others down);
+* ``pressure_evictions``: a device is running out of free memory; which idle
+  children should go, least recently used first, to give it back;
+* ``admission_plan``: a new app needs ``count`` GPUs with ``vram_per_gpu``
+  each; does it fit now, after evicting which idle children, or not at all.
+
+A busy child (one with a request in flight) is never chosen: evicting it would
+fail a request to make room for another. All rules are greedy and
+deterministic; ties are broken by documented keys so tests can pin them.
+
+``is_cuda_oom`` lives here too: a CUDA out-of-memory error is the late form of
+memory pressure, and the supervisor answers it with the same policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .gpu_allocation import format_bytes
+from .gpu_backend import DeviceMemory
+
+__all__ = [
+    "AdmissionPlan",
+    "BudgetViolation",
+    "ChildFigures",
+    "admission_plan",
+    "free_threshold",
+    "is_cuda_oom",
+    "over_budget",
+    "pressure_evictions",
+]
+
+
+@dataclass(frozen=True)
+class ChildFigures:
+    """What the policies need to know about one running child."""
+
+    key: str
+    pid: int
+    gpus: tuple[int, ...]
+    """Device indices the child is pinned to."""
+    vram: int
+    """Bytes of VRAM used by the child's process tree, summed over its devices."""
+    rss: int
+    """Bytes of host RAM (RSS) used by the child's process tree."""
+    vram_budget: int | None
+    ram_budget: int | None
+    busy: bool
+    """A request is in flight: never evicted."""
+    last_used: float
+    """When the child last finished (or started) work; any clock, only compared."""
+    vram_by_device: Mapping[int, int] = field(default_factory=dict)
+    """Device index -> bytes. When empty, ``vram`` is taken as spread evenly over ``gpus``."""
+
+    def vram_on(self, index: int) -> int:
+        """Bytes this child would free on device ``index`` if it were stopped."""
+        if self.vram_by_device:
+            return self.vram_by_device.get(index, 0)
+        if index in self.gpus:
+            return self.vram // len(self.gpus)
+        return 0
+
+
+# -- budgets --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BudgetViolation:
+    key: str
+    budget: Literal["vram", "ram"]
+    used: int
+    limit: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.key} uses {format_bytes(self.used)} of {self.budget.upper()}, "
+            f"over its budget of {format_bytes(self.limit)}"
+        )
+
+
+def over_budget(children: Iterable[ChildFigures]) -> list[BudgetViolation]:
+    """Children using more than their budget (equal is fine), in input order.
+
+    At most one violation per child: VRAM is checked first, because VRAM is the
+    scarcer resource and its report is the more useful one when both are over.
+    """
+    violations = []
+    for child in children:
+        if child.vram_budget is not None and child.vram > child.vram_budget:
+            violations.append(BudgetViolation(child.key, "vram", child.vram, child.vram_budget))
+        elif child.ram_budget is not None and child.rss > child.ram_budget:
+            violations.append(BudgetViolation(child.key, "ram", child.rss, child.ram_budget))
+    return violations
+
+
+# -- pressure -------------------------------------------------------------------
+
+
+def free_threshold(device: DeviceMemory, min_free: int | float) -> int:
+    """``min_free`` in bytes for this device.
+
+    An ``int`` is bytes; a ``float`` in (0, 1) is a fraction of the device's
+    total memory (rounded down to a byte).
+    """
+    if isinstance(min_free, float):
+        if not 0.0 < min_free < 1.0:
+            raise ValueError(f"a fractional min_free must be in (0, 1), got {min_free}")
+        return int(device.total * min_free)
+    if min_free < 0:
+        raise ValueError(f"min_free must be >= 0 bytes, got {min_free}")
+    return min_free
+
+
+def _lru_order(children: Iterable[ChildFigures], index: int) -> list[ChildFigures]:
+    """Idle children holding memory on ``index``: least recently used first,
+    then the one freeing more there, then by key."""
+    users = [c for c in children if not c.busy and c.vram_on(index) > 0]
+    users.sort(key=lambda c: (c.last_used, -c.vram_on(index), c.key))
+    return users
+
+
+def pressure_evictions(
+    devices: Sequence[DeviceMemory],
+    children: Sequence[ChildFigures],
+    min_free: int | float,
+) -> list[str]:
+    """Keys of idle children to evict so every device has ``min_free`` free.
+
+    Devices are visited by index. For each one below its threshold (counting
+    memory already freed by children chosen for earlier devices), idle children
+    using it are chosen least recently used first until the freed memory
+    brings it up to the threshold. If even all of them are not enough, all of
+    them are chosen: partial relief still protects the busy children there
+    from an out-of-memory error. Busy children and children holding nothing on
+    the device are never chosen. Returns keys in eviction order, each once.
+    """
+    chosen: list[ChildFigures] = []
+    for device in sorted(devices, key=lambda d: d.index):
+        threshold = free_threshold(device, min_free)
+        free = device.free + sum(c.vram_on(device.index) for c in chosen)
+        if free >= threshold:
+            continue
+        remaining = [c for c in children if c not in chosen]
+        for child in _lru_order(remaining, device.index):
+            chosen.append(child)
+            free += child.vram_on(device.index)
+            if free >= threshold:
+                break
+    return [c.key for c in chosen]
+
+
+# -- admission ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdmissionPlan:
+    """The answer to "can this app start now, and where?"."""
+
+    fits_now: bool
+    """It fits without evicting anyone (``evict`` is empty)."""
+    fits_after_eviction: bool
+    """It fits, possibly after evicting ``evict``; false means it cannot fit at all."""
+    devices: tuple[int, ...]
+    """Device indices to pin it to, ascending; empty when it does not fit."""
+    evict: tuple[str, ...]
+    """Keys of idle children to stop first, in order."""
+    reason: str
+    """One line for logs and errors: where it goes, or what was needed and missing."""
+
+
+def admission_plan(
+    devices: Sequence[DeviceMemory],
+    children: Sequence[ChildFigures],
+    *,
+    count: int,
+    vram_per_gpu: int,
+    min_free: int | float = 0,
+) -> AdmissionPlan:
+    """Place an app needing ``count`` devices with ``vram_per_gpu`` free on each.
+
+    A device fits when its free memory, less its ``min_free`` threshold (see
+    ``free_threshold``), is at least ``vram_per_gpu``. Devices are picked one
+    at a time, greedily; each time the cheapest device wins, where cost is
+
+    1. the bytes of VRAM held by the idle children that would have to be
+       evicted for it (chosen least recently used first on that device, and
+       counting children already chosen for earlier picks as gone), then
+    2. the number of those children, then
+    3. fewer of our remaining children pinned to it, more free memory, lower
+       index (the same preference as ``gpu_allocation.allocate_gpus``).
+
+    So a plan evicts nothing whenever ``count`` devices fit now. If fewer than
+    ``count`` devices could fit even with every idle child evicted, nothing is
+    evicted and the plan says so, naming the need and each device's figures.
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if vram_per_gpu < 0:
+        raise ValueError(f"vram_per_gpu must be >= 0, got {vram_per_gpu}")
+    if count == 0:
+        return AdmissionPlan(True, True, (), (), "needs no GPU")
+
+    need = {d.index: vram_per_gpu + free_threshold(d, min_free) for d in devices}
+    idle = [c for c in children if not c.busy]
+    reclaimable = {d.index: sum(c.vram_on(d.index) for c in idle) for d in devices}
+    possible = [d for d in devices if d.free + reclaimable[d.index] >= need[d.index]]
+    if len(possible) < count:
+        return AdmissionPlan(
+            False, False, (), (), _cannot_fit(devices, children, count, vram_per_gpu, need)
+        )
+
+    evicted: list[ChildFigures] = []
+    picked: list[int] = []
+    while len(picked) < count:
+        best: tuple[tuple[int, int, int, int, int], int, list[ChildFigures]] | None = None
+        for device in possible:
+            if device.index in picked:
+                continue
+            extra, free = _make_room(device, idle, evicted, need[device.index])
+            gone = evicted + extra
+            sharing = sum(1 for c in children if device.index in c.gpus and c not in gone)
+            cost = (sum(c.vram for c in extra), len(extra), sharing, -free, device.index)
+            if best is None or cost < best[0]:
+                best = (cost, device.index, extra)
+        assert best is not None  # every device in `possible` can be made to fit
+        picked.append(best[1])
+        evicted.extend(best[2])
+
+    chosen = tuple(sorted(picked))
+    where = ",".join(str(i) for i in chosen)
+    if not evicted:
+        return AdmissionPlan(True, True, chosen, (), f"fits now on GPU(s) {where}")
+    keys = tuple(c.key for c in evicted)
+    freed = format_bytes(sum(c.vram for c in evicted))
+    return AdmissionPlan(
+        False,
+        True,
+        chosen,
+        keys,
+        f"fits on GPU(s) {where} after evicting {', '.join(keys)} ({freed} of VRAM)",
+    )
+
+
+def _make_room(
+    device: DeviceMemory,
+    idle: Sequence[ChildFigures],
+    evicted: Sequence[ChildFigures],
+    need: int,
+) -> tuple[list[ChildFigures], int]:
+    """The further idle children to evict so ``device`` has ``need`` free, and
+    the free memory it would then have."""
+    free = device.free + sum(c.vram_on(device.index) for c in evicted)
+    extra: list[ChildFigures] = []
+    if free >= need:
+        return extra, free
+    for child in _lru_order([c for c in idle if c not in evicted], device.index):
+        extra.append(child)
+        free += child.vram_on(device.index)
+        if free >= need:
+            break
+    return extra, free
+
+
+def _cannot_fit(
+    devices: Sequence[DeviceMemory],
+    children: Sequence[ChildFigures],
+    count: int,
+    vram_per_gpu: int,
+    need: Mapping[int, int],
+) -> str:
+    head = (
+        f"needs {count} GPU(s) with {format_bytes(vram_per_gpu)} each, "
+        "even after evicting every idle app"
+    )
+    if not devices:
+        return f"{head}; there are no GPUs"
+    parts = []
+    for d in devices:
+        idle = sum(c.vram_on(d.index) for c in children if not c.busy)
+        busy = sum(c.vram_on(d.index) for c in children if c.busy)
+        part = f"GPU {d.index}: {format_bytes(d.free)} free"
+        if idle:
+            part += f" + {format_bytes(idle)} held by idle apps"
+        if busy:
+            part += f" ({format_bytes(busy)} held by busy apps)"
+        if need[d.index] != vram_per_gpu:
+            part += f", needs {format_bytes(need[d.index])} with min_free"
+        parts.append(part)
+    return f"{head}; {'; '.join(parts)}"
+
+
+# -- out-of-memory errors -------------------------------------------------------
+
+_OOM_EXCEPTIONS = frozenset({"outofmemoryerror"})
+"""Last component of the class name, lower case: ``torch.cuda.OutOfMemoryError``
+and its alias ``torch.OutOfMemoryError``."""
+
+_OOM_MESSAGES = (
+    "cuda out of memory",
+    "cuda error: out of memory",
+    "cudaerrormemoryallocation",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+)
+
+
+def is_cuda_oom(exception_name: str | None, message: str) -> bool:
+    """Whether an app's error was the GPU running out of memory.
+
+    ``exception_name`` is the qualified class name the child reported (see
+    ``protocol.ErrorInfo.exception``). Matching is case-insensitive; a plain
+    host ``MemoryError`` is not a CUDA OOM.
+    """
+    if exception_name and exception_name.rsplit(".", 1)[-1].lower() in _OOM_EXCEPTIONS:
+        return True
+    lowered = message.lower()
+    return any(pattern in lowered for pattern in _OOM_MESSAGES)

@@ -1,0 +1,76 @@
+"""The lifecycle of one replica slot, as an explicit state machine.
+
+A slot holds at most one child process at a time and replaces it when it
+crashes, when its configuration changes, or when it is evicted. Every state and
+every allowed transition is listed here; each transition is logged with its
+reason, and a transition the table does not allow is a bug that raises.
+
+    UNLOADED ──start──> STARTING ──hello+load──> SETTING_UP ──setup ok──> READY <──> BUSY
+        ^                   │                        │                      │
+        └─ setup failed, ───┴──── crash ────> RESTARTING <───── crash ──────┘
+           config change,         (back-off)      │  gave up
+           eviction                               └──────────> FAILED
+    any state ──stop──> STOPPING ──> STOPPED
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass, field
+
+
+class ChildState(enum.Enum):
+    UNLOADED = "unloaded"
+    STARTING = "starting"
+    SETTING_UP = "setting_up"
+    READY = "ready"
+    BUSY = "busy"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+S = ChildState
+TRANSITIONS: dict[ChildState, frozenset[ChildState]] = {
+    S.UNLOADED: frozenset({S.STARTING, S.STOPPING}),
+    S.STARTING: frozenset({S.SETTING_UP, S.RESTARTING, S.UNLOADED, S.FAILED, S.STOPPING}),
+    S.SETTING_UP: frozenset({S.READY, S.RESTARTING, S.UNLOADED, S.FAILED, S.STOPPING}),
+    S.READY: frozenset({S.BUSY, S.RESTARTING, S.UNLOADED, S.STOPPING}),
+    S.BUSY: frozenset({S.READY, S.RESTARTING, S.UNLOADED, S.STOPPING}),
+    S.RESTARTING: frozenset({S.STARTING, S.FAILED, S.STOPPING}),
+    S.FAILED: frozenset({S.STOPPING}),
+    S.STOPPING: frozenset({S.STOPPED}),
+    S.STOPPED: frozenset(),
+}
+LIVE = frozenset({S.STARTING, S.SETTING_UP, S.READY, S.BUSY})
+"""States in which a child process exists."""
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+@dataclass
+class Lifecycle:
+    name: str
+    state: ChildState = ChildState.UNLOADED
+    since: float = field(default_factory=time.monotonic)
+    reason: str = ""
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("supervisor.lifecycle"))
+
+    def to(self, state: ChildState, reason: str = "") -> None:
+        if state is self.state:
+            return
+        if state not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"{self.name}: {self.state.value} -> {state.value} ({reason})")
+        quiet = {self.state, state} == {ChildState.READY, ChildState.BUSY}
+        self.logger.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "%s: %s -> %s%s", self.name, self.state.value, state.value, f" ({reason})" if reason else ""
+        )
+        self.state = state
+        self.since = time.monotonic()
+        self.reason = reason

@@ -1,0 +1,197 @@
+"""Mechanism for one child process: start it, signal it, kill it in stages, reap it.
+
+No policy lives here (when to restart, whom to evict): this module only does
+what it is told, reliably. The child runs in its own session, so its process
+group holds it and whatever it spawned; termination signals the group, then
+SIGKILLs the group and any descendant that left it. Waiting is shielded from
+cancellation, so a child is always reaped and never left a zombie.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+import psutil
+
+logger = logging.getLogger("supervisor.process")
+STDERR_TAIL_LINES = 50
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a child ended: exactly one of ``code`` and ``signal`` is set."""
+
+    code: int | None
+    signal: int | None
+    oom_killed: bool = False
+
+    @classmethod
+    def from_returncode(cls, returncode: int, oom_killed: bool = False) -> ExitStatus:
+        if returncode < 0:
+            return cls(code=None, signal=-returncode, oom_killed=oom_killed)
+        return cls(code=returncode, signal=None)
+
+    @property
+    def signal_name(self) -> str | None:
+        if self.signal is None:
+            return None
+        try:
+            return signal.Signals(self.signal).name
+        except ValueError:
+            return f"signal {self.signal}"
+
+    def describe(self) -> str:
+        if self.signal is None:
+            return f"exited with code {self.code}"
+        text = f"was killed by {self.signal_name}"
+        if self.oom_killed:
+            text += " (the kernel's OOM killer)"
+        return text
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "exit_code": self.code,
+            "signal": self.signal_name,
+            "oom_killed": self.oom_killed,
+        }
+
+
+def oom_kill_count() -> int:
+    """The kernel's count of OOM kills, or -1 where it cannot be read."""
+    try:
+        with open("/proc/vmstat") as vmstat:
+            for line in vmstat:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+
+
+class ChildProcess:
+    """A running child. Create with :meth:`spawn`."""
+
+    def __init__(self, process: anyio.abc.Process, name: str) -> None:
+        self._process = process
+        self.name = name
+        self.pid = process.pid
+        self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self._oom_kills_at_start = oom_kill_count()
+        self._signalled = False
+        self._descendants_seen: dict[int, psutil.Process] = {}
+        self._status: ExitStatus | None = None
+
+    @classmethod
+    async def spawn(
+        cls, argv: Sequence[str], *, env: Mapping[str, str], cwd: str, name: str
+    ) -> ChildProcess:
+        process = await anyio.open_process(
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
+        logger.debug("%s: spawned pid %d", name, process.pid)
+        return cls(process, name)
+
+    @property
+    def stdin(self) -> anyio.abc.ByteSendStream:
+        assert self._process.stdin is not None
+        return self._process.stdin
+
+    @property
+    def stdout(self) -> anyio.abc.ByteReceiveStream:
+        assert self._process.stdout is not None
+        return self._process.stdout
+
+    @property
+    def exit_status(self) -> ExitStatus | None:
+        return self._status
+
+    async def read_stderr(self) -> None:
+        """Collect what the child writes to its original stderr (start-up errors,
+        fatal reports) until it closes; the last lines are kept for error reports."""
+        stream = self._process.stderr
+        if stream is None:
+            return
+        pending = b""
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            while True:
+                pending += await stream.receive()
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    text = line.decode("utf-8", "replace")
+                    self.stderr_tail.append(text)
+                    logger.warning("%s stderr: %s", self.name, text)
+        if pending:
+            self.stderr_tail.append(pending.decode("utf-8", "replace"))
+
+    async def wait(self) -> ExitStatus:
+        """Wait for the child to exit and reap it. Not cancellable: never leaves a zombie."""
+        if self._status is None:
+            with anyio.CancelScope(shield=True):
+                returncode = await self._process.wait()
+            oom = (
+                returncode == -signal.SIGKILL
+                and not self._signalled
+                and self._oom_kills_at_start >= 0
+                and oom_kill_count() > self._oom_kills_at_start
+            )
+            self._status = ExitStatus.from_returncode(returncode, oom_killed=oom)
+            logger.debug("%s: pid %d %s", self.name, self.pid, self._status.describe())
+        return self._status
+
+    def signal_group(self, sig: int) -> None:
+        """Send ``sig`` to the child's process group and to descendants that left it."""
+        self._signalled = True
+        self._descendants_seen.update((p.pid, p) for p in self._descendants())
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+        for proc in self._descendants_seen.values():
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(sig)
+
+    def kill(self) -> None:
+        self.signal_group(signal.SIGKILL)
+
+    async def terminate(self, grace: float) -> ExitStatus:
+        """SIGTERM the group, wait up to ``grace`` seconds, then SIGKILL; always reaps."""
+        if self._status is None and self._process.returncode is None:
+            logger.info("%s: sending SIGTERM to pid %d", self.name, self.pid)
+            self.signal_group(signal.SIGTERM)
+            with anyio.move_on_after(grace, shield=True):
+                return await self._finish()
+            logger.warning("%s: pid %d ignored SIGTERM for %.1f s; SIGKILL", self.name, self.pid, grace)
+        self.kill()
+        return await self._finish()
+
+    async def _finish(self) -> ExitStatus:
+        status = await self.wait()
+        # Grandchildren may outlive the child; the group signal reaches them.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        return status
+
+    def _descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+
+    async def aclose_streams(self) -> None:
+        for stream in (self._process.stdin, self._process.stdout, self._process.stderr):
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    await stream.aclose()

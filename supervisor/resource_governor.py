@@ -1,0 +1,156 @@
+"""Acts on memory figures: budgets, device pressure and admission.
+
+``eviction_policy`` decides from figures alone; ``gpu_monitor`` measures. This
+module is the thin mechanism between them and the slots: after every sample it
+stops children that broke their budget (after letting a running request finish
+for ``budget_grace`` seconds) and unloads idle children on GPUs that are short
+of free memory; before an app starts, it finds GPUs with room for the VRAM the
+app declared, evicting idle children if that makes room, or waiting for room up
+to a deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+import anyio
+import anyio.abc
+
+from . import errors as E
+from .eviction_policy import (
+    BudgetViolation,
+    ChildFigures,
+    admission_plan,
+    over_budget,
+    pressure_evictions,
+)
+from .gpu_allocation import format_bytes
+from .gpu_monitor import MonitorSnapshot, ResourceMonitor
+from .slot import LiveChild, Slot
+
+logger = logging.getLogger("supervisor.resources")
+
+
+class ResourceGovernor:
+    def __init__(
+        self,
+        slots: Callable[[], Iterable[tuple[Slot, int | None, int | None]]],
+        monitor: ResourceMonitor,
+        tasks: anyio.abc.TaskGroup,
+        *,
+        min_free_vram: int | float | None = None,
+        budget_grace: float = 5.0,
+    ) -> None:
+        """``slots()`` yields every slot with its app's VRAM and RAM budgets."""
+        self._slots = slots
+        self.monitor = monitor
+        self._tasks = tasks
+        self.min_free_vram = min_free_vram
+        self.budget_grace = budget_grace
+        self._enforcing: set[int] = set()
+
+    def track(self, slot: Slot) -> None:
+        """Keep the monitor's registrations in step with the slot's child."""
+        child = slot.child
+        if child is not None and not child.dead.is_set():
+            self.monitor.register(slot.name, child.process.pid)
+        else:
+            self.monitor.unregister(slot.name)
+
+    # -- after each sample ----------------------------------------------------
+
+    async def on_sample(self, snapshot: MonitorSnapshot) -> None:
+        figures = self._figures(snapshot)
+        by_key = {f.key: (slot, child) for slot, child, f in figures}
+        for violation in over_budget([f for _, _, f in figures]):
+            slot, child = by_key[violation.key]
+            self._enforce_budget(slot, child, violation)
+        if self.min_free_vram is not None and snapshot.devices:
+            for key in pressure_evictions(
+                snapshot.devices, [f for _, _, f in figures], self.min_free_vram
+            ):
+                slot, _ = by_key[key]
+                self._tasks.start_soon(slot.evict, "evicted to relieve GPU memory pressure")
+
+    def _figures(self, snapshot: MonitorSnapshot) -> list[tuple[Slot, LiveChild, ChildFigures]]:
+        result = []
+        for slot, vram_budget, ram_budget in self._slots():
+            usage = snapshot.children.get(slot.name)
+            slot.usage = usage
+            child = slot.child
+            if usage is None or child is None or usage.pid != child.process.pid or not usage.alive:
+                continue
+            figures = usage.figures(
+                gpus=slot.gpus,
+                vram_budget=vram_budget,
+                ram_budget=ram_budget,
+                busy=bool(child.in_flight),
+                last_used=child.last_used,
+            )
+            result.append((slot, child, figures))
+        return result
+
+    def _enforce_budget(self, slot: Slot, child: LiveChild, violation: BudgetViolation) -> None:
+        if id(child) in self._enforcing or child.kill_reason is not None:
+            return
+        self._enforcing.add(id(child))
+        error = E.BudgetExceededError(
+            f"{slot.name} used {format_bytes(violation.used)} of "
+            f"{'VRAM' if violation.budget == 'vram' else 'RAM'}, over its budget of "
+            f"{format_bytes(violation.limit)}",
+            budget=violation.budget,
+            used=violation.used,
+            limit=violation.limit,
+            at=time.time(),
+        )
+        logger.warning("%s; stopping pid %d", error.message, child.process.pid)
+
+        async def stop_after_grace() -> None:
+            try:
+                with anyio.move_on_after(self.budget_grace):
+                    await child.idle.wait()
+                slot.kill(child, error)
+            finally:
+                self._enforcing.discard(id(child))
+
+        self._tasks.start_soon(stop_after_grace)
+
+    # -- before a start ---------------------------------------------------------
+
+    async def admit(
+        self, *, count: int, vram_per_gpu: int, timeout: float
+    ) -> tuple[int, ...]:
+        """GPUs with room for a new child, evicting idle children or waiting for room."""
+        deadline = time.monotonic() + timeout
+        while True:
+            snapshot = await self.monitor.refresh()
+            if not snapshot.devices:
+                raise E.AdmissionError(
+                    f"needs {count} GPU(s) with {format_bytes(vram_per_gpu)} free, "
+                    f"but no GPU figures are available ({snapshot.gpu_error or 'no GPU'})"
+                )
+            plan = admission_plan(
+                snapshot.devices,
+                [f for _, _, f in self._figures(snapshot)],
+                count=count,
+                vram_per_gpu=vram_per_gpu,
+                min_free=self.min_free_vram or 0,
+            )
+            if plan.fits_now:
+                return plan.devices
+            if plan.fits_after_eviction:
+                logger.info("admission: %s", plan.reason)
+                by_name = {slot.name: slot for slot, _, _ in self._slots()}
+                for key in plan.evict:
+                    await by_name[key].evict("evicted to admit a new app")
+            if time.monotonic() >= deadline:
+                raise E.AdmissionError(
+                    f"no room after waiting {timeout:g} s: {plan.reason}",
+                    needed_vram=vram_per_gpu,
+                    needed_gpus=count,
+                    free={d.index: d.free for d in snapshot.devices},
+                )
+            if not plan.fits_after_eviction:
+                await anyio.sleep(min(self.monitor.interval, max(0.0, deadline - time.monotonic())))

@@ -1,0 +1,49 @@
+"""When to restart a crashed child, and when to give up: a pure decision.
+
+The policy sees only the times of recent crashes. The first crash in a quiet
+window restarts at once (recovery should cost no more than a cold start); each
+further crash within ``window`` seconds doubles the delay, up to ``max_delay``;
+more than ``max_restarts`` crashes within the window means the app is broken and
+the supervisor gives up (the app becomes ``failed``). Crashes older than the
+window are forgotten, which is how a child that ran well for a while earns a
+fresh budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Restart:
+    delay: float
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    reason: str
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    max_restarts: int = 5
+    window: float = 60.0
+    first_delay: float = 0.0
+    base_delay: float = 0.1
+    max_delay: float = 10.0
+
+    def decide(self, crash_times: Sequence[float], now: float) -> Restart | GiveUp:
+        """``crash_times`` includes the crash being decided on."""
+        recent = [t for t in crash_times if now - t <= self.window]
+        if len(recent) > self.max_restarts:
+            return GiveUp(
+                f"{len(recent)} crashes within {self.window:g} s "
+                f"(the limit is {self.max_restarts} restarts)"
+            )
+        if len(recent) <= 1:
+            return Restart(self.first_delay)
+        return Restart(min(self.max_delay, self.base_delay * 2 ** (len(recent) - 2)))
+
+    def prune(self, crash_times: list[float], now: float) -> list[float]:
+        return [t for t in crash_times if now - t <= self.window]

@@ -1,0 +1,564 @@
+"""One replica slot: keeps one child alive for an app and runs requests on it.
+
+The slot owns the successive children of one replica. ``ensure(config)``
+returns a ready child for a setup config, starting one (or replacing one whose
+config differs, after its in-flight requests finish) as needed; ``execute`` runs
+one request on it. A per-child watcher reaps the child when it dies and, unless
+the slot meant it to stop, applies the restart policy. Everything a caller
+sees about a failure (which exception, with which exit status) is decided
+here, from why the child died.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from protocol import Cancel, Error, Load, Message, ProtocolError, Result, Run, Setup, Unload
+from protocol import Log as LogMessage
+from protocol import Partial as PartialMessage
+from protocol import Progress as ProgressMessage
+
+from . import errors as E
+from .child_channel import ChildChannel, Inbox
+from .environment import child_environment
+from .events import LogEvent, PartialEvent, ProgressEvent
+from .gpu_monitor import ChildUsage
+from .lifecycle import LIVE, ChildState, Lifecycle
+from .process import ChildProcess, ExitStatus
+from .request import Request, config_key, new_request_id
+from .restart_policy import GiveUp, RestartPolicy
+
+S = ChildState
+
+
+@dataclass(frozen=True)
+class SlotSpec:
+    """Everything needed to start children for one app."""
+
+    app_dir: Path
+    name: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    max_concurrency: int = 1
+    setup_timeout: float = 300.0
+    run_timeout: float | None = None
+    cancel_grace: float = 5.0
+    kill_grace: float = 2.0
+    unload_timeout: float = 10.0
+    heartbeat_interval: float = 10.0
+    heartbeat_timeout: float = 30.0
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    python: str = sys.executable
+
+
+@dataclass(eq=False)
+class LiveChild:
+    process: ChildProcess
+    channel: ChildChannel
+    config: dict[str, Any]
+    config_key: str
+    started_at: float = field(default_factory=time.monotonic)
+    app_info: dict[str, Any] | None = None
+    ready: bool = False
+    retiring: bool = False
+    """The slot is stopping this child on purpose; its death is not a crash."""
+    kill_reason: E.SupervisorError | None = None
+    culprit: str | None = None
+    """The request whose timeout or cancel got the child killed."""
+    in_flight: dict[str, Request] = field(default_factory=dict)
+    dead: anyio.Event = field(default_factory=anyio.Event)
+    idle: anyio.Event = field(default_factory=anyio.Event)
+    last_used: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+
+class Slot:
+    def __init__(
+        self,
+        spec: SlotSpec,
+        index: int,
+        gpus: tuple[int, ...],
+        on_change: Callable[[Slot], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.index = index
+        self.gpus = gpus
+        self.name = f"{spec.name}[{index}]"
+        self.logger = logging.getLogger(f"supervisor.app.{spec.name}")
+        self.lifecycle = Lifecycle(self.name)
+        self.child: LiveChild | None = None
+        self.restarts = 0
+        self.crash_times: list[float] = []
+        self.last_exit: dict[str, Any] | None = None
+        self.failure: str | None = None
+        self._on_change = on_change
+        self._lock = anyio.Lock()
+        self._not_before = 0.0
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._slots = anyio.Semaphore(spec.max_concurrency)
+        self._start_scope = anyio.CancelScope()
+        self.usage: ChildUsage | None = None
+        """Memory figures from the latest monitor sample, set by the resource governor."""
+
+    # -- running the slot -----------------------------------------------------
+
+    async def run(
+        self,
+        queue: Any,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Take requests from the app's queue while there is capacity, until cancelled."""
+        async with anyio.create_task_group() as tasks:
+            self._tasks = tasks
+            task_status.started()
+            async for request in queue:
+                await self._slots.acquire()
+                if request.finished:
+                    self._slots.release()
+                    continue
+                tasks.start_soon(self._serve, request)
+
+    async def _serve(self, request: Request) -> None:
+        try:
+            try:
+                child = await self.ensure(request.config)
+            except E.SupervisorError as exc:
+                request.fail(exc)
+                return
+            await self.execute(request, child)
+        finally:
+            self._slots.release()
+
+    @property
+    def tasks(self) -> anyio.abc.TaskGroup:
+        assert self._tasks is not None, "the slot is not running"
+        return self._tasks
+
+    # -- getting a ready child ------------------------------------------------
+
+    async def ensure(self, config: dict[str, Any]) -> LiveChild:
+        key = config_key(config)
+        async with self._lock:
+            while True:
+                state = self.lifecycle.state
+                if state is S.FAILED:
+                    raise E.AppFailedError(f"{self.name} failed: {self.failure}")
+                if state in (S.STOPPING, S.STOPPED):
+                    raise E.AppStoppedError(f"{self.spec.name} is stopped")
+                child = self.child
+                if child is not None and (child.kill_reason is not None or child.dead.is_set()):
+                    # Being killed: its watcher decides what comes next once it is reaped.
+                    await child.dead.wait()
+                    continue
+                if child is not None and state in (S.READY, S.BUSY):
+                    if child.config_key == key:
+                        return child
+                    await child.idle.wait()
+                    await self._retire(child, S.UNLOADED, "setup config changed")
+                    continue
+                if state is S.RESTARTING:
+                    await anyio.sleep(max(0.0, self._not_before - time.monotonic()))
+                try:
+                    await self._start(config, key)
+                except E.SupervisorError:
+                    if self.lifecycle.state is S.RESTARTING:
+                        continue
+                    raise
+
+    async def _start(self, config: dict[str, Any], key: str) -> None:
+        if self.lifecycle.state in (S.STOPPING, S.STOPPED):
+            raise E.AppStoppedError(f"{self.spec.name} is stopped")
+        restarting = self.lifecycle.state is S.RESTARTING
+        self.lifecycle.to(S.STARTING, "restart" if restarting else "")
+        env = child_environment(
+            self.spec.env, cuda_visible_devices=",".join(str(g) for g in self.gpus)
+        )
+        argv = [self.spec.python, "-m", "child"]
+        child: LiveChild | None = None
+        scope = self._start_scope = anyio.CancelScope()
+        try:
+            with anyio.fail_after(self.spec.setup_timeout), scope:
+                process = await ChildProcess.spawn(
+                    argv, env=env, cwd=str(self.spec.app_dir), name=self.name
+                )
+                channel = ChildChannel(process, self.logger)
+                child = LiveChild(process, channel, config, key)
+                self.tasks.start_soon(channel.read_loop)
+                self.tasks.start_soon(process.read_stderr)
+                self.tasks.start_soon(self._watch, child)
+                if await channel.wait_hello() is None:
+                    raise _StartFailed("the child exited before its handshake")
+                child.app_info = await self._call(child, Load(new_request_id(), str(self.spec.app_dir)))
+                self.lifecycle.to(S.SETTING_UP)
+                await self._call(child, Setup(new_request_id(), config, self._metadata()))
+        except (TimeoutError, _StartFailed, E.SupervisorError) as exc:
+            await self._abort_start(child, exc, restarting)
+            raise AssertionError("unreachable") from None
+        except BaseException:
+            # Cancelled (the slot is stopping): leave no child behind.
+            if child is not None:
+                child.retiring = True
+                with anyio.CancelScope(shield=True):
+                    await child.process.terminate(self.spec.kill_grace)
+            raise
+        if scope.cancel_called or self.stopping:
+            if child is not None:
+                child.retiring = True
+                with anyio.CancelScope(shield=True):
+                    await child.process.terminate(self.spec.kill_grace)
+            raise E.AppStoppedError(f"{self.spec.name} is stopped")
+        assert child is not None
+        child.ready = True
+        self.child = child
+        self.lifecycle.to(S.READY, f"pid {child.process.pid}")
+        self.tasks.start_soon(self._heartbeat, child)
+        self._changed()
+
+    async def _abort_start(
+        self, child: LiveChild | None, exc: BaseException, restarting: bool
+    ) -> None:
+        """Clean up a failed start and raise the error the caller should see."""
+        status: ExitStatus | None = None
+        if child is not None:
+            child.retiring = True
+            status = await child.process.terminate(self.spec.kill_grace)
+            await child.dead.wait()
+        stderr = "\n".join(child.process.stderr_tail) if child else ""
+        details: dict[str, Any] = {"stderr": stderr} if stderr else {}
+        if status is not None:
+            details.update(status.to_dict())
+        error: E.SupervisorError
+        if isinstance(exc, TimeoutError):
+            error = E.SetupFailedError(
+                f"{self.name} did not become ready within {self.spec.setup_timeout:g} s", **details
+            )
+        elif isinstance(exc, _StartFailed):
+            why = f" ({status.describe()})" if status else ""
+            error = E.SetupFailedError(f"{self.name}: {exc}{why}", **details)
+        else:
+            assert isinstance(exc, E.SupervisorError)
+            error = exc
+        if isinstance(error, E.LoadFailedError):
+            self.failure = error.message
+            self.lifecycle.to(S.FAILED, "the app cannot be loaded")
+        elif restarting:
+            self._crashed(f"restart failed: {error.message}")
+        else:
+            self.lifecycle.to(S.UNLOADED, "start failed")
+        self._changed()
+        raise error
+
+    async def _call(self, child: LiveChild, message: Load | Setup) -> Any:
+        """Send a load or setup request and wait for its outcome."""
+        inbox = child.channel.open_request(message.id)
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await child.channel.send(message)
+        async for reply in inbox:
+            if isinstance(reply, Result):
+                return reply.output
+            if isinstance(reply, Error):
+                raise E.from_error_info(reply.error)
+            if isinstance(reply, LogMessage):
+                self.logger.info("[%s] %s", reply.stream, reply.message)
+        raise _StartFailed(f"the child died during {message.TYPE}")
+
+    def _metadata(self) -> dict[str, Any]:
+        return {"app_id": self.spec.name, "worker_id": self.name, "gpu_ids": [str(g) for g in self.gpus]}
+
+    # -- running requests -----------------------------------------------------
+
+    async def execute(self, request: Request, child: LiveChild) -> None:
+        request.started = time.monotonic()
+        child.in_flight[request.id] = request
+        child.idle = anyio.Event()
+        child.last_used = time.monotonic()
+        if self.lifecycle.state is S.READY:
+            self.lifecycle.to(S.BUSY)
+        inbox = child.channel.open_request(request.id)
+        try:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError):
+                await child.channel.send(
+                    Run(request.id, request.function, request.input, self._run_metadata(request))
+                )
+            timeout = request.timeout if request.timeout is not None else self.spec.run_timeout
+            with anyio.move_on_after(timeout) as scope:
+                terminal = await self._pump(request, inbox)
+            if scope.cancelled_caught:
+                terminal = await self._time_out(request, child, inbox, timeout or 0.0)
+            await self._conclude(request, child, terminal)
+        finally:
+            child.in_flight.pop(request.id, None)
+            child.last_used = time.monotonic()
+            if not child.in_flight:
+                child.idle.set()
+                if self.lifecycle.state is S.BUSY:
+                    self.lifecycle.to(S.READY)
+            self._changed()
+
+    def _run_metadata(self, request: Request) -> dict[str, Any]:
+        return {**self._metadata(), **request.metadata}
+
+    async def _pump(self, request: Request, inbox: Inbox) -> Message | None:
+        """Deliver a request's events to its caller; return its terminal message,
+        or None when the child died first."""
+        async for message in inbox:
+            if isinstance(message, (Result, Error)):
+                return message
+            if isinstance(message, LogMessage):
+                request.emit(LogEvent(request.id, message.stream, message.message))
+            elif isinstance(message, ProgressMessage):
+                request.emit(
+                    ProgressEvent(
+                        request.id, message.fraction, message.current, message.total, message.message
+                    )
+                )
+            elif isinstance(message, PartialMessage):
+                request.emit(PartialEvent(request.id, message.output))
+        return None
+
+    async def _time_out(
+        self, request: Request, child: LiveChild, inbox: Inbox, timeout: float
+    ) -> Message | None:
+        """Ask the child to cancel a request that ran too long; kill it if it will not."""
+        error = E.RequestTimeoutError(f"{request.function!r} did not finish within {timeout:g} s")
+        await self._send_cancel(request, child)
+        terminal = None
+        with anyio.move_on_after(self.spec.cancel_grace):
+            terminal = await self._pump(request, inbox)
+        if isinstance(terminal, Result):
+            return terminal
+        if terminal is None and not child.dead.is_set():
+            self.logger.warning(
+                "%s: request %s ignored its cancel for %.1f s; killing pid %d",
+                self.name, request.id, self.spec.cancel_grace, child.process.pid,
+            )
+            self.kill(child, error, culprit=request.id)
+        request.fail(error)
+        return None
+
+    async def _send_cancel(self, request: Request, child: LiveChild) -> None:
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError):
+            await child.channel.send(Cancel(request.id))
+
+    async def _ask_to_cancel(self, request: Request, child: LiveChild, error: E.SupervisorError) -> None:
+        """Ask the child to cancel; kill it if the request is still there after the grace."""
+        await self._send_cancel(request, child)
+
+        async def enforce() -> None:
+            with anyio.move_on_after(self.spec.cancel_grace):
+                await child.dead.wait()
+                return
+            if request.id in child.in_flight and not child.dead.is_set():
+                self.logger.warning(
+                    "%s: request %s did not stop within %.1f s of being cancelled; killing pid %d",
+                    self.name, request.id, self.spec.cancel_grace, child.process.pid,
+                )
+                self.kill(child, error, culprit=request.id)
+
+        self.tasks.start_soon(enforce)
+
+    async def _conclude(self, request: Request, child: LiveChild, terminal: Message | None) -> None:
+        if isinstance(terminal, Result):
+            request.succeed(terminal.output)
+        elif isinstance(terminal, Error):
+            error = E.from_error_info(terminal.error)
+            if isinstance(error, E.RequestCancelledError) and child.culprit == request.id:
+                error = child.kill_reason or error
+            request.fail(error)
+            if isinstance(error, E.OutOfMemoryError):
+                self.kill(child, E.ChildCrashedError("restarted after running out of GPU memory"))
+        elif not request.finished:
+            await child.dead.wait()
+            request.fail(self._death_error(child, request))
+
+    def _death_error(self, child: LiveChild, request: Request) -> E.SupervisorError:
+        status = child.process.exit_status
+        details: dict[str, Any] = status.to_dict() if status else {}
+        if child.process.stderr_tail:
+            details["stderr"] = "\n".join(child.process.stderr_tail)
+        reason = child.kill_reason
+        if reason is not None:
+            if child.culprit == request.id or child.culprit is None:
+                return type(reason)(reason.message, **{**details, **reason.details})
+            return E.ChildCrashedError(
+                f"the child was killed while running this request: {reason.message}", **details
+            )
+        if child.channel.fatal_error is not None:
+            return E.ProtocolViolationError(child.channel.fatal_error.error.message, **details)
+        what = status.describe() if status else "died"
+        return E.ChildCrashedError(f"the child {what} while running {request.function!r}", **details)
+
+    async def cancel(self, request: Request) -> None:
+        child = self.child
+        if child is None or request.id not in child.in_flight:
+            return
+        request.cancel_requested = True
+        await self._ask_to_cancel(
+            request, child, E.RequestCancelledError("the request was cancelled")
+        )
+
+    # -- death, restarts, stopping ---------------------------------------------
+
+    def kill(self, child: LiveChild, reason: E.SupervisorError, culprit: str | None = None) -> None:
+        """Kill a child for a reason its requests will be told; the watcher restarts it."""
+        if child.dead.is_set() or child.kill_reason is not None:
+            return
+        child.kill_reason = reason
+        child.culprit = culprit
+        self.tasks.start_soon(child.process.terminate, self.spec.kill_grace)
+
+    async def _watch(self, child: LiveChild) -> None:
+        """Wait for the child to die, reap it, and decide what comes next."""
+        await child.channel.closed.wait()
+        if child.process.exit_status is None:
+            with anyio.move_on_after(self.spec.kill_grace, shield=True):
+                await child.process.wait()
+            if child.process.exit_status is None:
+                child.process.kill()
+        status = await child.process.wait()
+        await child.process.aclose_streams()
+        child.dead.set()
+        if not child.ready or child.retiring or self.child is not child:
+            return
+        self.child = None
+        self.last_exit = {
+            "reason": child.kill_reason.message if child.kill_reason else status.describe(),
+            "at": time.time(),
+            **status.to_dict(),
+        }
+        if isinstance(child.kill_reason, E.EvictedError):
+            self.lifecycle.to(S.UNLOADED, child.kill_reason.message)
+        else:
+            self.logger.warning(
+                "%s: child pid %d stopped: %s", self.name, child.process.pid, self.last_exit["reason"]
+            )
+            self._crashed(self.last_exit["reason"])
+            if self.lifecycle.state is S.RESTARTING:
+                self.tasks.start_soon(self._restart, child.config)
+        self._changed()
+
+    async def _heartbeat(self, child: LiveChild) -> None:
+        """Ping an idle child; one that does not answer is hung, and is killed."""
+        while not child.dead.is_set():
+            await anyio.sleep(self.spec.heartbeat_interval)
+            if child.in_flight or child.dead.is_set() or child.retiring:
+                continue
+            if not await child.channel.ping(self.spec.heartbeat_timeout) and not child.dead.is_set():
+                if child.in_flight or child.retiring:
+                    continue
+                self.kill(
+                    child,
+                    E.ChildCrashedError(
+                        f"no answer to a heartbeat within {self.spec.heartbeat_timeout:g} s"
+                    ),
+                )
+
+    def _crashed(self, reason: str) -> None:
+        now = time.monotonic()
+        self.crash_times = self.spec.restart_policy.prune([*self.crash_times, now], now)
+        decision = self.spec.restart_policy.decide(self.crash_times, now)
+        if isinstance(decision, GiveUp):
+            self.failure = f"{reason}; {decision.reason}"
+            self.lifecycle.to(S.FAILED, self.failure)
+            return
+        self.restarts += 1
+        self._not_before = now + decision.delay
+        self.lifecycle.to(S.RESTARTING, f"{reason}; restart in {decision.delay:g} s")
+
+    async def _restart(self, config: dict[str, Any]) -> None:
+        with contextlib.suppress(E.SupervisorError):
+            await self.ensure(config)
+
+    async def _retire(self, child: LiveChild, then: ChildState, reason: str) -> None:
+        """Stop a child on purpose: ask it to unload, then terminate what remains."""
+        child.retiring = True
+        self.child = None
+        self.lifecycle.to(then if then is not S.STOPPED else S.STOPPING, reason)
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError):
+            await child.channel.send(Unload())
+        with anyio.move_on_after(self.spec.unload_timeout, shield=True):
+            await child.dead.wait()
+        if not child.dead.is_set():
+            self.logger.warning("%s: pid %d did not unload in time", self.name, child.process.pid)
+            await child.process.terminate(self.spec.kill_grace)
+            with anyio.CancelScope(shield=True):
+                await child.dead.wait()
+        self._changed()
+
+    async def evict(self, reason: str) -> bool:
+        """Unload an idle child to free its memory; it starts again on the next request."""
+        child = self.child
+        if child is None or child.in_flight or self.lifecycle.state is not S.READY:
+            return False
+        async with self._lock:
+            if self.child is not child or child.in_flight:
+                return False
+            await self._retire(child, S.UNLOADED, reason)
+        return True
+
+    async def stop(self) -> None:
+        """Unload the child (with a deadline), then kill what remains."""
+        if self.lifecycle.state in (S.STOPPING, S.STOPPED):
+            return
+        self._start_scope.cancel()
+        child = self.child
+        if child is not None and self.lifecycle.state in LIVE:
+            await self._retire(child, S.STOPPED, "stop")
+        else:
+            self.lifecycle.to(S.STOPPING, "stop")
+        self.lifecycle.to(S.STOPPED)
+        self._changed()
+
+    @property
+    def stopping(self) -> bool:
+        return self.lifecycle.state in (S.STOPPING, S.STOPPED)
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self)
+
+    # -- reporting --------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        child = self.child
+        return {
+            "slot": self.index,
+            "state": self.lifecycle.state.value,
+            "state_reason": self.lifecycle.reason,
+            "pid": child.process.pid if child else None,
+            "gpus": list(self.gpus),
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "failure": self.failure,
+            "in_flight": len(child.in_flight) if child else 0,
+            "uptime": time.monotonic() - child.started_at if child else None,
+            "idle_for": time.monotonic() - child.last_used if child and not child.in_flight else None,
+            "memory": _usage_dict(self.usage) if child else None,
+        }
+
+
+def _usage_dict(usage: ChildUsage | None) -> dict[str, Any] | None:
+    if usage is None:
+        return None
+    return {
+        "rss": usage.rss,
+        "vram": usage.vram,
+        "vram_by_device": {str(k): v for k, v in usage.vram_by_device.items()},
+        "sampled_at": usage.sampled_at,
+    }
+
+
+class _StartFailed(Exception):
+    pass

@@ -1,0 +1,275 @@
+"""The supervisor: the object a host service embeds.
+
+``async with Supervisor() as sup`` opens a task group that owns every app and
+every child; leaving it stops them all (unload with a deadline, then kill).
+``start`` reads the app's ``inf.yml``, allocates GPUs, builds the replica
+slots and returns once every replica is ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from . import errors as E
+from .app import App
+from .app_config import AppConfigError, read_manifest
+from .gpu_allocation import AllocationError, allocate_gpus, check_explicit
+from .gpu_backend import DeviceMemory, GpuBackend, open_backend
+from .gpu_monitor import ResourceMonitor
+from .resource_governor import ResourceGovernor
+from .restart_policy import RestartPolicy
+from .slot import Slot, SlotSpec
+
+logger = logging.getLogger("supervisor")
+
+DEFAULT_QUEUE_SIZE = 256
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        gpu_backend: GpuBackend | None | str = "auto",
+        restart_policy: RestartPolicy | None = None,
+        monitor_interval: float = 1.0,
+        min_free_vram: int | float | None = None,
+        heartbeat_interval: float = 10.0,
+        heartbeat_timeout: float = 30.0,
+        cancel_grace: float = 5.0,
+        unload_timeout: float = 10.0,
+        budget_grace: float = 5.0,
+        admission_timeout: float = 60.0,
+    ) -> None:
+        self._backend_choice = gpu_backend
+        self.gpu_backend: GpuBackend | None = None
+        self.restart_policy = restart_policy or RestartPolicy()
+        self.monitor_interval = monitor_interval
+        self.min_free_vram = min_free_vram
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.cancel_grace = cancel_grace
+        self.unload_timeout = unload_timeout
+        self.budget_grace = budget_grace
+        self.admission_timeout = admission_timeout
+        self.apps: dict[str, App] = {}
+        self.monitor: ResourceMonitor | None = None
+        self.governor: ResourceGovernor | None = None
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._exit_stack_scope: anyio.CancelScope | None = None
+
+    # -- context --------------------------------------------------------------
+
+    async def __aenter__(self) -> Supervisor:
+        if self._backend_choice == "auto":
+            self.gpu_backend = open_backend()
+        elif not isinstance(self._backend_choice, str):
+            self.gpu_backend = self._backend_choice
+        self._task_group = anyio.create_task_group()
+        self._tasks = await self._task_group.__aenter__()
+        self.monitor = ResourceMonitor(self.gpu_backend, self.monitor_interval)
+        self.governor = ResourceGovernor(
+            self._budgeted_slots,
+            self.monitor,
+            self._tasks,
+            min_free_vram=self.min_free_vram,
+            budget_grace=self.budget_grace,
+        )
+        self.monitor.on_sample = self.governor.on_sample
+        self._tasks.start_soon(self.monitor.run)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.stop_all()
+        finally:
+            assert self._tasks is not None
+            self._tasks.cancel_scope.cancel()
+            result = await self._task_group.__aexit__(exc_type, exc, tb)
+            if self.gpu_backend is not None:
+                self.gpu_backend.close()
+        return result
+
+    async def stop_all(self) -> None:
+        async with anyio.create_task_group() as tasks:
+            for app in list(self.apps.values()):
+                tasks.start_soon(app.stop)
+
+    # -- starting apps ----------------------------------------------------------
+
+    async def start(
+        self,
+        app_dir: str | Path,
+        *,
+        setup: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        gpus: int | Sequence[int] | None = None,
+        env: Mapping[str, str] | None = None,
+        replicas: int = 1,
+        max_concurrency: int = 1,
+        setup_timeout: float = 300.0,
+        run_timeout: float | None = None,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        vram_budget: int | None = None,
+        ram_budget: int | None = None,
+    ) -> App:
+        """Start an app and return its handle once every replica is ready."""
+        if self._tasks is None:
+            raise RuntimeError("use the Supervisor as an async context manager")
+        started = time.monotonic()
+        directory = Path(app_dir).resolve()
+        if not (directory / "inference.py").is_file():
+            raise E.LoadFailedError(f"{directory} is not an app directory (no inference.py)")
+        try:
+            manifest = read_manifest(directory)
+        except AppConfigError as exc:
+            raise E.LoadFailedError(str(exc)) from exc
+        app_name = name or manifest.name
+        if app_name in self.apps:
+            raise E.InputValidationError(f"an app named {app_name!r} is already running")
+        if replicas < 1 or max_concurrency < 1:
+            raise ValueError("replicas and max_concurrency must be at least 1")
+        spec = SlotSpec(
+            app_dir=directory,
+            name=app_name,
+            env={**manifest.env, **(env or {})},
+            max_concurrency=max_concurrency,
+            setup_timeout=setup_timeout,
+            run_timeout=run_timeout,
+            cancel_grace=self.cancel_grace,
+            unload_timeout=self.unload_timeout,
+            heartbeat_interval=self.heartbeat_interval,
+            heartbeat_timeout=self.heartbeat_timeout,
+            restart_policy=self.restart_policy,
+        )
+        placements = await self._place(
+            replicas, gpus, manifest.gpu_count, vram_budget or manifest.vram
+        )
+        assert self.governor is not None
+        slots = [
+            Slot(spec, i, placement, on_change=self.governor.track)
+            for i, placement in enumerate(placements)
+        ]
+        app = App(
+            app_name,
+            directory,
+            slots,
+            queue_size,
+            dict(setup or {}),
+            run_timeout,
+            on_stop=self._forget,
+        )
+        app.vram_budget = vram_budget if vram_budget is not None else manifest.vram
+        app.ram_budget = ram_budget if ram_budget is not None else manifest.ram
+        self.apps[app_name] = app
+        try:
+            await self._tasks.start(app.serve)
+            async with anyio.create_task_group() as tasks:
+                for slot in slots:
+                    tasks.start_soon(slot.ensure, app.setup)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await app.stop()
+            raise
+        first = slots[0].child
+        app.description = dict(first.app_info or {}) if first else {}
+        app.cold_start = time.monotonic() - started
+        logger.info("%s ready in %.3f s on %d replica(s)", app_name, app.cold_start, replicas)
+        return app
+
+    async def _place(
+        self,
+        replicas: int,
+        gpus: int | Sequence[int] | None,
+        declared_count: int,
+        vram: int | None,
+    ) -> list[tuple[int, ...]]:
+        """GPUs for each replica: explicit indices, a count, or what inf.yml declares.
+
+        With a VRAM figure, each replica is admitted in turn (evicting idle
+        children or waiting for room); without one, GPUs are spread by free memory.
+        """
+        devices = await self._devices()
+        if gpus is not None and not isinstance(gpus, int):
+            try:
+                explicit = check_explicit(devices, gpus) if devices else tuple(gpus)
+            except AllocationError as exc:
+                raise E.AdmissionError(str(exc)) from exc
+            return [explicit] * replicas
+        count = gpus if isinstance(gpus, int) else (declared_count if devices else 0)
+        if count == 0:
+            return [()] * replicas
+        if not devices:
+            raise E.AdmissionError(f"{count} GPU(s) requested but no GPU was found")
+        assert self.governor is not None
+        if vram:
+            return [
+                await self.governor.admit(
+                    count=count, vram_per_gpu=vram, timeout=self.admission_timeout
+                )
+                for _ in range(replicas)
+            ]
+        taken = self._gpu_usage()
+        placements = []
+        for _ in range(replicas):
+            try:
+                chosen = allocate_gpus(devices, count=count, vram_per_gpu=None, taken=taken)
+            except AllocationError as exc:
+                raise E.AdmissionError(str(exc)) from exc
+            for index in chosen:
+                taken[index] = taken.get(index, 0) + 1
+            placements.append(chosen)
+        return placements
+
+    async def _devices(self) -> tuple[DeviceMemory, ...]:
+        if self.monitor is None or self.gpu_backend is None:
+            return ()
+        snapshot = await self.monitor.refresh()
+        if snapshot.gpu_error:
+            raise E.AdmissionError(f"cannot read GPU figures: {snapshot.gpu_error}")
+        return snapshot.devices
+
+    def _gpu_usage(self) -> dict[int, int]:
+        taken: dict[int, int] = {}
+        for app in self.apps.values():
+            for slot in app.slots:
+                for index in slot.gpus:
+                    taken[index] = taken.get(index, 0) + 1
+        return taken
+
+    def _budgeted_slots(self) -> list[tuple[Slot, int | None, int | None]]:
+        return [
+            (slot, app.vram_budget, app.ram_budget)
+            for app in self.apps.values()
+            for slot in app.slots
+        ]
+
+    def _forget(self, app: App) -> None:
+        if self.apps.get(app.name) is app:
+            del self.apps[app.name]
+
+    # -- reporting --------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        snapshot = self.monitor.latest if self.monitor else None
+        return {
+            "apps": {name: app.status() for name, app in self.apps.items()},
+            "gpus": [
+                {"index": d.index, "name": d.name, "total": d.total, "used": d.used, "free": d.free}
+                for d in (snapshot.devices if snapshot else ())
+            ],
+            "sampled_at": snapshot.taken_at if snapshot else None,
+        }

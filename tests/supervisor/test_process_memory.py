@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from supervisor.gpu_backend import GpuSample
+from supervisor.process_memory import pids_rss, pids_vram, tree_pids, tree_rss, tree_vram
+
+MIB = 1024 * 1024
+
+# Each process writes 50 MiB (so the pages are resident, unlike a calloc'd
+# bytearray), the child only after its grandchild has, then both wait on stdin.
+HOLD = "data = b'x' * (50 * 1024 * 1024)"
+GRANDCHILD = f"{HOLD}\nimport sys\nprint('ready', flush=True)\nsys.stdin.read()\n"
+CHILD = textwrap.dedent(
+    f"""
+    import subprocess, sys
+    grandchild = subprocess.Popen(
+        [sys.executable, "-c", {GRANDCHILD!r}],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert grandchild.stdout.readline() == "ready\\n"
+    {HOLD}
+    print(grandchild.pid, flush=True)
+    sys.stdin.read()
+    grandchild.stdin.close()
+    grandchild.wait()
+    """
+)
+
+
+@pytest.fixture
+def family() -> Iterator[tuple[int, int]]:
+    """A real child holding ~50 MiB, whose own child holds ~50 MiB: (child, grandchild)."""
+    with subprocess.Popen(
+        [sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        try:
+            grandchild = int(proc.stdout.readline())
+            yield proc.pid, grandchild
+        finally:
+            proc.stdin.close()  # both exit once their stdin closes
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def test_tree_pids_lists_child_then_descendants(family: tuple[int, int]) -> None:
+    child, grandchild = family
+    assert tree_pids(child) == [child, grandchild]
+    assert tree_pids(grandchild) == [grandchild]
+
+
+def test_tree_rss_counts_child_and_grandchild(family: tuple[int, int]) -> None:
+    child, grandchild = family
+    total = tree_rss(child)
+    alone = psutil.Process(child).memory_info().rss
+    below = psutil.Process(grandchild).memory_info().rss
+    assert total >= 100 * MIB
+    assert alone >= 50 * MIB and below >= 50 * MIB
+    assert total > alone + 40 * MIB  # the grandchild's 50 MiB is in there
+    assert abs(total - (alone + below)) < 10 * MIB
+    assert pids_rss([child, grandchild]) >= 100 * MIB
+
+
+def test_tree_vram_sums_over_the_tree(family: tuple[int, int]) -> None:
+    child, grandchild = family
+    sample = GpuSample(
+        devices=(),
+        processes={
+            child: {0: 100 * MIB},
+            grandchild: {0: 20 * MIB, 1: 5 * MIB},
+            1: {0: 999 * MIB},  # someone else's
+        },
+        taken_at=0.0,
+    )
+    assert tree_vram(child, sample) == {0: 120 * MIB, 1: 5 * MIB}
+    assert tree_vram(grandchild, sample) == {0: 20 * MIB, 1: 5 * MIB}
+
+
+def gone_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_vanished_processes_count_as_nothing() -> None:
+    pid = gone_pid()
+    sample = GpuSample((), {pid: {0: 10}}, 0.0)
+    assert tree_pids(pid) == []
+    assert tree_rss(pid) == 0
+    assert tree_vram(pid, sample) == {}
+    assert pids_rss([pid]) == 0
+    # pids_vram trusts the pids it is given; the sample decides what they use
+    assert pids_vram([pid], sample) == {0: 10}
+    assert pids_vram([], sample) == {}
