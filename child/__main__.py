@@ -1,7 +1,9 @@
-"""``python -m child [APP_DIR]``: serve one app over the protocol on stdio.
+"""``python -m child [--preload MOD[,MOD...]] [APP_DIR]``: serve one app over stdio.
 
 The order matters: die with the parent, then take the protocol streams away
 from fds 0 and 1, and only then import anything that could run app code.
+``--preload`` imports modules (numpy, torch, ...) before the handshake, so that a
+pre-started child pays for them before it is needed.
 """
 
 from __future__ import annotations
@@ -38,10 +40,23 @@ def main() -> None:
     )
     for forwarder in forwarders:
         forwarder.start()
+    args = sys.argv[1:]
+    if args[:1] == ["--preload"]:
+        _preload(args[1])
+        args = args[2:]
     runtime = ChildRuntime(connection, outbox, stdio.protocol_in, streams, forwarders)
-    app_dir = sys.argv[1] if len(sys.argv) > 1 else None
-    status = anyio.run(runtime.serve, app_dir)
+    status = anyio.run(runtime.serve, args[0] if args else None)
     os._exit(status)
+
+
+def _preload(modules: str) -> None:
+    import importlib
+
+    for name in filter(None, modules.split(",")):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a missing preload only costs the app its own import
+            print(f"preload of {name!r} failed: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

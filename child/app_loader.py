@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
 from .functions import (
@@ -120,6 +119,7 @@ def _yaml_name(app_dir: Path) -> str | None:
         path = app_dir / candidate
         if not path.is_file():
             continue
+        import yaml  # only for apps with an inf.yml
         try:
             document = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):

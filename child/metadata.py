@@ -20,7 +20,6 @@ from typing import Any
 
 from pydantic import BaseModel, PrivateAttr
 
-from . import sdk_types
 
 LogCallback = Callable[[str], None]
 ProgressCallback = Callable[..., None]
@@ -85,6 +84,8 @@ def metadata_base() -> type[BaseModel]:
     candidate = getattr(sys.modules.get("inferencesh"), "Metadata", None)
     if isinstance(candidate, type) and issubclass(candidate, BaseModel):
         return candidate
+    from . import sdk_types  # the stand-in costs ~20 ms of model building: only when needed
+
     return sdk_types.Metadata
 
 

@@ -10,6 +10,7 @@ drained so that its logs come first.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import re
@@ -83,6 +84,8 @@ class ChildRuntime:
         self._forwarders = forwarders
         self.app: LoadedApp | None = None
         self._runs: dict[str, anyio.CancelScope] = {}
+        self._file_inputs: dict[str, bool] = {}
+        self._initial_cwd = os.getcwd()
         os.set_blocking(protocol_in, False)
 
     # -- entry points ---------------------------------------------------------
@@ -178,8 +181,6 @@ class ChildRuntime:
             with scope:
                 output = await work()
                 message = Result(id=request_id, output=output)
-            if scope.cancelled_caught:
-                message = Error(id=request_id, error=_cancelled())
         except RequestFailed as failure:
             message = Error(id=request_id, error=failure.info)
         except Exception as exc:  # a runtime bug must still end the request
@@ -187,6 +188,11 @@ class ChildRuntime:
         finally:
             current_request.reset(token)
             self._runs.pop(request_id, None)
+        if scope.cancel_called:
+            # Not only ``cancelled_caught``: sync work in a worker thread cannot be
+            # interrupted, so it may still finish (or fail) after the cancel. Its
+            # outcome is discarded and the request is answered ``cancelled``.
+            message = Error(id=request_id, error=_cancelled())
         self._finish(request_id, message)
 
     def _finish(self, request_id: str, message: Message) -> None:
@@ -197,9 +203,14 @@ class ChildRuntime:
         self.outbox.send(message)
 
     def _load(self, app_dir: str, env: dict[str, str]) -> dict[str, Any]:
-        os.environ.update(env)
+        if env:
+            # A pre-started child takes on exactly the environment a fresh one would have.
+            os.environ.clear()
+            os.environ.update(env)
         try:
             os.chdir(app_dir)
+            if sys.path and sys.path[0] == self._initial_cwd:
+                sys.path[0] = os.path.abspath(app_dir)
             install_if_missing()
             self.app = load_app(app_dir)
             return self.app.describe()
@@ -213,8 +224,11 @@ class ChildRuntime:
             args = app.setup_args(message.config, metadata)
         except pydantic.ValidationError as exc:
             raise RequestFailed(_validation_info(exc, "setup config")) from exc
+        setup = getattr(app.app, "setup", None)
+        if setup is None:
+            return
         try:
-            await _call(app.app.setup, args)
+            await _call(setup, args)
         except Exception as exc:
             raise RequestFailed(_exception_info(exc, ErrorType.SETUP_FAILED)) from exc
 
@@ -230,7 +244,11 @@ class ChildRuntime:
                 )
             )
         try:
-            data = function.validate_input(message.input)
+            if self._takes_files(function):
+                # File validation may download: keep the loop free for pings and cancels.
+                data = await anyio.to_thread.run_sync(function.validate_input, message.input)
+            else:
+                data = function.validate_input(message.input)
         except pydantic.ValidationError as exc:
             raise RequestFailed(_validation_info(exc, f"input of {function.name!r}")) from exc
         args = function.call_args(data, self._metadata(message.id, message.metadata))
@@ -297,6 +315,13 @@ class ChildRuntime:
         self.outbox.send(Unloaded())
 
     # -- helpers --------------------------------------------------------------
+
+    def _takes_files(self, function: AppFunction) -> bool:
+        cached = self._file_inputs.get(function.name)
+        if cached is None:
+            schema = function.describe()["input_schema"]
+            cached = self._file_inputs[function.name] = '"format": "file"' in json.dumps(schema)
+        return cached
 
     def _require_app(self) -> LoadedApp:
         if self.app is None:  # the state machine makes this unreachable

@@ -23,7 +23,6 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from . import sdk_types
 
 _MISSING: Any = object()
 _SCALARS = (str, int, float, bool, type(None), bytes)
@@ -32,10 +31,11 @@ _SEQUENCES = (list, tuple, set, frozenset)
 
 def file_types() -> tuple[type, ...]:
     """The File classes in use: the stand-in, and the SDK's once something imported it."""
-    found: list[type] = [sdk_types.File]
-    sdk_file = getattr(sys.modules.get("inferencesh"), "File", None)
-    if isinstance(sdk_file, type) and sdk_file not in found:
-        found.append(sdk_file)
+    found: list[type] = []
+    for module in ("child.sdk_types", "inferencesh"):
+        file_type = getattr(sys.modules.get(module), "File", None)
+        if isinstance(file_type, type) and file_type not in found:
+            found.append(file_type)
     return tuple(found)
 
 

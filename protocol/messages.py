@@ -44,7 +44,8 @@ class Load(Message):
     id: str
     app_dir: str
     env: dict[str, str] = dataclasses.field(default_factory=dict)
-    """Applied to ``os.environ`` before the app is imported."""
+    """When not empty, the child's whole environment is replaced by it before the
+    app is imported (a pre-started child becomes what a fresh one would be)."""
 
 
 @dataclass(frozen=True)

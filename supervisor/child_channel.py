@@ -43,7 +43,7 @@ class ChildChannel:
             kwargs["max_frame_size"] = max_frame_size
         self.connection = Connection("supervisor", **kwargs)
         self._stream = MessageStream(self.connection, child.stdin, child.stdout)
-        self._logger = logger
+        self.logger = logger
         self._inboxes: dict[str, MemoryObjectSendStream[Message]] = {}
         self._pongs: dict[int, anyio.Event] = {}
         self._ping_seq = 0
@@ -66,7 +66,7 @@ class ChildChannel:
             self.close_reason = "the child closed its stdout"
         except ProtocolError as exc:
             self.close_reason = f"protocol violation: {exc}"
-            self._logger.error("child broke the protocol: %s", exc)
+            self.logger.error("child broke the protocol: %s", exc)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             self.close_reason = "the child's stdout broke"
         finally:
@@ -81,10 +81,10 @@ class ChildChannel:
             if event is not None:
                 event.set()
         elif isinstance(message, Log) and message.id is None:
-            self._logger.info("[%s] %s", message.stream, message.message)
+            self.logger.info("[%s] %s", message.stream, message.message)
         elif isinstance(message, Error) and message.id is None:
             self.fatal_error = message
-            self._logger.error("child reported: %s", message.error.message)
+            self.logger.error("child reported: %s", message.error.message)
         else:
             request_id = getattr(message, "id", None)
             inbox = self._inboxes.get(request_id) if isinstance(request_id, str) else None

@@ -34,6 +34,7 @@ from .environment import child_environment
 from .events import LogEvent, PartialEvent, ProgressEvent
 from .gpu_monitor import ChildUsage
 from .lifecycle import LIVE, ChildState, Lifecycle
+from .pool import ChildPool, PooledChild, PoolKey, pool_safe
 from .process import ChildProcess, ExitStatus
 from .request import Request, config_key, new_request_id
 from .restart_policy import GiveUp, RestartPolicy
@@ -58,6 +59,8 @@ class SlotSpec:
     heartbeat_timeout: float = 30.0
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     python: str = sys.executable
+    preload: tuple[str, ...] = ()
+    """Modules a child imports before its handshake (and the pool key it is taken by)."""
 
 
 @dataclass(eq=False)
@@ -90,6 +93,7 @@ class Slot:
         index: int,
         gpus: tuple[int, ...],
         on_change: Callable[[Slot], None] | None = None,
+        pool: ChildPool | None = None,
     ) -> None:
         self.spec = spec
         self.index = index
@@ -109,6 +113,7 @@ class Slot:
         self._slots = anyio.Semaphore(spec.max_concurrency)
         self._start_scope = anyio.CancelScope()
         self.usage: ChildUsage | None = None
+        self.pool = pool
         """Memory figures from the latest monitor sample, set by the resource governor."""
 
     # -- running the slot -----------------------------------------------------
@@ -185,22 +190,29 @@ class Slot:
         env = child_environment(
             self.spec.env, cuda_visible_devices=",".join(str(g) for g in self.gpus)
         )
-        argv = [self.spec.python, "-m", "child"]
         child: LiveChild | None = None
         scope = self._start_scope = anyio.CancelScope()
         try:
             with anyio.fail_after(self.spec.setup_timeout), scope:
-                process = await ChildProcess.spawn(
-                    argv, env=env, cwd=str(self.spec.app_dir), name=self.name
-                )
-                channel = ChildChannel(process, self.logger)
+                pooled = self._from_pool()
+                if pooled is not None:
+                    process, channel, load_env = pooled.process, pooled.channel, env
+                    process.name = self.name
+                    channel.logger = self.logger
+                else:
+                    process = await ChildProcess.spawn(
+                        self._argv(), env=env, cwd=str(self.spec.app_dir), name=self.name
+                    )
+                    channel, load_env = ChildChannel(process, self.logger), {}
+                    self.tasks.start_soon(channel.read_loop)
+                    self.tasks.start_soon(process.read_stderr)
                 child = LiveChild(process, channel, config, key)
-                self.tasks.start_soon(channel.read_loop)
-                self.tasks.start_soon(process.read_stderr)
                 self.tasks.start_soon(self._watch, child)
                 if await channel.wait_hello() is None:
                     raise _StartFailed("the child exited before its handshake")
-                child.app_info = await self._call(child, Load(new_request_id(), str(self.spec.app_dir)))
+                child.app_info = await self._call(
+                    child, Load(new_request_id(), str(self.spec.app_dir), load_env)
+                )
                 self.lifecycle.to(S.SETTING_UP)
                 await self._call(child, Setup(new_request_id(), config, self._metadata()))
         except (TimeoutError, _StartFailed, E.SupervisorError) as exc:
@@ -225,6 +237,17 @@ class Slot:
         self.lifecycle.to(S.READY, f"pid {child.process.pid}")
         self.tasks.start_soon(self._heartbeat, child)
         self._changed()
+
+    def _argv(self) -> list[str]:
+        argv = [self.spec.python, "-m", "child"]
+        if self.spec.preload:
+            argv += ["--preload", ",".join(self.spec.preload)]
+        return argv
+
+    def _from_pool(self) -> PooledChild | None:
+        if self.pool is None or not pool_safe(self.spec.env):
+            return None
+        return self.pool.take(PoolKey(self.spec.python, self.spec.preload))
 
     async def _abort_start(
         self, child: LiveChild | None, exc: BaseException, restarting: bool
@@ -471,6 +494,7 @@ class Slot:
         decision = self.spec.restart_policy.decide(self.crash_times, now)
         if isinstance(decision, GiveUp):
             self.failure = f"{reason}; {decision.reason}"
+            self.lifecycle.to(S.RESTARTING, reason)
             self.lifecycle.to(S.FAILED, self.failure)
             return
         self.restarts += 1

@@ -24,6 +24,7 @@ from .app_config import AppConfigError, read_manifest
 from .gpu_allocation import AllocationError, allocate_gpus, check_explicit
 from .gpu_backend import DeviceMemory, GpuBackend, open_backend
 from .gpu_monitor import ResourceMonitor
+from .pool import ChildPool
 from .resource_governor import ResourceGovernor
 from .restart_policy import RestartPolicy
 from .slot import Slot, SlotSpec
@@ -47,6 +48,8 @@ class Supervisor:
         unload_timeout: float = 10.0,
         budget_grace: float = 5.0,
         admission_timeout: float = 60.0,
+        pool_size: int = 1,
+        pool_preload: Sequence[str] = (),
     ) -> None:
         self._backend_choice = gpu_backend
         self.gpu_backend: GpuBackend | None = None
@@ -60,6 +63,8 @@ class Supervisor:
         self.budget_grace = budget_grace
         self.admission_timeout = admission_timeout
         self.apps: dict[str, App] = {}
+        self.pool = ChildPool(pool_size, pool_preload)
+        """Pre-started children; ``pool_size=0`` turns it off."""
         self.monitor: ResourceMonitor | None = None
         self.governor: ResourceGovernor | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
@@ -84,6 +89,8 @@ class Supervisor:
         )
         self.monitor.on_sample = self.governor.on_sample
         self._tasks.start_soon(self.monitor.run)
+        if self.pool.size > 0:
+            await self._tasks.start(self.pool.run)
         return self
 
     async def __aexit__(
@@ -125,6 +132,7 @@ class Supervisor:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         vram_budget: int | None = None,
         ram_budget: int | None = None,
+        preload: Sequence[str] | None = None,
     ) -> App:
         """Start an app and return its handle once every replica is ready."""
         if self._tasks is None:
@@ -154,13 +162,14 @@ class Supervisor:
             heartbeat_interval=self.heartbeat_interval,
             heartbeat_timeout=self.heartbeat_timeout,
             restart_policy=self.restart_policy,
+            preload=tuple(self.pool.default_key.preload if preload is None else preload),
         )
         placements = await self._place(
             replicas, gpus, manifest.gpu_count, vram_budget or manifest.vram
         )
         assert self.governor is not None
         slots = [
-            Slot(spec, i, placement, on_change=self.governor.track)
+            Slot(spec, i, placement, on_change=self.governor.track, pool=self.pool)
             for i, placement in enumerate(placements)
         ]
         app = App(
@@ -272,4 +281,5 @@ class Supervisor:
                 for d in (snapshot.devices if snapshot else ())
             ],
             "sampled_at": snapshot.taken_at if snapshot else None,
+            "pool": self.pool.status(),
         }

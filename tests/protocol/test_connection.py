@@ -83,7 +83,7 @@ class Pair:
 def reach(state: State) -> Pair:
     """A pair whose peers both are in ``state``. Open requests: 'L', 'S' or none."""
     pair = Pair()
-    script: list[m.Message] = {
+    scripts: dict[State, list[m.Message]] = {
         S.AWAITING_HELLO: [],
         S.EMPTY: [hello()],
         S.LOADING: [hello(), m.Load(id="L", app_dir="/app")],
@@ -92,8 +92,8 @@ def reach(state: State) -> Pair:
         S.READY: [hello(APP), m.Setup(id="S"), m.Result(id="S")],
         S.UNLOADING: [hello(APP), m.Setup(id="S"), m.Result(id="S"), m.Unload()],
         S.CLOSED: [hello(APP), m.Unload(), m.Unloaded()],
-    }[state]
-    for message in script:
+    }
+    for message in scripts[state]:
         pair.exchange(message)
     assert pair.states() == (state, state)
     return pair
@@ -656,14 +656,18 @@ def test_fuzz_random_bytes(start: str, chunks: list[bytes]) -> None:
     feed_all(STARTS[start](), chunks)
 
 
-scalars = st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=3) | st.binary(max_size=3)
+scalars = (
+    st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=3) | st.binary(max_size=3)
+)
 field_values = st.recursive(
     scalars | st.sampled_from(["r", "S", "L", "stdout"]),
     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=3), c, max_size=3),
     max_leaves=8,
 )
 ERROR_MAP = {"type": "cancelled", "message": "m"}
-field_names = sorted({name for cls in m.MESSAGE_TYPES.values() for name in cls.__dataclass_fields__})
+field_names = sorted(
+    {name for cls in m.MESSAGE_TYPES.values() for name in cls.__dataclass_fields__}
+)
 message_maps = st.builds(
     lambda name, fields: {"type": name, **fields},
     st.sampled_from(sorted(m.MESSAGE_TYPES)),

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.error_info import ErrorInfo, ErrorType, FieldError
 from protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -119,3 +121,67 @@ def test_from_wire_accepts(wire: dict[str, Any], expected: ErrorInfo) -> None:
 def test_from_wire_rejects(wire: Any, match: str) -> None:
     with pytest.raises(RemoteProtocolError, match=match):
         ErrorInfo.from_wire(wire)
+
+
+# -- property-based -------------------------------------------------------------
+
+FAST = settings(max_examples=200, deadline=None)
+values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=5)
+    | st.binary(max_size=5),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+    max_leaves=10,
+)
+# Mostly well-formed error maps, with any key possibly holding any value.
+error_maps = st.fixed_dictionaries(
+    {"type": st.sampled_from([t.value for t in ErrorType]) | values, "message": st.text() | values},
+    optional={
+        "exception": st.none() | st.text() | values,
+        "traceback": st.none() | st.text() | values,
+        "errors": st.sampled_from([0, 1, -2, 1.5, True, "abc", b"x", {"loc": []}])
+        | values
+        | st.lists(
+            st.dictionaries(st.sampled_from(["loc", "msg", "type"]), values) | values, max_size=3
+        ),
+    },
+)
+
+
+@FAST
+@given(error_maps)
+def test_from_wire_only_raises_remote_protocol_error(wire: dict[str, Any]) -> None:
+    try:
+        info = ErrorInfo.from_wire(wire)
+    except RemoteProtocolError as exc:
+        assert str(exc)
+    else:
+        assert isinstance(info.type, ErrorType)
+        assert isinstance(info.message, str)
+        assert all(isinstance(e, FieldError) for e in info.errors)
+
+
+@FAST
+@given(
+    st.builds(
+        ErrorInfo,
+        type=st.sampled_from(ErrorType),
+        message=st.text(),
+        exception=st.none() | st.text(),
+        traceback=st.none() | st.text(),
+        errors=st.lists(
+            st.builds(
+                FieldError,
+                loc=st.lists(st.text(max_size=5) | st.integers(0, 9), max_size=3).map(tuple),
+                msg=st.text(max_size=10),
+                type=st.text(max_size=10),
+            ),
+            max_size=3,
+        ).map(tuple),
+    )
+)
+def test_round_trip_property(info: ErrorInfo) -> None:
+    assert ErrorInfo.from_wire(info.to_wire()) == info

@@ -84,9 +84,7 @@ def test_single_frame_is_one_write() -> None:
 
 def test_known_bytes_with_more_bit() -> None:
     data = b"".join(encode_frames(b"abcdefghij", 4))
-    assert data == (
-        b"\x80\x00\x00\x04abcd" + b"\x80\x00\x00\x04efgh" + b"\x00\x00\x00\x02ij"
-    )
+    assert data == (b"\x80\x00\x00\x04abcd" + b"\x80\x00\x00\x04efgh" + b"\x00\x00\x00\x02ij")
 
 
 @pytest.mark.parametrize(("size", "max_frame_size"), [(0, 8), (5, 8), (8, 8), (50, 8), (64, 3)])

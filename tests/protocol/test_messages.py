@@ -52,7 +52,9 @@ SAMPLES: list[m.Message] = [
             message="bad input",
             exception="pydantic.ValidationError",
             traceback="Traceback ...",
-            errors=(FieldError(loc=("input", "text", 0), msg="too short", type="string_too_short"),),
+            errors=(
+                FieldError(loc=("input", "text", 0), msg="too short", type="string_too_short"),
+            ),
         ),
     ),
     m.Unloaded(),
@@ -71,7 +73,7 @@ def test_samples_cover_every_message_type() -> None:
 def test_message_types_registry() -> None:
     assert len(m.MESSAGE_TYPES) == 15
     for name, cls in m.MESSAGE_TYPES.items():
-        assert cls.TYPE == name
+        assert name == cls.TYPE
     to_child = {name for name, cls in m.MESSAGE_TYPES.items() if cls.TO_CHILD}
     assert to_child == {"load", "setup", "run", "cancel", "unload", "shutdown", "ping"}
     assert set(m.REQUESTS) == {m.Load, m.Setup, m.Run}
@@ -240,10 +242,12 @@ def test_required_fields_table() -> None:
 
 @pytest.mark.parametrize(("type_name", "field_name"), REQUIRED)
 def test_missing_required_field(type_name: str, field_name: str) -> None:
-    sample = next(s for s in SAMPLES if s.TYPE == type_name)
+    sample = next(s for s in SAMPLES if type_name == s.TYPE)
     wire = msgpack.unpackb(m.encode(sample), raw=False)
     del wire[field_name]
-    with pytest.raises(RemoteProtocolError, match=f"{type_name} message lacks field '{field_name}'"):
+    with pytest.raises(
+        RemoteProtocolError, match=f"{type_name} message lacks field '{field_name}'"
+    ):
         m.decode(msgpack.packb(wire))
 
 
@@ -312,8 +316,9 @@ scalars = (
 )
 values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=30,
 )
 maps = st.dictionaries(st.text(max_size=10), values, max_size=5)
@@ -433,7 +438,8 @@ error_like = st.fixed_dictionaries(
         "message": st.text(max_size=5) | values,
         "exception": st.none() | st.text(max_size=5) | values,
         "traceback": st.none() | values,
-        "errors": values
+        "errors": st.sampled_from([0, 1, 1.5, True, "abc", b"x"])
+        | values
         | st.lists(st.dictionaries(st.sampled_from(["loc", "msg", "type"]), values), max_size=3),
     },
 )

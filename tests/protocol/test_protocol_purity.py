@@ -62,4 +62,5 @@ def test_the_checker_sees_imports(tmp_path: Path) -> None:
 
 
 def test_streams_is_the_io_adapter() -> None:
-    assert imported_modules(PACKAGE / "streams.py") & FORBIDDEN == {"anyio", "threading"}
+    """The scan works on a real file that does do I/O."""
+    assert {"anyio", "threading"} <= imported_modules(PACKAGE / "streams.py")

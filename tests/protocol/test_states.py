@@ -88,12 +88,12 @@ def test_unloaded_only_while_unloading() -> None:
 
 
 def test_request_outcomes() -> None:
-    assert REQUEST_OUTCOMES == {
+    assert {
         (m.Load, True): S.LOADED,
         (m.Load, False): S.EMPTY,
         (m.Setup, True): S.READY,
         (m.Setup, False): S.LOADED,
-    }
+    } == REQUEST_OUTCOMES
     assert not [key for key in REQUEST_OUTCOMES if key[0] is m.Run]
 
 

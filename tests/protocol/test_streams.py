@@ -6,6 +6,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -21,11 +22,13 @@ from protocol.states import State
 from protocol.streams import READ_SIZE, MessageStream, SyncChannel
 
 MiB = 1024 * 1024
-APP = {"name": "echo", "functions": {}, "setup_schema": None}
+APP: dict[str, Any] = {"name": "echo", "functions": {}, "setup_schema": None}
 
 
-def hello(app: dict[str, object] | None = APP) -> m.Hello:
-    return m.Hello(protocol_version=m.PROTOCOL_VERSION, pid=os.getpid(), runtime_version="t", app=app)
+def hello(app: dict[str, Any] | None = APP) -> m.Hello:
+    return m.Hello(
+        protocol_version=m.PROTOCOL_VERSION, pid=os.getpid(), runtime_version="t", app=app
+    )
 
 
 # -- SyncChannel over os.pipe -------------------------------------------------------
@@ -342,9 +345,9 @@ def test_message_stream_concurrent_sends_do_not_interleave() -> None:
         per: dict[str, list[int]] = {}
         for message in received:
             assert isinstance(message, m.Log)
-            n, i, body = message.message.split(":")
+            sender, index, body = message.message.split(":")
             assert body == "x" * 200
-            per.setdefault(n, []).append(int(i))
+            per.setdefault(sender, []).append(int(index))
         assert per == {str(n): list(range(per_sender)) for n in range(senders)}
 
     anyio.run(main)

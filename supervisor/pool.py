@@ -1,0 +1,152 @@
+"""Pre-started children, so that starting an app skips the interpreter's start-up.
+
+A pooled child is ``python -m child`` started with no app: the runtime is
+imported, optional modules are preloaded, no CUDA context exists, and it has
+already said hello. ``start()`` hands it the app with a ``load`` request that
+also carries the complete environment a freshly spawned child would have had;
+the child replaces its environment with it, changes to the app directory and
+puts that directory first on ``sys.path``. A pooled child serves one app, once,
+and is never returned to the pool, so nothing leaks between apps.
+
+It is used only where that is indistinguishable from a fresh start: not when
+the app's environment sets variables read at interpreter or library start-up
+(``PYTHON*``, ``LD_*``, allocator and thread-pool settings).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+
+from .child_channel import ChildChannel
+from .environment import child_environment
+from .process import ChildProcess
+
+logger = logging.getLogger("supervisor.pool")
+
+UNSAFE_ENV_PREFIXES = (
+    "PYTHON", "LD_", "MALLOC", "OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_", "GOMP_", "KMP_",
+)
+
+
+def pool_safe(app_env: Mapping[str, str]) -> bool:
+    """True when a pooled child can serve an app with this environment."""
+    return not any(key.startswith(UNSAFE_ENV_PREFIXES) for key in app_env)
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    python: str
+    preload: tuple[str, ...] = ()
+
+
+@dataclass(eq=False)
+class PooledChild:
+    process: ChildProcess
+    channel: ChildChannel
+
+
+class ChildPool:
+    def __init__(self, size: int, preload: Sequence[str] = ()) -> None:
+        self.size = size
+        self.default_key = PoolKey(sys.executable, tuple(preload))
+        self._idle: dict[PoolKey, list[PooledChild]] = {}
+        self._wanted: set[PoolKey] = {self.default_key} if size > 0 else set()
+        self._refill = anyio.Event()
+        self._workdir = tempfile.TemporaryDirectory(prefix="supervisor-pool-")
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._closed = False
+        self.spawned = 0
+        self.handed_out = 0
+
+    def take(self, key: PoolKey) -> PooledChild | None:
+        """A ready pooled child for ``key``, or None; asks for a refill either way."""
+        if self.size <= 0 or self._closed:
+            return None
+        self._wanted.add(key)
+        idle = self._idle.get(key, [])
+        child = None
+        while idle and child is None:
+            candidate = idle.pop(0)
+            if not candidate.channel.closed.is_set():
+                child = candidate
+        if child is not None:
+            self.handed_out += 1
+        self._refill.set()
+        return child
+
+    def status(self) -> dict[str, object]:
+        return {
+            "size": self.size,
+            "idle": {",".join(k.preload) or "(none)": len(v) for k, v in self._idle.items()},
+            "spawned": self.spawned,
+            "handed_out": self.handed_out,
+        }
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Keep ``size`` idle children per wanted key, until cancelled."""
+        try:
+            async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
+                task_status.started()
+                while True:
+                    for key in list(self._wanted):
+                        while len(self._idle.setdefault(key, [])) < self.size:
+                            if not await self._spawn(key):
+                                break
+                    self._refill = anyio.Event()
+                    await self._refill.wait()
+        finally:
+            self._closed = True
+            with anyio.CancelScope(shield=True):
+                await self._terminate_idle()
+            self._workdir.cleanup()
+
+    async def _spawn(self, key: PoolKey) -> bool:
+        assert self._tasks is not None
+        argv = [key.python, "-m", "child"]
+        if key.preload:
+            argv += ["--preload", ",".join(key.preload)]
+        env = child_environment({}, cuda_visible_devices="")
+        name = f"pool[{self.spawned}]"
+        try:
+            process = await ChildProcess.spawn(argv, env=env, cwd=self._workdir.name, name=name)
+        except OSError as exc:
+            logger.warning("cannot pre-start a child: %s", exc)
+            return False
+        self.spawned += 1
+        channel = ChildChannel(process, logger)
+        self._tasks.start_soon(channel.read_loop)
+        self._tasks.start_soon(process.read_stderr)
+        self._tasks.start_soon(self._reap_when_dead, process, channel)
+        hello = await channel.wait_hello()
+        if hello is None or hello.app is not None:
+            logger.warning("pre-started child pid %d did not say hello", process.pid)
+            process.kill()
+            return False
+        self._idle.setdefault(key, []).append(PooledChild(process, channel))
+        return True
+
+    async def _reap_when_dead(self, process: ChildProcess, channel: ChildChannel) -> None:
+        """Reap a pooled child that dies while idle (a handed-out one is reaped by its slot)."""
+        await channel.closed.wait()
+        for idle in self._idle.values():
+            for pooled in list(idle):
+                if pooled.process is process:
+                    idle.remove(pooled)
+                    with contextlib.suppress(Exception):
+                        await process.terminate(1.0)
+
+    async def _terminate_idle(self) -> None:
+        idle = [pooled for children in self._idle.values() for pooled in children]
+        self._idle.clear()
+        async with anyio.create_task_group() as tasks:
+            for pooled in idle:
+                tasks.start_soon(pooled.process.terminate, 1.0)

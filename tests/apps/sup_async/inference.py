@@ -1,0 +1,55 @@
+"""An async plain app for concurrency tests: ``run`` sleeps and echoes.
+
+It records how many runs were in progress at once (``peak``). Setup may name a
+``marker`` file that ``unload`` writes, so tests can see that unload ran.
+``hang`` waits forever in a cancellable way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class Input(BaseModel):
+    text: str = ""
+    delay: float = 0.0
+    hang: bool = False
+
+
+class Output(BaseModel):
+    text: str
+    pid: int
+    active: int
+    peak: int
+    tag: str
+
+
+class App:
+    async def setup(self, config: Any) -> None:
+        self.marker = config.get("marker")
+        self.tag = str(config.get("tag", ""))
+        self.active = 0
+        self.peak = 0
+
+    async def run(self, input_data: Input) -> Output:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        active = self.active
+        try:
+            if input_data.hang:
+                await asyncio.sleep(1000)
+            await asyncio.sleep(input_data.delay)
+        finally:
+            self.active -= 1
+        return Output(
+            text=input_data.text, pid=os.getpid(), active=active, peak=self.peak, tag=self.tag
+        )
+
+    async def unload(self) -> None:
+        if self.marker:
+            Path(self.marker).write_text(f"unloaded {os.getpid()}")

@@ -1,0 +1,69 @@
+"""A plain app that crashes on request: ``how`` picks the way it ends.
+
+``ok`` answers; ``exit`` calls ``os._exit(3)``; ``segv`` reads address 0;
+``hang`` and ``sleep`` block in a worker thread (so a cancel cannot interrupt
+them); ``spawn_grandchild`` starts a long-lived grandchild and returns its pid.
+Every answer reports the child's pid, CUDA_VISIBLE_DEVICES, cwd and a few
+environment variables, so tests can check what the child was given.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+import time
+from typing import Optional
+
+from pydantic import BaseModel
+
+WATCHED_ENV = ("FOO", "MY_SECRET", "FROM_YML", "SUPERVISOR_PARENT_PID", "CUDA_VISIBLE_DEVICES")
+
+
+class Input(BaseModel):
+    how: str = "ok"
+    seconds: float = 0.0
+
+
+class Output(BaseModel):
+    pid: int
+    cuda: Optional[str]
+    cwd: str
+    env: dict[str, Optional[str]]
+    grandchild: Optional[int] = None
+
+
+class App:
+    def setup(self) -> None:
+        self.grandchildren: list[subprocess.Popen[bytes]] = []
+
+    def run(self, input_data: Input) -> Output:
+        how = input_data.how
+        grandchild = None
+        if how == "exit":
+            os._exit(3)
+        elif how == "segv":
+            ctypes.string_at(0)
+        elif how == "hang":
+            time.sleep(1000)
+        elif how == "sleep":
+            time.sleep(input_data.seconds)
+        elif how == "spawn_grandchild":
+            proc = subprocess.Popen(
+                [sys.executable, "-c", "import time; time.sleep(1000)"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            self.grandchildren.append(proc)
+            grandchild = proc.pid
+        elif how != "ok":
+            raise ValueError(f"unknown how: {how!r}")
+        return Output(
+            pid=os.getpid(),
+            cuda=os.environ.get("CUDA_VISIBLE_DEVICES"),
+            cwd=os.getcwd(),
+            env={name: os.environ.get(name) for name in WATCHED_ENV},
+            grandchild=grandchild,
+        )

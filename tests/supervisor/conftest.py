@@ -1,0 +1,94 @@
+"""Shared fixtures for the supervisor's tests.
+
+``no_leftover_processes`` checks, after a test, that the test process has no
+child process left (no stray child, grandchild or zombie). Modules that start
+real children opt in with ``pytestmark = pytest.mark.usefixtures(...)``.
+``wait_gone`` polls until given pids have exited (a zombie counts as alive
+for that purpose only if ``zombie_ok`` is false).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+if importlib.util.find_spec("supervisor") is None:  # pragma: no cover - not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+WaitGone = Callable[..., list[int]]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def apps_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "apps"
+
+
+def _describe(proc: psutil.Process) -> str:
+    try:
+        return f"pid {proc.pid} ({proc.status()}): {' '.join(proc.cmdline())[:120]}"
+    except psutil.Error:
+        return f"pid {proc.pid} (gone)"
+
+
+def _status(pid: int) -> str | None:
+    try:
+        return str(psutil.Process(pid).status())
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _leftovers() -> list[psutil.Process]:
+    """Children (recursively) of this process that still exist, zombies included."""
+    return [p for p in psutil.Process().children(recursive=True) if _status(p.pid) is not None]
+
+
+def _wait_gone(pids: Iterable[int], timeout: float = 5.0, *, zombie_ok: bool = True) -> list[int]:
+    """Poll until none of ``pids`` runs; return those still there when time ran out.
+
+    With ``zombie_ok`` a zombie counts as gone: it runs nothing, and reaping an
+    orphan is its new parent's (init's) business, not the supervisor's.
+    """
+    pids = list(pids)
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for pid in pids:
+            status = _status(pid)
+            if status is None or (zombie_ok and status == psutil.STATUS_ZOMBIE):
+                continue
+            alive.append(pid)
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def wait_gone() -> WaitGone:
+    return _wait_gone
+
+
+@pytest.fixture
+def no_leftover_processes() -> Iterator[None]:
+    """Fail a test that leaves a child process or a zombie behind (after a short poll)."""
+    before = {p.pid for p in _leftovers()}
+    yield
+    deadline = time.monotonic() + 3.0
+    while True:
+        left = [p for p in _leftovers() if p.pid not in before]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    zombies = [p for p in left if _status(p.pid) == psutil.STATUS_ZOMBIE]
+    assert not zombies, "zombie processes left: " + "; ".join(map(_describe, zombies))
+    assert not left, "processes left behind: " + "; ".join(map(_describe, left))

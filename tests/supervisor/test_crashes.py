@@ -1,0 +1,313 @@
+"""Children that crash, are killed or hang: what callers see, and recovery.
+
+Every test checks that the request in flight fails with the right class from
+``supervisor.errors``, that the next request is served by a new child, that
+``app.status()`` tells the story (restarts, last exit) and that no process is
+left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+import pytest
+
+from supervisor import App, RestartPolicy, Supervisor
+from supervisor.errors import (
+    AppFailedError,
+    ChildCrashedError,
+    RequestTimeoutError,
+    SupervisorError,
+)
+from supervisor.events import ResultEvent
+from supervisor.request import Request
+
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
+
+
+def make_supervisor(**overrides: Any) -> Supervisor:
+    options: dict[str, Any] = {
+        "gpu_backend": None,
+        "cancel_grace": 0.5,
+        "unload_timeout": 2.0,
+        "restart_policy": RestartPolicy(max_restarts=2, window=30),
+    }
+    options.update(overrides)
+    return Supervisor(**options)
+
+
+async def outcome(request: Request) -> Any:
+    """The output of a submitted request, or its error raised."""
+    async for item in request.events:
+        if isinstance(item, SupervisorError):
+            raise item
+        if isinstance(item, ResultEvent):
+            return item.output
+    raise AssertionError("no result")
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.02)
+
+
+def only_pid(app: App) -> int:
+    pids = app.status()["pids"]
+    assert len(pids) == 1, pids
+    return int(pids[0])
+
+
+async def wait_running(app: App, count: int = 1) -> None:
+    await wait_for(lambda: sum(r["in_flight"] for r in app.status()["replicas"]) >= count)
+
+
+async def assert_recovered(app: App, old_pid: int, wait_gone: Any, restarts: int = 1) -> int:
+    """The next request is served by a new child; the old one is gone."""
+    out = await app.run({"how": "ok"})
+    assert out["pid"] != old_pid
+    assert wait_gone([old_pid], zombie_ok=False) == [], "the dead child was not reaped"
+    status = app.status()
+    assert status["state"] == "ready"
+    assert status["restarts"] == restarts
+    assert status["pids"] == [out["pid"]]
+    return int(out["pid"])
+
+
+async def test_exit_code_crash_is_reported_and_recovered(apps_dir: Path, wait_gone: Any) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_crashy")
+        first = await app.run({"how": "ok"})
+        pid = first["pid"]
+        assert only_pid(app) == pid
+        with pytest.raises(ChildCrashedError) as info:
+            await app.run({"how": "exit"})
+        error = info.value
+        assert type(error) is ChildCrashedError
+        assert error.details["exit_code"] == 3
+        assert error.details["signal"] is None
+        assert error.details["oom_killed"] is False
+        assert "exited with code 3" in error.message
+        assert error.to_dict()["type"] == "child_crashed"
+        await assert_recovered(app, pid, wait_gone)
+        last_exit = app.status()["last_exit"]
+        assert last_exit["exit_code"] == 3
+        assert last_exit["signal"] is None
+        assert "exited with code 3" in last_exit["reason"]
+
+
+async def test_segfault_is_reported_with_signal_and_traceback(
+    apps_dir: Path, wait_gone: Any
+) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_crashy")
+        pid = (await app.run({"how": "ok"}))["pid"]
+        with pytest.raises(ChildCrashedError) as info:
+            await app.run({"how": "segv"})
+        assert info.value.details["signal"] == "SIGSEGV"
+        assert info.value.details["exit_code"] is None
+        assert "SIGSEGV" in info.value.message
+        # faulthandler's report reaches the supervisor through the child's stderr.
+        assert "Fatal Python error" in info.value.details.get("stderr", "")
+        await assert_recovered(app, pid, wait_gone)
+        assert app.status()["last_exit"]["signal"] == "SIGSEGV"
+
+
+async def test_sigkill_while_running(apps_dir: Path, wait_gone: Any) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_crashy")
+        pid = only_pid(app)
+        request = app.submit({"how": "sleep", "seconds": 30})
+        await wait_running(app)
+        await anyio.sleep(0.2)
+        started = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        with anyio.fail_after(5), pytest.raises(ChildCrashedError) as info:
+            await outcome(request)
+        assert time.monotonic() - started < 5
+        assert info.value.details["signal"] == "SIGKILL"
+        assert info.value.details["oom_killed"] is False
+        assert "SIGKILL" in info.value.message
+        await assert_recovered(app, pid, wait_gone)
+        assert app.status()["last_exit"]["signal"] == "SIGKILL"
+        assert "SIGKILL" in app.status()["last_exit"]["reason"]
+
+
+async def test_sigkill_while_idle_restarts_in_the_background(
+    apps_dir: Path, wait_gone: Any
+) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_crashy")
+        pid = only_pid(app)
+        os.kill(pid, signal.SIGKILL)
+        # The first crash restarts at once, before any request asks for it.
+        await wait_for(
+            lambda: app.status()["state"] == "ready" and app.status()["pids"] not in ([], [pid])
+        )
+        status = app.status()
+        assert status["restarts"] == 1
+        assert status["last_exit"]["signal"] == "SIGKILL"
+        new_pid = status["pids"][0]
+        out = await app.run({"how": "ok"})
+        assert out["pid"] == new_pid != pid
+        assert wait_gone([pid], zombie_ok=False) == []
+
+
+async def test_hang_times_out_then_child_is_killed_and_replaced(
+    apps_dir: Path, wait_gone: Any
+) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_crashy", run_timeout=0.5)
+        pid = only_pid(app)
+        started = time.monotonic()
+        with pytest.raises(RequestTimeoutError) as info:
+            await app.run({"how": "hang"})
+        elapsed = time.monotonic() - started
+        # run_timeout, then cancel_grace for the (ignored) cancel; not 1000 s.
+        assert 0.5 <= elapsed < 4
+        assert "0.5 s" in info.value.message
+        assert info.value.to_dict()["type"] == "timeout"
+        await assert_recovered(app, pid, wait_gone)
+        assert "did not finish within 0.5 s" in app.status()["last_exit"]["reason"]
+
+
+async def test_per_request_timeout_overrides_the_app_default(
+    apps_dir: Path, wait_gone: Any
+) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_crashy", run_timeout=60)
+        pid = only_pid(app)
+        with anyio.fail_after(5), pytest.raises(RequestTimeoutError):
+            await app.run({"how": "hang"}, timeout=0.3)
+        await assert_recovered(app, pid, wait_gone)
+
+
+async def test_requests_queued_behind_a_crash_are_not_lost(apps_dir: Path) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_crashy", max_concurrency=1)
+        crashing = app.submit({"how": "exit"})
+        followers = [app.submit({"how": "ok"}) for _ in range(4)]
+        results: dict[int, Any] = {}
+
+        async def collect(i: int, request: Request) -> None:
+            try:
+                results[i] = await outcome(request)
+            except SupervisorError as exc:
+                results[i] = exc
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(collect, -1, crashing)
+                for i, request in enumerate(followers):
+                    tasks.start_soon(collect, i, request)
+        assert isinstance(results.pop(-1), ChildCrashedError)
+        for i, result in results.items():
+            assert isinstance(result, dict), f"request {i} failed: {result!r}"
+            assert result["pid"] == only_pid(app)
+        assert app.status()["restarts"] == 1
+
+
+async def test_segfault_with_concurrent_requests_only_fails_the_in_flight_ones(
+    apps_dir: Path,
+) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_crashy", max_concurrency=2)
+        pid = only_pid(app)
+        sleeping = app.submit({"how": "sleep", "seconds": 30})
+        await wait_running(app)
+        crashing = app.submit({"how": "segv"})
+        queued = [app.submit({"how": "ok"}) for _ in range(3)]
+        with anyio.fail_after(15):
+            with pytest.raises(ChildCrashedError) as info:
+                await outcome(sleeping)
+            assert info.value.details["signal"] == "SIGSEGV"
+            with pytest.raises(ChildCrashedError):
+                await outcome(crashing)
+            outputs = [await outcome(r) for r in queued]
+        assert {o["pid"] for o in outputs} == {only_pid(app)}
+        assert only_pid(app) != pid
+
+
+async def test_run_that_always_crashes_ends_in_failed(apps_dir: Path, wait_gone: Any) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_crashy")
+        pids = [only_pid(app)]
+        for _ in range(3):
+            with anyio.fail_after(10), pytest.raises(ChildCrashedError):
+                await app.run({"how": "exit"})
+            await wait_for(lambda: app.status()["state"] in ("ready", "failed"))
+            pids.extend(app.status()["pids"])
+        status = app.status()
+        assert status["state"] == "failed"
+        assert status["restarts"] == 2
+        assert status["ready"] is False
+        assert status["pids"] == []
+        assert "3 crashes within 30 s" in status["replicas"][0]["failure"]
+        with pytest.raises(AppFailedError) as info:
+            await app.run({"how": "ok"})
+        assert "sup_crashy" in info.value.message
+        assert "3 crashes within 30 s" in info.value.message
+        assert "the limit is 2 restarts" in info.value.message
+        assert info.value.to_dict()["type"] == "app_failed"
+        assert len(set(pids)) == 3
+        assert wait_gone(pids, zombie_ok=False) == []
+
+
+async def test_setup_that_crashes_after_the_first_start_ends_in_failed(
+    apps_dir: Path, tmp_path: Path, wait_gone: Any
+) -> None:
+    marker = tmp_path / "first-setup-done"
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_crash_in_setup", setup={"once_marker": str(marker)})
+        assert marker.exists()
+        pid = only_pid(app)
+        assert (await app.run({"how": "ok"}))["pid"] == pid
+        with pytest.raises(ChildCrashedError):
+            await app.run({"how": "exit"})
+        # Each restart dies in setup (os._exit(4)): restarted twice, then given up.
+        await wait_for(lambda: app.status()["state"] == "failed")
+        status = app.status()
+        assert status["restarts"] == 2
+        assert status["pids"] == []
+        failure = status["replicas"][0]["failure"]
+        assert "crashes within 30 s" in failure
+        assert "exited with code 4" in failure
+        with pytest.raises(AppFailedError) as info:
+            await app.run({"how": "ok"})
+        assert "exited with code 4" in info.value.message
+        assert wait_gone([pid], zombie_ok=False) == []
+
+
+async def test_a_request_waiting_for_a_doomed_restart_gets_app_failed(
+    apps_dir: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "first-setup-done"
+    policy = RestartPolicy(max_restarts=2, window=30, base_delay=0.3)
+    async with make_supervisor(restart_policy=policy) as sup:
+        app = await sup.start(apps_dir / "sup_crash_in_setup", setup={"once_marker": str(marker)})
+        with pytest.raises(ChildCrashedError):
+            await app.run({"how": "exit"})
+        # Sent while the slot is still restarting: it must not hang or be lost.
+        with anyio.fail_after(10), pytest.raises(AppFailedError):
+            await app.run({"how": "ok"})
+
+
+async def test_crashes_outside_the_window_do_not_accumulate(
+    apps_dir: Path, wait_gone: Any
+) -> None:
+    async with make_supervisor(restart_policy=RestartPolicy(max_restarts=1, window=0.5)) as sup:
+        app = await sup.start(apps_dir / "sup_crashy")
+        for restarts in (1, 2, 3):
+            with pytest.raises(ChildCrashedError):
+                await app.run({"how": "exit"})
+            out = await app.run({"how": "ok"})
+            assert app.status()["restarts"] == restarts
+            assert app.status()["state"] == "ready"
+            await anyio.sleep(0.6)
+        assert psutil.pid_exists(out["pid"])
