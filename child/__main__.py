@@ -44,7 +44,9 @@ def main() -> None:
     if args[:1] == ["--preload"]:
         _preload(args[1])
         args = args[2:]
-    runtime = ChildRuntime(connection, outbox, stdio.protocol_in, streams, forwarders)
+    runtime = ChildRuntime(
+        connection, outbox, stdio.protocol_in, streams, forwarders, exit_now=os._exit
+    )
     status = anyio.run(runtime.serve, args[0] if args else None)
     os._exit(status)
 

@@ -67,9 +67,12 @@ class RequestStream(io.TextIOBase):
             buffered = self._pending.pop(request, "") + text
             lines = buffered.split("\n")
             rest = lines.pop()
-            if len(rest) >= MAX_LINE:
-                lines.append(rest)
-                rest = ""
+            # Cut pieces of MAX_LINE, but keep the last one (1..MAX_LINE characters)
+            # pending: cutting it too would turn the newline that ends the line into
+            # an extra, empty log line.
+            while len(rest) > MAX_LINE:
+                lines.append(rest[:MAX_LINE])
+                rest = rest[MAX_LINE:]
             if rest:
                 self._pending[request] = rest
         for line in lines:
@@ -133,7 +136,7 @@ class PipeForwarder:
     def _forward(self, data: bytes) -> None:
         data = self._partial + data
         *lines, rest = data.split(b"\n")
-        while len(rest) >= MAX_LINE:
+        while len(rest) > MAX_LINE:  # ">": see RequestStream.write
             lines.append(rest[:MAX_LINE])
             rest = rest[MAX_LINE:]
         self._partial = rest

@@ -20,7 +20,6 @@ from typing import Any
 
 from pydantic import BaseModel, PrivateAttr
 
-
 LogCallback = Callable[[str], None]
 ProgressCallback = Callable[..., None]
 

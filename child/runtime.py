@@ -9,6 +9,7 @@ drained so that its logs come first.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -76,7 +77,14 @@ class ChildRuntime:
         protocol_in: int,
         streams: tuple[RequestStream, RequestStream],
         forwarders: tuple[PipeForwarder, ...],
+        exit_now: Callable[[int], object] | None = None,
     ) -> None:
+        """``exit_now(status)``, when given, ends the process once serving is over
+        (``python -m child`` passes ``os._exit``), so that shutdown, end of input and
+        protocol errors do not wait for sync app code still running in a worker
+        thread, which cannot be cancelled. Without it ``serve`` returns the status
+        after that work has finished."""
+        self._exit_now = exit_now
         self.connection = connection
         self.outbox = outbox
         self._in = protocol_in
@@ -85,6 +93,7 @@ class ChildRuntime:
         self.app: LoadedApp | None = None
         self._runs: dict[str, anyio.CancelScope] = {}
         self._file_inputs: dict[str, bool] = {}
+        self._runs_done = anyio.Event()
         self._initial_cwd = os.getcwd()
         os.set_blocking(protocol_in, False)
 
@@ -110,15 +119,15 @@ class ChildRuntime:
             except ProtocolError as exc:
                 self._report_protocol_error(exc)
                 status = exit_codes.PROTOCOL_ERROR
+            if self._exit_now is not None:
+                self._exit_now(status)  # leaving the task group would wait for threads
             tasks.cancel_scope.cancel()
         return status
 
     def _report_protocol_error(self, exc: ProtocolError) -> None:
         info = ErrorInfo(ErrorType.PROTOCOL, str(exc), exception=type(exc).__name__)
-        try:
+        with contextlib.suppress(ProtocolError, OSError):
             self.outbox.send(Error(id=None, error=info))
-        except (ProtocolError, OSError):
-            pass
 
     async def _dispatch_loop(self, tasks: anyio.abc.TaskGroup) -> int:
         while True:
@@ -188,6 +197,7 @@ class ChildRuntime:
         finally:
             current_request.reset(token)
             self._runs.pop(request_id, None)
+            self._runs_done.set()
         if scope.cancel_called:
             # Not only ``cancelled_caught``: sync work in a worker thread cannot be
             # interrupted, so it may still finish (or fail) after the cancel. Its
@@ -300,7 +310,8 @@ class ChildRuntime:
         for scope in list(self._runs.values()):
             scope.cancel()
         while self._runs:
-            await anyio.sleep(0.001)
+            self._runs_done = anyio.Event()
+            await self._runs_done.wait()
         if self.app is not None:
             unload = getattr(self.app.app, "unload", None)
             if unload is not None:
@@ -377,7 +388,9 @@ def _validation_info(exc: pydantic.ValidationError, what: str) -> ErrorInfo:
 
 def _exception_info(exc: BaseException, error_type: ErrorType) -> ErrorInfo:
     cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
     message = str(exc) or cls.__name__
     if error_type is ErrorType.APP_EXCEPTION and (
         cls.__name__ == "OutOfMemoryError" or _CUDA_OOM.search(message)

@@ -23,7 +23,6 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-
 _MISSING: Any = object()
 _SCALARS = (str, int, float, bool, type(None), bytes)
 _SEQUENCES = (list, tuple, set, frozenset)

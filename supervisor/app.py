@@ -196,12 +196,12 @@ class App:
             return
         self._stopped = True
         self._queue_send.close()
+        for request in list(self._requests.values()):
+            request.fail(E.AppStoppedError(f"{self.name} was stopped"))
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tasks:
                 for slot in self.slots:
                     tasks.start_soon(slot.stop)
-        for request in list(self._requests.values()):
-            request.fail(E.AppStoppedError(f"{self.name} was stopped"))
         with contextlib.suppress(Exception):
             await self._drain_queue()
         self._scope.cancel()

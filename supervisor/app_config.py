@@ -47,7 +47,9 @@ def read_manifest(app_dir: Path) -> AppManifest:
     gpu = _mapping(resources.get("gpu"), path, "resources.gpu")
     env = _mapping(data.get("env"), path, "env")
     gpu_type = str(gpu.get("type", "any")).lower()
-    count = 0 if gpu_type in NO_GPU_TYPES else _int(gpu.get("count", 0), path, "resources.gpu.count")
+    count = (
+        0 if gpu_type in NO_GPU_TYPES else _int(gpu.get("count", 0), path, "resources.gpu.count")
+    )
     return AppManifest(
         name=str(data.get("name") or app_dir.name),
         env={str(k): str(v) for k, v in env.items()},

@@ -37,7 +37,9 @@ Inbox = MemoryObjectReceiveStream[Message]
 
 
 class ChildChannel:
-    def __init__(self, child: ChildProcess, logger: logging.Logger, max_frame_size: int | None = None) -> None:
+    def __init__(
+        self, child: ChildProcess, logger: logging.Logger, max_frame_size: int | None = None
+    ) -> None:
         kwargs: dict[str, Any] = {}
         if max_frame_size is not None:
             kwargs["max_frame_size"] = max_frame_size

@@ -4,7 +4,7 @@ progress reports and partial outputs, then one result (or an exception)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -40,4 +40,4 @@ class ResultEvent:
     """Seconds: ``queued`` (waiting for a child), ``run`` (in the child), ``total``."""
 
 
-Event = Union[LogEvent, ProgressEvent, PartialEvent, ResultEvent]
+Event = LogEvent | ProgressEvent | PartialEvent | ResultEvent

@@ -59,7 +59,9 @@ class Lifecycle:
     state: ChildState = ChildState.UNLOADED
     since: float = field(default_factory=time.monotonic)
     reason: str = ""
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("supervisor.lifecycle"))
+    logger: logging.Logger = field(
+        default_factory=lambda: logging.getLogger("supervisor.lifecycle")
+    )
 
     def to(self, state: ChildState, reason: str = "") -> None:
         if state is self.state:
@@ -69,7 +71,11 @@ class Lifecycle:
         quiet = {self.state, state} == {ChildState.READY, ChildState.BUSY}
         self.logger.log(
             logging.DEBUG if quiet else logging.INFO,
-            "%s: %s -> %s%s", self.name, self.state.value, state.value, f" ({reason})" if reason else ""
+            "%s: %s -> %s%s",
+            self.name,
+            self.state.value,
+            state.value,
+            f" ({reason})" if reason else "",
         )
         self.state = state
         self.since = time.monotonic()

@@ -32,7 +32,15 @@ from .process import ChildProcess
 logger = logging.getLogger("supervisor.pool")
 
 UNSAFE_ENV_PREFIXES = (
-    "PYTHON", "LD_", "MALLOC", "OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_", "GOMP_", "KMP_",
+    "PYTHON",
+    "LD_",
+    "MALLOC",
+    "OMP_",
+    "MKL_",
+    "OPENBLAS_",
+    "NUMEXPR_",
+    "GOMP_",
+    "KMP_",
 )
 
 
@@ -90,7 +98,9 @@ class ChildPool:
             "handed_out": self.handed_out,
         }
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Keep ``size`` idle children per wanted key, until cancelled."""
         try:
             async with anyio.create_task_group() as tasks:

@@ -127,7 +127,9 @@ class ChildProcess:
         if stream is None:
             return
         pending = b""
-        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        with contextlib.suppress(
+            anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError
+        ):
             while True:
                 pending += await stream.receive()
                 *lines, pending = pending.split(b"\n")
@@ -173,7 +175,9 @@ class ChildProcess:
             self.signal_group(signal.SIGTERM)
             with anyio.move_on_after(grace, shield=True):
                 return await self._finish()
-            logger.warning("%s: pid %d ignored SIGTERM for %.1f s; SIGKILL", self.name, self.pid, grace)
+            logger.warning(
+                "%s: pid %d ignored SIGTERM for %.1f s; SIGKILL", self.name, self.pid, grace
+            )
         self.kill()
         return await self._finish()
 

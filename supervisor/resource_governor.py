@@ -119,9 +119,7 @@ class ResourceGovernor:
 
     # -- before a start ---------------------------------------------------------
 
-    async def admit(
-        self, *, count: int, vram_per_gpu: int, timeout: float
-    ) -> tuple[int, ...]:
+    async def admit(self, *, count: int, vram_per_gpu: int, timeout: float) -> tuple[int, ...]:
         """GPUs with room for a new child, evicting idle children or waiting for room."""
         deadline = time.monotonic() + timeout
         while True:

@@ -128,8 +128,13 @@ class Slot:
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             task_status.started()
-            async for request in queue:
+            while True:
                 await self._slots.acquire()
+                try:
+                    request = await queue.receive()
+                except anyio.EndOfStream:
+                    self._slots.release()
+                    break
                 if request.finished:
                     self._slots.release()
                     continue
@@ -298,7 +303,11 @@ class Slot:
         raise _StartFailed(f"the child died during {message.TYPE}")
 
     def _metadata(self) -> dict[str, Any]:
-        return {"app_id": self.spec.name, "worker_id": self.name, "gpu_ids": [str(g) for g in self.gpus]}
+        return {
+            "app_id": self.spec.name,
+            "worker_id": self.name,
+            "gpu_ids": [str(g) for g in self.gpus],
+        }
 
     # -- running requests -----------------------------------------------------
 
@@ -311,7 +320,9 @@ class Slot:
             self.lifecycle.to(S.BUSY)
         inbox = child.channel.open_request(request.id)
         try:
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError):
+            with contextlib.suppress(
+                anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError
+            ):
                 await child.channel.send(
                     Run(request.id, request.function, request.input, self._run_metadata(request))
                 )
@@ -344,7 +355,11 @@ class Slot:
             elif isinstance(message, ProgressMessage):
                 request.emit(
                     ProgressEvent(
-                        request.id, message.fraction, message.current, message.total, message.message
+                        request.id,
+                        message.fraction,
+                        message.current,
+                        message.total,
+                        message.message,
                     )
                 )
             elif isinstance(message, PartialMessage):
@@ -365,17 +380,24 @@ class Slot:
         if terminal is None and not child.dead.is_set():
             self.logger.warning(
                 "%s: request %s ignored its cancel for %.1f s; killing pid %d",
-                self.name, request.id, self.spec.cancel_grace, child.process.pid,
+                self.name,
+                request.id,
+                self.spec.cancel_grace,
+                child.process.pid,
             )
             self.kill(child, error, culprit=request.id)
         request.fail(error)
         return None
 
     async def _send_cancel(self, request: Request, child: LiveChild) -> None:
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError):
+        with contextlib.suppress(
+            anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError
+        ):
             await child.channel.send(Cancel(request.id))
 
-    async def _ask_to_cancel(self, request: Request, child: LiveChild, error: E.SupervisorError) -> None:
+    async def _ask_to_cancel(
+        self, request: Request, child: LiveChild, error: E.SupervisorError
+    ) -> None:
         """Ask the child to cancel; kill it if the request is still there after the grace."""
         await self._send_cancel(request, child)
 
@@ -386,7 +408,10 @@ class Slot:
             if request.id in child.in_flight and not child.dead.is_set():
                 self.logger.warning(
                     "%s: request %s did not stop within %.1f s of being cancelled; killing pid %d",
-                    self.name, request.id, self.spec.cancel_grace, child.process.pid,
+                    self.name,
+                    request.id,
+                    self.spec.cancel_grace,
+                    child.process.pid,
                 )
                 self.kill(child, error, culprit=request.id)
 
@@ -421,7 +446,9 @@ class Slot:
         if child.channel.fatal_error is not None:
             return E.ProtocolViolationError(child.channel.fatal_error.error.message, **details)
         what = status.describe() if status else "died"
-        return E.ChildCrashedError(f"the child {what} while running {request.function!r}", **details)
+        return E.ChildCrashedError(
+            f"the child {what} while running {request.function!r}", **details
+        )
 
     async def cancel(self, request: Request) -> None:
         child = self.child
@@ -465,7 +492,10 @@ class Slot:
             self.lifecycle.to(S.UNLOADED, child.kill_reason.message)
         else:
             self.logger.warning(
-                "%s: child pid %d stopped: %s", self.name, child.process.pid, self.last_exit["reason"]
+                "%s: child pid %d stopped: %s",
+                self.name,
+                child.process.pid,
+                self.last_exit["reason"],
             )
             self._crashed(self.last_exit["reason"])
             if self.lifecycle.state is S.RESTARTING:
@@ -478,7 +508,10 @@ class Slot:
             await anyio.sleep(self.spec.heartbeat_interval)
             if child.in_flight or child.dead.is_set() or child.retiring:
                 continue
-            if not await child.channel.ping(self.spec.heartbeat_timeout) and not child.dead.is_set():
+            if (
+                not await child.channel.ping(self.spec.heartbeat_timeout)
+                and not child.dead.is_set()
+            ):
                 if child.in_flight or child.retiring:
                     continue
                 self.kill(
@@ -510,7 +543,9 @@ class Slot:
         child.retiring = True
         self.child = None
         self.lifecycle.to(then if then is not S.STOPPED else S.STOPPING, reason)
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError):
+        with contextlib.suppress(
+            anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError
+        ):
             await child.channel.send(Unload())
         with anyio.move_on_after(self.spec.unload_timeout, shield=True):
             await child.dead.wait()
@@ -568,7 +603,9 @@ class Slot:
             "failure": self.failure,
             "in_flight": len(child.in_flight) if child else 0,
             "uptime": time.monotonic() - child.started_at if child else None,
-            "idle_for": time.monotonic() - child.last_used if child and not child.in_flight else None,
+            "idle_for": time.monotonic() - child.last_used
+            if child and not child.in_flight
+            else None,
             "memory": _usage_dict(self.usage) if child else None,
         }
 

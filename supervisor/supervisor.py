@@ -38,7 +38,7 @@ class Supervisor:
     def __init__(
         self,
         *,
-        gpu_backend: GpuBackend | None | str = "auto",
+        gpu_backend: GpuBackend | str | None = "auto",
         restart_policy: RestartPolicy | None = None,
         monitor_interval: float = 1.0,
         min_free_vram: int | float | None = None,

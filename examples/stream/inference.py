@@ -11,10 +11,11 @@ from collections.abc import AsyncGenerator
 from inferencesh import BaseApp, BaseAppInput, BaseAppOutput
 from pydantic import Field
 
-WORDS = (
+CANNED_TEXT = (
     "a supervisor keeps every app in a child process of its own so that a crash, "
     "a leak or a hung model never takes the server down with it"
-).split()
+)
+WORDS = CANNED_TEXT.split()
 
 
 class AppInput(BaseAppInput):

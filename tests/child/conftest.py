@@ -10,6 +10,7 @@ process-level acceptance tests (``test_child_*.py``).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import itertools
@@ -94,6 +95,7 @@ class ChildDriver:
         self.channel = SyncChannel(self.connection, self._read, self._write)
         self.received: list[Message] = []
         """Every message received, in order."""
+        self._backlog: collections.deque[Message] = collections.deque()
         self._chunks: queue.Queue[bytes] = queue.Queue()
         self._stderr = bytearray()
         self._deadline: float | None = None
@@ -168,7 +170,15 @@ class ChildDriver:
         self.channel.send(message)
 
     def receive(self, timeout: float | None = None) -> Message:
-        """The next message; ``EOFError`` once the child closed its stdout."""
+        """The next message not yet consumed; ``EOFError`` once the child closed its stdout.
+
+        Messages that ``ping`` stepped over come first, in their order of arrival.
+        """
+        if self._backlog:
+            return self._backlog.popleft()
+        return self._receive_new(timeout)
+
+    def _receive_new(self, timeout: float | None) -> Message:
         self._deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         try:
             message = self.channel.receive()
@@ -270,13 +280,14 @@ class ChildDriver:
         self.send(Cancel(id=request))
 
     def ping(self, timeout: float | None = None) -> Pong:
+        """Send a ping and wait for its pong; other messages stay to be received."""
         seq = next(self._seq)
         self.send(Ping(seq=seq))
         while True:
-            message = self.receive(timeout)
-            if isinstance(message, Pong):
-                assert message.seq == seq
+            message = self._receive_new(timeout)
+            if isinstance(message, Pong) and message.seq == seq:
                 return message
+            self._backlog.append(message)
 
     def unload(self, timeout: float | None = None) -> list[Message]:
         """Send ``unload``; return the messages that came before ``unloaded``."""
@@ -299,6 +310,12 @@ class ChildDriver:
             raise ChildTimeout(
                 f"the child did not exit within {timeout} s; stderr:\n{self.stderr_text[-4000:]}"
             ) from None
+
+    def stderr_at_exit(self, timeout: float = 10.0) -> str:
+        """Everything the child wrote to its real stderr, once it has exited."""
+        self.wait(timeout)
+        self._threads[1].join(timeout)
+        return self.stderr_text
 
     def close(self) -> None:
         """Kill the child (if alive) and reap it; never leaves a zombie behind."""

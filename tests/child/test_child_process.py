@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import random
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def test_run_with_metadata_signature(ready):
 
 
 def test_files_app_local_path_and_data_uri(ready, tmp_path):
-    driver = ready("files", env={"FILE_CACHE_DIR": str(tmp_path / "cache")})
+    driver = ready("files", env=dict(os.environ, FILE_CACHE_DIR=str(tmp_path / "cache")))
     source = tmp_path / "input.bin"
     source.write_bytes(b"0123456789")
 
@@ -176,6 +177,14 @@ def test_hundred_mib_output_arrives_intact(ready):
     assert digest == output["sha256"]
     assert digest == hashlib.sha256(random.Random(7).randbytes(size)).hexdigest()
     assert driver.ping().seq >= 1  # the stream is still in step
+
+
+@pytest.mark.timeout(120)
+def test_big_input_spanning_several_frames(ready):
+    driver = ready("child_big")
+    data = random.Random(3).randbytes(40 * 1024 * 1024)  # frames are at most 16 MiB
+    _, result = driver.run("digest", {"data": data}, timeout=90)
+    assert ok(result) == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 # -- errors -------------------------------------------------------------------

@@ -298,9 +298,7 @@ async def test_a_request_waiting_for_a_doomed_restart_gets_app_failed(
             await app.run({"how": "ok"})
 
 
-async def test_crashes_outside_the_window_do_not_accumulate(
-    apps_dir: Path, wait_gone: Any
-) -> None:
+async def test_crashes_outside_the_window_do_not_accumulate(apps_dir: Path, wait_gone: Any) -> None:
     async with make_supervisor(restart_policy=RestartPolicy(max_restarts=1, window=0.5)) as sup:
         app = await sup.start(apps_dir / "sup_crashy")
         for restarts in (1, 2, 3):

@@ -29,8 +29,16 @@ HOST = {
 
 def test_allowlist_passes_runtime_variables_and_drops_secrets() -> None:
     env = child_environment({}, cuda_visible_devices="", host=HOST)
-    for key in ("PATH", "HOME", "LANG", "LC_ALL", "NVIDIA_DRIVER_CAPABILITIES", "NCCL_DEBUG",
-                "CUDA_DEVICE_ORDER", "HF_HOME"):
+    for key in (
+        "PATH",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "NVIDIA_DRIVER_CAPABILITIES",
+        "NCCL_DEBUG",
+        "CUDA_DEVICE_ORDER",
+        "HF_HOME",
+    ):
         assert env[key] == HOST[key], key
     for key in ("AWS_SECRET_ACCESS_KEY", "DATABASE_URL", "MY_SECRET"):
         assert key not in env, key

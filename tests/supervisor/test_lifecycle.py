@@ -115,7 +115,8 @@ def test_transitions_are_logged_with_reason(caplog: pytest.LogCaptureFixture) ->
     with caplog.at_level(logging.DEBUG, logger="supervisor.lifecycle"):
         life.to(S.STARTING, "first start")
     assert any(
-        "app[1]" in r.getMessage() and "unloaded -> starting" in r.getMessage()
+        "app[1]" in r.getMessage()
+        and "unloaded -> starting" in r.getMessage()
         and "first start" in r.getMessage()
         for r in caplog.records
     )

@@ -65,9 +65,11 @@ async def test_gpu_figures_reach_status(fake_gpus) -> None:
         app = await sup.start(APP, gpus=1, setup={"vram_mib": 3072})
         pid = app.status()["pids"][0]
         status = await wait_for(
-            lambda: (s := app.status())["replicas"][0]["memory"]
-            and s["replicas"][0]["memory"]["vram"] == 3072 * MIB
-            and s
+            lambda: (
+                (s := app.status())["replicas"][0]["memory"]
+                and s["replicas"][0]["memory"]["vram"] == 3072 * MIB
+                and s
+            )
         )
         replica = status["replicas"][0]
         assert replica["pid"] == pid

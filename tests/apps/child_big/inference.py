@@ -20,6 +20,15 @@ class BlobOutput(BaseModel):
     sha256: str
 
 
+class DigestInput(BaseModel):
+    data: bytes
+
+
+class DigestOutput(BaseModel):
+    size: int
+    sha256: str
+
+
 class FloodInput(BaseModel):
     total: int
     """Bytes to write, newlines included."""
@@ -62,6 +71,10 @@ class App:
         """``size`` pseudo-random bytes (seeded), with their SHA-256."""
         data = blob(input.size, input.seed)
         return BlobOutput(data=data, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    def digest(self, input: DigestInput) -> DigestOutput:
+        """The size and SHA-256 of the bytes it was sent."""
+        return DigestOutput(size=len(input.data), sha256=hashlib.sha256(input.data).hexdigest())
 
     def flood(self, input: FloodInput) -> FloodOutput:
         """Write ``total`` bytes of lines, alternating print and os.write(1)."""

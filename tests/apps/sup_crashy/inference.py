@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import time
-from typing import Optional
 
 from pydantic import BaseModel
 
@@ -28,10 +27,10 @@ class Input(BaseModel):
 
 class Output(BaseModel):
     pid: int
-    cuda: Optional[str]
+    cuda: str | None
     cwd: str
-    env: dict[str, Optional[str]]
-    grandchild: Optional[int] = None
+    env: dict[str, str | None]
+    grandchild: int | None = None
 
 
 class App:

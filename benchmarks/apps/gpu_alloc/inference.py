@@ -1,0 +1,33 @@
+"""Holds a real CUDA tensor of the requested size (for benchmarks/gpu_check.py)."""
+
+import os
+
+import torch
+from pydantic import BaseModel
+
+
+class RunInput(BaseModel):
+    mib: int = 0
+
+
+class RunOutput(BaseModel):
+    pid: int
+    allocated_mib: int
+    device_name: str
+    cuda_visible_devices: str
+
+
+class App:
+    async def setup(self) -> None:
+        self.held: list[torch.Tensor] = []
+
+    async def run(self, data: RunInput) -> RunOutput:
+        if data.mib:
+            self.held.append(torch.empty(data.mib * 1024 * 1024, dtype=torch.uint8, device="cuda"))
+        torch.cuda.synchronize()
+        return RunOutput(
+            pid=os.getpid(),
+            allocated_mib=torch.cuda.memory_allocated() // (1024 * 1024),
+            device_name=torch.cuda.get_device_name(0),
+            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        )

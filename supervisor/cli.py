@@ -1,0 +1,487 @@
+"""The command line: ``python -m supervisor`` (installed as ``appvisor``).
+
+    serve APP_DIR [APP_DIR ...]   HTTP server (uvicorn) in front of a Supervisor
+    run APP_DIR                   one request; its output JSON on stdout, logs on stderr
+    schema APP_DIR                the app's functions and schemas, without running setup
+
+``serve`` runs uvicorn programmatically in the same event loop as the
+Supervisor, which lives in the server's lifespan: apps start before the port
+takes requests, and on SIGTERM/SIGINT the server stops accepting, lets
+in-flight requests finish (up to ``--shutdown-timeout``), then unloads every
+child and exits 0. A token is required to bind anything but loopback, since
+the server runs code on request.
+
+``run`` and ``schema`` are for scripts, so their exit status says what went
+wrong; the codes are the ``ExitCode`` members below and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import enum
+import ipaddress
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import anyio
+
+from . import errors as E
+from .app import App
+from .app_config import AppConfigError, read_manifest
+from .events import LogEvent, ProgressEvent, ResultEvent
+from .log_setup import LOG_FORMATS, configure_logging
+from .supervisor import Supervisor
+
+logger = logging.getLogger("supervisor.cli")
+
+AUTH_TOKEN_ENV = "SUPERVISOR_AUTH_TOKEN"
+
+
+class ExitCode(enum.IntEnum):
+    """Exit statuses of ``run`` and ``schema`` (and of ``serve`` when it cannot start)."""
+
+    OK = 0
+    USAGE = 2
+    """Bad command line: unknown option, unreadable or malformed JSON, not a directory."""
+    BAD_INPUT = 3
+    """The input or setup did not validate, or the function does not exist."""
+    APP_ERROR = 4
+    """The app raised, or its setup or import failed."""
+    RUNTIME = 5
+    """The child crashed, timed out, ran out of memory, or another runtime failure."""
+
+
+def exit_code_for(error: BaseException) -> ExitCode:
+    if isinstance(error, (E.InputValidationError, E.UnknownFunctionError)):
+        return ExitCode.BAD_INPUT
+    if isinstance(error, E.OutOfMemoryError):
+        return ExitCode.RUNTIME
+    if isinstance(error, (E.AppExceptionError, E.SetupFailedError)):
+        return ExitCode.APP_ERROR
+    return ExitCode.RUNTIME
+
+
+def find_error(exc: BaseException) -> E.SupervisorError | None:
+    """The supervisor error in ``exc``, looking inside exception groups (a task group
+    wraps what its tasks raise, even a single error)."""
+    if isinstance(exc, E.SupervisorError):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        found = find_error(inner)
+        if found is not None:
+            return found
+    return None
+
+
+class UsageError(Exception):
+    pass
+
+
+# -- argument values --------------------------------------------------------------
+
+
+def load_json_object(text: str, what: str) -> dict[str, Any]:
+    """``JSON`` or ``@file`` (``@-`` reads stdin) holding a JSON object."""
+    try:
+        if text.startswith("@"):
+            source = text[1:]
+            text = sys.stdin.read() if source == "-" else Path(source).read_text()
+        value = json.loads(text)
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot read {exc.filename}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"{what}: not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{what}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def parse_gpus(text: str) -> int | tuple[int, ...]:
+    """``2`` is a count of GPUs to allocate; ``0,1`` (or ``3,``) lists device indices."""
+    try:
+        if "," in text:
+            return tuple(int(part) for part in text.split(",") if part.strip())
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a count or a comma list, got {text!r}"
+        ) from None
+    if count < 0:
+        raise argparse.ArgumentTypeError("a GPU count cannot be negative")
+    return count
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def setups_by_app(
+    values: Sequence[str], app_dirs: Sequence[Path]
+) -> dict[Path, dict[str, Any] | None]:
+    """Each ``--setup`` is ``JSON|@file`` for every app, or ``NAME=JSON|@file`` for one."""
+    shared: dict[str, Any] | None = None
+    named: dict[str, dict[str, Any]] = {}
+    for value in values:
+        if value.startswith(("{", "@")):
+            shared = load_json_object(value, "--setup")
+            continue
+        name, sep, rest = value.partition("=")
+        if not sep:
+            raise UsageError(f"--setup: expected JSON, @file or NAME=JSON, got {value!r}")
+        named[name] = load_json_object(rest, f"--setup {name}")
+    result: dict[Path, dict[str, Any] | None] = {}
+    for directory in app_dirs:
+        names = {directory.name, _manifest_name(directory)}
+        result[directory] = next((named[n] for n in names if n in named), shared)
+    unknown = set(named) - {n for d in app_dirs for n in (d.name, _manifest_name(d))}
+    if unknown:
+        raise UsageError(f"--setup names no served app: {', '.join(sorted(unknown))}")
+    return result
+
+
+def _manifest_name(directory: Path) -> str:
+    try:
+        return read_manifest(directory.resolve()).name
+    except AppConfigError:
+        return directory.name
+
+
+def _app_dirs(values: Sequence[str]) -> list[Path]:
+    dirs = [Path(v) for v in values]
+    for directory in dirs:
+        if not directory.is_dir():
+            raise UsageError(f"{directory}: not a directory")
+    return dirs
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        import base64
+
+        return base64.b64encode(bytes(value)).decode("ascii")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _report(error: E.SupervisorError) -> None:
+    print(f"error ({error.type}): {error.message}", file=sys.stderr)
+    for key in ("errors", "traceback", "stderr"):
+        if error.details.get(key):
+            detail = error.details[key]
+            text = json.dumps(detail, indent=2) if not isinstance(detail, str) else detail
+            print(f"{key}:\n{text}", file=sys.stderr)
+
+
+# -- serve ------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .http_server import ServerSettings, create_app
+
+    token = args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or None
+    if token is None and not is_loopback(args.host):
+        print(
+            f"refusing to serve on {args.host!r} without authentication: a non-loopback address "
+            f"needs --auth-token or {AUTH_TOKEN_ENV}",
+            file=sys.stderr,
+        )
+        return ExitCode.USAGE
+    dirs = _app_dirs(args.app_dirs)
+    setups = setups_by_app(args.setup, dirs)
+    configure_logging(args.log_format, args.log_level)
+    failures: list[BaseException] = []
+
+    @contextlib.asynccontextmanager
+    async def start_apps() -> AsyncIterator[Mapping[str, App]]:
+        async with Supervisor() as supervisor:
+            apps: dict[str, App] = {}
+            for directory in dirs:
+                try:
+                    app = await supervisor.start(
+                        directory,
+                        setup=setups[directory],
+                        gpus=args.gpus,
+                        replicas=args.replicas,
+                        max_concurrency=args.max_concurrency,
+                        run_timeout=args.run_timeout,
+                    )
+                except Exception as exc:
+                    error = find_error(exc)
+                    failures.append(error or exc)
+                    if error is not None:
+                        logger.error("cannot start %s: %s (%s)", directory, error.message, error.type)
+                        raise error from None
+                    raise
+                apps[app.name] = app
+            yield apps
+
+    settings = ServerSettings(auth_token=token, allowed_paths=tuple(args.allow_path))
+    config = uvicorn.Config(
+        create_app(start_apps, settings),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        lifespan="on",
+        ws="none",
+        timeout_graceful_shutdown=args.shutdown_timeout,
+    )
+    server = uvicorn.Server(config)
+    try:
+        anyio.run(_serve, server)
+    except SystemExit as exc:  # uvicorn exits this way when it cannot bind
+        return ExitCode.RUNTIME if exc.code else ExitCode.OK
+    if failures:
+        return exit_code_for(failures[0])
+    return ExitCode.OK if server.started else ExitCode.RUNTIME
+
+
+async def _serve(server: Any) -> None:
+    """Serve until a signal; the signal then means "shut down", not "die"."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    # uvicorn restores the handlers it found and re-raises the signal it caught
+    # once it has shut down; finding ours, that re-raise is harmless and we exit 0.
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        await server.serve()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# -- run --------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    app_dir = _app_dirs([args.app_dir])[0]
+    if args.input is not None:
+        data = load_json_object(args.input, "--input")
+    elif (app_dir / "input.json").is_file():
+        data = load_json_object(f"@{app_dir / 'input.json'}", "input.json")
+    else:
+        data = {}
+    setup = load_json_object(args.setup, "--setup") if args.setup else None
+    configure_logging(args.log_format, args.log_level)
+    try:
+        output = anyio.run(_run_once, app_dir, data, setup, args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        error = find_error(exc)
+        if error is None:
+            raise
+        _report(error)
+        return exit_code_for(error)
+    sys.stdout.write(json.dumps(output, default=_json_default, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+    return ExitCode.OK
+
+
+async def _run_once(
+    app_dir: Path, data: dict[str, Any], setup: dict[str, Any] | None, args: argparse.Namespace
+) -> Any:
+    output: Any = None
+    async with Supervisor() as supervisor:
+        app = await supervisor.start(
+            app_dir, setup=setup, gpus=args.gpus, run_timeout=args.run_timeout
+        )
+        async for event in app.stream(data, function=args.function):
+            if isinstance(event, LogEvent):
+                print(f"[{event.stream}] {event.message.rstrip()}", file=sys.stderr, flush=True)
+            elif isinstance(event, ProgressEvent):
+                percent = "" if event.fraction is None else f" {event.fraction:.0%}"
+                print(
+                    f"[progress]{percent} {event.message or ''}".rstrip(),
+                    file=sys.stderr,
+                    flush=True,
+                )
+            elif isinstance(event, ResultEvent):
+                output = event.output
+    return output
+
+
+# -- schema -----------------------------------------------------------------------
+
+FUNCTION_KEYS = ("description", "input_schema", "output_schema", "streaming")
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .describe import describe_app
+
+    app_dir = _app_dirs([args.app_dir])[0]
+    configure_logging(args.log_format, args.log_level)
+    try:
+        description = describe_app(app_dir)
+    except E.SupervisorError as exc:
+        _report(exc)
+        return exit_code_for(exc)
+    functions = description.get("functions") or {}
+    schema = {
+        "name": description.get("name"),
+        "functions": {
+            name: {key: info.get(key) for key in FUNCTION_KEYS} for name, info in functions.items()
+        },
+        "setup_schema": description.get("setup_schema"),
+    }
+    sys.stdout.write(json.dumps(schema, indent=2, ensure_ascii=False) + "\n")
+    return ExitCode.OK
+
+
+# -- the parser -------------------------------------------------------------------
+
+EXIT_CODES_HELP = (
+    "exit codes: 0 success, 2 usage, 3 bad input (validation, unknown function), "
+    "4 app error (exception, setup or import failed), 5 crash, timeout or other runtime failure"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="text", help="stderr log format"
+    )
+    common.add_argument(
+        "--log-level",
+        default=None,
+        help="logging level (default: info for serve, warning otherwise)",
+    )
+    runtime = argparse.ArgumentParser(add_help=False)
+    runtime.add_argument(
+        "--gpus",
+        type=parse_gpus,
+        default=None,
+        help="a GPU count (e.g. 1) or device indices (e.g. 0,1); default: inf.yml",
+    )
+    runtime.add_argument(
+        "--run-timeout",
+        type=positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="fail a request that runs longer than this",
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="appvisor",
+        description="Run inference.sh-style apps, each in a supervised child process.",
+        epilog=EXIT_CODES_HELP,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        parents=[common, runtime],
+        help="serve apps over HTTP",
+        description="Serve one or more apps over HTTP. With several, each lives under "
+        "/apps/{name}/; a single app is also served at the root. Endpoints: POST /run, "
+        "/run/{function}, /cancel/{id}; GET /health, /openapi.json, /docs, /metrics, /files/...",
+        epilog=f"The auth token can also come from ${AUTH_TOKEN_ENV} (preferred: a command line "
+        "is visible to other users). " + EXIT_CODES_HELP,
+    )
+    serve.add_argument("app_dirs", nargs="+", metavar="APP_DIR")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    serve.add_argument("--replicas", type=positive_int, default=1, help="child processes per app")
+    serve.add_argument(
+        "--max-concurrency", type=positive_int, default=1, help="requests one child runs at once"
+    )
+    serve.add_argument(
+        "--setup",
+        action="append",
+        default=[],
+        metavar="[NAME=]JSON|@FILE",
+        help="setup values for every app, or with NAME= for one (repeatable)",
+    )
+    serve.add_argument(
+        "--auth-token",
+        default=None,
+        help="require 'Authorization: Bearer TOKEN' (all but /health); "
+        "required for a non-loopback --host",
+    )
+    serve.add_argument(
+        "--allow-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="accept local file paths as inputs under DIR (repeatable)",
+    )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long in-flight requests may take to finish on shutdown",
+    )
+    serve.set_defaults(handler=cmd_serve, default_level="info")
+
+    run = commands.add_parser(
+        "run",
+        parents=[common, runtime],
+        help="run one request and print its output",
+        description="Start the app, run one request and print its output as JSON on stdout "
+        "(and nothing else); logs go to stderr.",
+        epilog=EXIT_CODES_HELP,
+    )
+    run.add_argument("app_dir", metavar="APP_DIR")
+    run.add_argument("--function", default="run", help="function to call (default run)")
+    run.add_argument(
+        "--input",
+        default=None,
+        metavar="JSON|@FILE",
+        help="the input (default: APP_DIR/input.json; @- reads stdin)",
+    )
+    run.add_argument("--setup", default=None, metavar="JSON|@FILE", help="setup values")
+    run.set_defaults(handler=cmd_run, default_level="warning")
+
+    schema = commands.add_parser(
+        "schema",
+        parents=[common],
+        help="print the app's functions and schemas",
+        description="Print {name, functions: {NAME: {description, input_schema, output_schema, "
+        "streaming}}, setup_schema} as JSON. The app is imported in a child; setup does not run.",
+        epilog=EXIT_CODES_HELP,
+    )
+    schema.add_argument("app_dir", metavar="APP_DIR")
+    schema.set_defaults(handler=cmd_schema, default_level="warning")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.log_level is None:
+        args.log_level = args.default_level
+    try:
+        return int(args.handler(args))
+    except UsageError as exc:
+        print(f"{parser.prog} {args.command}: {exc}", file=sys.stderr)
+        return ExitCode.USAGE

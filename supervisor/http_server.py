@@ -1,0 +1,581 @@
+"""HTTP in front of a supervisor: a Starlette app that maps requests onto ``App`` calls.
+
+Only the mapping lives here (routes, bodies, status codes, Server-Sent Events);
+what a request does is the supervisor's business, what a file input may name
+is ``http_files``', the schemas come from ``openapi`` and the figures from
+``metrics``. ``create_app`` takes either apps that already run or a factory
+whose async context yields them, entered in the server's lifespan so that the
+supervisor starts before the first request and stops after the last one.
+
+Endpoints (with several apps, ``/run`` and ``/cancel`` live under
+``/apps/{name}/``; a single app is served at the root as well):
+
+    POST /run, /run/{function}   {"function", "input", "setup"?, "stream"?, "request_id"?,
+                                  "timeout"?}
+    POST /cancel/{request_id}    200 {"cancelled": true} or 404
+    GET  /health                 200 when every app has a ready replica, else 503
+    GET  /openapi.json, /docs, /metrics, /files/{request_id}/{token}/{filename}
+
+Errors are ``{"error": {"type", "message", ...}}`` with the status that
+``status_for`` gives: 422 validation and unknown function, 500 app exception and
+setup/load failure, 503 crash, eviction, budget, stopped, failed, out of memory
+and admission (transient capacity: retry), 504 timeout, 429 busy, 409 cancelled
+(by a cancel call), 502 protocol violation; 400 a malformed body, 401 a missing
+token, 404 an unknown app or request. A client that disconnects cancels its
+request (its outcome is logged as 499 ``disconnected``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hmac
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import errors as E
+from .app import App
+from .events import LogEvent, PartialEvent, ProgressEvent, ResultEvent
+from .http_files import (
+    FileRegistry,
+    Loc,
+    PathPolicy,
+    check_file_inputs,
+    parse_field_path,
+    publish_files,
+    safe_filename,
+    set_at,
+    under_any,
+)
+from .metrics import Metrics
+from .openapi import build_openapi, render_docs
+
+AppsFactory = Callable[[], AbstractAsyncContextManager[Mapping[str, App]]]
+
+STATUS_BY_ERROR: tuple[tuple[type[E.SupervisorError], int], ...] = (
+    (E.InputValidationError, 422),
+    (E.UnknownFunctionError, 422),
+    (E.OutOfMemoryError, 503),
+    (E.AppExceptionError, 500),
+    (E.SetupFailedError, 500),
+    (E.ChildCrashedError, 503),
+    (E.AppFailedError, 503),
+    (E.AppStoppedError, 503),
+    (E.AdmissionError, 503),
+    (E.RequestTimeoutError, 504),
+    (E.RequestCancelledError, 409),
+    (E.BusyError, 429),
+    (E.ProtocolViolationError, 502),
+)
+"""The first class an error is an instance of gives its status (subclasses come first)."""
+CLIENT_CLOSED = 499
+REQUEST_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+PUBLIC_PATHS = frozenset({"/health"})
+
+
+def status_for(error: E.SupervisorError) -> int:
+    for cls, status in STATUS_BY_ERROR:
+        if isinstance(error, cls):
+            return status
+    return 500
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    auth_token: str | None = None
+    """When set, every endpoint but ``/health`` needs ``Authorization: Bearer <token>``."""
+    allowed_paths: tuple[str | Path, ...] = ()
+    """Directories under which a local path is accepted as a file input."""
+    max_served_files: int = 4096
+    """Output files kept downloadable; the oldest are forgotten first."""
+    upload_dir: str | Path | None = None
+    """Where uploads are kept while their request runs (a temporary directory by default)."""
+    max_upload_files: int = 64
+
+
+# -- responses --------------------------------------------------------------------
+
+
+def dumps(value: Any) -> bytes:
+    """JSON, with bytes (msgpack ``bin`` from a child) as base64 strings."""
+    return json.dumps(value, default=_json_default, ensure_ascii=False).encode()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
+def error_response(
+    status: int, error: dict[str, Any], headers: Mapping[str, str] | None = None
+) -> Response:
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+class Reject(Exception):
+    """An error found by the HTTP layer itself, before the supervisor sees the request."""
+
+    def __init__(self, status: int, type: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type
+        self.body = {"type": type, "message": message, **details}
+
+    def response(self) -> Response:
+        return error_response(self.status, self.body)
+
+
+def sse_event(name: str, data: Any) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + dumps(data) + b"\n\n"
+
+
+# -- the request body -------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    function: str
+    input: dict[str, Any]
+    setup: dict[str, Any] | None
+    stream: bool
+    request_id: str
+    timeout: float | None
+
+
+def parse_call(body: Any, function: str | None) -> Call:
+    if not isinstance(body, dict):
+        raise Reject(400, "bad_request", "the request body must be a JSON object")
+    errors: list[dict[str, Any]] = []
+
+    def bad(key: str, msg: str) -> None:
+        errors.append({"loc": ["body", key], "msg": msg, "type": "type_error"})
+
+    name = function or body.get("function", "run")
+    if not isinstance(name, str) or not name:
+        bad("function", "must be a non-empty string")
+    data = body.get("input", {})
+    if not isinstance(data, dict):
+        bad("input", "must be an object")
+    setup = body.get("setup")
+    if setup is not None and not isinstance(setup, dict):
+        bad("setup", "must be an object")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        bad("stream", "must be a boolean")
+    request_id = body.get("request_id") or uuid.uuid4().hex
+    if not isinstance(request_id, str) or not REQUEST_ID.match(request_id):
+        bad("request_id", "must be 1 to 128 letters, digits, '_', '.' or '-'")
+    timeout = body.get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+    ):
+        bad("timeout", "must be a positive number of seconds")
+    if errors:
+        raise Reject(422, "validation", "the request body is invalid", errors=errors)
+    return Call(name, data, setup, stream, request_id, None if timeout is None else float(timeout))
+
+
+# -- authentication ---------------------------------------------------------------
+
+
+class BearerAuth:
+    """Pure ASGI (so that streaming and disconnects pass untouched): check the token."""
+
+    def __init__(
+        self, app: ASGIApp, token: str | None, public: frozenset[str] = PUBLIC_PATHS
+    ) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+        self.public = public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.token is not None and scope["path"] not in self.public:
+            scheme, _, credentials = Headers(scope=scope).get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                credentials.strip().encode(), self.token
+            ):
+                response = error_response(
+                    401,
+                    {
+                        "type": "unauthorized",
+                        "message": "a valid 'Authorization: Bearer' token is required",
+                    },
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# -- the endpoints ----------------------------------------------------------------
+
+
+class HttpApi:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.apps: dict[str, App] = {}
+        self.files = FileRegistry(settings.max_served_files)
+        self.metrics = Metrics(lambda: self.apps)
+        self.policy = PathPolicy(tuple(Path(p) for p in settings.allowed_paths))
+        self.upload_root: Path | None = None
+
+    def routes(self) -> list[Route]:
+        run, cancel = ["POST"], ["POST"]
+        return [
+            Route("/health", self.health, methods=["GET"]),
+            Route("/metrics", self.metrics_text, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+            Route("/docs", self.docs, methods=["GET"]),
+            Route("/files/{request_id}/{token}/{filename}", self.download, methods=["GET"]),
+            Route("/run", self.run, methods=run),
+            Route("/run/{function}", self.run, methods=run),
+            Route("/cancel/{request_id}", self.cancel, methods=cancel),
+            Route("/apps/{app}/run", self.run, methods=run),
+            Route("/apps/{app}/run/{function}", self.run, methods=run),
+            Route("/apps/{app}/cancel/{request_id}", self.cancel, methods=cancel),
+        ]
+
+    def app_for(self, request: Request) -> App:
+        name = request.path_params.get("app")
+        if name is None:
+            if len(self.apps) == 1:
+                return next(iter(self.apps.values()))
+            raise Reject(
+                404,
+                "not_found",
+                f"several apps are served: use /apps/{{name}}/...; apps: {sorted(self.apps)}",
+            )
+        app = self.apps.get(name)
+        if app is None:
+            raise Reject(404, "not_found", f"no app named {name!r}; apps: {sorted(self.apps)}")
+        return app
+
+    # -- POST /run ------------------------------------------------------------------
+
+    async def run(self, request: Request) -> Response:
+        started = time.monotonic()
+        upload_dir: Path | None = None
+        app: App | None = None
+        function = request.path_params.get("function") or "run"
+        try:
+            app = self.app_for(request)
+            body, upload_dir, uploads = await self.read_body(request)
+            call = parse_call(body, request.path_params.get("function"))
+            function = call.function
+            self.vet_files(app, call, uploads)
+        except Reject as exc:
+            self.cleanup(upload_dir)
+            if app is not None:
+                self.metrics.observe(app.name, function, exc.type, time.monotonic() - started)
+            return exc.response()
+        headers = {"X-Request-Id": call.request_id}
+        if call.stream or "text/event-stream" in request.headers.get("accept", ""):
+            return StreamingResponse(
+                self.events(request, app, call, started),
+                media_type="text/event-stream",
+                headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                background=BackgroundTask(self.cleanup, upload_dir),
+            )
+        try:
+            result, error = await self.until_done(request, app, call)
+        finally:
+            self.cleanup(upload_dir)
+        if error is not None:
+            outcome, response = (
+                error.type,
+                error_response(status_for(error), error.to_dict(), headers),
+            )
+        elif result is None:
+            outcome, response = "disconnected", Response(status_code=CLIENT_CLOSED, headers=headers)
+        else:
+            outcome = "ok"
+            response = JSONResponse(self.result_body(request, call, result), headers=headers)
+        self.metrics.observe(app.name, call.function, outcome, time.monotonic() - started)
+        return response
+
+    async def read_body(self, request: Request) -> tuple[Any, Path | None, dict[Loc, Any]]:
+        """The JSON body, and for a multipart one the directory its uploads were saved in."""
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raw = await request.body()
+            return _parse_json(raw) if raw.strip() else {}, None, {}
+        upload_dir: Path | None = None
+        uploads: dict[Loc, Any] = {}
+        try:
+            async with request.form(max_files=self.settings.max_upload_files) as form:
+                raw_request = form.get("request")
+                if isinstance(raw_request, UploadFile):
+                    raw_request = (await raw_request.read()).decode("utf-8", "replace")
+                body = _parse_json((raw_request or "{}").encode())
+                for index, (name, part) in enumerate(form.multi_items()):
+                    if not isinstance(part, UploadFile):
+                        continue
+                    try:
+                        loc = parse_field_path(name)
+                    except ValueError as exc:
+                        raise Reject(422, "validation", str(exc)) from None
+                    if upload_dir is None:
+                        assert self.upload_root is not None, "the server is not started"
+                        upload_dir = Path(tempfile.mkdtemp(dir=self.upload_root))
+                    target = upload_dir / f"{index}-{safe_filename(part.filename)}"
+                    await anyio.to_thread.run_sync(_save, part, target)
+                    value: dict[str, Any] = {"path": str(target)}
+                    if part.content_type and part.content_type != "application/octet-stream":
+                        value["content_type"] = part.content_type
+                    uploads[loc] = value
+        except Reject:
+            self.cleanup(upload_dir)
+            raise
+        except HTTPException as exc:
+            self.cleanup(upload_dir)
+            raise Reject(400, "bad_request", str(exc.detail)) from None
+        return body, upload_dir, uploads
+
+    def vet_files(self, app: App, call: Call, uploads: Mapping[Loc, Any]) -> None:
+        """Refuse local paths outside the allowed directories, then place the uploads."""
+        schema = app.functions.get(call.function, {}).get("input_schema")
+        if isinstance(schema, dict):
+            errors = check_file_inputs(schema, call.input, self.policy)
+            if errors:
+                raise Reject(
+                    422,
+                    "validation",
+                    "a file input names a path that is not allowed",
+                    errors=errors,
+                )
+        for loc, value in uploads.items():
+            try:
+                set_at(call.input, loc, value)
+            except KeyError as exc:
+                raise Reject(422, "validation", str(exc.args[0])) from None
+
+    def cleanup(self, upload_dir: Path | None) -> None:
+        """Remove a request's uploads, unless the app returned one of them as an output."""
+        if upload_dir is None:
+            return
+        if any(under_any(path, [upload_dir]) for path in self.files.paths()):
+            return
+        shutil.rmtree(upload_dir, ignore_errors=True)
+
+    async def until_done(
+        self, request: Request, app: App, call: Call
+    ) -> tuple[ResultEvent | None, E.SupervisorError | None]:
+        """Run the call to its end; both None when the client went away (and it was cancelled)."""
+        result: ResultEvent | None = None
+        error: E.SupervisorError | None = None
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_cancel_on_disconnect, request, tasks.cancel_scope)
+            try:
+                async for event in self.stream(app, call):
+                    if isinstance(event, ResultEvent):
+                        result = event
+            except E.SupervisorError as exc:
+                error = exc
+            tasks.cancel_scope.cancel()
+        return result, error
+
+    def stream(self, app: App, call: Call) -> AsyncIterator[Any]:
+        return app.stream(
+            call.input,
+            function=call.function,
+            setup=call.setup,
+            timeout=call.timeout,
+            request_id=call.request_id,
+        )
+
+    def result_body(self, request: Request, call: Call, result: ResultEvent) -> dict[str, Any]:
+        return {
+            "output": self.publish(request, call, result.output),
+            "request_id": call.request_id,
+            "timings": result.timings,
+        }
+
+    def publish(self, request: Request, call: Call, output: Any) -> Any:
+        return publish_files(output, call.request_id, self.files, str(request.base_url))
+
+    async def events(
+        self, request: Request, app: App, call: Call, started: float
+    ) -> AsyncIterator[bytes]:
+        """The Server-Sent Events of one call; the client leaving cancels it."""
+        outcome = "disconnected"
+        try:
+            yield sse_event(
+                "start", {"request_id": call.request_id, "app": app.name, "function": call.function}
+            )
+            try:
+                async for event in self.stream(app, call):
+                    if isinstance(event, LogEvent):
+                        yield sse_event("log", {"stream": event.stream, "message": event.message})
+                    elif isinstance(event, ProgressEvent):
+                        yield sse_event(
+                            "progress",
+                            {
+                                "fraction": event.fraction,
+                                "current": event.current,
+                                "total": event.total,
+                                "message": event.message,
+                            },
+                        )
+                    elif isinstance(event, PartialEvent):
+                        yield sse_event(
+                            "partial", {"output": self.publish(request, call, event.output)}
+                        )
+                    elif isinstance(event, ResultEvent):
+                        outcome = "ok"
+                        yield sse_event("result", self.result_body(request, call, event))
+            except E.SupervisorError as exc:
+                outcome = exc.type
+                yield sse_event("error", {"error": exc.to_dict(), "status": status_for(exc)})
+        finally:
+            self.metrics.observe(app.name, call.function, outcome, time.monotonic() - started)
+
+    # -- the rest -------------------------------------------------------------------
+
+    async def cancel(self, request: Request) -> Response:
+        request_id = request.path_params["request_id"]
+        try:
+            apps = (
+                [self.app_for(request)]
+                if "app" in request.path_params
+                else list(self.apps.values())
+            )
+        except Reject as exc:
+            return exc.response()
+        for app in apps:
+            if await app.cancel(request_id):
+                return JSONResponse({"cancelled": True, "request_id": request_id, "app": app.name})
+        return error_response(
+            404, {"type": "not_found", "message": f"no request {request_id!r} in flight"}
+        )
+
+    async def health(self, request: Request) -> Response:
+        statuses = {name: app.status() for name, app in self.apps.items()}
+        ready = bool(statuses) and all(status.get("ready") for status in statuses.values())
+        body = {"status": "ok" if ready else "unavailable", "apps": statuses}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def metrics_text(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=self.metrics.content_type)
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(build_openapi(self.apps, auth=self.settings.auth_token is not None))
+
+    async def docs(self, request: Request) -> Response:
+        return HTMLResponse(render_docs(self.apps, auth=self.settings.auth_token is not None))
+
+    async def download(self, request: Request) -> Response:
+        params = request.path_params
+        served = self.files.lookup(params["request_id"], params["token"])
+        if (
+            served is None
+            or served.filename != params["filename"]
+            or not os.path.isfile(served.path)
+        ):
+            return error_response(
+                404, {"type": "not_found", "message": "no such file (or it expired)"}
+            )
+        return FileResponse(
+            served.path,
+            media_type=served.content_type,
+            filename=served.filename,
+            content_disposition_type="inline",
+        )
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise Reject(400, "bad_request", f"the request body is not valid JSON: {exc}") from None
+
+
+def _save(part: UploadFile, target: Path) -> None:
+    part.file.seek(0)
+    with open(target, "wb") as out:
+        shutil.copyfileobj(part.file, out, 1 << 20)
+
+
+async def _cancel_on_disconnect(request: Request, scope: anyio.CancelScope) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, {"type": kind, "message": str(exc.detail)}, exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    return error_response(500, {"type": "internal", "message": f"{type(exc).__name__}: {exc}"})
+
+
+def create_app(
+    apps: Mapping[str, App] | AppsFactory, settings: ServerSettings | None = None
+) -> Starlette:
+    """The ASGI app serving ``apps``: a mapping of running apps, or a factory of them.
+
+    A factory is entered in the lifespan: its apps start before the server takes
+    requests, and leaving it (at shutdown, after in-flight requests) stops them.
+    """
+    settings = settings or ServerSettings()
+    api = HttpApi(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        if settings.upload_dir is not None:
+            Path(settings.upload_dir).mkdir(parents=True, exist_ok=True)
+        api.upload_root = Path(
+            tempfile.mkdtemp(prefix="appvisor-uploads-", dir=settings.upload_dir)
+        )
+        try:
+            if isinstance(apps, Mapping):
+                api.apps = dict(apps)
+                yield
+            else:
+                async with apps() as started:
+                    api.apps = dict(started)
+                    yield
+        finally:
+            shutil.rmtree(api.upload_root, ignore_errors=True)
+
+    server = Starlette(
+        routes=api.routes(),
+        lifespan=lifespan,
+        middleware=[Middleware(BearerAuth, token=settings.auth_token)],
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
+    server.state.api = api
+    return server

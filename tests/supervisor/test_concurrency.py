@@ -1,0 +1,236 @@
+"""Concurrent callers, replicas, a bounded queue, and cancelling requests."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from supervisor import App, RestartPolicy, Supervisor
+from supervisor.errors import (
+    BusyError,
+    InputValidationError,
+    RequestCancelledError,
+    SupervisorError,
+)
+from supervisor.events import ResultEvent
+from supervisor.request import Request
+
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
+
+
+def make_supervisor(**overrides: Any) -> Supervisor:
+    options: dict[str, Any] = {
+        "gpu_backend": None,
+        "cancel_grace": 0.5,
+        "unload_timeout": 2.0,
+        "restart_policy": RestartPolicy(max_restarts=2, window=30),
+    }
+    options.update(overrides)
+    return Supervisor(**options)
+
+
+async def outcome(request: Request) -> Any:
+    """The output of a submitted request, or its error raised."""
+    async for item in request.events:
+        if isinstance(item, SupervisorError):
+            raise item
+        if isinstance(item, ResultEvent):
+            return item.output
+    raise AssertionError("no result")
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.02)
+
+
+def in_flight(app: App) -> int:
+    return sum(r["in_flight"] for r in app.status()["replicas"])
+
+
+async def test_ten_callers_on_max_concurrency_four(apps_dir: Path) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_async", max_concurrency=4)
+        pid = app.status()["pids"][0]
+        results: dict[int, dict[str, Any]] = {}
+
+        async def call(i: int) -> None:
+            results[i] = await app.run({"text": f"caller {i}", "delay": 0.3})
+
+        started = time.monotonic()
+        with anyio.fail_after(15):
+            async with anyio.create_task_group() as tasks:
+                for i in range(10):
+                    tasks.start_soon(call, i)
+        elapsed = time.monotonic() - started
+        assert sorted(results) == list(range(10))
+        for i, out in results.items():
+            assert out["text"] == f"caller {i}"
+            assert out["pid"] == pid
+            assert 1 <= out["active"] <= 4
+        # Runs overlapped, but never more than max_concurrency at once.
+        assert max(out["peak"] for out in results.values()) == 4
+        # Ten 0.3 s runs, four at a time: three waves, not ten.
+        assert elapsed < 2.5
+
+
+async def test_max_concurrency_one_serialises(apps_dir: Path) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_async")
+        results = []
+
+        async def call(i: int) -> None:
+            results.append(await app.run({"text": str(i), "delay": 0.05}))
+
+        async with anyio.create_task_group() as tasks:
+            for i in range(5):
+                tasks.start_soon(call, i)
+        assert {out["peak"] for out in results} == {1}
+        assert sorted(out["text"] for out in results) == ["0", "1", "2", "3", "4"]
+
+
+async def test_replicas_spread_requests_over_two_children(apps_dir: Path) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_async", replicas=2)
+        pids = app.status()["pids"]
+        assert len(set(pids)) == 2
+        assert [r["state"] for r in app.status()["replicas"]] == ["ready", "ready"]
+        seen: list[int] = []
+
+        async def call(i: int) -> None:
+            seen.append((await app.run({"text": str(i), "delay": 0.2}))["pid"])
+
+        started = time.monotonic()
+        async with anyio.create_task_group() as tasks:
+            for i in range(6):
+                tasks.start_soon(call, i)
+        assert set(seen) == set(pids)
+        assert seen.count(pids[0]) == seen.count(pids[1]) == 3
+        assert time.monotonic() - started < 1.5
+
+
+async def test_a_slow_request_does_not_hold_up_others_on_an_idle_replica(
+    apps_dir: Path,
+) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_async", replicas=2)
+        slow = app.submit({"text": "slow", "delay": 3})
+        await wait_for(lambda: in_flight(app) == 1)
+        quick = [app.submit({"text": str(i)}) for i in range(4)]
+        with anyio.fail_after(2):
+            outputs = [await outcome(r) for r in quick]
+        assert [o["text"] for o in outputs] == ["0", "1", "2", "3"]
+        assert not slow.finished
+        assert (await outcome(slow))["text"] == "slow"
+
+
+async def test_full_queue_answers_busy(apps_dir: Path) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_async", max_concurrency=1, queue_size=1)
+        running = app.submit({"text": "running", "delay": 1})
+        await wait_for(lambda: in_flight(app) == 1)
+        waiting = app.submit({"text": "waiting"})
+        started = time.monotonic()
+        with pytest.raises(BusyError) as info:
+            await app.run({"text": "one too many"})
+        assert time.monotonic() - started < 0.5, "BusyError must be immediate"
+        assert info.value.to_dict()["type"] == "busy"
+        assert app.status()["queued"] == 1
+        assert (await outcome(running))["text"] == "running"
+        assert (await outcome(waiting))["text"] == "waiting"
+        # Room again.
+        assert (await app.run({"text": "later"}))["text"] == "later"
+
+
+async def test_cancel_a_hung_request_that_ignores_cancel(apps_dir: Path, wait_gone: Any) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_crashy")
+        pid = app.status()["pids"][0]
+        request = app.submit({"how": "hang"})
+        await wait_for(lambda: in_flight(app) == 1)
+        await anyio.sleep(0.2)
+        started = time.monotonic()
+        assert await app.cancel(request.id) is True
+        with anyio.fail_after(5), pytest.raises(RequestCancelledError):
+            await outcome(request)
+        # Killed after the cancel grace (0.5 s), not left hanging.
+        assert 0.4 <= time.monotonic() - started < 3
+        assert wait_gone([pid], zombie_ok=False) == []
+        out = await app.run({"how": "ok"})
+        assert out["pid"] != pid
+        assert app.status()["state"] == "ready"
+        assert await app.cancel(request.id) is False, "already over"
+
+
+async def test_cancel_a_request_that_honours_cancel_keeps_the_child(apps_dir: Path) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_async")
+        pid = app.status()["pids"][0]
+        results: list[Any] = []
+
+        async def consume() -> None:
+            try:
+                async for _event in app.stream({"hang": True}, request_id="mine"):
+                    pass
+            except RequestCancelledError as exc:
+                results.append(exc)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(consume)
+            await wait_for(lambda: in_flight(app) == 1)
+            with anyio.fail_after(2):
+                assert await app.cancel("mine") is True
+                await wait_for(lambda: bool(results))
+        assert isinstance(results[0], RequestCancelledError)
+        out = await app.run({"text": "after"})
+        assert out["pid"] == pid
+        assert app.status()["restarts"] == 0
+
+
+async def test_cancel_a_queued_request_fails_it_at_once(apps_dir: Path) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_async", max_concurrency=1)
+        running = app.submit({"text": "running", "delay": 1})
+        await wait_for(lambda: in_flight(app) == 1)
+        queued = app.submit({"text": "queued"})
+        started = time.monotonic()
+        assert await app.cancel(queued.id) is True
+        with anyio.fail_after(0.5), pytest.raises(RequestCancelledError):
+            await outcome(queued)
+        assert time.monotonic() - started < 0.5
+        assert not running.finished
+        assert (await outcome(running))["text"] == "running"
+        assert (await app.run({"text": "next"}))["text"] == "next"
+
+
+async def test_cancel_unknown_request(apps_dir: Path) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_async")
+        assert await app.cancel("no-such-request") is False
+
+
+async def test_request_ids_must_be_unique(apps_dir: Path) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_async")
+        first = app.submit({"text": "a", "delay": 0.3}, request_id="dup")
+        with pytest.raises(InputValidationError):
+            app.submit({"text": "b"}, request_id="dup")
+        assert (await outcome(first))["text"] == "a"
+
+
+async def test_abandoning_a_stream_cancels_its_request(apps_dir: Path) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "multi")
+        with anyio.fail_after(5):
+            async for event in app.stream({"n": 100, "delay": 0.05}, function="count"):
+                assert event.output["n"] == 1
+                break
+            await wait_for(lambda: in_flight(app) == 0)
+        out = await app.run({"name": "Ada"})
+        assert out["greeting"] == "Hello, Ada"
+        assert app.status()["restarts"] == 0
