@@ -183,9 +183,21 @@ def machine_line(info: dict[str, Any]) -> str:
 def write_json(name: str, data: dict[str, Any]) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
-    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    text = json.dumps(_clean(data), indent=2, default=_json_default, allow_nan=False)
+    path.write_text(text + "\n")
     log(f"wrote {path.relative_to(ROOT)}")
     return path
+
+
+def _clean(value: Any) -> Any:
+    """NaN and infinities become null, so that the file is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
 
 
 def _json_default(value: Any) -> Any:
@@ -272,12 +284,19 @@ async def wait_pool_ready(sup: Any, want: int = 1, timeout: float = 30.0) -> flo
 # -- multiprocessing baselines (run in spawn-context workers) -------------------------
 
 
-def mp_import_and_answer(conn: Any, modules: Sequence[str]) -> None:
+PYDANTIC_MODEL_CODE = "class _M(pydantic.BaseModel):\n    x: int = 0\n"
+"""Defining one model loads pydantic's schema machinery (about 100 more modules than
+``import pydantic``, which is lazy): every app, and the child runtime, pay for it."""
+
+
+def mp_import_and_answer(conn: Any, modules: Sequence[str], define_model: bool = False) -> None:
     """Import ``modules``, then answer one message: the multiprocessing cold-start peer."""
     import importlib
 
     for name in modules:
         importlib.import_module(name)
+    if define_model:
+        exec("import pydantic\n" + PYDANTIC_MODEL_CODE, {})
     conn.send(conn.recv())
     conn.close()
 
@@ -328,13 +347,15 @@ class SpawnEchoWorker:
         self.close()
 
 
-def time_mp_cold_start(modules: Sequence[str]) -> float:
+def time_mp_cold_start(modules: Sequence[str], define_model: bool = False) -> float:
     """Seconds from starting a spawn-context worker to its first answer over a Pipe."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     parent_conn, child_conn = ctx.Pipe()
-    process = ctx.Process(target=mp_import_and_answer, args=(child_conn, tuple(modules)))
+    process = ctx.Process(
+        target=mp_import_and_answer, args=(child_conn, tuple(modules), define_model)
+    )
     started = time.monotonic()
     process.start()
     parent_conn.send("ping")
@@ -346,9 +367,13 @@ def time_mp_cold_start(modules: Sequence[str]) -> float:
     return elapsed
 
 
-def time_bare_interpreter(modules: Sequence[str], python: str = sys.executable) -> float:
+def time_bare_interpreter(
+    modules: Sequence[str], define_model: bool = False, python: str = sys.executable
+) -> float:
     """Seconds to run ``python -c "import <modules>"`` to completion."""
     code = f"import {', '.join(modules)}" if modules else "pass"
+    if define_model:
+        code += "\nimport pydantic\n" + PYDANTIC_MODEL_CODE
     started = time.monotonic()
     subprocess.run([python, "-c", code], check=True, cwd=ROOT)
     return time.monotonic() - started

@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from protocol import Error, Load, Result, Run, Setup, Unload
+from protocol import Error, Load, Log, Result, Run, Setup, Unload
 from supervisor.child_channel import ChildChannel
 from supervisor.environment import child_environment
 from supervisor.process import ChildProcess
@@ -78,6 +78,8 @@ class RawChild:
         self.process = process
         self.channel = channel
         self.marks: dict[str, float] = {}
+        self.logs: list[str] = []
+        """Log lines the child attributed to a request (its captured stdout/stderr)."""
         self._t0_file: str | None = None
 
     @classmethod
@@ -90,12 +92,15 @@ class RawChild:
         drop_env: tuple[str, ...] = (),
         probe: bool = True,
         profile_to: str | None = None,
+        preimport: tuple[str, ...] = (),
         python: str = sys.executable,
     ) -> RawChild:
         """Spawn a child with no app (it says hello at once), as the slot or pool does.
 
         ``probe`` records the child's first-statement time; ``profile_to`` instead runs
-        it under cProfile and writes the stats there when it exits.
+        it under cProfile and writes the stats there when it exits; ``preimport``
+        imports modules before the child's ``main()`` runs (while its stderr is still
+        the original one).
         """
         t0_file = None
         extra = dict(env_extra or {})
@@ -109,10 +114,11 @@ class RawChild:
         env = child_environment(extra, cuda_visible_devices="")
         for key in drop_env:
             env.pop(key, None)
+        prefix = f"import {', '.join(preimport)}\n" if preimport else ""
         if profile_to:
-            argv = [python, "-c", PROFILE_WRAPPER]
-        elif probe:
-            argv = [python, "-c", WRAPPER]
+            argv = [python, "-c", prefix + PROFILE_WRAPPER]
+        elif probe or preimport:
+            argv = [python, "-c", prefix + WRAPPER]
         else:
             argv = [python, "-m", "child"]
         marks: dict[str, float] = {"spawn_call": time.monotonic()}
@@ -150,6 +156,8 @@ class RawChild:
                 return reply.output
             if isinstance(reply, Error):
                 raise RuntimeError(f"{reply.error.type}: {reply.error.message}")
+            if isinstance(reply, Log):
+                self.logs.append(reply.message)
         raise RuntimeError(
             f"the child died during {message.TYPE}: " + "\n".join(self.process.stderr_tail)
         )
@@ -226,8 +234,17 @@ class AnyioEcho:
         self._buffer = bytearray()
 
     @classmethod
-    async def start(cls, python: str = sys.executable) -> AnyioEcho:
-        process = await anyio.open_process([python, "-c", ECHO_CHILD], stderr=None)
+    async def start(cls, python: str = sys.executable, pipe_size: int | None = None) -> AnyioEcho:
+        """``pipe_size``: the child first enlarges its stdin/stdout pipes with
+        ``F_SETPIPE_SZ`` (Linux; the default pipe holds 64 KiB)."""
+        code = ECHO_CHILD
+        if pipe_size:
+            code = (
+                "import fcntl\n"
+                "for fd in (0, 1):\n"
+                f"    fcntl.fcntl(fd, 1031, {int(pipe_size)})  # F_SETPIPE_SZ\n"
+            ) + code
+        process = await anyio.open_process([python, "-c", code], stderr=None)
         return cls(process)
 
     @property

@@ -33,9 +33,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,6 +62,8 @@ from _common import (
     write_json,
 )
 
+MP_BASELINE = "baseline: multiprocessing spawn worker + Pipe answer"
+MP_MODEL_BASELINE = "baseline: the same worker + one pydantic model"
 PYCACHE_PREFIX = Path(tempfile.gettempdir()) / "appvisor-bench-pycache"
 PROBE_PHASES = (
     ("interpreter", "spawn_call", "up"),
@@ -199,11 +201,11 @@ async def measure(args: argparse.Namespace, cases: list[AppCase]) -> dict[str, A
     if not has_pool:
         log("Supervisor() has no pool_size in this checkout: skipping the pool rows")
 
-    async def bare(modules: tuple[str, ...]) -> float:
-        return await anyio.to_thread.run_sync(time_bare_interpreter, modules)
+    async def bare(modules: tuple[str, ...], model: bool = False) -> float:
+        return await anyio.to_thread.run_sync(time_bare_interpreter, modules, model)
 
-    async def mp(modules: tuple[str, ...]) -> float:
-        return await anyio.to_thread.run_sync(time_mp_cold_start, modules)
+    async def mp(modules: tuple[str, ...], model: bool = False) -> float:
+        return await anyio.to_thread.run_sync(time_mp_cold_start, modules, model)
 
     interpreter_only: list[float] = []
     async with make_supervisor(pool_size=0) as nopool:
@@ -211,8 +213,9 @@ async def measure(args: argparse.Namespace, cases: list[AppCase]) -> dict[str, A
             runs = args.heavy_runs if case.heavy else args.runs
             if runs <= 0:
                 continue
-            log(f"{case.key}: warming up")
-            await probe(case)  # page cache, and the app's input for a heavy app
+            if not case.heavy or not case.input:
+                log(f"{case.key}: warming up")
+                await probe(case)  # page cache, and the input of an app with no input.json
             bytecode = not case.heavy and not args.no_bytecode_row
             if bytecode:
                 await probe(case, cached_bytecode=True)  # fills PYCACHE_PREFIX
@@ -270,9 +273,14 @@ async def measure(args: argparse.Namespace, cases: list[AppCase]) -> dict[str, A
                         "ready": t, "first result": t,
                     })
                     t = await mp(case.modules)
-                    case.add("baseline: multiprocessing spawn worker + Pipe answer", {
-                        "ready": t, "first result": t,
-                    })
+                    case.add(MP_BASELINE, {"ready": t, "first result": t})
+                    if not case.heavy:
+                        t = await bare(case.modules, True)
+                        case.add("baseline: the same python -c + one pydantic model", {
+                            "ready": t, "first result": t,
+                        })
+                        t = await mp(case.modules, True)
+                        case.add(MP_MODEL_BASELINE, {"ready": t, "first result": t})
                     if not case.heavy:
                         interpreter_only.append(await bare(()))
     return {"has_pool": has_pool, "has_preload": has_preload, "interpreter_only": interpreter_only}
@@ -306,57 +314,121 @@ class _maybe:
 # -- import profile -------------------------------------------------------------------------
 
 
-CHILD_IMPORTS = (
-    "child.parent_death, child.stdio_guard, faulthandler, anyio, child.log_capture, "
-    "child.outbox, child.runtime, protocol"
-)
+IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def child_main_imports() -> tuple[str, ...]:
+    """The modules child/__main__.py imports (at module level and in ``main()``)."""
+    import ast
+
+    tree = ast.parse((ROOT / "child" / "__main__.py").read_text())
+    found: list[str] = []
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            if name not in found and name not in ("__future__", "importlib"):
+                found.append(name)
+    return tuple(found)
+
+
+async def child_import_lines(app_dir: Path, cached_bytecode: bool) -> tuple[float, list[str]]:
+    """Start a child with ``PYTHONPROFILEIMPORTTIME=1``, load and set up the app, and
+    collect the import-time lines it writes to stderr.
+
+    The runtime's own imports (those of child/__main__.py) are done by a ``-c``
+    wrapper just before ``main()`` runs, so that their lines go to the original
+    stderr: once main() has taken fd 2 over, a line written before the child's hello
+    breaks its capture thread (a ``log`` is not allowed before ``hello``) and is lost.
+    The app's imports, during ``load``, come back as the load request's log messages.
+    """
+    import anyio
+    from _raw import RawChild
+
+    from supervisor.app_config import read_manifest
+
+    env = {**read_manifest(app_dir).env, "PYTHONPROFILEIMPORTTIME": "1"}
+    drop: tuple[str, ...] = ()
+    if cached_bytecode:
+        env["PYTHONPYCACHEPREFIX"] = str(PYCACHE_PREFIX)
+        drop = ("PYTHONDONTWRITEBYTECODE",)
+    handler = _Collect()
+    loggers = [logging.getLogger("bench.raw"), logging.getLogger("supervisor.process")]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.DEBUG)
+        lg.propagate = False
+    try:
+        async with anyio.create_task_group() as tasks:
+            started = time.monotonic()
+            child = await RawChild.spawn(
+                tasks, cwd=app_dir, env_extra=env, drop_env=drop, probe=False,
+                preimport=child_main_imports(),
+            )
+            await child.load(app_dir)
+            await child.setup({})
+            wall = time.monotonic() - started
+            await child.close()
+            tasks.cancel_scope.cancel()
+    finally:
+        for lg, (level, propagate) in zip(loggers, saved, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
+    return wall, [*handler.lines, *child.logs]
 
 
 def import_profile(
-    modules: str, *, cached_bytecode: bool = False, repeat: int = 3
+    app_dir: Path, *, cached_bytecode: bool = False, repeat: int = 3
 ) -> dict[str, Any]:
-    """``python -X importtime -c 'import ...'`` (the fastest of ``repeat`` runs): self
-    time grouped by top-level package, and the slowest modules."""
-    from supervisor.environment import child_environment
+    """Self import time of a real child start (to setup done) grouped by top-level
+    package, and the slowest modules: the run with the least total of ``repeat``."""
+    import anyio
 
-    env = child_environment({}, cuda_visible_devices="")
-    if cached_bytecode:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = str(PYCACHE_PREFIX)
-    best: tuple[float, str] | None = None
+    best: tuple[float, float, list[tuple[float, float, str]]] | None = None
     for _ in range(repeat):
-        started = time.monotonic()
-        proc = subprocess.run(
-            [sys.executable, "-X", "importtime", "-c", f"import {modules}"],
-            cwd=ROOT, env=env, capture_output=True, text=True, check=True,
-        )
-        wall = time.monotonic() - started
-        if best is None or wall < best[0]:
-            best = (wall, proc.stderr)
-    assert best is not None
-    wall, stderr = best
+        wall, lines = anyio.run(child_import_lines, app_dir, cached_bytecode)
+        entries = []
+        for line in lines:
+            m = IMPORT_LINE.search(line)
+            if m:
+                entries.append((int(m.group(1)) / 1e6, int(m.group(2)) / 1e6, m.group(4)))
+        total = sum(e[0] for e in entries)
+        if entries and (best is None or total < best[0]):
+            best = (total, wall, entries)
+    if best is None:
+        return {"error": "no import-time lines were captured"}
+    total, wall, entries = best
     by_package: dict[str, float] = {}
-    by_module: list[tuple[float, float, str]] = []
-    for line in stderr.splitlines():
-        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
-        if not m:
-            continue
-        self_us, cum_us, name = int(m.group(1)), int(m.group(2)), m.group(4)
+    for self_s, _, name in entries:
         top = name.split(".")[0]
-        if top not in ("child", "protocol", "supervisor") and top not in sys.stdlib_module_names:
-            group = top
+        if top.startswith("_app_"):
+            group = "(the app's own package)"
         elif top in sys.stdlib_module_names:
             group = "(stdlib)"
         else:
             group = top
-        by_package[group] = by_package.get(group, 0.0) + self_us / 1e6
-        by_module.append((self_us / 1e6, cum_us / 1e6, name))
-    by_module.sort(reverse=True)
+        by_package[group] = by_package.get(group, 0.0) + self_s
+    entries.sort(reverse=True)
     return {
         "wall": wall,
-        "total_self": sum(by_package.values()),
+        "modules": len(entries),
+        "total_self": total,
         "by_package": dict(sorted(by_package.items(), key=lambda kv: -kv[1])),
-        "top_modules": [{"module": n, "self": s, "cumulative": c} for s, c, n in by_module[:12]],
+        "top_modules": [{"module": n, "self": s, "cumulative": c} for s, c, n in entries[:12]],
     }
 
 
@@ -371,24 +443,27 @@ def report(cases: list[AppCase], extra: dict[str, Any], profiles: dict[str, Any]
             continue
         rows = []
         app_json: dict[str, Any] = {"app_dir": str(case.app_dir.relative_to(ROOT)), "variants": {}}
-        base = None
+        medians: dict[str, float] = {}
         for variant, samples in case.samples.items():
             ready = [s["ready"] for s in samples]
             first = [s["first result"] for s in samples]
-            if variant.startswith("baseline: multiprocessing"):
-                base = median(ready)
+            medians[variant] = median(ready)
             app_json["variants"][variant] = {
                 key: summary([s[key] for s in samples if key in s])
                 for key in sorted({k for s in samples for k in s})
             }
             rows.append([variant, len(samples), ms(median(ready)), ms(p90(ready)),
                          ms(median(first)), ms(p90(first))])
-        for row in rows:
-            row.append(fx(ratio(float(row[2]) / 1000, base)) if base else "-")
+        for row, variant in zip(rows, case.samples, strict=True):
+            for base in (MP_BASELINE, MP_MODEL_BASELINE):
+                row.append(fx(ratio(medians[variant], medians[base])) if base in medians else "-")
+        app_json["ratios_to_mp_worker"] = {
+            v: ratio(m, medians.get(MP_BASELINE, float("nan"))) for v, m in medians.items()
+        }
         print_table(
             f"Cold start: {case.key} ({app_json['app_dir']})",
             ["variant", "runs", "ready p50 ms", "ready p90 ms", "first result p50 ms",
-             "first result p90 ms", "ready / mp worker"],
+             "first result p90 ms", "ready / mp worker", "ready / mp worker + model"],
             rows,
         )
         probe_samples = case.samples.get("probe (slot.py sequence, no pool)", [])
@@ -414,14 +489,19 @@ def report(cases: list[AppCase], extra: dict[str, Any], profiles: dict[str, Any]
               f"({len(interp)} runs)\n")
         out["python_c_pass"] = summary(interp)
     for title, prof in profiles.items():
-        rows = [[pkg, ms(t)] for pkg, t in list(prof["by_package"].items())[:8]]
+        if "error" in prof:
+            print(f"Import profile {title}: {prof['error']}\n")
+            continue
+        rows = [[pkg, ms(t)] for pkg, t in list(prof["by_package"].items())[:10]]
+        rows.append(["total", ms(prof["total_self"])])
         print_table(
-            f"Import profile: {title} "
-            f"(python -X importtime, best of 3, wall {ms(prof['wall'])} ms)",
+            f"Import time in a real child start: {title} "
+            f"(PYTHONPROFILEIMPORTTIME, {prof['modules']} modules, least of 3 runs; "
+            f"the profiler itself slows imports)",
             ["package", "self ms"],
             rows,
         )
-        rows = [[m["module"], ms(m["self"]), ms(m["cumulative"])] for m in prof["top_modules"][:8]]
+        rows = [[m["module"], ms(m["self"]), ms(m["cumulative"])] for m in prof["top_modules"][:10]]
         print_table(f"Slowest modules: {title}", ["module", "self ms", "cumulative ms"], rows)
     out["import_profiles"] = profiles
     out["has_pool"] = extra["has_pool"]
@@ -455,14 +535,13 @@ def main() -> None:
         cases.append(heavy)
     started = time.monotonic()
     extra = anyio.run(measure, args, cases)
-    profiles = {
-        "runtime imports, as in this environment": import_profile(CHILD_IMPORTS),
-    }
+    log("import profiles")
+    profiles = {"empty app": import_profile(APPS_DIR / "empty")}
     if not args.no_bytecode_row:
-        profiles["runtime imports, cached bytecode"] = import_profile(
-            CHILD_IMPORTS, cached_bytecode=True
+        profiles["empty app, cached bytecode"] = import_profile(
+            APPS_DIR / "empty", cached_bytecode=True
         )
-    profiles["python -c 'import numpy'"] = import_profile("numpy")
+    profiles["numpy app"] = import_profile(APPS_DIR / "numpy_app")
     results = report(cases, extra, profiles)
     results["machine"] = info
     results["settings"] = {"runs": args.runs, "heavy_runs": args.heavy_runs,

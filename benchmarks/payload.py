@@ -11,6 +11,8 @@ carries bytes as bin, no base64). Measured in the same run, for each size:
   ``{"data": bytes}`` over a ``multiprocessing.Pipe`` (pickle).
 * ``anyio subprocess echo``: length-prefixed msgpack over a child's stdin/stdout,
   from an anyio event loop: the floor for an async pipe design.
+* the same with both pipes enlarged to 1 MiB (``F_SETPIPE_SZ``; the default is
+  64 KiB): what bigger pipe buffers would buy.
 * ``raw protocol``: the real child runtime driven through ChildChannel (no App/Slot).
 * ``library app.run()``: the public API, pool disabled.
 
@@ -117,14 +119,15 @@ async def async_layers(payloads: dict[str, bytes], n: dict[str, int]) -> dict[st
     from _common import make_supervisor
     from _raw import AnyioEcho, start_raw
 
-    out: dict[str, Any] = {"anyio_echo": {}, "raw": {}, "library": {}}
-    echo = await AnyioEcho.start()
-    try:
-        for label, data in payloads.items():
-            log(f"anyio echo {label}")
-            out["anyio_echo"][label] = await async_rounds(echo.call, data, n[label], echo.pid)
-    finally:
-        await echo.close()
+    out: dict[str, Any] = {"anyio_echo": {}, "anyio_echo_1m": {}, "raw": {}, "library": {}}
+    for key, pipe_size in (("anyio_echo", None), ("anyio_echo_1m", 1 << 20)):
+        echo = await AnyioEcho.start(pipe_size=pipe_size)
+        try:
+            for label, data in payloads.items():
+                log(f"{key} {label}")
+                out[key][label] = await async_rounds(echo.call, data, n[label], echo.pid)
+        finally:
+            await echo.close()
     async with anyio.create_task_group() as tasks:
         child = await start_raw(tasks, APP, probe=False)
         try:
@@ -172,6 +175,7 @@ def main() -> None:
     names = {
         "pipe": "multiprocessing Pipe (baseline)",
         "anyio_echo": "anyio subprocess + msgpack echo",
+        "anyio_echo_1m": "the same, 1 MiB pipe buffers (F_SETPIPE_SZ)",
         "raw": "raw protocol: ChildChannel + child runtime",
         "library": "library app.run()",
     }

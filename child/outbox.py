@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 
-from protocol import Connection, Log, Message, Progress, Run
+from protocol import Connection, Hello, Log, Message, Progress, Run, State
 
 
 class Outbox:
@@ -22,15 +22,26 @@ class Outbox:
         self.connection = connection
         self._fd = fd
         self.lock = threading.Lock()
+        self._early: list[Log] = []
         """Also taken by the runtime while it feeds received bytes to the connection."""
 
     def send(self, message: Message) -> None:
         with self.lock:
             self._write(self.connection.send(message))
+            if isinstance(message, Hello):
+                for early in self._early:
+                    self._write(self.connection.send(early))
+                self._early.clear()
 
     def log(self, request: str | None, stream: str, text: str) -> None:
-        """Send a log line; a request that has already ended makes it unattributed."""
+        """Send a log line; a request that has already ended makes it unattributed.
+
+        Lines written before the handshake (by preloads, say) wait for it.
+        """
         with self.lock:
+            if self.connection.state is State.AWAITING_HELLO:
+                self._early.append(Log(id=None, stream=stream, message=text))
+                return
             if request is not None and request not in self.connection.requests:
                 request = None
             self._write(self.connection.send(Log(id=request, stream=stream, message=text)))
@@ -49,7 +60,7 @@ class Outbox:
             requests = self.connection.requests
             return next(iter(requests)) if len(requests) == 1 else None
 
-    def _write(self, frames: list[bytes]) -> None:
+    def _write(self, frames: list[bytes | memoryview]) -> None:
         for frame in frames:
             view = memoryview(frame)
             while view:

@@ -170,12 +170,15 @@ class ChildRuntime:
 
     def _answer(self, request_id: str, work: Callable[[], Any]) -> None:
         """Run synchronous ``work`` for a request and send its outcome."""
+        token = current_request.set(request_id)
         try:
             output = work()
         except RequestFailed as failure:
             self._finish(request_id, Error(id=request_id, error=failure.info))
         else:
             self._finish(request_id, Result(id=request_id, output=output))
+        finally:
+            current_request.reset(token)
 
     async def _request(
         self,
@@ -261,7 +264,10 @@ class ChildRuntime:
                 data = function.validate_input(message.input)
         except pydantic.ValidationError as exc:
             raise RequestFailed(_validation_info(exc, f"input of {function.name!r}")) from exc
-        args = function.call_args(data, self._metadata(message.id, message.metadata))
+        metadata = (
+            self._metadata(message.id, message.metadata) if function.wants_metadata else None
+        )
+        args = function.call_args(data, metadata)
         try:
             if function.kind.endswith("_gen"):
                 return await self._stream(message.id, function, args)

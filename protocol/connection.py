@@ -90,7 +90,7 @@ class Connection:
 
     # -- outgoing -------------------------------------------------------------
 
-    def send(self, message: m.Message) -> list[bytes]:
+    def send(self, message: m.Message) -> list[bytes | memoryview]:
         """Validate ``message`` against the state and return the frames to write."""
         payload = m.encode(message)  # first, so a message that cannot be encoded changes nothing
         self._apply(message, incoming=False)

@@ -35,15 +35,21 @@ def check_limits(max_frame_size: int, max_message_size: int) -> None:
         raise ValueError(f"max_message_size must be positive, got {max_message_size}")
 
 
-def encode_frames(payload: bytes, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> Iterator[bytes]:
-    """Yield the frames that carry ``payload``.
+SMALL_FRAME = 64 * 1024
+"""Up to this size a frame's header and payload are joined, so one write sends it."""
 
-    A payload that fits in one frame comes back as one ``bytes`` (header and
-    payload together, so it can be written with one system call); a larger one
-    is split without copying the payload more than once per frame.
+
+def encode_frames(
+    payload: bytes, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+) -> Iterator[bytes | memoryview]:
+    """Yield the buffers that carry ``payload``, headers included, in order.
+
+    A small payload comes back as one ``bytes`` (header and payload together,
+    written with one system call); a large one as headers and views of the
+    payload, so that it is never copied here.
     """
     size = len(payload)
-    if size <= max_frame_size:
+    if size <= min(max_frame_size, SMALL_FRAME):
         yield HEADER.pack(size) + payload
         return
     view = memoryview(payload)
@@ -51,7 +57,7 @@ def encode_frames(payload: bytes, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) 
         chunk = view[start : start + max_frame_size]
         more = MORE if start + max_frame_size < size else 0
         yield HEADER.pack(len(chunk) | more)
-        yield bytes(chunk)
+        yield chunk
 
 
 class FrameDecoder:
@@ -106,7 +112,8 @@ class FrameDecoder:
             end = HEADER_SIZE + length
             if len(buffer) < end:
                 return None
-            chunk = bytes(buffer[HEADER_SIZE:end])
+            with memoryview(buffer) as view:
+                chunk = bytes(view[HEADER_SIZE:end])
             del buffer[:end]
             if header & MORE:
                 self._parts.append(chunk)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
@@ -26,7 +26,7 @@ class SyncChannel:
         self,
         connection: Connection,
         read: Callable[[int], bytes],
-        write: Callable[[bytes], Any],
+        write: Callable[[bytes | memoryview], Any],
     ) -> None:
         self.connection = connection
         self._read = read
@@ -72,7 +72,9 @@ class MessageStream:
     async def send(self, message: m.Message) -> None:
         async with self._send_lock:
             for frame in self.connection.send(message):
-                await self._send_stream.send(frame)
+                # Byte streams accept any buffer at run time; a view spares a copy of
+                # a large payload.
+                await self._send_stream.send(cast(bytes, frame))
 
     async def receive(self) -> m.Message:
         while True:

@@ -85,6 +85,10 @@ class UsageError(Exception):
     pass
 
 
+class StartupFailed(Exception):
+    """An app of ``serve`` could not start; the server does not either."""
+
+
 # -- argument values --------------------------------------------------------------
 
 
@@ -223,8 +227,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def start_apps() -> AsyncIterator[Mapping[str, App]]:
         async with Supervisor() as supervisor:
             apps: dict[str, App] = {}
-            for directory in dirs:
-                try:
+            try:
+                for directory in dirs:
                     app = await supervisor.start(
                         directory,
                         setup=setups[directory],
@@ -233,15 +237,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         max_concurrency=args.max_concurrency,
                         run_timeout=args.run_timeout,
                     )
-                except Exception as exc:
-                    error = find_error(exc)
-                    failures.append(error or exc)
-                    if error is not None:
-                        logger.error("cannot start %s: %s (%s)", directory, error.message, error.type)
-                        raise error from None
+                    apps[app.name] = app
+            except Exception as exc:
+                error = find_error(exc)
+                if error is None:
                     raise
-                apps[app.name] = app
-            yield apps
+                failures.append(error)
+                logger.error("cannot start %s: %s (%s)", directory, error.message, error.type)
+            else:
+                yield apps
+                return
+        # Raised outside the supervisor's task group, which would wrap it in a group.
+        raise StartupFailed(f"{directory}: {failures[0]}")
 
     settings = ServerSettings(auth_token=token, allowed_paths=tuple(args.allow_path))
     config = uvicorn.Config(
@@ -256,7 +263,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = uvicorn.Server(config)
     try:
         anyio.run(_serve, server)
-    except SystemExit as exc:  # uvicorn exits this way when it cannot bind
+    except SystemExit as exc:  # uvicorn's way out when startup fails or it cannot bind
+        if failures:
+            return exit_code_for(failures[0])
         return ExitCode.RUNTIME if exc.code else ExitCode.OK
     if failures:
         return exit_code_for(failures[0])
@@ -316,18 +325,26 @@ async def _run_once(
             app_dir, setup=setup, gpus=args.gpus, run_timeout=args.run_timeout
         )
         async for event in app.stream(data, function=args.function):
-            if isinstance(event, LogEvent):
-                print(f"[{event.stream}] {event.message.rstrip()}", file=sys.stderr, flush=True)
-            elif isinstance(event, ProgressEvent):
-                percent = "" if event.fraction is None else f" {event.fraction:.0%}"
-                print(
-                    f"[progress]{percent} {event.message or ''}".rstrip(),
-                    file=sys.stderr,
-                    flush=True,
-                )
-            elif isinstance(event, ResultEvent):
+            if isinstance(event, ResultEvent):
                 output = event.output
+            else:
+                _report_event(event, args.log_format == "json")
     return output
+
+
+def _report_event(event: Any, as_json: bool) -> None:
+    """An app's log line or progress report, on stderr."""
+    fields: dict[str, Any]
+    if isinstance(event, LogEvent):
+        fields = {"event": "log", "stream": event.stream, "message": event.message.rstrip()}
+        text = f"[{event.stream}] {fields['message']}"
+    elif isinstance(event, ProgressEvent):
+        fields = {"event": "progress", "fraction": event.fraction, "message": event.message}
+        percent = "" if event.fraction is None else f" {event.fraction:.0%}"
+        text = f"[progress]{percent} {event.message or ''}".rstrip()
+    else:
+        return
+    print(json.dumps(fields) if as_json else text, file=sys.stderr, flush=True)
 
 
 # -- schema -----------------------------------------------------------------------

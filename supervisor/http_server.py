@@ -208,6 +208,14 @@ def parse_call(body: Any, function: str | None) -> Call:
 # -- authentication ---------------------------------------------------------------
 
 
+def authorized(headers: Headers, token: bytes | None) -> bool:
+    """Whether ``headers`` carry ``Authorization: Bearer <token>`` (always, without a token)."""
+    if token is None:
+        return True
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token)
+
+
 class BearerAuth:
     """Pure ASGI (so that streaming and disconnects pass untouched): check the token."""
 
@@ -219,21 +227,21 @@ class BearerAuth:
         self.public = public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.token is not None and scope["path"] not in self.public:
-            scheme, _, credentials = Headers(scope=scope).get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                credentials.strip().encode(), self.token
-            ):
-                response = error_response(
-                    401,
-                    {
-                        "type": "unauthorized",
-                        "message": "a valid 'Authorization: Bearer' token is required",
-                    },
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-                await response(scope, receive, send)
-                return
+        if (
+            scope["type"] == "http"
+            and scope["path"] not in self.public
+            and not authorized(Headers(scope=scope), self.token)
+        ):
+            response = error_response(
+                401,
+                {
+                    "type": "unauthorized",
+                    "message": "a valid 'Authorization: Bearer' token is required",
+                },
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 
@@ -248,6 +256,7 @@ class HttpApi:
         self.metrics = Metrics(lambda: self.apps)
         self.policy = PathPolicy(tuple(Path(p) for p in settings.allowed_paths))
         self.upload_root: Path | None = None
+        self.token = settings.auth_token.encode() if settings.auth_token else None
 
     def routes(self) -> list[Route]:
         run, cancel = ["POST"], ["POST"]
@@ -480,6 +489,12 @@ class HttpApi:
     async def health(self, request: Request) -> Response:
         statuses = {name: app.status() for name, app in self.apps.items()}
         ready = bool(statuses) and all(status.get("ready") for status in statuses.values())
+        if not authorized(request.headers, self.token):
+            # Public when a token is set: readiness only, no pids, paths or exit details.
+            statuses = {
+                name: {key: status.get(key) for key in ("ready", "state")}
+                for name, status in statuses.items()
+            }
         body = {"status": "ok" if ready else "unavailable", "apps": statuses}
         return JSONResponse(body, status_code=200 if ready else 503)
 

@@ -7,9 +7,9 @@ scrape time by a custom collector so that they are never stale. Each server has
 its own ``CollectorRegistry``: two servers in one process (as in tests) never
 share or double-register series.
 
-Keys that a status may or may not carry (restarts by reason, a child's RSS or
-VRAM) are reported when present and skipped otherwise; RSS falls back to
-measuring the child's process tree from its pid.
+Keys that a status may or may not carry (restarts by reason, a replica's
+``memory`` figures) are reported when present and skipped otherwise; RSS falls
+back to measuring the child's process tree from its pid.
 """
 
 from __future__ import annotations
@@ -130,19 +130,21 @@ def _replica_memory(
 ) -> None:
     slot = str(replica.get("slot", "0"))
     pid = replica.get("pid")
-    measured = _number(replica.get("rss", replica.get("rss_bytes")))
+    memory = replica.get("memory")
+    figures: Mapping[str, Any] = memory if isinstance(memory, Mapping) else replica
+    measured = _number(figures.get("rss"))
     if measured is None and isinstance(pid, int):
         measured = float(tree_rss(pid)) or None
-    if measured is not None:
+    if measured is not None and pid is not None:
         rss.add_metric([app, slot], measured)
-    by_device = replica.get("vram_by_device")
-    if isinstance(by_device, Mapping):
+    by_device = figures.get("vram_by_device")
+    if isinstance(by_device, Mapping) and by_device:
         for device, used in by_device.items():
             if _number(used) is not None:
                 vram.add_metric([app, slot, str(device)], float(used))
     else:
-        total = _number(replica.get("vram", replica.get("vram_bytes")))
-        if total is not None:
+        total = _number(figures.get("vram"))
+        if total is not None and pid is not None:
             vram.add_metric([app, slot, "all"], total)
 
 

@@ -31,22 +31,16 @@ from .process import ChildProcess
 
 logger = logging.getLogger("supervisor.pool")
 
-UNSAFE_ENV_PREFIXES = (
-    "PYTHON",
-    "LD_",
-    "MALLOC",
-    "OMP_",
-    "MKL_",
-    "OPENBLAS_",
-    "NUMEXPR_",
-    "GOMP_",
-    "KMP_",
-)
+INTERPRETER_ENV_PREFIXES = ("PYTHON", "LD_", "MALLOC")
+"""Read when the interpreter starts: a pre-started child has already read them."""
+LIBRARY_ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_", "GOMP_", "KMP_")
+"""Read when a numerical library loads: they matter only if the pool preloaded one."""
 
 
-def pool_safe(app_env: Mapping[str, str]) -> bool:
+def pool_safe(app_env: Mapping[str, str], preload: Sequence[str] = ()) -> bool:
     """True when a pooled child can serve an app with this environment."""
-    return not any(key.startswith(UNSAFE_ENV_PREFIXES) for key in app_env)
+    unsafe = INTERPRETER_ENV_PREFIXES + (LIBRARY_ENV_PREFIXES if preload else ())
+    return not any(key.startswith(unsafe) for key in app_env)
 
 
 @dataclass(frozen=True)
@@ -75,7 +69,7 @@ class ChildPool:
         self.handed_out = 0
 
     def take(self, key: PoolKey) -> PooledChild | None:
-        """A ready pooled child for ``key``, or None; asks for a refill either way."""
+        """A ready pooled child for ``key``, or None; ``refill`` replaces it later."""
         if self.size <= 0 or self._closed:
             return None
         self._wanted.add(key)
@@ -87,8 +81,11 @@ class ChildPool:
                 child = candidate
         if child is not None:
             self.handed_out += 1
-        self._refill.set()
         return child
+
+    def refill(self) -> None:
+        """Top the pool up in the background, once a start no longer needs the CPU."""
+        self._refill.set()
 
     def status(self) -> dict[str, object]:
         return {

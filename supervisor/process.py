@@ -174,6 +174,8 @@ class ChildProcess:
             logger.info("%s: sending SIGTERM to pid %d", self.name, self.pid)
             self.signal_group(signal.SIGTERM)
             with anyio.move_on_after(grace, shield=True):
+                await self._process.wait()
+            if self._process.returncode is not None:
                 return await self._finish()
             logger.warning(
                 "%s: pid %d ignored SIGTERM for %.1f s; SIGKILL", self.name, self.pid, grace

@@ -32,6 +32,7 @@ from . import errors as E
 from .child_channel import ChildChannel, Inbox
 from .environment import child_environment
 from .events import LogEvent, PartialEvent, ProgressEvent
+from .gpu_allocation import gpu_environment
 from .gpu_monitor import ChildUsage
 from .lifecycle import LIVE, ChildState, Lifecycle
 from .pool import ChildPool, PooledChild, PoolKey, pool_safe
@@ -147,6 +148,8 @@ class Slot:
             except E.SupervisorError as exc:
                 request.fail(exc)
                 return
+            if request.finished:
+                return
             await self.execute(request, child)
         finally:
             self._slots.release()
@@ -193,7 +196,8 @@ class Slot:
         restarting = self.lifecycle.state is S.RESTARTING
         self.lifecycle.to(S.STARTING, "restart" if restarting else "")
         env = child_environment(
-            self.spec.env, cuda_visible_devices=",".join(str(g) for g in self.gpus)
+            {**self.spec.env, **gpu_environment(self.gpus)},
+            cuda_visible_devices=",".join(str(g) for g in self.gpus),
         )
         child: LiveChild | None = None
         scope = self._start_scope = anyio.CancelScope()
@@ -240,6 +244,7 @@ class Slot:
         child.ready = True
         self.child = child
         self.lifecycle.to(S.READY, f"pid {child.process.pid}")
+        self._refill_pool()
         self.tasks.start_soon(self._heartbeat, child)
         self._changed()
 
@@ -250,14 +255,20 @@ class Slot:
         return argv
 
     def _from_pool(self) -> PooledChild | None:
-        if self.pool is None or not pool_safe(self.spec.env):
+        if self.pool is None or not pool_safe(self.spec.env, self.spec.preload):
             return None
         return self.pool.take(PoolKey(self.spec.python, self.spec.preload))
+
+    def _refill_pool(self) -> None:
+        """Replace a pooled child we may have taken, now that the start is over."""
+        if self.pool is not None:
+            self.pool.refill()
 
     async def _abort_start(
         self, child: LiveChild | None, exc: BaseException, restarting: bool
     ) -> None:
         """Clean up a failed start and raise the error the caller should see."""
+        self._refill_pool()
         status: ExitStatus | None = None
         if child is not None:
             child.retiring = True

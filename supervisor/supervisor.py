@@ -105,10 +105,11 @@ class Supervisor:
         finally:
             assert self._tasks is not None
             self._tasks.cancel_scope.cancel()
-            result = await self._task_group.__aexit__(exc_type, exc, tb)
+            # The body's own exception propagates as it is, not wrapped in a group.
+            await self._task_group.__aexit__(None, None, None)
             if self.gpu_backend is not None:
                 self.gpu_backend.close()
-        return result
+        return None
 
     async def stop_all(self) -> None:
         async with anyio.create_task_group() as tasks:
@@ -186,9 +187,7 @@ class Supervisor:
         self.apps[app_name] = app
         try:
             await self._tasks.start(app.serve)
-            async with anyio.create_task_group() as tasks:
-                for slot in slots:
-                    tasks.start_soon(slot.ensure, app.setup)
+            await self._start_slots(slots, app.setup)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await app.stop()
@@ -198,6 +197,23 @@ class Supervisor:
         app.cold_start = time.monotonic() - started
         logger.info("%s ready in %.3f s on %d replica(s)", app_name, app.cold_start, replicas)
         return app
+
+    @staticmethod
+    async def _start_slots(slots: Sequence[Slot], setup: dict[str, Any]) -> None:
+        """Start every replica concurrently; raise the first failure itself, not a group."""
+        failures: list[BaseException] = []
+
+        async def start_one(slot: Slot) -> None:
+            try:
+                await slot.ensure(setup)
+            except E.SupervisorError as exc:
+                failures.append(exc)
+
+        async with anyio.create_task_group() as tasks:
+            for slot in slots:
+                tasks.start_soon(start_one, slot)
+        if failures:
+            raise failures[0]
 
     async def _place(
         self,

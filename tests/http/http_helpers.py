@@ -51,13 +51,17 @@ def cli(
 
 class Server:
     def __init__(
-        self, args: Sequence[str], token: str | None = None, log: Path | None = None
+        self,
+        args: Sequence[str],
+        token: str | None = None,
+        log: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = token
         self.log_path = log or Path(os.devnull)
-        env = {k: v for k, v in os.environ.items() if k != "SUPERVISOR_AUTH_TOKEN"}
+        env = {k: v for k, v in os.environ.items() if k != "SUPERVISOR_AUTH_TOKEN"} | (env or {})
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "supervisor", "serve", *args, "--port", str(self.port)],

@@ -36,7 +36,10 @@ def apps_dir() -> Path:
 
 def _describe(proc: psutil.Process) -> str:
     try:
-        return f"pid {proc.pid} ({proc.status()}): {' '.join(proc.cmdline())[:120]}"
+        return (
+            f"pid {proc.pid} ({proc.status()}, parent {proc.ppid()}, cwd {proc.cwd()}): "
+            f"{' '.join(proc.cmdline())[:120]}"
+        )
     except psutil.Error:
         return f"pid {proc.pid} (gone)"
 

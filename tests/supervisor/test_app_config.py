@@ -67,7 +67,7 @@ def test_byte_fields_accept_floats_and_zero_means_unset(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("gpu_type", ["none", "None", "NONE", "apple"])
-def test_gpu_type_none_means_no_gpu_whatever_the_count(tmp_path: Path, gpu_type: str) -> None:
+def test_device_type_none_means_no_device_whatever_the_count(tmp_path: Path, gpu_type: str) -> None:
     manifest = read_manifest(
         write(tmp_path, f"resources:\n  gpu:\n    count: 4\n    type: {gpu_type}\n")
     )
@@ -106,6 +106,17 @@ def test_malformed_yaml_is_an_error_naming_the_file(tmp_path: Path) -> None:
         ("resources:\n  gpu:\n    count: true\n", "resources.gpu.count"),
         ("resources:\n  gpu:\n    vram: lots\n", "resources.gpu.vram"),
         ("resources:\n  ram: -5\n", "resources.ram"),
+    ],
+    ids=[
+        "top-level-list",
+        "resources-scalar",
+        "device-section-list",
+        "env-list",
+        "count-negative",
+        "count-text",
+        "count-bool",
+        "vram-text",
+        "ram-negative",
     ],
 )
 def test_bad_values_are_errors_naming_the_key(tmp_path: Path, text: str, what: str) -> None:

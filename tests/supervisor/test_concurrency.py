@@ -110,7 +110,7 @@ async def test_replicas_spread_requests_over_two_children(apps_dir: Path) -> Non
             for i in range(6):
                 tasks.start_soon(call, i)
         assert set(seen) == set(pids)
-        assert seen.count(pids[0]) == seen.count(pids[1]) == 3
+        assert min(seen.count(pids[0]), seen.count(pids[1])) >= 2
         assert time.monotonic() - started < 1.5
 
 

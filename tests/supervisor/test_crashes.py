@@ -22,6 +22,7 @@ from supervisor import App, RestartPolicy, Supervisor
 from supervisor.errors import (
     AppFailedError,
     ChildCrashedError,
+    RequestCancelledError,
     RequestTimeoutError,
     SupervisorError,
 )
@@ -309,3 +310,62 @@ async def test_crashes_outside_the_window_do_not_accumulate(apps_dir: Path, wait
             assert app.status()["state"] == "ready"
             await anyio.sleep(0.6)
         assert psutil.pid_exists(out["pid"])
+
+
+async def test_timeout_of_a_request_that_honours_cancel_keeps_the_child(apps_dir: Path) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_async", run_timeout=0.3)
+        pid = only_pid(app)
+        with anyio.fail_after(5), pytest.raises(RequestTimeoutError):
+            await app.run({"hang": True})
+        out = await app.run({"text": "after"})
+        assert out["pid"] == pid
+        assert app.status()["restarts"] == 0
+
+
+async def test_a_stopped_child_is_caught_by_the_heartbeat(apps_dir: Path, wait_gone: Any) -> None:
+    async with make_supervisor(heartbeat_interval=0.2, heartbeat_timeout=0.5) as sup:
+        app = await sup.start(apps_dir / "sup_crashy")
+        pid = only_pid(app)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await wait_for(lambda: app.status()["restarts"] == 1, timeout=10)
+        finally:
+            if wait_gone([pid], timeout=0):
+                os.kill(pid, signal.SIGCONT)
+        assert "heartbeat" in app.status()["last_exit"]["reason"]
+        await assert_recovered(app, pid, wait_gone)
+
+
+async def test_a_request_cancelled_while_waiting_for_a_restart_never_runs(
+    apps_dir: Path,
+) -> None:
+    policy = RestartPolicy(max_restarts=2, window=30, first_delay=1.0)
+    async with make_supervisor(restart_policy=policy) as sup:
+        app = await sup.start(apps_dir / "sup_crashy", max_concurrency=1)
+        with pytest.raises(ChildCrashedError):
+            await app.run({"how": "exit"})
+        assert app.status()["state"] == "restarting"
+        doomed = app.submit({"how": "hang"})
+        await anyio.sleep(0.2)
+        assert await app.cancel(doomed.id) is True
+        with anyio.fail_after(0.5), pytest.raises(RequestCancelledError):
+            await outcome(doomed)
+        # The cancelled request must not occupy the only concurrency slot once
+        # the child is back: the next request is served promptly.
+        with anyio.fail_after(5):
+            out = await app.run({"how": "ok"})
+        assert out["pid"] == only_pid(app)
+        assert app.status()["replicas"][0]["in_flight"] == 0
+
+
+async def test_hung_child_that_ignores_sigterm_is_sigkilled(apps_dir: Path, wait_gone: Any) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_crashy", run_timeout=0.3)
+        pid = only_pid(app)
+        with anyio.fail_after(5), pytest.raises(RequestTimeoutError):
+            await app.run({"how": "ignore_term_hang"})
+        # SIGTERM is ignored; the kill must escalate to SIGKILL after its grace.
+        with anyio.fail_after(10):
+            await assert_recovered(app, pid, wait_gone)
+        assert app.status()["last_exit"]["signal"] == "SIGKILL"

@@ -264,6 +264,8 @@ async def test_cuda_visible_devices_is_the_allocated_device(apps_dir: Path) -> N
             out = await app.run({"how": "ok"})
             seen[app.name] = out
             assert out["env"]["CUDA_VISIBLE_DEVICES"] == out["cuda"]
+            # NVML indices are in PCI bus order; CUDA must number devices the same way.
+            assert out["env"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
         assert {seen["first"]["cuda"], seen["second"]["cuda"]} == {"0", "1"}
         assert first.status()["gpus"] == [int(seen["first"]["cuda"])]
         assert second.status()["gpus"] == [int(seen["second"]["cuda"])]

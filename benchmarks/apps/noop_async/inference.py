@@ -1,10 +1,17 @@
-"""Benchmark app: an async no-op ``run``, safe to call concurrently (max_concurrency > 1)."""
+"""Benchmark app: an async no-op ``run``, safe to call concurrently (max_concurrency > 1).
+
+``delay`` (seconds, default 0) makes a call take that long without using the CPU,
+which recovery.py uses to spread a request stream over time.
+"""
+
+import asyncio
 
 from pydantic import BaseModel
 
 
 class Input(BaseModel):
     i: int = 0
+    delay: float = 0.0
 
 
 class Output(BaseModel):
@@ -16,4 +23,6 @@ class App:
         pass
 
     async def run(self, input_data: Input) -> Output:
+        if input_data.delay:
+            await asyncio.sleep(input_data.delay)
         return Output(i=input_data.i)

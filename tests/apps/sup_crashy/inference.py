@@ -2,7 +2,8 @@
 
 ``ok`` answers; ``exit`` calls ``os._exit(3)``; ``segv`` reads address 0;
 ``hang`` and ``sleep`` block in a worker thread (so a cancel cannot interrupt
-them); ``spawn_grandchild`` starts a long-lived grandchild and returns its pid.
+them); ``ignore_term_hang`` also ignores SIGTERM; ``spawn_grandchild`` starts
+a long-lived grandchild and returns its pid.
 Every answer reports the child's pid, CUDA_VISIBLE_DEVICES, cwd and a few
 environment variables, so tests can check what the child was given.
 """
@@ -11,13 +12,21 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import subprocess
 import sys
 import time
 
 from pydantic import BaseModel
 
-WATCHED_ENV = ("FOO", "MY_SECRET", "FROM_YML", "SUPERVISOR_PARENT_PID", "CUDA_VISIBLE_DEVICES")
+WATCHED_ENV = (
+    "FOO",
+    "MY_SECRET",
+    "FROM_YML",
+    "SUPERVISOR_PARENT_PID",
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_DEVICE_ORDER",
+)
 
 
 class Input(BaseModel):
@@ -45,6 +54,11 @@ class App:
         elif how == "segv":
             ctypes.string_at(0)
         elif how == "hang":
+            time.sleep(1000)
+        elif how == "ignore_term_hang":
+            libc = ctypes.CDLL(None)
+            libc.signal.restype = ctypes.c_void_p
+            libc.signal(signal.SIGTERM, ctypes.c_void_p(1))  # SIG_IGN, from a worker thread
             time.sleep(1000)
         elif how == "sleep":
             time.sleep(input_data.seconds)

