@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import sys
 
-from child.parent_death import die_with_parent
+from child.parent_death import die_with_parent, start_group_watchdog
 from child.stdio_guard import take_over_stdio
 
 
 def main() -> None:
     die_with_parent()
+    start_group_watchdog()
     stdio = take_over_stdio()
 
     import faulthandler

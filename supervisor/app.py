@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from . import errors as E
 from .events import Event, ResultEvent
 from .lifecycle import ChildState
-from .request import Request
+from .request import Request, config_key
 from .slot import Slot
 
 
@@ -42,6 +43,7 @@ class App:
         self.app_dir = app_dir
         self.slots = slots
         self.setup = dict(setup)
+        self._setup_key = config_key(self.setup)
         self.run_timeout = run_timeout
         self.started_at = time.monotonic()
         self.cold_start: float | None = None
@@ -110,6 +112,12 @@ class App:
             request_id=request_id,
             metadata=metadata,
         )
+        async for event in self.follow(request):
+            yield event
+
+    async def follow(self, request: Request) -> AsyncIterator[Event]:
+        """Yield the events of a submitted request and raise its error; a caller that
+        stops following before the end cancels the request."""
         try:
             async for item in request.events:
                 if isinstance(item, E.SupervisorError):
@@ -119,7 +127,6 @@ class App:
             if not request.finished:
                 with anyio.CancelScope(shield=True):
                     await self.cancel(request.id)
-            self._requests.pop(request.id, None)
 
     def submit(
         self,
@@ -137,18 +144,21 @@ class App:
         failed = [s for s in self.slots if s.lifecycle.state is ChildState.FAILED]
         if failed and len(failed) == len(self.slots):
             raise E.AppFailedError(f"{self.name} failed: {failed[0].failure}")
-        if setup is not None:
+        if setup is not None and setup != self.setup:
             self.setup = dict(setup)
+            self._setup_key = config_key(self.setup)
+        if request_id is not None and request_id in self._requests:
+            raise E.InputValidationError(f"request id {request_id!r} is already in use")
         request = Request(
             function=function,
             input=input,
             config=self.setup,
             metadata=dict(metadata or {}),
             timeout=timeout if timeout is not None else self.run_timeout,
+            config_key=self._setup_key,
+            on_end=self._forget_request,
         )
         if request_id is not None:
-            if request_id in self._requests:
-                raise E.InputValidationError(f"request id {request_id!r} is already in use")
             request.id = request_id
         try:
             self._queue_send.send_nowait(request)
@@ -159,6 +169,10 @@ class App:
             ) from None
         self._requests[request.id] = request
         return request
+
+    def _forget_request(self, request: Request) -> None:
+        if self._requests.get(request.id) is request:
+            del self._requests[request.id]
 
     async def cancel(self, request_id: str) -> bool:
         """Cancel a queued or running request; False if it is unknown or already over."""
@@ -182,6 +196,9 @@ class App:
             "ready": any(s in ("ready", "busy") for s in states),
             "pids": [s["pid"] for s in slots if s["pid"] is not None],
             "restarts": sum(s["restarts"] for s in slots),
+            "restarts_by_reason": dict(
+                sum((Counter(s["restarts_by_reason"]) for s in slots), Counter())
+            ),
             "last_exit": next((s["last_exit"] for s in slots if s["last_exit"]), None),
             "gpus": sorted({g for s in slots for g in s["gpus"]}),
             "uptime": time.monotonic() - self.started_at,

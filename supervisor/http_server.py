@@ -71,6 +71,7 @@ from .http_files import (
 )
 from .metrics import Metrics
 from .openapi import build_openapi, render_docs
+from .request import Request as SubmittedRequest
 
 AppsFactory = Callable[[], AbstractAsyncContextManager[Mapping[str, App]]]
 
@@ -309,8 +310,16 @@ class HttpApi:
             return exc.response()
         headers = {"X-Request-Id": call.request_id}
         if call.stream or "text/event-stream" in request.headers.get("accept", ""):
+            # Submit first: a full queue or a stopped app is an HTTP status, not an
+            # event, and the request id in the `start` event can be cancelled at once.
+            try:
+                submitted = self.submit(app, call)
+            except E.SupervisorError as exc:
+                self.cleanup(upload_dir)
+                self.metrics.observe(app.name, function, exc.type, time.monotonic() - started)
+                return error_response(status_for(exc), exc.to_dict(), headers)
             return StreamingResponse(
-                self.events(request, app, call, started),
+                self.events(request, app, call, submitted, started),
                 media_type="text/event-stream",
                 headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                 background=BackgroundTask(self.cleanup, upload_dir),
@@ -413,7 +422,10 @@ class HttpApi:
         return result, error
 
     def stream(self, app: App, call: Call) -> AsyncIterator[Any]:
-        return app.stream(
+        return app.follow(self.submit(app, call))
+
+    def submit(self, app: App, call: Call) -> SubmittedRequest:
+        return app.submit(
             call.input,
             function=call.function,
             setup=call.setup,
@@ -432,7 +444,7 @@ class HttpApi:
         return publish_files(output, call.request_id, self.files, str(request.base_url))
 
     async def events(
-        self, request: Request, app: App, call: Call, started: float
+        self, request: Request, app: App, call: Call, submitted: SubmittedRequest, started: float
     ) -> AsyncIterator[bytes]:
         """The Server-Sent Events of one call; the client leaving cancels it."""
         outcome = "disconnected"
@@ -441,7 +453,7 @@ class HttpApi:
                 "start", {"request_id": call.request_id, "app": app.name, "function": call.function}
             )
             try:
-                async for event in self.stream(app, call):
+                async for event in app.follow(submitted):
                     if isinstance(event, LogEvent):
                         yield sse_event("log", {"stream": event.stream, "message": event.message})
                     elif isinstance(event, ProgressEvent):

@@ -133,13 +133,23 @@ class ChildPool:
         self._tasks.start_soon(channel.read_loop)
         self._tasks.start_soon(process.read_stderr)
         self._tasks.start_soon(self._reap_when_dead, process, channel)
-        hello = await channel.wait_hello()
+        try:
+            hello = await channel.wait_hello()
+        except BaseException:  # the pool is closing while this child starts
+            with anyio.CancelScope(shield=True):
+                await self._discard(process)
+            raise
         if hello is None or hello.app is not None:
             logger.warning("pre-started child pid %d did not say hello", process.pid)
-            process.kill()
+            await self._discard(process)
             return False
         self._idle.setdefault(key, []).append(PooledChild(process, channel))
         return True
+
+    @staticmethod
+    async def _discard(process: ChildProcess) -> None:
+        await process.terminate(1.0)
+        await process.aclose_streams()
 
     async def _reap_when_dead(self, process: ChildProcess, channel: ChildChannel) -> None:
         """Reap a pooled child that dies while idle (a handed-out one is reaped by its slot)."""
@@ -149,11 +159,11 @@ class ChildPool:
                 if pooled.process is process:
                     idle.remove(pooled)
                     with contextlib.suppress(Exception):
-                        await process.terminate(1.0)
+                        await self._discard(process)
 
     async def _terminate_idle(self) -> None:
         idle = [pooled for children in self._idle.values() for pooled in children]
         self._idle.clear()
         async with anyio.create_task_group() as tasks:
             for pooled in idle:
-                tasks.start_soon(pooled.process.terminate, 1.0)
+                tasks.start_soon(self._discard, pooled.process)

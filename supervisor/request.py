@@ -15,6 +15,7 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,9 +49,13 @@ class Request:
     started: float | None = None
     finished: bool = False
     cancel_requested: bool = False
+    on_end: Callable[[Request], None] | None = None
+    config_key: str = ""
+    """``config_key(config)``; the app passes the one it keeps, sparing a JSON dump per call."""
 
     def __post_init__(self) -> None:
-        self.config_key = config_key(self.config)
+        if not self.config_key:
+            self.config_key = config_key(self.config)
         send, receive = anyio.create_memory_object_stream[Item](math.inf)
         self._send: MemoryObjectSendStream[Item] = send
         self.events: MemoryObjectReceiveStream[Item] = receive
@@ -80,3 +85,5 @@ class Request:
         with contextlib.suppress(anyio.BrokenResourceError):
             self._send.send_nowait(item)
         self._send.close()
+        if self.on_end is not None:
+            self.on_end(self)

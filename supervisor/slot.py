@@ -15,6 +15,7 @@ import contextlib
 import logging
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,8 @@ from .request import Request, config_key, new_request_id
 from .restart_policy import GiveUp, RestartPolicy
 
 S = ChildState
+UNDELIVERED_RETRIES = 3
+"""How often a request whose child died before it could be sent moves to the next child."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class Slot:
         self.lifecycle = Lifecycle(self.name)
         self.child: LiveChild | None = None
         self.restarts = 0
+        self.restarts_by_reason: Counter[str] = Counter()
         self.crash_times: list[float] = []
         self.last_exit: dict[str, Any] | None = None
         self.failure: str | None = None
@@ -143,14 +147,18 @@ class Slot:
 
     async def _serve(self, request: Request) -> None:
         try:
-            try:
-                child = await self.ensure(request.config)
-            except E.SupervisorError as exc:
-                request.fail(exc)
-                return
-            if request.finished:
-                return
-            await self.execute(request, child)
+            for _ in range(UNDELIVERED_RETRIES + 1):
+                try:
+                    child = await self.ensure(request.config, request.config_key)
+                except E.SupervisorError as exc:
+                    request.fail(exc)
+                    return
+                if request.finished or await self.execute(request, child):
+                    return
+                self.logger.info(
+                    "%s: request %s never reached its child; retrying", self.name, request.id
+                )
+            request.fail(E.ChildCrashedError("the request could not be delivered to a live child"))
         finally:
             self._slots.release()
 
@@ -161,8 +169,8 @@ class Slot:
 
     # -- getting a ready child ------------------------------------------------
 
-    async def ensure(self, config: dict[str, Any]) -> LiveChild:
-        key = config_key(config)
+    async def ensure(self, config: dict[str, Any], key: str | None = None) -> LiveChild:
+        key = key or config_key(config)
         async with self._lock:
             while True:
                 state = self.lifecycle.state
@@ -293,7 +301,7 @@ class Slot:
             self.failure = error.message
             self.lifecycle.to(S.FAILED, "the app cannot be loaded")
         elif restarting:
-            self._crashed(f"restart failed: {error.message}")
+            self._crashed(f"restart failed: {error.message}", "restart_failed")
         else:
             self.lifecycle.to(S.UNLOADED, "start failed")
         self._changed()
@@ -322,7 +330,9 @@ class Slot:
 
     # -- running requests -----------------------------------------------------
 
-    async def execute(self, request: Request, child: LiveChild) -> None:
+    async def execute(self, request: Request, child: LiveChild) -> bool:
+        """Run a request on a child. False means it never reached the child (the child
+        was already gone), so running it on the next child is safe."""
         request.started = time.monotonic()
         child.in_flight[request.id] = request
         child.idle = anyio.Event()
@@ -331,18 +341,26 @@ class Slot:
             self.lifecycle.to(S.BUSY)
         inbox = child.channel.open_request(request.id)
         try:
-            with contextlib.suppress(
-                anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError
-            ):
+            try:
                 await child.channel.send(
                     Run(request.id, request.function, request.input, self._run_metadata(request))
                 )
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await child.dead.wait()
+                return False
+            except TypeError as exc:
+                request.fail(E.InputValidationError(f"the input cannot be sent: {exc}"))
+                return True
+            except ProtocolError as exc:
+                request.fail(E.ProtocolViolationError(f"the request cannot be sent: {exc}"))
+                return True
             timeout = request.timeout if request.timeout is not None else self.spec.run_timeout
             with anyio.move_on_after(timeout) as scope:
                 terminal = await self._pump(request, inbox)
             if scope.cancelled_caught:
                 terminal = await self._time_out(request, child, inbox, timeout or 0.0)
             await self._conclude(request, child, terminal)
+            return True
         finally:
             child.in_flight.pop(request.id, None)
             child.last_used = time.monotonic()
@@ -508,7 +526,11 @@ class Slot:
                 child.process.pid,
                 self.last_exit["reason"],
             )
-            self._crashed(self.last_exit["reason"])
+            if child.kill_reason is not None:
+                category = child.kill_reason.type
+            else:
+                category = "oom_killed" if status.oom_killed else "crash"
+            self._crashed(self.last_exit["reason"], category)
             if self.lifecycle.state is S.RESTARTING:
                 self.tasks.start_soon(self._restart, child.config)
         self._changed()
@@ -532,7 +554,9 @@ class Slot:
                     ),
                 )
 
-    def _crashed(self, reason: str) -> None:
+    def _crashed(self, reason: str, category: str) -> None:
+        """Record a crash and apply the restart policy; ``category`` groups restarts
+        for metrics (``crash``, ``oom_killed``, or the error type a kill was for)."""
         now = time.monotonic()
         self.crash_times = self.spec.restart_policy.prune([*self.crash_times, now], now)
         decision = self.spec.restart_policy.decide(self.crash_times, now)
@@ -542,6 +566,7 @@ class Slot:
             self.lifecycle.to(S.FAILED, self.failure)
             return
         self.restarts += 1
+        self.restarts_by_reason[category] += 1
         self._not_before = now + decision.delay
         self.lifecycle.to(S.RESTARTING, f"{reason}; restart in {decision.delay:g} s")
 
@@ -610,6 +635,7 @@ class Slot:
             "pid": child.process.pid if child else None,
             "gpus": list(self.gpus),
             "restarts": self.restarts,
+            "restarts_by_reason": dict(self.restarts_by_reason),
             "last_exit": self.last_exit,
             "failure": self.failure,
             "in_flight": len(child.in_flight) if child else 0,
