@@ -75,3 +75,12 @@ def _int(value: Any, path: Path, key: str) -> int:
 
 def _optional_int(value: Any, path: Path, key: str) -> int | None:
     return None if value in (None, 0) else _int(value, path, key)
+
+
+def open_app_dir(app_dir: str | Path) -> tuple[Path, AppManifest]:
+    """Resolve an app directory and read its manifest; ``AppConfigError`` if it is
+    no app directory or its ``inf.yml`` is malformed."""
+    directory = Path(app_dir).resolve()
+    if not (directory / "inference.py").is_file():
+        raise AppConfigError(f"{directory} is not an app directory (no inference.py)")
+    return directory, read_manifest(directory)

@@ -22,7 +22,7 @@ from protocol import Connection, Error, Hello, Shutdown
 from protocol.streams import SyncChannel
 
 from . import errors as E
-from .app_config import AppConfigError, read_manifest
+from .app_config import AppConfigError, open_app_dir
 from .environment import child_environment
 
 
@@ -34,11 +34,8 @@ def describe_app(
     Raises ``LoadFailedError`` when the directory is no app or its import fails,
     ``SetupFailedError`` when the child dies or takes longer than ``timeout``.
     """
-    directory = Path(app_dir).resolve()
-    if not (directory / "inference.py").is_file():
-        raise E.LoadFailedError(f"{directory} is not an app directory (no inference.py)")
     try:
-        manifest = read_manifest(directory)
+        directory, manifest = open_app_dir(app_dir)
     except AppConfigError as exc:
         raise E.LoadFailedError(str(exc)) from exc
     env = child_environment(manifest.env, cuda_visible_devices="")

@@ -20,7 +20,7 @@ import anyio.abc
 
 from . import errors as E
 from .app import App
-from .app_config import AppConfigError, read_manifest
+from .app_config import AppConfigError, open_app_dir
 from .gpu_allocation import AllocationError, allocate_gpus, check_explicit
 from .gpu_backend import DeviceMemory, GpuBackend, open_backend
 from .gpu_monitor import ResourceMonitor
@@ -139,11 +139,8 @@ class Supervisor:
         if self._tasks is None:
             raise RuntimeError("use the Supervisor as an async context manager")
         started = time.monotonic()
-        directory = Path(app_dir).resolve()
-        if not (directory / "inference.py").is_file():
-            raise E.LoadFailedError(f"{directory} is not an app directory (no inference.py)")
         try:
-            manifest = read_manifest(directory)
+            directory, manifest = open_app_dir(app_dir)
         except AppConfigError as exc:
             raise E.LoadFailedError(str(exc)) from exc
         app_name = name or manifest.name

@@ -17,8 +17,9 @@ from typing import Any
 import anyio
 import psutil
 import pytest
+from sup_helpers import make_supervisor
 
-from supervisor import App, RestartPolicy, Supervisor
+from supervisor import App, RestartPolicy
 from supervisor.errors import (
     AppFailedError,
     ChildCrashedError,
@@ -30,17 +31,6 @@ from supervisor.events import ResultEvent
 from supervisor.request import Request
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
-
-
-def make_supervisor(**overrides: Any) -> Supervisor:
-    options: dict[str, Any] = {
-        "gpu_backend": None,
-        "cancel_grace": 0.5,
-        "unload_timeout": 2.0,
-        "restart_policy": RestartPolicy(max_restarts=2, window=30),
-    }
-    options.update(overrides)
-    return Supervisor(**options)
 
 
 async def outcome(request: Request) -> Any:

@@ -12,10 +12,10 @@ from typing import Any
 
 import anyio
 import pytest
+from sup_helpers import make_supervisor
 
 from supervisor import (
     PartialEvent,
-    RestartPolicy,
     ResultEvent,
     Supervisor,
 )
@@ -28,17 +28,6 @@ from supervisor.errors import (
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
-
-
-def make_supervisor(**overrides: Any) -> Supervisor:
-    options: dict[str, Any] = {
-        "gpu_backend": None,
-        "cancel_grace": 0.5,
-        "unload_timeout": 2.0,
-        "restart_policy": RestartPolicy(max_restarts=2, window=30),
-    }
-    options.update(overrides)
-    return Supervisor(**options)
 
 
 # -- the happy path -------------------------------------------------------------
