@@ -158,10 +158,10 @@ class ChildRuntime:
             if event is not NEED_DATA:
                 assert isinstance(event, Message)
                 return event
-            await anyio.wait_readable(self._in)
             try:
                 data = os.read(self._in, READ_SIZE)
             except BlockingIOError:
+                await anyio.wait_readable(self._in)
                 continue
             with self.outbox.lock:
                 self.connection.receive_data(data)
@@ -271,6 +271,8 @@ class ChildRuntime:
         try:
             if function.kind.endswith("_gen"):
                 return await self._stream(message.id, function, args)
+            if function.kind == "async":
+                return to_wire(await function.method(*args))
             return to_wire(await _call(function.method, args))
         except anyio.get_cancelled_exc_class():
             raise

@@ -67,7 +67,7 @@ class MessageStream:
         self.connection = connection
         self._send_stream = send_stream
         self._receive_stream = receive_stream
-        self._send_lock = anyio.Lock()
+        self._send_lock = anyio.Lock(fast_acquire=True)
 
     async def send(self, message: m.Message) -> None:
         async with self._send_lock:

@@ -119,7 +119,7 @@ class App:
         """Yield the events of a submitted request and raise its error; a caller that
         stops following before the end cancels the request."""
         try:
-            async for item in request.events:
+            while (item := await request.next_item()) is not None:
                 if isinstance(item, E.SupervisorError):
                     raise item
                 yield item

@@ -60,6 +60,19 @@ class Request:
         self._send: MemoryObjectSendStream[Item] = send
         self.events: MemoryObjectReceiveStream[Item] = receive
 
+    async def next_item(self) -> Item | None:
+        """The next event or ending; None once it has been taken. Takes an item that is
+        already waiting without a trip through the event loop."""
+        try:
+            return self.events.receive_nowait()
+        except anyio.WouldBlock:
+            try:
+                return await self.events.receive()
+            except anyio.EndOfStream:
+                return None
+        except anyio.EndOfStream:
+            return None
+
     def emit(self, event: Event) -> None:
         if not self.finished:
             with contextlib.suppress(anyio.BrokenResourceError):

@@ -112,10 +112,11 @@ class Slot:
         self.last_exit: dict[str, Any] | None = None
         self.failure: str | None = None
         self._on_change = on_change
-        self._lock = anyio.Lock()
+        # fast_acquire: an uncontended acquire costs no trip through the event loop.
+        self._lock = anyio.Lock(fast_acquire=True)
         self._not_before = 0.0
         self._tasks: anyio.abc.TaskGroup | None = None
-        self._slots = anyio.Semaphore(spec.max_concurrency)
+        self._slots = anyio.Semaphore(spec.max_concurrency, fast_acquire=True)
         self._start_scope = anyio.CancelScope()
         self.usage: ChildUsage | None = None
         self.pool = pool
@@ -136,14 +137,22 @@ class Slot:
             while True:
                 await self._slots.acquire()
                 try:
-                    request = await queue.receive()
+                    request = queue.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        request = await queue.receive()
+                    except anyio.EndOfStream:
+                        self._slots.release()
+                        break
                 except anyio.EndOfStream:
                     self._slots.release()
                     break
                 if request.finished:
                     self._slots.release()
-                    continue
-                tasks.start_soon(self._serve, request)
+                elif self.spec.max_concurrency == 1:
+                    await self._serve(request)  # nothing else can run here meanwhile
+                else:
+                    tasks.start_soon(self._serve, request)
 
     async def _serve(self, request: Request) -> None:
         try:
@@ -376,7 +385,16 @@ class Slot:
     async def _pump(self, request: Request, inbox: Inbox) -> Message | None:
         """Deliver a request's events to its caller; return its terminal message,
         or None when the child died first."""
-        async for message in inbox:
+        while True:
+            try:
+                message = inbox.receive_nowait()  # no extra loop turn when one is waiting
+            except anyio.WouldBlock:
+                try:
+                    message = await inbox.receive()
+                except anyio.EndOfStream:
+                    return None
+            except anyio.EndOfStream:
+                return None
             if isinstance(message, (Result, Error)):
                 return message
             if isinstance(message, LogMessage):
@@ -393,7 +411,6 @@ class Slot:
                 )
             elif isinstance(message, PartialMessage):
                 request.emit(PartialEvent(request.id, message.output))
-        return None
 
     async def _time_out(
         self, request: Request, child: LiveChild, inbox: Inbox, timeout: float
