@@ -244,12 +244,16 @@ async def _bench_http(n: int, warmup: int, concurrency: int, errors: Any) -> dic
             children = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
             pids = {"server": [proc.pid], "child": children}
             seq = await _loop(call, n, warmup, pids)
+            meter = CpuMeter({"this process": [os.getpid()], **pids})
+            started = time.perf_counter()
+            light = await anyio.to_thread.run_sync(_stdlib_client_loop, port, n, warmup)
+            light_m = Measured(light, time.perf_counter() - started, meter.stop())
             lat: list[float] = []
             meter = CpuMeter({"this process": [os.getpid()], **pids})
             started = time.perf_counter()
             await _callers(call, n, concurrency, lat)
             conc = Measured(lat, time.perf_counter() - started, meter.stop())
-            return {"route": "/run", "sequential": seq, "concurrent": conc}
+            return {"route": "/run", "sequential": seq, "light": light_m, "concurrent": conc}
     finally:
         with anyio.CancelScope(shield=True):
             if proc.returncode is None:
@@ -259,6 +263,31 @@ async def _bench_http(n: int, warmup: int, concurrency: int, errors: Any) -> dic
                 if proc.returncode is None:
                     proc.kill()
                     await proc.wait()
+
+
+def _stdlib_client_loop(port: int, n: int, warmup: int) -> list[float]:
+    """Sequential calls from the lightest client at hand (stdlib http.client, keep-alive):
+    its own cost is a small part of the figure, unlike httpx's."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    body = json.dumps({"input": {}})
+    headers = {"content-type": "application/json"}
+    lat: list[float] = []
+    try:
+        for i in range(warmup + n):
+            started = time.perf_counter()
+            conn.request("POST", "/run", body, headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"POST /run answered {response.status}")
+            if i >= warmup:
+                lat.append(time.perf_counter() - started)
+    finally:
+        conn.close()
+    return lat
 
 
 async def _wait_healthy(client: Any, proc: Any, errors: Any) -> bool:
@@ -351,6 +380,7 @@ def main() -> None:
         http_why = "not available (no supervisor/cli.py)" if http is None else http["error"]
     else:
         measured["http1"] = http["sequential"]
+        measured["http1_light"] = http["light"]
         measured["http8"] = http["concurrent"]
     names = {
         "pipe": "multiprocessing Pipe ping-pong (baseline)",
@@ -358,7 +388,8 @@ def main() -> None:
         "raw": "raw protocol: ChildChannel + child runtime",
         "lib1": "library app.run(), 1 caller",
         "lib8": f"library app.run(), {CONCURRENCY} callers, max_concurrency={CONCURRENCY}",
-        "http1": "HTTP serve POST /run, 1 client",
+        "http1": "HTTP serve POST /run, 1 client (httpx)",
+        "http1_light": "HTTP serve POST /run, 1 client (stdlib http.client)",
         "http8": f"HTTP serve POST /run, {CONCURRENCY} clients",
     }
     pipe = measured["pipe"]

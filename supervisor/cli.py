@@ -259,10 +259,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lifespan="on",
         ws="none",
         timeout_graceful_shutdown=args.shutdown_timeout,
+        access_log=args.access_log,
     )
     server = uvicorn.Server(config)
     try:
-        anyio.run(_serve, server)
+        anyio.run(_serve, server, backend_options=_loop_options())
     except SystemExit as exc:  # uvicorn's way out when startup fails or it cannot bind
         if failures:
             return exit_code_for(failures[0])
@@ -270,6 +271,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if failures:
         return exit_code_for(failures[0])
     return ExitCode.OK if server.started else ExitCode.RUNTIME
+
+
+def _loop_options() -> dict[str, Any]:
+    """uvloop for the server when it is installed: it roughly halves the loop's cost."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
 
 
 async def _serve(server: Any) -> None:
@@ -457,6 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="how long in-flight requests may take to finish on shutdown",
+    )
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every HTTP request to stderr (off by default: it costs ~10%% per call)",
     )
     serve.set_defaults(handler=cmd_serve, default_level="info")
 

@@ -94,6 +94,8 @@ STATUS_BY_ERROR: tuple[tuple[type[E.SupervisorError], int], ...] = (
 CLIENT_CLOSED = 499
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 PUBLIC_PATHS = frozenset({"/health"})
+QUICK_CALL = 0.05
+"""Seconds a call may take before the server starts watching for its client leaving."""
 
 
 def status_for(error: E.SupervisorError) -> int:
@@ -407,22 +409,28 @@ class HttpApi:
     async def until_done(
         self, request: Request, app: App, call: Call
     ) -> tuple[ResultEvent | None, E.SupervisorError | None]:
-        """Run the call to its end; both None when the client went away (and it was cancelled)."""
-        result: ResultEvent | None = None
-        error: E.SupervisorError | None = None
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_cancel_on_disconnect, request, tasks.cancel_scope)
-            try:
-                async for event in self.stream(app, call):
-                    if isinstance(event, ResultEvent):
-                        result = event
-            except E.SupervisorError as exc:
-                error = exc
-            tasks.cancel_scope.cancel()
-        return result, error
+        """Run the call to its end; both None when the client went away (and it was cancelled).
 
-    def stream(self, app: App, call: Call) -> AsyncIterator[Any]:
-        return app.follow(self.submit(app, call))
+        Most calls end within ``QUICK_CALL`` seconds; only a call that takes longer gets
+        a task that watches for the client going away, which keeps quick calls cheap.
+        """
+        try:
+            submitted = self.submit(app, call)
+        except E.SupervisorError as exc:
+            return None, exc
+        try:
+            with anyio.move_on_after(QUICK_CALL):
+                return await _outcome(submitted)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_cancel_on_disconnect, request, tasks.cancel_scope)
+                outcome = await _outcome(submitted)
+                tasks.cancel_scope.cancel()
+                return outcome
+            return None, None
+        finally:
+            if not submitted.finished:
+                with anyio.CancelScope(shield=True):
+                    await app.cancel(submitted.id)
 
     def submit(self, app: App, call: Call) -> SubmittedRequest:
         return app.submit(
@@ -549,6 +557,18 @@ def _save(part: UploadFile, target: Path) -> None:
     part.file.seek(0)
     with open(target, "wb") as out:
         shutil.copyfileobj(part.file, out, 1 << 20)
+
+
+async def _outcome(
+    submitted: SubmittedRequest,
+) -> tuple[ResultEvent | None, E.SupervisorError | None]:
+    """Wait for a request's result or error, passing over its other events."""
+    while (item := await submitted.next_item()) is not None:
+        if isinstance(item, ResultEvent):
+            return item, None
+        if isinstance(item, E.SupervisorError):
+            return None, item
+    return None, None
 
 
 async def _cancel_on_disconnect(request: Request, scope: anyio.CancelScope) -> None:
