@@ -59,14 +59,15 @@ def policy() -> Any:
     return RestartPolicy(max_restarts=10_000, window=0.1)
 
 
-async def ready_pid(app: Any, timeout: float = 30.0) -> int:
-    """The pid of the app's child once it is ready (polls the status)."""
+async def ready_pid(app: Any, timeout: float = 30.0, *, busy_ok: bool = False) -> int:
+    """The pid of the app's child once it is ready (or serving, with ``busy_ok``)."""
     import anyio
 
+    states = ("ready", "busy") if busy_ok else ("ready",)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = app.status()
-        if status["state"] == "ready" and status["pids"]:
+        if status["state"] in states and status["pids"]:
             return int(status["pids"][0])
         await anyio.sleep(0.001)
     raise TimeoutError("the app did not become ready")
@@ -183,7 +184,7 @@ async def stream(
                 while next_request < target and not done.is_set():
                     await anyio.sleep(0.0005)
                 await anyio.sleep(rng.uniform(0, delay))
-                pid = await ready_pid(app)
+                pid = await ready_pid(app, busy_ok=True)  # a stream keeps it busy
                 if done.is_set():
                     return
                 kill_log.append({"at_request": next_request, "pid": pid})
