@@ -94,6 +94,7 @@ class ChildRuntime:
         self._runs: dict[str, anyio.CancelScope] = {}
         self._file_inputs: dict[str, bool] = {}
         self._runs_done = anyio.Event()
+        self._serving: anyio.CancelScope | None = None
         self._initial_cwd = os.getcwd()
         os.set_blocking(protocol_in, False)
 
@@ -114,11 +115,14 @@ class ChildRuntime:
         # escapes a task group in an ExceptionGroup, which ``except ProtocolError``
         # would not match (and ``except*`` needs Python 3.11).
         async with anyio.create_task_group() as tasks:
-            try:
-                status = await self._dispatch_loop(tasks)
-            except ProtocolError as exc:
-                self._report_protocol_error(exc)
-                status = exit_codes.PROTOCOL_ERROR
+            status = exit_codes.OK
+            self._serving = anyio.CancelScope()
+            with self._serving:  # cancelled once an unload is complete
+                try:
+                    status = await self._dispatch_loop(tasks)
+                except ProtocolError as exc:
+                    self._report_protocol_error(exc)
+                    status = exit_codes.PROTOCOL_ERROR
             if self._exit_now is not None:
                 self._exit_now(status)  # leaving the task group would wait for threads
             tasks.cancel_scope.cancel()
@@ -139,15 +143,16 @@ class ChildRuntime:
             elif isinstance(message, Load):
                 self._answer(message.id, partial(self._load, message.app_dir, message.env))
             elif isinstance(message, Setup):
-                tasks.start_soon(self._request, message.id, partial(self._setup, message))
+                scope = self._runs[message.id] = anyio.CancelScope()
+                tasks.start_soon(self._request, message.id, partial(self._setup, message), scope)
             elif isinstance(message, Run):
                 scope = self._runs[message.id] = anyio.CancelScope()
                 tasks.start_soon(self._request, message.id, partial(self._run, message), scope)
             elif isinstance(message, Cancel):
                 await self._cancel(message.id)
             elif isinstance(message, Unload):
-                await self._unload(tasks)
-                return exit_codes.OK
+                # As a task: pings, cancels and a shutdown are still read meanwhile.
+                tasks.start_soon(self._unload)
 
     async def _receive(self) -> Message | None:
         while True:
@@ -306,7 +311,8 @@ class ChildRuntime:
         scope = self._runs.get(request_id)
         if scope is None:
             return
-        on_cancel = getattr(self.app.app if self.app else None, "on_cancel", None)
+        is_run = self.connection.requests.get(request_id) is Run
+        on_cancel = getattr(self.app.app if self.app and is_run else None, "on_cancel", None)
         if on_cancel is not None:
             try:
                 await _call(on_cancel, ())
@@ -314,7 +320,7 @@ class ChildRuntime:
                 logging.getLogger("child").exception("on_cancel raised")
         scope.cancel()
 
-    async def _unload(self, tasks: anyio.abc.TaskGroup) -> None:
+    async def _unload(self) -> None:
         for scope in list(self._runs.values()):
             scope.cancel()
         while self._runs:
@@ -332,6 +338,8 @@ class ChildRuntime:
         for forwarder in self._forwarders:
             forwarder.drain()
         self.outbox.send(Unloaded())
+        if self._serving is not None:
+            self._serving.cancel()
 
     # -- helpers --------------------------------------------------------------
 

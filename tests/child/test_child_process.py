@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol import Error, ErrorType, Log, Partial, Progress, Result, Setup
+from protocol import Error, ErrorType, Log, Partial, Progress, Result, Setup, Unload, Unloaded
 
 APPS = Path(__file__).resolve().parents[1] / "apps"
 
@@ -333,6 +333,28 @@ def test_unload_runs_the_hook_and_exits_0(ready, tmp_path):
     ok(driver.run("sleep", {"seconds": 0})[1])
     assert not (tmp_path / "unloaded").exists()
     driver.unload()
+    assert driver.wait() == 0
+    assert (tmp_path / "unloaded").exists()
+
+
+def test_a_running_setup_can_be_cancelled(child):
+    ok(child.load(app("child_lifecycle"))[1])
+    request = Setup(id="slow-setup", config={"setup_seconds": 0.5})
+    child.send(request)
+    child.cancel(request.id)
+    _, terminal = child.collect(request.id, timeout=10)[request.id]
+    failed(terminal, ErrorType.CANCELLED)
+    # The state went back to loaded: setup may be tried again.
+    ok(child.setup({})[1])
+
+
+def test_pings_are_answered_while_unloading(ready, tmp_path):
+    driver = ready("child_lifecycle", {"marker_dir": str(tmp_path), "unload_seconds": 1.0})
+    driver.send(Unload())
+    pong = driver.ping(timeout=0.5)  # long before the 1 s unload hook is done
+    assert pong.seq >= 1
+    assert not (tmp_path / "unloaded").exists()
+    assert isinstance(driver.receive(timeout=10), Unloaded)
     assert driver.wait() == 0
     assert (tmp_path / "unloaded").exists()
 

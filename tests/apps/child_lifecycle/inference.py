@@ -18,6 +18,8 @@ from pydantic import BaseModel
 class AppSetup(BaseModel):
     marker_dir: str = ""
     fail: bool = False
+    setup_seconds: float = 0.0
+    unload_seconds: float = 0.0
 
 
 class SleepInput(BaseModel):
@@ -39,6 +41,8 @@ class App:
     def setup(self, config: AppSetup):
         if config.fail:
             raise RuntimeError("setup refused: fail=True")
+        time.sleep(config.setup_seconds)
+        self.unload_seconds = config.unload_seconds
         self.marker_dir = Path(config.marker_dir) if config.marker_dir else None
 
     def mark(self, name: str) -> None:
@@ -73,4 +77,5 @@ class App:
         self.mark("on-cancel")
 
     def unload(self):
+        time.sleep(getattr(self, "unload_seconds", 0.0))
         self.mark("unloaded")
