@@ -1,14 +1,13 @@
-"""One replica slot: keeps one child alive for an app and runs requests on it.
+"""One replica slot: keeps one child alive for an app.
 
 The slot owns the successive children of one replica. ``ensure(config)``
-returns a ready child for a setup config, starting one (or replacing one whose
-config differs, after its in-flight requests finish) as needed; ``execute`` runs
-one request on it. A per-child watcher reaps the child when it dies and, unless
-the slot meant it to stop, applies the restart policy. Everything a caller
-sees about a failure (which exception, with which exit status) is decided
-here, from why the child died.
+returns a ready child for a setup config, starting one (from the pool, or
+spawned) or replacing one whose config differs, after its in-flight requests
+finish. A per-child watcher reaps the child when it dies and, unless the slot
+meant it to stop, applies the restart policy; why a child died is recorded on
+it (``kill_reason``) so that its requests can be told. Running requests on the
+child is ``request_runner.py``'s job.
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -23,27 +22,24 @@ from typing import Any
 
 import anyio
 import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream
 
-from protocol import Cancel, Error, Load, Message, ProtocolError, Result, Run, Setup, Unload
+from protocol import Error, Load, ProtocolError, Result, Setup, Unload
 from protocol import Log as LogMessage
-from protocol import Partial as PartialMessage
-from protocol import Progress as ProgressMessage
 
 from . import errors as E
-from .child_channel import ChildChannel, Inbox
+from .child_channel import ChildChannel
 from .environment import child_environment
-from .events import LogEvent, PartialEvent, ProgressEvent
 from .gpu_allocation import gpu_environment
 from .gpu_monitor import ChildUsage
 from .lifecycle import LIVE, ChildState, Lifecycle
 from .pool import ChildPool, PooledChild, PoolKey, pool_safe
 from .process import ChildProcess, ExitStatus
 from .request import Request, config_key, new_request_id
+from .request_runner import RequestRunner
 from .restart_policy import GiveUp, RestartPolicy
 
 S = ChildState
-UNDELIVERED_RETRIES = 3
-"""How often a request whose child died before it could be sent moves to the next child."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +112,7 @@ class Slot:
         self._lock = anyio.Lock(fast_acquire=True)
         self._not_before = 0.0
         self._tasks: anyio.abc.TaskGroup | None = None
-        self._slots = anyio.Semaphore(spec.max_concurrency, fast_acquire=True)
+        self.requests = RequestRunner(self)
         self._start_scope = anyio.CancelScope()
         self.usage: ChildUsage | None = None
         self.pool = pool
@@ -126,50 +122,18 @@ class Slot:
 
     async def run(
         self,
-        queue: Any,
+        queue: MemoryObjectReceiveStream[Request],
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Take requests from the app's queue while there is capacity, until cancelled."""
+        """Own the slot's tasks and serve the app's queue, until cancelled."""
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             task_status.started()
-            while True:
-                await self._slots.acquire()
-                try:
-                    request = queue.receive_nowait()
-                except anyio.WouldBlock:
-                    try:
-                        request = await queue.receive()
-                    except anyio.EndOfStream:
-                        self._slots.release()
-                        break
-                except anyio.EndOfStream:
-                    self._slots.release()
-                    break
-                if request.finished:
-                    self._slots.release()
-                elif self.spec.max_concurrency == 1:
-                    await self._serve(request)  # nothing else can run here meanwhile
-                else:
-                    tasks.start_soon(self._serve, request)
+            await self.requests.take_from(queue)
 
-    async def _serve(self, request: Request) -> None:
-        try:
-            for _ in range(UNDELIVERED_RETRIES + 1):
-                try:
-                    child = await self.ensure(request.config, request.config_key)
-                except E.SupervisorError as exc:
-                    request.fail(exc)
-                    return
-                if request.finished or await self.execute(request, child):
-                    return
-                self.logger.info(
-                    "%s: request %s never reached its child; retrying", self.name, request.id
-                )
-            request.fail(E.ChildCrashedError("the request could not be delivered to a live child"))
-        finally:
-            self._slots.release()
+    async def cancel(self, request: Request) -> None:
+        await self.requests.cancel(request)
 
     @property
     def tasks(self) -> anyio.abc.TaskGroup:
@@ -240,7 +204,7 @@ class Slot:
                     child, Load(new_request_id(), str(self.spec.app_dir), load_env)
                 )
                 self.lifecycle.to(S.SETTING_UP)
-                await self._call(child, Setup(new_request_id(), config, self._metadata()))
+                await self._call(child, Setup(new_request_id(), config, self.metadata()))
         except (TimeoutError, _StartFailed, E.SupervisorError) as exc:
             await self._abort_start(child, exc, restarting)
             raise AssertionError("unreachable") from None
@@ -263,7 +227,7 @@ class Slot:
         self.lifecycle.to(S.READY, f"pid {child.process.pid}")
         self._refill_pool()
         self.tasks.start_soon(self._heartbeat, child)
-        self._changed()
+        self.changed()
 
     def _argv(self) -> list[str]:
         argv = [self.spec.python, "-m", "child"]
@@ -313,7 +277,7 @@ class Slot:
             self._crashed(f"restart failed: {error.message}", "restart_failed")
         else:
             self.lifecycle.to(S.UNLOADED, "start failed")
-        self._changed()
+        self.changed()
         raise error
 
     async def _call(self, child: LiveChild, message: Load | Setup) -> Any:
@@ -330,180 +294,12 @@ class Slot:
                 self.logger.info("[%s] %s", reply.stream, reply.message)
         raise _StartFailed(f"the child died during {message.TYPE}")
 
-    def _metadata(self) -> dict[str, Any]:
+    def metadata(self) -> dict[str, Any]:
         return {
             "app_id": self.spec.name,
             "worker_id": self.name,
             "gpu_ids": [str(g) for g in self.gpus],
         }
-
-    # -- running requests -----------------------------------------------------
-
-    async def execute(self, request: Request, child: LiveChild) -> bool:
-        """Run a request on a child. False means it never reached the child (the child
-        was already gone), so running it on the next child is safe."""
-        request.started = time.monotonic()
-        child.in_flight[request.id] = request
-        child.idle = anyio.Event()
-        child.last_used = time.monotonic()
-        if self.lifecycle.state is S.READY:
-            self.lifecycle.to(S.BUSY)
-        inbox = child.channel.open_request(request.id)
-        try:
-            try:
-                await child.channel.send(
-                    Run(request.id, request.function, request.input, self._run_metadata(request))
-                )
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                await child.dead.wait()
-                return False
-            except TypeError as exc:
-                request.fail(E.InputValidationError(f"the input cannot be sent: {exc}"))
-                return True
-            except ProtocolError as exc:
-                request.fail(E.ProtocolViolationError(f"the request cannot be sent: {exc}"))
-                return True
-            timeout = request.timeout if request.timeout is not None else self.spec.run_timeout
-            with anyio.move_on_after(timeout) as scope:
-                terminal = await self._pump(request, inbox)
-            if scope.cancelled_caught:
-                terminal = await self._time_out(request, child, inbox, timeout or 0.0)
-            await self._conclude(request, child, terminal)
-            return True
-        finally:
-            child.in_flight.pop(request.id, None)
-            child.last_used = time.monotonic()
-            if not child.in_flight:
-                child.idle.set()
-                if self.lifecycle.state is S.BUSY:
-                    self.lifecycle.to(S.READY)
-            self._changed()
-
-    def _run_metadata(self, request: Request) -> dict[str, Any]:
-        return {**self._metadata(), **request.metadata}
-
-    async def _pump(self, request: Request, inbox: Inbox) -> Message | None:
-        """Deliver a request's events to its caller; return its terminal message,
-        or None when the child died first."""
-        while True:
-            try:
-                message = inbox.receive_nowait()  # no extra loop turn when one is waiting
-            except anyio.WouldBlock:
-                try:
-                    message = await inbox.receive()
-                except anyio.EndOfStream:
-                    return None
-            except anyio.EndOfStream:
-                return None
-            if isinstance(message, (Result, Error)):
-                return message
-            if isinstance(message, LogMessage):
-                request.emit(LogEvent(request.id, message.stream, message.message))
-            elif isinstance(message, ProgressMessage):
-                request.emit(
-                    ProgressEvent(
-                        request.id,
-                        message.fraction,
-                        message.current,
-                        message.total,
-                        message.message,
-                    )
-                )
-            elif isinstance(message, PartialMessage):
-                request.emit(PartialEvent(request.id, message.output))
-
-    async def _time_out(
-        self, request: Request, child: LiveChild, inbox: Inbox, timeout: float
-    ) -> Message | None:
-        """Ask the child to cancel a request that ran too long; kill it if it will not."""
-        error = E.RequestTimeoutError(f"{request.function!r} did not finish within {timeout:g} s")
-        await self._send_cancel(request, child)
-        terminal = None
-        with anyio.move_on_after(self.spec.cancel_grace):
-            terminal = await self._pump(request, inbox)
-        if isinstance(terminal, Result):
-            return terminal
-        if terminal is None and not child.dead.is_set():
-            self.logger.warning(
-                "%s: request %s ignored its cancel for %.1f s; killing pid %d",
-                self.name,
-                request.id,
-                self.spec.cancel_grace,
-                child.process.pid,
-            )
-            self.kill(child, error, culprit=request.id)
-        request.fail(error)
-        return None
-
-    async def _send_cancel(self, request: Request, child: LiveChild) -> None:
-        with contextlib.suppress(
-            anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError
-        ):
-            await child.channel.send(Cancel(request.id))
-
-    async def _ask_to_cancel(
-        self, request: Request, child: LiveChild, error: E.SupervisorError
-    ) -> None:
-        """Ask the child to cancel; kill it if the request is still there after the grace."""
-        await self._send_cancel(request, child)
-
-        async def enforce() -> None:
-            with anyio.move_on_after(self.spec.cancel_grace):
-                await child.dead.wait()
-                return
-            if request.id in child.in_flight and not child.dead.is_set():
-                self.logger.warning(
-                    "%s: request %s did not stop within %.1f s of being cancelled; killing pid %d",
-                    self.name,
-                    request.id,
-                    self.spec.cancel_grace,
-                    child.process.pid,
-                )
-                self.kill(child, error, culprit=request.id)
-
-        self.tasks.start_soon(enforce)
-
-    async def _conclude(self, request: Request, child: LiveChild, terminal: Message | None) -> None:
-        if isinstance(terminal, Result):
-            request.succeed(terminal.output)
-        elif isinstance(terminal, Error):
-            error = E.from_error_info(terminal.error)
-            if isinstance(error, E.RequestCancelledError) and child.culprit == request.id:
-                error = child.kill_reason or error
-            request.fail(error)
-            if isinstance(error, E.OutOfMemoryError):
-                self.kill(child, E.ChildCrashedError("restarted after running out of GPU memory"))
-        elif not request.finished:
-            await child.dead.wait()
-            request.fail(self._death_error(child, request))
-
-    def _death_error(self, child: LiveChild, request: Request) -> E.SupervisorError:
-        status = child.process.exit_status
-        details: dict[str, Any] = status.to_dict() if status else {}
-        if child.process.stderr_tail:
-            details["stderr"] = "\n".join(child.process.stderr_tail)
-        reason = child.kill_reason
-        if reason is not None:
-            if child.culprit == request.id or child.culprit is None:
-                return type(reason)(reason.message, **{**details, **reason.details})
-            return E.ChildCrashedError(
-                f"the child was killed while running this request: {reason.message}", **details
-            )
-        if child.channel.fatal_error is not None:
-            return E.ProtocolViolationError(child.channel.fatal_error.error.message, **details)
-        what = status.describe() if status else "died"
-        return E.ChildCrashedError(
-            f"the child {what} while running {request.function!r}", **details
-        )
-
-    async def cancel(self, request: Request) -> None:
-        child = self.child
-        if child is None or request.id not in child.in_flight:
-            return
-        request.cancel_requested = True
-        await self._ask_to_cancel(
-            request, child, E.RequestCancelledError("the request was cancelled")
-        )
 
     # -- death, restarts, stopping ---------------------------------------------
 
@@ -550,7 +346,7 @@ class Slot:
             self._crashed(self.last_exit["reason"], category)
             if self.lifecycle.state is S.RESTARTING:
                 self.tasks.start_soon(self._restart, child.config)
-        self._changed()
+        self.changed()
 
     async def _heartbeat(self, child: LiveChild) -> None:
         """Ping an idle child; one that does not answer is hung, and is killed."""
@@ -607,7 +403,7 @@ class Slot:
             await child.process.terminate(self.spec.kill_grace)
             with anyio.CancelScope(shield=True):
                 await child.dead.wait()
-        self._changed()
+        self.changed()
 
     async def evict(self, reason: str) -> bool:
         """Unload an idle child to free its memory; it starts again on the next request."""
@@ -631,13 +427,13 @@ class Slot:
         else:
             self.lifecycle.to(S.STOPPING, "stop")
         self.lifecycle.to(S.STOPPED)
-        self._changed()
+        self.changed()
 
     @property
     def stopping(self) -> bool:
         return self.lifecycle.state in (S.STOPPING, S.STOPPED)
 
-    def _changed(self) -> None:
+    def changed(self) -> None:
         if self._on_change is not None:
             self._on_change(self)
 
