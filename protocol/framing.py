@@ -60,6 +60,10 @@ def encode_frames(
         yield chunk
 
 
+LARGE_FRAME = 1024 * 1024
+"""A frame at least this big is read into a buffer of its own, allocated once."""
+
+
 class FrameDecoder:
     """Reassembles messages from a byte stream.
 
@@ -68,6 +72,10 @@ class FrameDecoder:
     announces a frame above ``max_frame_size``, or frames adding up to more than
     ``max_message_size``, raise :class:`RemoteProtocolError` before anything is
     buffered for them. After an error the decoder is unusable.
+
+    Small frames are cut out of one shared buffer. A large frame gets a buffer of
+    its exact size as soon as its header is read, and arriving bytes are copied
+    straight into it: the payload is copied once, however many reads bring it.
     """
 
     def __init__(
@@ -79,45 +87,41 @@ class FrameDecoder:
         self.max_frame_size = max_frame_size
         self.max_message_size = max_message_size
         self._buffer = bytearray()
-        self._parts: list[bytes] = []
+        self._frame: bytearray | None = None
+        """The large frame being filled, and how much of it is."""
+        self._filled = 0
+        self._frame_more = False
+        self._parts: list[bytes | bytearray] = []
         self._message_size = 0
         self._broken: RemoteProtocolError | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes held for an incomplete message."""
-        return len(self._buffer) + self._message_size
+        return len(self._buffer) + self._message_size + self._filled
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._broken is not None:
             raise self._broken
-        self._buffer += data
+        frame = self._frame
+        if frame is not None and self._filled < len(frame):
+            take = min(len(frame) - self._filled, len(data))
+            frame[self._filled : self._filled + take] = memoryview(data)[:take]
+            self._filled += take
+            data = memoryview(data)[take:]
+        if data:
+            self._buffer += data
 
-    def next_payload(self) -> bytes | None:
+    def next_payload(self) -> bytes | bytearray | None:
         if self._broken is not None:
             raise self._broken
         while True:
-            buffer = self._buffer
-            if len(buffer) < HEADER_SIZE:
+            chunk, more = self._next_frame()
+            if chunk is None:
                 return None
-            (header,) = HEADER.unpack_from(buffer)
-            length = header & LENGTH_MASK
-            if length > self.max_frame_size:
-                self._fail(f"frame of {length} bytes exceeds the limit of {self.max_frame_size}")
-            if self._message_size + length > self.max_message_size:
-                self._fail(
-                    f"message of at least {self._message_size + length} bytes exceeds "
-                    f"the limit of {self.max_message_size}"
-                )
-            end = HEADER_SIZE + length
-            if len(buffer) < end:
-                return None
-            with memoryview(buffer) as view:
-                chunk = bytes(view[HEADER_SIZE:end])
-            del buffer[:end]
-            if header & MORE:
+            if more:
                 self._parts.append(chunk)
-                self._message_size += length
+                self._message_size += len(chunk)
                 continue
             if self._parts:
                 self._parts.append(chunk)
@@ -126,8 +130,45 @@ class FrameDecoder:
                 self._message_size = 0
             return chunk
 
+    def _next_frame(self) -> tuple[bytes | bytearray | None, bool]:
+        """The next complete frame's payload and its MORE flag, or (None, False)."""
+        frame = self._frame
+        if frame is not None:
+            if self._filled < len(frame):
+                return None, False
+            self._frame, self._filled = None, 0
+            return frame, self._frame_more
+        buffer = self._buffer
+        if len(buffer) < HEADER_SIZE:
+            return None, False
+        (header,) = HEADER.unpack_from(buffer)
+        length = header & LENGTH_MASK
+        if length > self.max_frame_size:
+            self._fail(f"frame of {length} bytes exceeds the limit of {self.max_frame_size}")
+        if self._message_size + length > self.max_message_size:
+            self._fail(
+                f"message of at least {self._message_size + length} bytes exceeds "
+                f"the limit of {self.max_message_size}"
+            )
+        end = HEADER_SIZE + length
+        if len(buffer) >= end:
+            with memoryview(buffer) as view:
+                chunk = bytes(view[HEADER_SIZE:end])
+            del buffer[:end]
+            return chunk, bool(header & MORE)
+        if length < LARGE_FRAME:
+            return None, False
+        # Large and incomplete: give it its own buffer and fill that from now on.
+        self._frame = bytearray(length)
+        self._frame_more = bool(header & MORE)
+        self._filled = len(buffer) - HEADER_SIZE
+        self._frame[: self._filled] = memoryview(buffer)[HEADER_SIZE:]
+        buffer.clear()
+        return None, False
+
     def _fail(self, reason: str) -> NoReturn:
         self._broken = RemoteProtocolError(reason)
         self._buffer.clear()
         self._parts.clear()
+        self._frame = None
         raise self._broken

@@ -184,7 +184,7 @@ def encode(message: Message) -> bytes:
         raise TypeError(f"cannot encode {message.TYPE} message: {exc}") from exc
 
 
-def decode(payload: bytes) -> Message:
+def decode(payload: bytes | bytearray) -> Message:
     try:
         wire = msgpack.unpackb(payload, raw=False, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated classes

@@ -224,3 +224,23 @@ def test_check_limits_accepts(max_frame_size: int, max_message_size: int) -> Non
     check_limits(max_frame_size, max_message_size)
     decoder = FrameDecoder(max_frame_size, max_message_size)
     assert (decoder.max_frame_size, decoder.max_message_size) == (max_frame_size, max_message_size)
+
+
+@pytest.mark.parametrize("chunk", [1000, 65_536, 1_000_003, 3 * 1024 * 1024])
+def test_large_frames_fill_their_own_buffer_from_any_chunking(chunk: int) -> None:
+    """Frames of LARGE_FRAME and more take the one-copy path; the bytes that follow
+    a large frame in the same read (the next message) must not be lost."""
+    from protocol.framing import LARGE_FRAME
+
+    big = bytes(range(256)) * (5 * LARGE_FRAME // 256 + 7)
+    small = b"after"
+    stream = b"".join(encode_frames(big, 2 * LARGE_FRAME)) + b"".join(encode_frames(small))
+    decoder = FrameDecoder(max_frame_size=2 * LARGE_FRAME)
+    payloads = []
+    for start in range(0, len(stream), chunk):
+        decoder.feed(stream[start : start + chunk])
+        assert decoder.buffered <= len(big) + chunk
+        while (payload := decoder.next_payload()) is not None:
+            payloads.append(bytes(payload))
+    assert payloads == [big, small]
+    assert decoder.buffered == 0
