@@ -3,9 +3,10 @@
 Only the mapping lives here (routes, bodies, responses); what a request does is
 the supervisor's business, the status codes, JSON/SSE encoding, body shape and
 auth are ``http_wire``'s, what a file input may name is ``http_files``', the
-schemas come from ``openapi`` and the figures from ``metrics``. ``create_app`` takes either apps that already run or a factory
-whose async context yields them, entered in the server's lifespan so that the
-supervisor starts before the first request and stops after the last one.
+schemas come from ``openapi`` and the figures from ``metrics``. ``create_app``
+takes either apps that already run or a factory whose async context yields
+them, entered in the server's lifespan so that the supervisor starts before the
+first request and stops after the last one.
 
 Endpoints (with several apps, ``/run`` and ``/cancel`` live under
 ``/apps/{name}/``; a single app is served at the root as well):
