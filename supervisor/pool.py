@@ -87,6 +87,10 @@ class ChildPool:
         """Top the pool up in the background, once a start no longer needs the CPU."""
         self._refill.set()
 
+    def idle_count(self, preload: tuple[str, ...] = ()) -> int:
+        """Idle children pre-started for this interpreter with these preloads."""
+        return len(self._idle.get(PoolKey(self.default_key.python, preload), []))
+
     def status(self) -> dict[str, object]:
         return {
             "size": self.size,

@@ -1,0 +1,87 @@
+"""The pre-started pool: a pooled child must be indistinguishable from a fresh one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from supervisor import Supervisor
+
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
+
+APPS = Path(__file__).resolve().parent.parent / "apps"
+INTROSPECT = APPS / "introspect"
+
+
+@pytest.fixture
+def fake_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "nvml.json"
+    devices = [{"index": i, "name": "Fake GPU", "total_mib": 16384} for i in range(2)]
+    path.write_text(json.dumps({"devices": devices, "processes": {}}))
+    monkeypatch.setenv("SUPERVISOR_FAKE_NVML", str(path))
+
+
+async def pool_filled(sup: Supervisor, key: tuple[str, ...] = ()) -> None:
+    with anyio.fail_after(20):
+        while sup.pool.idle_count(key) < sup.pool.size:
+            await anyio.sleep(0.02)
+
+
+async def snapshot(sup: Supervisor, name: str, **options: Any) -> dict[str, Any]:
+    app = await sup.start(INTROSPECT, name=name, **options)
+    return dict(await app.run({}))
+
+
+async def test_a_pooled_child_looks_exactly_like_a_fresh_one(fake_gpus: None) -> None:
+    options = {"gpus": [1], "env": {"APP_SETTING": "on"}}
+    async with Supervisor(pool_size=0) as sup:
+        fresh = await snapshot(sup, "fresh", **options)
+    async with Supervisor(pool_size=1) as sup:
+        await pool_filled(sup)
+        pooled = await snapshot(sup, "pooled", **options)
+        assert sup.pool.handed_out == 1  # it really came from the pool
+    assert pooled["environ"] == fresh["environ"]
+    assert pooled["environ"]["CUDA_VISIBLE_DEVICES"] == "1"
+    assert pooled["environ"]["APP_SETTING"] == "on"
+    assert pooled["cwd"] == fresh["cwd"] == str(INTROSPECT)
+    assert pooled["path0"] == fresh["path0"] == str(INTROSPECT)
+    assert pooled["app_packages"] == fresh["app_packages"]
+
+
+async def test_pooled_children_serve_one_app_each_and_share_nothing() -> None:
+    async with Supervisor(pool_size=1) as sup:
+        await pool_filled(sup)
+        first = await snapshot(sup, "first")
+        await pool_filled(sup)
+        second = await snapshot(sup, "second")
+        assert sup.pool.handed_out == 2
+    assert first["pid"] != second["pid"]
+    # Each child holds its own app's package and no other.
+    assert len(first["app_packages"]) == len(second["app_packages"]) == 1
+
+
+async def test_an_app_env_read_at_interpreter_start_gets_a_fresh_child() -> None:
+    async with Supervisor(pool_size=1) as sup:
+        await pool_filled(sup)
+        out = await snapshot(sup, "unsafe", env={"PYTHONHASHSEED": "7"})
+        assert sup.pool.handed_out == 0
+    assert out["environ"]["PYTHONHASHSEED"] == "7"
+
+
+async def test_preloaded_modules_are_imported_before_the_app_asks() -> None:
+    async with Supervisor(pool_size=1, pool_preload=("decimal", "fractions")) as sup:
+        await pool_filled(sup, ("decimal", "fractions"))
+        out = await snapshot(sup, "preloaded")
+        assert sup.pool.handed_out == 1
+    assert {"decimal", "fractions"} <= set(out["modules"])
+
+
+async def test_turning_the_pool_off_starts_no_spare_process() -> None:
+    async with Supervisor(pool_size=0) as sup:
+        await snapshot(sup, "alone")
+        assert sup.pool.spawned == 0
+        assert sup.status()["pool"]["idle"] == {}
