@@ -396,13 +396,14 @@ class Slot:
             anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError
         ):
             await child.channel.send(Unload())
+        # Wait on the process itself, not on its watcher: a retire may outlive the
+        # slot's tasks (an eviction running while the app stops), and must still end.
         with anyio.move_on_after(self.spec.unload_timeout, shield=True):
-            await child.dead.wait()
-        if not child.dead.is_set():
+            await child.process.wait()
+        if child.process.exit_status is None:
             self.logger.warning("%s: pid %d did not unload in time", self.name, child.process.pid)
-            await child.process.terminate(self.spec.kill_grace)
-            with anyio.CancelScope(shield=True):
-                await child.dead.wait()
+        with anyio.CancelScope(shield=True):
+            await child.process.terminate(self.spec.kill_grace)  # reaps; kills leftovers
         self.changed()
 
     async def evict(self, reason: str) -> bool:

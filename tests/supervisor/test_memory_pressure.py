@@ -215,3 +215,18 @@ async def test_ram_budget_stops_a_memory_hungry_child() -> None:
         assert after["pid"] != before["pid"]
         assert "RAM" in app.status()["last_exit"]["reason"]
         assert os.getpid() not in (before["pid"], after["pid"])
+
+
+@pytest.mark.anyio
+async def test_an_eviction_still_unloading_when_the_supervisor_exits_ends(fake_gpus) -> None:
+    """The eviction's task outlives the app's own tasks; it must still see its child out."""
+    fake_gpus(8192)
+    with anyio.fail_after(30):
+        async with supervisor(min_free_vram=4 * GIB) as sup:
+            app = await sup.start(APP, gpus=1, setup={"unload_seconds": 1.0})
+            out = await app.run({"vram_mib": 6144})  # idle from now on, and under pressure
+            await wait_for(lambda: app.status()["state"] == "unloaded")
+        # Left while the evicted child is still in its one-second unload.
+    assert not psutil.pid_exists(out["pid"]) or psutil.Process(out["pid"]).status() == (
+        psutil.STATUS_ZOMBIE
+    )

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 class AppSetup(BaseModel):
     vram_mib: int = 0
+    unload_seconds: float = 0.0
 
 
 class RunInput(BaseModel):
@@ -51,6 +52,7 @@ class OutOfMemoryError(RuntimeError):
 class App:
     async def setup(self, config: AppSetup) -> None:
         self.held = b""
+        self.unload_seconds = config.unload_seconds
         if config.vram_mib:
             record_vram(config.vram_mib)
 
@@ -66,3 +68,6 @@ class App:
         if data.sleep:
             await asyncio.sleep(data.sleep)
         return RunOutput(pid=os.getpid(), gpus=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+
+    async def unload(self) -> None:
+        await asyncio.sleep(self.unload_seconds)
