@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -95,6 +96,7 @@ class ChildRuntime:
         self._file_inputs: dict[str, bool] = {}
         self._runs_done = anyio.Event()
         self._serving: anyio.CancelScope | None = None
+        self._idle_workers = 0
         self._initial_cwd = os.getcwd()
         os.set_blocking(protocol_in, False)
 
@@ -117,6 +119,9 @@ class ChildRuntime:
         async with anyio.create_task_group() as tasks:
             status = exit_codes.OK
             self._serving = anyio.CancelScope()
+            self._jobs_send, self._jobs_receive = anyio.create_memory_object_stream[
+                Callable[[], Awaitable[None]]
+            ](math.inf)
             with self._serving:  # cancelled once an unload is complete
                 try:
                     status = await self._dispatch_loop(tasks)
@@ -144,15 +149,39 @@ class ChildRuntime:
                 self._answer(message.id, partial(self._load, message.app_dir, message.env))
             elif isinstance(message, Setup):
                 scope = self._runs[message.id] = anyio.CancelScope()
-                tasks.start_soon(self._request, message.id, partial(self._setup, message), scope)
+                self._spawn(
+                    tasks, partial(self._request, message.id, partial(self._setup, message), scope)
+                )
             elif isinstance(message, Run):
                 scope = self._runs[message.id] = anyio.CancelScope()
-                tasks.start_soon(self._request, message.id, partial(self._run, message), scope)
+                self._spawn(
+                    tasks, partial(self._request, message.id, partial(self._run, message), scope)
+                )
             elif isinstance(message, Cancel):
                 await self._cancel(message.id)
             elif isinstance(message, Unload):
                 # As a task: pings, cancels and a shutdown are still read meanwhile.
                 tasks.start_soon(self._unload)
+
+    def _spawn(self, tasks: anyio.abc.TaskGroup, job: Callable[[], Awaitable[None]]) -> None:
+        """Hand a request to an idle worker task, or start one when none is idle.
+
+        Workers are long-lived tasks of the serving task group: starting a task
+        costs tens of microseconds, handing a job to a waiting one a few. A busy
+        worker never holds a job back (each job is sent to a worker reserved for
+        it), so requests still run concurrently.
+        """
+        if self._idle_workers:
+            self._idle_workers -= 1
+        else:
+            tasks.start_soon(self._worker)
+        self._jobs_send.send_nowait(job)
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self._jobs_receive.receive()
+            await job()
+            self._idle_workers += 1
 
     async def _receive(self) -> Message | None:
         while True:
@@ -269,9 +298,7 @@ class ChildRuntime:
                 data = function.validate_input(message.input)
         except pydantic.ValidationError as exc:
             raise RequestFailed(_validation_info(exc, f"input of {function.name!r}")) from exc
-        metadata = (
-            self._metadata(message.id, message.metadata) if function.wants_metadata else None
-        )
+        metadata = self._metadata(message.id, message.metadata) if function.wants_metadata else None
         args = function.call_args(data, metadata)
         try:
             if function.kind.endswith("_gen"):
