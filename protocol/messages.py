@@ -14,7 +14,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Union
 
 import msgpack
 
@@ -22,8 +22,6 @@ from .error_info import ErrorInfo
 from .errors import RemoteProtocolError
 
 PROTOCOL_VERSION = 1
-
-LogStream = Literal["stdout", "stderr", "log"]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectSendStream
 
 from . import errors as E
 from .events import Event, ResultEvent
@@ -254,10 +253,6 @@ class App:
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 return
             request.fail(E.AppStoppedError(f"{self.name} was stopped"))
-
-    @property
-    def queue(self) -> MemoryObjectSendStream[Request]:
-        return self._queue_send
 
 
 def _overall(states: set[str]) -> str:

@@ -52,6 +52,8 @@ class ChildChannel:
         self.hello: Hello | None = None
         self._hello_event = anyio.Event()
         self.closed = anyio.Event()
+        self.protocol_error: str | None = None
+        """What the child sent that broke the protocol, if it did."""
         self.close_reason: str | None = None
         """Why the channel closed: end of stream, or the protocol violation."""
         self.fatal_error: Error | None = None
@@ -67,6 +69,7 @@ class ChildChannel:
         except anyio.EndOfStream:
             self.close_reason = "the child closed its stdout"
         except ProtocolError as exc:
+            self.protocol_error = str(exc)
             self.close_reason = f"protocol violation: {exc}"
             self.logger.error("child broke the protocol: %s", exc)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):

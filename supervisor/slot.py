@@ -8,6 +8,7 @@ meant it to stop, applies the restart policy; why a child died is recorded on
 it (``kill_reason``) so that its requests can be told. Running requests on the
 child is ``request_runner.py``'s job.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -314,6 +315,13 @@ class Slot:
     async def _watch(self, child: LiveChild) -> None:
         """Wait for the child to die, reap it, and decide what comes next."""
         await child.channel.closed.wait()
+        violation = child.channel.protocol_error
+        if violation is not None and child.kill_reason is None:
+            # Whatever the child says next cannot be trusted: it dies for it.
+            child.kill_reason = E.ProtocolViolationError(
+                f"the child broke the protocol: {violation}"
+            )
+            child.process.kill()
         if child.process.exit_status is None:
             with anyio.move_on_after(self.spec.kill_grace, shield=True):
                 await child.process.wait()

@@ -68,7 +68,6 @@ class Supervisor:
         self.monitor: ResourceMonitor | None = None
         self.governor: ResourceGovernor | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
-        self._exit_stack_scope: anyio.CancelScope | None = None
 
     # -- context --------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from supervisor import App, RestartPolicy
 from supervisor.errors import (
     AppFailedError,
     ChildCrashedError,
+    ProtocolViolationError,
     RequestCancelledError,
     RequestTimeoutError,
     SupervisorError,
@@ -359,3 +360,18 @@ async def test_hung_child_that_ignores_sigterm_is_sigkilled(apps_dir: Path, wait
         with anyio.fail_after(10):
             await assert_recovered(app, pid, wait_gone)
         assert app.status()["last_exit"]["signal"] == "SIGKILL"
+
+
+async def test_a_child_that_corrupts_its_channel_is_killed_and_replaced(apps_dir: Path) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_corrupt")
+        before = await app.run({})
+        with pytest.raises(ProtocolViolationError) as caught:
+            await app.run({"corrupt": True})
+        assert "broke the protocol" in str(caught.value)
+        after = await app.run({})
+        assert after["pid"] != before["pid"]
+        status = app.status()
+        assert status["restarts"] == 1
+        assert status["restarts_by_reason"] == {"protocol": 1}
+        assert "broke the protocol" in status["last_exit"]["reason"]
