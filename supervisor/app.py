@@ -21,7 +21,7 @@ import anyio
 import anyio.abc
 
 from . import errors as E
-from .events import Event, ResultEvent
+from .events import Event
 from .lifecycle import ChildState
 from .request import Request, config_key
 from .slot import Slot
@@ -91,12 +91,7 @@ class App:
             metadata=metadata,
         )
         try:
-            while (item := await request.next_item()) is not None:
-                if isinstance(item, ResultEvent):
-                    return item.output
-                if isinstance(item, E.SupervisorError):
-                    raise item
-            raise AssertionError("a request ended without a result")  # pragma: no cover
+            return (await request.result()).output
         finally:
             if not request.finished:
                 with anyio.CancelScope(shield=True):

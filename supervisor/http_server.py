@@ -415,12 +415,10 @@ async def _outcome(
     submitted: SubmittedRequest,
 ) -> tuple[ResultEvent | None, E.SupervisorError | None]:
     """Wait for a request's result or error, passing over its other events."""
-    while (item := await submitted.next_item()) is not None:
-        if isinstance(item, ResultEvent):
-            return item, None
-        if isinstance(item, E.SupervisorError):
-            return None, item
-    return None, None
+    try:
+        return await submitted.result(), None
+    except E.SupervisorError as exc:
+        return None, exc
 
 
 async def _cancel_on_disconnect(request: Request, scope: anyio.CancelScope) -> None:

@@ -73,6 +73,15 @@ class Request:
         except anyio.EndOfStream:
             return None
 
+    async def result(self) -> ResultEvent:
+        """Wait for the ending, passing over the other events; raise the error."""
+        while (item := await self.next_item()) is not None:
+            if isinstance(item, ResultEvent):
+                return item
+            if isinstance(item, SupervisorError):
+                raise item
+        raise RuntimeError(f"request {self.id}'s ending was already taken")
+
     def emit(self, event: Event) -> None:
         if not self.finished:
             with contextlib.suppress(anyio.BrokenResourceError):
