@@ -167,14 +167,7 @@ class RequestRunner:
         if isinstance(terminal, Result):
             return terminal
         if terminal is None and not child.dead.is_set():
-            self.slot.logger.warning(
-                "%s: request %s ignored its cancel for %.1f s; killing pid %d",
-                self.slot.name,
-                request.id,
-                self.slot.spec.cancel_grace,
-                child.process.pid,
-            )
-            self.slot.kill(child, error, culprit=request.id)
+            self._kill_for_ignoring_cancel(request, child, error)
         request.fail(error)
         return None
 
@@ -195,16 +188,21 @@ class RequestRunner:
                 await child.dead.wait()
                 return
             if request.id in child.in_flight and not child.dead.is_set():
-                self.slot.logger.warning(
-                    "%s: request %s did not stop within %.1f s of being cancelled; killing pid %d",
-                    self.slot.name,
-                    request.id,
-                    self.slot.spec.cancel_grace,
-                    child.process.pid,
-                )
-                self.slot.kill(child, error, culprit=request.id)
+                self._kill_for_ignoring_cancel(request, child, error)
 
         self.slot.tasks.start_soon(enforce)
+
+    def _kill_for_ignoring_cancel(
+        self, request: Request, child: LiveChild, error: E.SupervisorError
+    ) -> None:
+        self.slot.logger.warning(
+            "%s: request %s ignored its cancel for %.1f s; killing pid %d",
+            self.slot.name,
+            request.id,
+            self.slot.spec.cancel_grace,
+            child.process.pid,
+        )
+        self.slot.kill(child, error, culprit=request.id)
 
     async def _conclude(self, request: Request, child: LiveChild, terminal: Message | None) -> None:
         if isinstance(terminal, Result):
