@@ -69,18 +69,6 @@ def exit_code_for(error: BaseException) -> ExitCode:
     return ExitCode.RUNTIME
 
 
-def find_error(exc: BaseException) -> E.SupervisorError | None:
-    """The supervisor error in ``exc``, looking inside exception groups (a task group
-    wraps what its tasks raise, even a single error)."""
-    if isinstance(exc, E.SupervisorError):
-        return exc
-    for inner in getattr(exc, "exceptions", ()):
-        found = find_error(inner)
-        if found is not None:
-            return found
-    return None
-
-
 class UsageError(Exception):
     pass
 
@@ -238,16 +226,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         run_timeout=args.run_timeout,
                     )
                     apps[app.name] = app
-            except Exception as exc:
-                error = find_error(exc)
-                if error is None:
-                    raise
+            except E.SupervisorError as error:
                 failures.append(error)
                 logger.error("cannot start %s: %s (%s)", directory, error.message, error.type)
             else:
                 yield apps
                 return
-        # Raised outside the supervisor's task group, which would wrap it in a group.
+        # Raised once the supervisor has stopped what did start.
         raise StartupFailed(f"{directory}: {failures[0]}")
 
     settings = ServerSettings(auth_token=token, allowed_paths=tuple(args.allow_path))
@@ -315,10 +300,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         output = anyio.run(_run_once, app_dir, data, setup, args)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:
-        error = find_error(exc)
-        if error is None:
-            raise
+    except E.SupervisorError as error:
         _report(error)
         return exit_code_for(error)
     sys.stdout.write(json.dumps(output, default=_json_default, ensure_ascii=False) + "\n")
