@@ -120,7 +120,6 @@ class RequestRunner:
                 child.idle.set()
                 if self.slot.lifecycle.state is S.BUSY:
                     self.slot.lifecycle.to(S.READY)
-            self.slot.changed()
 
     def _run_metadata(self, request: Request) -> dict[str, Any]:
         return {**self.slot.metadata(), **request.metadata}

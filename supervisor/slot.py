@@ -443,6 +443,7 @@ class Slot:
         return self.lifecycle.state in (S.STOPPING, S.STOPPED)
 
     def changed(self) -> None:
+        """Tell the owner that the slot's child (or its absence) changed."""
         if self._on_change is not None:
             self._on_change(self)
 
