@@ -1,15 +1,19 @@
-"""``python -m child [--preload MOD[,MOD...]] [APP_DIR]``: serve one app over stdio.
+"""``python -m child [--preload MOD[,MOD...]] [--shared-memory IN,OUT] [APP_DIR]``:
+serve one app over stdio.
 
 The order matters: die with the parent, then take the protocol streams away
 from fds 0 and 1, and only then import anything that could run app code.
 ``--preload`` imports modules (numpy, torch, ...) before the handshake, so that a
-pre-started child pays for them before it is needed.
+pre-started child pays for them before it is needed. ``--shared-memory`` names
+the inherited descriptors of the two arenas (to the child, from the child) that
+large byte strings travel through (PROTOCOL.md, section 4.1).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from child.parent_death import die_with_parent, start_group_watchdog
 from child.stdio_guard import take_over_stdio
@@ -30,9 +34,18 @@ def main() -> None:
     from child.log_capture import PipeForwarder
     from child.outbox import Outbox
     from child.runtime import ChildRuntime, install_streams
-    from protocol import Connection
+    from protocol import BlobReader, BlobWriter, Connection
+    from protocol.shared_memory import map_arena
 
-    connection = Connection("child")
+    options, app_dir = _parse(sys.argv[1:])
+    blobs: dict[str, Any] = {}
+    if "--shared-memory" in options:
+        to_child, from_child = (int(fd) for fd in options["--shared-memory"].split(","))
+        blobs = {
+            "blobs_in": BlobReader(map_arena(to_child)),
+            "blobs_out": BlobWriter(map_arena(from_child)),
+        }
+    connection = Connection("child", **blobs)
     outbox = Outbox(connection, stdio.protocol_out)
     streams = install_streams(outbox)
     forwarders = tuple(
@@ -41,15 +54,22 @@ def main() -> None:
     )
     for forwarder in forwarders:
         forwarder.start()
-    args = sys.argv[1:]
-    if args[:1] == ["--preload"]:
-        _preload(args[1])
-        args = args[2:]
+    if "--preload" in options:
+        _preload(options["--preload"])
     runtime = ChildRuntime(
         connection, outbox, stdio.protocol_in, streams, forwarders, exit_now=os._exit
     )
-    status = anyio.run(runtime.serve, args[0] if args else None)
+    status = anyio.run(runtime.serve, app_dir)
     os._exit(status)
+
+
+def _parse(args: list[str]) -> tuple[dict[str, str], str | None]:
+    """Options (each with one value) and the optional app directory."""
+    options: dict[str, str] = {}
+    while len(args) >= 2 and args[0] in ("--preload", "--shared-memory"):
+        options[args[0]] = args[1]
+        args = args[2:]
+    return options, args[0] if args else None
 
 
 def _preload(modules: str) -> None:

@@ -109,10 +109,10 @@ class ChildRuntime:
             try:
                 description = self._load(app_dir, {})
             except RequestFailed as failure:
-                self.outbox.send(Hello(PROTOCOL_VERSION, os.getpid(), __version__, None))
+                self.outbox.send(self._hello(None))
                 self.outbox.send(Error(id=None, error=failure.info))
                 return exit_codes.LOAD_FAILED
-        self.outbox.send(Hello(PROTOCOL_VERSION, os.getpid(), __version__, description))
+        self.outbox.send(self._hello(description))
         # A protocol error is caught inside the task group: anyio wraps whatever
         # escapes a task group in an ExceptionGroup, which ``except ProtocolError``
         # would not match (and ``except*`` needs Python 3.11).
@@ -132,6 +132,10 @@ class ChildRuntime:
                 self._exit_now(status)  # leaving the task group would wait for threads
             tasks.cancel_scope.cancel()
         return status
+
+    def _hello(self, description: dict[str, Any] | None) -> Hello:
+        shared = self.connection.blobs_in is not None and self.connection.blobs_out is not None
+        return Hello(PROTOCOL_VERSION, os.getpid(), __version__, description, shared)
 
     def _report_protocol_error(self, exc: ProtocolError) -> None:
         info = ErrorInfo(ErrorType.PROTOCOL, str(exc), exception=type(exc).__name__)
@@ -187,6 +191,9 @@ class ChildRuntime:
         while True:
             with self.outbox.lock:
                 event = self.connection.next_event()
+                release = self.connection.release_due()
+            if release is not None:
+                self.outbox.send(release)  # the blobs were copied out: free their space
             if event is EOF:
                 return None
             if event is not NEED_DATA:

@@ -3,9 +3,10 @@
 Framed msgpack over the child's stdin and stdout; see ``PROTOCOL.md`` beside this
 file for the full specification. The package is pure: it performs no I/O and
 imports neither ``os`` nor an event loop, except the thin adapters in
-``streams.py``.
+``streams.py`` (pipes) and ``shared_memory.py`` (the arenas' memory).
 """
 
+from .blobs import BlobReader, BlobWriter
 from .connection import EOF, NEED_DATA, Connection, Role, Sentinel
 from .error_info import ErrorInfo, ErrorType, FieldError
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -22,6 +23,7 @@ from .messages import (
     Ping,
     Pong,
     Progress,
+    Release,
     Result,
     Run,
     Setup,
@@ -41,6 +43,8 @@ __all__ = [
     "EOF",
     "NEED_DATA",
     "PROTOCOL_VERSION",
+    "BlobReader",
+    "BlobWriter",
     "Cancel",
     "Connection",
     "Error",
@@ -58,6 +62,7 @@ __all__ = [
     "Pong",
     "Progress",
     "ProtocolError",
+    "Release",
     "RemoteProtocolError",
     "Result",
     "Role",

@@ -5,6 +5,12 @@ the bytes that arrived with ``receive_data`` (``b""`` means end of file), take
 messages out with ``next_event`` until it returns ``NEED_DATA``, and turn
 outgoing messages into bytes with ``send``. It never reads or writes anything
 itself, so it is tested without processes and reused by both sides.
+
+With arenas (``blobs.py``), long byte strings travel through shared memory: the
+connection places them on ``send``, resolves them in ``next_event``, applies the
+peer's ``release`` messages itself (they are never returned), and
+``release_due`` gives the ``release`` to send after blobs were read. The
+supervisor sends blobs only to a child whose ``hello`` says it can take them.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from collections.abc import Iterator
 from typing import Literal
 
 from . import messages as m
+from .blobs import BlobReader, BlobWriter
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .framing import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE, FrameDecoder, encode_frames
 from .states import REQUEST_OUTCOMES, TRANSITIONS, State, after_hello
@@ -39,8 +46,13 @@ class Connection:
         *,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        blobs_out: BlobWriter | None = None,
+        blobs_in: BlobReader | None = None,
     ) -> None:
         self.role: Role = role
+        self.blobs_out = blobs_out
+        """The arena this side writes, or None to send every byte inline."""
+        self.blobs_in = blobs_in
         self.max_frame_size = max_frame_size
         self.state = State.AWAITING_HELLO
         self.requests: dict[str, type[m.Message]] = {}
@@ -73,8 +85,13 @@ class Connection:
                         f"end of file inside a message ({self._decoder.buffered} bytes pending)"
                     )
                 return EOF
-            message = m.decode(payload)
+            message = m.decode(payload, self.blobs_in)
             self._apply(message, incoming=True)
+            if isinstance(message, m.Release):
+                if self.blobs_out is None:
+                    raise RemoteProtocolError("release received, but no blobs were sent")
+                self.blobs_out.release(message.upto)
+                return self.next_event()
         except RemoteProtocolError as exc:
             self._error = exc
             raise
@@ -92,16 +109,29 @@ class Connection:
 
     def send(self, message: m.Message) -> list[bytes | memoryview]:
         """Validate ``message`` against the state and return the frames to write."""
-        payload = m.encode(message)  # first, so a message that cannot be encoded changes nothing
+        # First, so that a message that cannot be encoded changes no state. (Blobs
+        # it placed are never referenced: the reader skips the gap, and the next
+        # release covers it.)
+        payload = m.encode(message, self._blob_writer())
         self._apply(message, incoming=False)
         return list(encode_frames(payload, self.max_frame_size))
+
+    def release_due(self) -> m.Release | None:
+        """The ``release`` to send now that blobs were read, if any were."""
+        upto = None if self.blobs_in is None else self.blobs_in.release_due()
+        return None if upto is None else m.Release(upto)
+
+    def _blob_writer(self) -> BlobWriter | None:
+        if self.role == "supervisor" and not (self.hello and self.hello.shared_memory):
+            return None
+        return self.blobs_out
 
     # -- the state machine ----------------------------------------------------
 
     def _apply(self, message: m.Message, *, incoming: bool) -> None:
         error = RemoteProtocolError if incoming else LocalProtocolError
         sender_is_child = incoming == (self.role == "supervisor")
-        if sender_is_child == message.TO_CHILD:
+        if sender_is_child == message.TO_CHILD and not message.BOTH_WAYS:
             direction = "to the child" if message.TO_CHILD else "to the supervisor"
             raise error(f"{message.TYPE!r} travels only {direction}")
         if isinstance(message, m.Hello):

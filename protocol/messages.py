@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Union
 
 import msgpack
 
+from .blobs import BlobReader, BlobWriter, externalize, no_arena_hook
 from .error_info import ErrorInfo
 from .errors import RemoteProtocolError
 
@@ -28,6 +29,9 @@ PROTOCOL_VERSION = 1
 class Message:
     TYPE: ClassVar[str] = ""
     TO_CHILD: ClassVar[bool] = False
+    BOTH_WAYS: ClassVar[bool] = False
+    PAYLOAD: ClassVar[str | None] = None
+    """The field holding app data, whose long byte strings may travel as blobs."""
 
 
 # -- supervisor to child ------------------------------------------------------
@@ -50,6 +54,7 @@ class Load(Message):
 class Setup(Message):
     TYPE: ClassVar[str] = "setup"
     TO_CHILD: ClassVar[bool] = True
+    PAYLOAD: ClassVar[str | None] = "config"
     id: str
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -59,6 +64,7 @@ class Setup(Message):
 class Run(Message):
     TYPE: ClassVar[str] = "run"
     TO_CHILD: ClassVar[bool] = True
+    PAYLOAD: ClassVar[str | None] = "input"
     id: str
     function: str
     input: dict[str, Any]
@@ -102,6 +108,8 @@ class Hello(Message):
     runtime_version: str
     app: dict[str, Any] | None = None
     """The app description (see PROTOCOL.md), or None for a child with no app yet."""
+    shared_memory: bool = False
+    """The child mapped the arenas it was given and may send and receive blobs."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,7 @@ class Progress(Message):
 @dataclass(frozen=True)
 class Partial(Message):
     TYPE: ClassVar[str] = "partial"
+    PAYLOAD: ClassVar[str | None] = "output"
     id: str
     output: Any
 
@@ -132,6 +141,7 @@ class Partial(Message):
 @dataclass(frozen=True)
 class Result(Message):
     TYPE: ClassVar[str] = "result"
+    PAYLOAD: ClassVar[str | None] = "output"
     id: str
     output: Any = None
 
@@ -154,8 +164,21 @@ class Pong(Message):
     seq: int
 
 
-ToChild = Load | Setup | Run | Cancel | Unload | Shutdown | Ping
-ToSupervisor = Hello | Log | Progress | Partial | Result | Error | Unloaded | Pong
+# -- either way ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Release(Message):
+    """The sender of this message has read every blob of its peer's arena that
+    ends at or before ``upto``; that space may be written again."""
+
+    TYPE: ClassVar[str] = "release"
+    BOTH_WAYS: ClassVar[bool] = True
+    upto: int
+
+
+ToChild = Load | Setup | Run | Cancel | Unload | Shutdown | Ping | Release
+ToSupervisor = Hello | Log | Progress | Partial | Result | Error | Unloaded | Pong | Release
 REQUESTS = (Load, Setup, Run)
 """Messages that open a request: each gets exactly one terminal Result or Error."""
 
@@ -164,6 +187,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     for cls in (
         *(Load, Setup, Run, Cancel, Unload, Shutdown, Ping),
         *(Hello, Log, Progress, Partial, Result, Error, Unloaded, Pong),
+        Release,
     )
 }
 
@@ -171,20 +195,28 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 # -- codec --------------------------------------------------------------------
 
 
-def encode(message: Message) -> bytes:
+def encode(message: Message, blobs: BlobWriter | None = None) -> bytes:
+    """The msgpack payload of ``message``; with ``blobs``, the long byte strings
+    of its payload field are copied into that arena and referenced."""
     wire: dict[str, Any] = {"type": message.TYPE}
     for f in dataclasses.fields(message):
         value = getattr(message, f.name)
         wire[f.name] = value.to_wire() if isinstance(value, ErrorInfo) else value
+    if blobs is not None and message.PAYLOAD is not None:
+        wire[message.PAYLOAD] = externalize(wire[message.PAYLOAD], blobs)
     try:
         return msgpack.packb(wire, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"cannot encode {message.TYPE} message: {exc}") from exc
 
 
-def decode(payload: bytes | bytearray) -> Message:
+def decode(payload: bytes | bytearray, blobs: BlobReader | None = None) -> Message:
+    """The message in ``payload``; blob references are resolved from ``blobs``."""
+    hook = no_arena_hook if blobs is None else blobs.ext_hook
     try:
-        wire = msgpack.unpackb(payload, raw=False, use_list=True)
+        wire = msgpack.unpackb(payload, raw=False, use_list=True, ext_hook=hook)
+    except RemoteProtocolError:
+        raise
     except Exception as exc:  # msgpack raises several unrelated classes
         raise RemoteProtocolError(f"payload is not valid msgpack: {exc}") from exc
     if not isinstance(wire, dict):

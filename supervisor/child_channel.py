@@ -6,6 +6,10 @@ app's logger. Every open request has its own unbounded inbox, so a slow caller
 never stalls the reader, and the reader never stalls the child. When the
 child's stdout ends, or it breaks the protocol, every inbox is closed: the
 owners of those requests then learn how the child died from its exit status.
+
+With shared memory, the reader copies blobs out of the child's arena as it
+decodes, and a second task sends the ``release`` that frees the space: the
+reader itself never writes, so it can never stall behind a large send.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from protocol import (
+    BlobReader,
+    BlobWriter,
     Connection,
     Error,
     Hello,
@@ -27,6 +33,7 @@ from protocol import (
     Ping,
     Pong,
     ProtocolError,
+    Release,
     Result,
 )
 from protocol.streams import MessageStream
@@ -34,16 +41,27 @@ from protocol.streams import MessageStream
 from .process import ChildProcess
 
 Inbox = MemoryObjectReceiveStream[Message]
+Arenas = tuple[Any, Any]
 
 
 class ChildChannel:
     def __init__(
-        self, child: ChildProcess, logger: logging.Logger, max_frame_size: int | None = None
+        self,
+        child: ChildProcess,
+        logger: logging.Logger,
+        max_frame_size: int | None = None,
+        arenas: Arenas | None = None,
     ) -> None:
+        """``arenas``: the (to child, from child) shared memory the child was given."""
         kwargs: dict[str, Any] = {}
         if max_frame_size is not None:
             kwargs["max_frame_size"] = max_frame_size
+        if arenas is not None:
+            kwargs["blobs_out"] = BlobWriter(arenas[0])
+            kwargs["blobs_in"] = BlobReader(arenas[1])
         self.connection = Connection("supervisor", **kwargs)
+        self._release: Release | None = None
+        self._release_wanted = anyio.Event()
         self._stream = MessageStream(self.connection, child.stdin, child.stdout)
         self.logger = logger
         self._inboxes: dict[str, MemoryObjectSendStream[Message]] = {}
@@ -62,9 +80,22 @@ class ChildChannel:
     # -- the reader task ------------------------------------------------------
 
     async def read_loop(self) -> None:
+        async with anyio.create_task_group() as tasks:
+            if self.connection.blobs_in is not None:
+                tasks.start_soon(self._release_loop)
+            try:
+                await self._read()
+            finally:
+                tasks.cancel_scope.cancel()
+
+    async def _read(self) -> None:
         try:
             while True:
                 message = await self._stream.receive()
+                release = self.connection.release_due()
+                if release is not None:
+                    self._release = release
+                    self._release_wanted.set()
                 self._route(message)
         except anyio.EndOfStream:
             self.close_reason = "the child closed its stdout"
@@ -76,6 +107,16 @@ class ChildChannel:
             self.close_reason = "the child's stdout broke"
         finally:
             self._close_all()
+
+    async def _release_loop(self) -> None:
+        while True:
+            await self._release_wanted.wait()
+            self._release_wanted = anyio.Event()
+            assert self._release is not None
+            try:
+                await self._stream.send(self._release)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError):
+                return  # the child is gone or going: the reader will see its end
 
     def _route(self, message: Message) -> None:
         if isinstance(message, Hello):

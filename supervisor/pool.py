@@ -26,6 +26,7 @@ import anyio
 import anyio.abc
 
 from .child_channel import ChildChannel
+from .child_launch import DEFAULT_SHARED_MEMORY, launch_child
 from .environment import child_environment
 from .process import ChildProcess
 
@@ -56,8 +57,11 @@ class PooledChild:
 
 
 class ChildPool:
-    def __init__(self, size: int, preload: Sequence[str] = ()) -> None:
+    def __init__(
+        self, size: int, preload: Sequence[str] = (), shared_memory: int = DEFAULT_SHARED_MEMORY
+    ) -> None:
         self.size = size
+        self.shared_memory = shared_memory
         self.default_key = PoolKey(sys.executable, tuple(preload))
         self._idle: dict[PoolKey, list[PooledChild]] = {}
         self._wanted: set[PoolKey] = {self.default_key} if size > 0 else set()
@@ -122,18 +126,22 @@ class ChildPool:
 
     async def _spawn(self, key: PoolKey) -> bool:
         assert self._tasks is not None
-        argv = [key.python, "-m", "child"]
-        if key.preload:
-            argv += ["--preload", ",".join(key.preload)]
         env = child_environment({}, cuda_visible_devices="")
         name = f"pool[{self.spawned}]"
         try:
-            process = await ChildProcess.spawn(argv, env=env, cwd=self._workdir.name, name=name)
+            process, channel = await launch_child(
+                key.python,
+                key.preload,
+                env=env,
+                cwd=self._workdir.name,
+                name=name,
+                logger=logger,
+                shared_memory=self.shared_memory,
+            )
         except OSError as exc:
             logger.warning("cannot pre-start a child: %s", exc)
             return False
         self.spawned += 1
-        channel = ChildChannel(process, logger)
         self._tasks.start_soon(channel.read_loop)
         self._tasks.start_soon(process.read_stderr)
         self._tasks.start_soon(self._reap_when_dead, process, channel)

@@ -92,7 +92,13 @@ class ChildProcess:
 
     @classmethod
     async def spawn(
-        cls, argv: Sequence[str], *, env: Mapping[str, str], cwd: str, name: str
+        cls,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: str,
+        name: str,
+        pass_fds: Sequence[int] = (),
     ) -> ChildProcess:
         process = await anyio.open_process(
             list(argv),
@@ -102,6 +108,7 @@ class ChildProcess:
             env=dict(env),
             cwd=cwd,
             start_new_session=True,
+            pass_fds=pass_fds,
         )
         logger.debug("%s: spawned pid %d", name, process.pid)
         return cls(process, name)

@@ -30,6 +30,7 @@ from protocol import Log as LogMessage
 
 from . import errors as E
 from .child_channel import ChildChannel
+from .child_launch import DEFAULT_SHARED_MEMORY, launch_child
 from .environment import child_environment
 from .gpu_allocation import gpu_environment
 from .gpu_monitor import ChildUsage
@@ -62,6 +63,8 @@ class SlotSpec:
     python: str = sys.executable
     preload: tuple[str, ...] = ()
     """Modules a child imports before its handshake (and the pool key it is taken by)."""
+    shared_memory: int = DEFAULT_SHARED_MEMORY
+    """Bytes of each of a child's two arenas (0: none)."""
 
 
 @dataclass(eq=False)
@@ -191,10 +194,16 @@ class Slot:
                     process.name = self.name
                     channel.logger = self.logger
                 else:
-                    process = await ChildProcess.spawn(
-                        self._argv(), env=env, cwd=str(self.spec.app_dir), name=self.name
+                    process, channel = await launch_child(
+                        self.spec.python,
+                        self.spec.preload,
+                        env=env,
+                        cwd=str(self.spec.app_dir),
+                        name=self.name,
+                        logger=self.logger,
+                        shared_memory=self.spec.shared_memory,
                     )
-                    channel, load_env = ChildChannel(process, self.logger), {}
+                    load_env = {}
                     self.tasks.start_soon(channel.read_loop)
                     self.tasks.start_soon(process.read_stderr)
                 child = LiveChild(process, channel, config, key)
@@ -229,12 +238,6 @@ class Slot:
         self._refill_pool()
         self.tasks.start_soon(self._heartbeat, child)
         self.changed()
-
-    def _argv(self) -> list[str]:
-        argv = [self.spec.python, "-m", "child"]
-        if self.spec.preload:
-            argv += ["--preload", ",".join(self.spec.preload)]
-        return argv
 
     def _from_pool(self) -> PooledChild | None:
         if self.pool is None or not pool_safe(self.spec.env, self.spec.preload):

@@ -21,6 +21,7 @@ import anyio.abc
 from . import errors as E
 from .app import App
 from .app_config import AppConfigError, open_app_dir
+from .child_launch import DEFAULT_SHARED_MEMORY
 from .gpu_allocation import AllocationError, allocate_gpus, check_explicit
 from .gpu_backend import DeviceMemory, GpuBackend, open_backend
 from .gpu_monitor import ResourceMonitor
@@ -50,7 +51,13 @@ class Supervisor:
         admission_timeout: float = 60.0,
         pool_size: int = 1,
         pool_preload: Sequence[str] = (),
+        shared_memory: int = DEFAULT_SHARED_MEMORY,
     ) -> None:
+        """``shared_memory``: bytes of shared memory per child and direction that
+        large byte strings travel through instead of the pipe (0 turns it off)."""
+        if shared_memory < 0:
+            raise ValueError("shared_memory must be at least 0")
+        self.shared_memory = shared_memory
         self._backend_choice = gpu_backend
         self.gpu_backend: GpuBackend | None = None
         self.restart_policy = restart_policy or RestartPolicy()
@@ -63,7 +70,7 @@ class Supervisor:
         self.budget_grace = budget_grace
         self.admission_timeout = admission_timeout
         self.apps: dict[str, App] = {}
-        self.pool = ChildPool(pool_size, pool_preload)
+        self.pool = ChildPool(pool_size, pool_preload, shared_memory=shared_memory)
         """Pre-started children; ``pool_size=0`` turns it off."""
         self.monitor: ResourceMonitor | None = None
         self.governor: ResourceGovernor | None = None
@@ -160,6 +167,7 @@ class Supervisor:
             heartbeat_timeout=self.heartbeat_timeout,
             restart_policy=self.restart_policy,
             preload=tuple(self.pool.default_key.preload if preload is None else preload),
+            shared_memory=self.shared_memory,
         )
         placements = await self._place(
             replicas, gpus, manifest.gpu_count, vram_budget or manifest.vram

@@ -45,6 +45,7 @@ SAMPLES: list[m.Message] = [
     m.Progress(id="r1", fraction=0.25, current=1, total=4.0, message="step 1/4"),
     m.Partial(id="r1", output={"token": "hi", "raw": b"\x00\xff"}),
     m.Result(id="r1", output=[1, 2.5, None, True, "x", b"y", {"z": []}]),
+    m.Release(upto=2**33),
     m.Error(
         id="r1",
         error=ErrorInfo(
@@ -71,11 +72,12 @@ def test_samples_cover_every_message_type() -> None:
 
 
 def test_message_types_registry() -> None:
-    assert len(m.MESSAGE_TYPES) == 15
+    assert len(m.MESSAGE_TYPES) == 16
     for name, cls in m.MESSAGE_TYPES.items():
         assert name == cls.TYPE
     to_child = {name for name, cls in m.MESSAGE_TYPES.items() if cls.TO_CHILD}
     assert to_child == {"load", "setup", "run", "cancel", "unload", "shutdown", "ping"}
+    assert {name for name, cls in m.MESSAGE_TYPES.items() if cls.BOTH_WAYS} == {"release"}
     assert set(m.REQUESTS) == {m.Load, m.Setup, m.Run}
 
 
@@ -233,6 +235,7 @@ def test_required_fields_table() -> None:
             ("log", "id"), ("log", "stream"), ("log", "message"),
             ("progress", "id"),
             ("partial", "id"), ("partial", "output"),
+            ("release", "upto"),
             ("result", "id"),
             ("error", "id"), ("error", "error"),
             ("pong", "seq"),

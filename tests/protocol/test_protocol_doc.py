@@ -94,10 +94,14 @@ def test_summary_table() -> None:
     rows = table_rows(section("## 5. Messages"))
     directions = {row[0].strip("`"): row[1] for row in rows}
     assert directions == {
-        cls.TYPE: "supervisor → child" if cls.TO_CHILD else "child → supervisor"
+        cls.TYPE: "either way"
+        if cls.BOTH_WAYS
+        else "supervisor → child"
+        if cls.TO_CHILD
+        else "child → supervisor"
         for cls in MESSAGE_CLASSES
     }
-    assert f"{len(MESSAGE_CLASSES)} message types" in DOC.replace("Fifteen", "15")
+    assert f"{len(MESSAGE_CLASSES)} message types" in DOC.replace("Sixteen", "16")
 
 
 @pytest.mark.parametrize("cls", MESSAGE_CLASSES, ids=lambda c: c.TYPE)

@@ -1,4 +1,5 @@
-"""The protocol package is sans-I/O: only streams.py may touch the OS or an event loop."""
+"""The protocol package is sans-I/O: only the adapters (streams.py, shared_memory.py)
+may touch the OS or an event loop."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import protocol
 
 PACKAGE = Path(protocol.__file__).resolve().parent
 FORBIDDEN = {"os", "asyncio", "subprocess", "socket", "threading", "anyio", "trio"}
-PURE_MODULES = sorted(p for p in PACKAGE.glob("*.py") if p.name != "streams.py")
+ADAPTERS = {"streams.py", "shared_memory.py"}
+PURE_MODULES = sorted(p for p in PACKAGE.glob("*.py") if p.name not in ADAPTERS)
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -37,6 +39,7 @@ def imported_modules(path: Path) -> set[str]:
 def test_the_package_has_the_expected_modules() -> None:
     assert {p.name for p in PURE_MODULES} >= {
         "__init__.py",
+        "blobs.py",
         "connection.py",
         "error_info.py",
         "errors.py",

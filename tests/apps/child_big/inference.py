@@ -44,6 +44,11 @@ class FloodOutput(BaseModel):
     """Bytes written, newlines included."""
 
 
+class EchoData(BaseModel):
+    data: bytes
+    parts: list[bytes] = []
+
+
 class LongLinesInput(BaseModel):
     print_chars: int
     fd_chars: int
@@ -75,6 +80,10 @@ class App:
     def digest(self, input: DigestInput) -> DigestOutput:
         """The size and SHA-256 of the bytes it was sent."""
         return DigestOutput(size=len(input.data), sha256=hashlib.sha256(input.data).hexdigest())
+
+    async def echo(self, input: EchoData) -> EchoData:
+        """The same bytes back (async, so that calls may overlap)."""
+        return input
 
     def flood(self, input: FloodInput) -> FloodOutput:
         """Write ``total`` bytes of lines, alternating print and os.write(1)."""

@@ -1,0 +1,54 @@
+"""How a child is started: its command line, its shared memory, its channel.
+
+One place for what the slot and the pool both do, so that a pooled child and a
+fresh one are started the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+
+from protocol.shared_memory import create_arena
+
+from .child_channel import ChildChannel
+from .process import ChildProcess
+
+DEFAULT_SHARED_MEMORY = 256 * 2**20
+"""Bytes of shared memory per direction: payloads up to this size skip the pipe."""
+
+
+async def launch_child(
+    python: str,
+    preload: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str,
+    name: str,
+    logger: logging.Logger,
+    shared_memory: int = DEFAULT_SHARED_MEMORY,
+) -> tuple[ChildProcess, ChildChannel]:
+    """Spawn ``python -m child`` with no app yet or to load later, and its channel.
+
+    ``shared_memory`` is the size of each of the two arenas (0: none, every
+    byte goes through the pipe).
+    """
+    argv = [python, "-m", "child"]
+    if preload:
+        argv += ["--preload", ",".join(preload)]
+    arenas = None
+    fds: tuple[int, ...] = ()
+    if shared_memory > 0:
+        (to_child_fd, to_child), (from_child_fd, from_child) = (
+            create_arena(shared_memory),
+            create_arena(shared_memory),
+        )
+        arenas, fds = (to_child, from_child), (to_child_fd, from_child_fd)
+        argv += ["--shared-memory", f"{to_child_fd},{from_child_fd}"]
+    try:
+        process = await ChildProcess.spawn(argv, env=env, cwd=cwd, name=name, pass_fds=fds)
+    finally:
+        for fd in fds:
+            os.close(fd)  # the mappings keep the memory; the child has its own descriptors
+    return process, ChildChannel(process, logger, arenas=arenas)
