@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib.util
 import io
 import os
 import pstats
@@ -373,6 +374,11 @@ def main() -> None:
         return out
 
     out = anyio.run(layers)
+    if importlib.util.find_spec("uvloop") is not None:
+        log("library app.run(), 1 caller, the supervisor's loop on uvloop")
+        out["lib1_uv"] = anyio.run(
+            bench_library, n, args.warmup, 1, backend_options={"use_uvloop": True}
+        )
     http = out.pop("http")
     measured.update(out)
     http_why = None
@@ -387,6 +393,7 @@ def main() -> None:
         "anyio_echo": "anyio subprocess + msgpack echo",
         "raw": "raw protocol: ChildChannel + child runtime",
         "lib1": "library app.run(), 1 caller",
+        "lib1_uv": "library app.run(), 1 caller, supervisor on uvloop",
         "lib8": f"library app.run(), {CONCURRENCY} callers, max_concurrency={CONCURRENCY}",
         "http1": "HTTP serve POST /run, 1 client (httpx)",
         "http1_light": "HTTP serve POST /run, 1 client (stdlib http.client)",

@@ -1,22 +1,32 @@
 """The supervisor's end of one child's protocol connection.
 
-One reader task owns the receive side: it routes each message to the request it
-belongs to (by id), answers the heartbeat, and hands unattributed logs to the
-app's logger. Every open request has its own unbounded inbox, so a slow caller
-never stalls the reader, and the reader never stalls the child. When the
-child's stdout ends, or it breaks the protocol, every inbox is closed: the
-owners of those requests then learn how the child died from its exit status.
+The two protocol pipes are asyncio transports. Bytes from the child are
+decoded in the transport's callback, and each message is routed at once to the
+request it belongs to (by id); pongs and unattributed logs are handled there
+too. Every open request has its own unbounded inbox, so a slow caller never
+stalls the reader, and the reader never stalls the child. When the child's
+stdout ends, or it breaks the protocol, every inbox is closed: the owners of
+those requests then learn how the child died from its exit status.
 
-With shared memory, the reader copies blobs out of the child's arena as it
-decodes, and a second task sends the ``release`` that frees the space: the
-reader itself never writes, so it can never stall behind a large send.
+Why transports rather than anyio streams: a task reading a stream is woken
+for every chunk, and a stream's send ends in a checkpoint; with callbacks a
+result reaches its caller one turn of the event loop after it arrives, and a
+send never yields unless the pipe is full. ``read_loop`` still gives the
+channel an owner: it connects the pipes, and closes them when it ends.
+
+With shared memory, blobs are copied out of the child's arena while a message
+is decoded, and the ``release`` that frees their space is written right away
+(a transport write never blocks; it buffers).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
+import os
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -33,10 +43,8 @@ from protocol import (
     Ping,
     Pong,
     ProtocolError,
-    Release,
     Result,
 )
-from protocol.streams import MessageStream
 
 from .process import ChildProcess
 
@@ -60,11 +68,18 @@ class ChildChannel:
             kwargs["blobs_out"] = BlobWriter(arenas[0])
             kwargs["blobs_in"] = BlobReader(arenas[1])
         self.connection = Connection("supervisor", **kwargs)
-        self._release: Release | None = None
-        self._release_wanted = anyio.Event()
-        self._stream = MessageStream(self.connection, child.stdin, child.stdout)
+        self._fds: tuple[int, int] | None = child.take_protocol_fds()
+        self._reader: asyncio.ReadTransport | None = None
+        self._writer: asyncio.WriteTransport | None = None
+        # asyncio events: the transports' callbacks set and replace them, outside
+        # any task, where anyio cannot tell which library is running.
+        self._connected = asyncio.Event()
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self._write_error: str | None = None
         self.logger = logger
         self._inboxes: dict[str, MemoryObjectSendStream[Message]] = {}
+        self._on_result: dict[str, Callable[[Any], None]] = {}
         self._pongs: dict[int, anyio.Event] = {}
         self._ping_seq = 0
         self.hello: Hello | None = None
@@ -77,46 +92,80 @@ class ChildChannel:
         self.fatal_error: Error | None = None
         """An ``error`` with no id: the child's last word before exiting."""
 
-    # -- the reader task ------------------------------------------------------
+    # -- the pipes --------------------------------------------------------------
 
     async def read_loop(self) -> None:
-        async with anyio.create_task_group() as tasks:
-            if self.connection.blobs_in is not None:
-                tasks.start_soon(self._release_loop)
-            try:
-                await self._read()
-            finally:
-                tasks.cancel_scope.cancel()
-
-    async def _read(self) -> None:
+        """Connect the pipes and keep them until the child's stdout ends (or this
+        task is cancelled); then close them."""
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                message = await self._stream.receive()
-                release = self.connection.release_due()
-                if release is not None:
-                    self._release = release
-                    self._release_wanted.set()
+            if self._fds is not None:
+                read_fd, write_fd = self._fds
+                self._fds = None
+                self._reader, _ = await loop.connect_read_pipe(
+                    lambda: _Pipe(self), os.fdopen(read_fd, "rb", buffering=0)
+                )
+                self._writer, _ = await loop.connect_write_pipe(
+                    lambda: _Pipe(self), os.fdopen(write_fd, "wb", buffering=0)
+                )
+                self._connected.set()
+            await self.closed.wait()
+        finally:
+            self._close_all()
+            for transport in (self._reader, self._writer):
+                if transport is not None:
+                    transport.close()
+            if self._fds is not None:
+                for fd in self._fds:
+                    os.close(fd)
+                self._fds = None
+
+    def _data_received(self, data: bytes) -> None:
+        if self.closed.is_set():
+            return
+        try:
+            self.connection.receive_data(data)
+            for message in self.connection.events():
                 self._route(message)
-        except anyio.EndOfStream:
+        except ProtocolError as exc:
+            self.protocol_error = str(exc)
+            self.close_reason = f"protocol violation: {exc}"
+            self.logger.error("child broke the protocol: %s", exc)
+            self._close_all()
+            return
+        release = self.connection.release_due()
+        if release is not None:
+            with contextlib.suppress(anyio.BrokenResourceError):
+                self._write(release)  # a child that is gone needs no release
+
+    def _eof_received(self) -> None:
+        if self.closed.is_set():
+            return
+        try:
+            self.connection.receive_data(b"")
+            for message in self.connection.events():
+                self._route(message)
             self.close_reason = "the child closed its stdout"
         except ProtocolError as exc:
             self.protocol_error = str(exc)
             self.close_reason = f"protocol violation: {exc}"
             self.logger.error("child broke the protocol: %s", exc)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        self._close_all()
+
+    def _pipe_lost(self, transport: asyncio.BaseTransport, exc: Exception | None) -> None:
+        if transport is self._writer:
+            self._write_error = f"the child's stdin closed ({exc})" if exc else "closed"
+            self._can_write.set()
+        elif not self.closed.is_set():
             self.close_reason = "the child's stdout broke"
-        finally:
             self._close_all()
 
-    async def _release_loop(self) -> None:
-        while True:
-            await self._release_wanted.wait()
-            self._release_wanted = anyio.Event()
-            assert self._release is not None
-            try:
-                await self._stream.send(self._release)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError):
-                return  # the child is gone or going: the reader will see its end
+    def _write(self, message: Message) -> None:
+        """Encode ``message`` and hand its frames to the transport, which writes
+        what the pipe takes now and buffers the rest."""
+        if self._write_error is not None or self._writer is None or self._writer.is_closing():
+            raise anyio.BrokenResourceError(self._write_error or "the child's stdin is closed")
+        self._writer.writelines(self.connection.send(message))
 
     def _route(self, message: Message) -> None:
         if isinstance(message, Hello):
@@ -136,18 +185,28 @@ class ChildChannel:
             inbox = self._inboxes.get(request_id) if isinstance(request_id, str) else None
             if inbox is None:
                 return
+            if isinstance(message, Result):
+                on_result = self._on_result.pop(message.id, None)
+                if on_result is not None and not inbox.statistics().current_buffer_used:
+                    # Everything before the result has been taken: hand it to its
+                    # caller now, one task switch sooner than through the inbox.
+                    on_result(message.output)
             with contextlib.suppress(anyio.BrokenResourceError):
                 inbox.send_nowait(message)
             if isinstance(message, (Result, Error)) and message.id is not None:
                 del self._inboxes[message.id]
+                self._on_result.pop(message.id, None)
                 inbox.close()
 
     def _close_all(self) -> None:
         self.closed.set()
+        self._connected.set()  # a sender waiting to start finds the channel broken
+        self._can_write.set()
         self._hello_event.set()
         for inbox in self._inboxes.values():
             inbox.close()
         self._inboxes.clear()
+        self._on_result.clear()
         for event in self._pongs.values():
             event.set()
         self._pongs.clear()
@@ -158,17 +217,34 @@ class ChildChannel:
         await self._hello_event.wait()
         return self.hello
 
-    def open_request(self, request_id: str) -> Inbox:
-        """Register an inbox for a request before sending it."""
+    def open_request(
+        self, request_id: str, on_result: Callable[[Any], None] | None = None
+    ) -> Inbox:
+        """Register an inbox for a request before sending it.
+
+        ``on_result(output)``, when given, is called by the reader as soon as the
+        request's ``result`` arrives, provided every earlier message of the request
+        has been taken from the inbox (so nothing is overtaken); the ``result``
+        still goes to the inbox as well.
+        """
         send, receive = anyio.create_memory_object_stream[Message](math.inf)
         if self.closed.is_set():
             send.close()
         else:
             self._inboxes[request_id] = send
+            if on_result is not None:
+                self._on_result[request_id] = on_result
         return receive
 
     async def send(self, message: Message) -> None:
-        await self._stream.send(message)
+        """Send a message; waits only while the pipe to the child is full."""
+        if not self._connected.is_set():
+            if self.closed.is_set():
+                raise anyio.ClosedResourceError("the channel is closed")
+            await self._connected.wait()
+        if not self._can_write.is_set():
+            await self._can_write.wait()
+        self._write(message)
 
     async def ping(self, timeout: float) -> bool:
         """True when the child answered a ping within ``timeout`` seconds."""
@@ -185,3 +261,31 @@ class ChildChannel:
             await event.wait()
         self._pongs.pop(seq, None)
         return event.is_set() and not self.closed.is_set()
+
+
+class _Pipe(asyncio.Protocol):
+    """The protocol of both pipe transports: passes their events to the channel."""
+
+    def __init__(self, channel: ChildChannel) -> None:
+        self._channel = channel
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._channel._data_received(data)
+
+    def eof_received(self) -> bool | None:
+        self._channel._eof_received()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        assert self._transport is not None
+        self._channel._pipe_lost(self._transport, exc)
+
+    def pause_writing(self) -> None:
+        self._channel._can_write = asyncio.Event()
+
+    def resume_writing(self) -> None:
+        self._channel._can_write.set()

@@ -80,7 +80,9 @@ def oom_kill_count() -> int:
 class ChildProcess:
     """A running child. Create with :meth:`spawn`."""
 
-    def __init__(self, process: anyio.abc.Process, name: str) -> None:
+    def __init__(
+        self, process: anyio.abc.Process, name: str, protocol_fds: tuple[int, int] | None = None
+    ) -> None:
         self._process = process
         self.name = name
         self.pid = process.pid
@@ -89,6 +91,7 @@ class ChildProcess:
         self._signalled = False
         self._descendants_seen: dict[int, psutil.Process] = {}
         self._status: ExitStatus | None = None
+        self._protocol_fds = protocol_fds
 
     @classmethod
     async def spawn(
@@ -100,28 +103,38 @@ class ChildProcess:
         name: str,
         pass_fds: Sequence[int] = (),
     ) -> ChildProcess:
-        process = await anyio.open_process(
-            list(argv),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=dict(env),
-            cwd=cwd,
-            start_new_session=True,
-            pass_fds=pass_fds,
-        )
+        """Start ``argv`` with its stdin and stdout on two new pipes, whose other
+        ends the caller takes with :meth:`take_protocol_fds`."""
+        to_child_read, to_child_write = os.pipe()
+        from_child_read, from_child_write = os.pipe()
+        try:
+            process = await anyio.open_process(
+                list(argv),
+                stdin=to_child_read,
+                stdout=from_child_write,
+                stderr=subprocess.PIPE,
+                env=dict(env),
+                cwd=cwd,
+                start_new_session=True,
+                pass_fds=pass_fds,
+            )
+        except BaseException:
+            for fd in (to_child_write, from_child_read):
+                os.close(fd)
+            raise
+        finally:
+            os.close(to_child_read)
+            os.close(from_child_write)
         logger.debug("%s: spawned pid %d", name, process.pid)
-        return cls(process, name)
+        return cls(process, name, (from_child_read, to_child_write))
 
-    @property
-    def stdin(self) -> anyio.abc.ByteSendStream:
-        assert self._process.stdin is not None
-        return self._process.stdin
-
-    @property
-    def stdout(self) -> anyio.abc.ByteReceiveStream:
-        assert self._process.stdout is not None
-        return self._process.stdout
+    def take_protocol_fds(self) -> tuple[int, int]:
+        """The supervisor's ends of the protocol pipes (read from the child, write
+        to it); the taker closes them."""
+        if self._protocol_fds is None:
+            raise RuntimeError(f"{self.name}: the protocol pipes were already taken")
+        fds, self._protocol_fds = self._protocol_fds, None
+        return fds
 
     @property
     def exit_status(self) -> ExitStatus | None:
@@ -204,7 +217,10 @@ class ChildProcess:
             return []
 
     async def aclose_streams(self) -> None:
-        for stream in (self._process.stdin, self._process.stdout, self._process.stderr):
-            if stream is not None:
-                with contextlib.suppress(Exception):
-                    await stream.aclose()
+        if self._protocol_fds is not None:  # never taken by a channel
+            for fd in self._protocol_fds:
+                os.close(fd)
+            self._protocol_fds = None
+        if self._process.stderr is not None:
+            with contextlib.suppress(Exception):
+                await self._process.stderr.aclose()

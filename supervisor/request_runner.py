@@ -85,13 +85,15 @@ class RequestRunner:
     async def execute(self, request: Request, child: LiveChild) -> bool:
         """Run a request on a child. False means it never reached the child (the child
         was already gone), so running it on the next child is safe."""
-        request.started = time.monotonic()
+        request.started = child.last_used = time.monotonic()
+        if not child.in_flight:
+            child.idle = anyio.Event()
         child.in_flight[request.id] = request
-        child.idle = anyio.Event()
-        child.last_used = time.monotonic()
         if self.slot.lifecycle.state is S.READY:
             self.slot.lifecycle.to(S.BUSY)
-        inbox = child.channel.open_request(request.id)
+        inbox = child.channel.open_request(
+            request.id, lambda output: self._succeed_now(request, child, output)
+        )
         try:
             try:
                 await child.channel.send(
@@ -107,19 +109,32 @@ class RequestRunner:
                 request.fail(E.ProtocolViolationError(f"the request cannot be sent: {exc}"))
                 return True
             timeout = request.timeout if request.timeout is not None else self.slot.spec.run_timeout
-            with anyio.move_on_after(timeout) as scope:
+            if timeout is None:
                 terminal = await self._pump(request, inbox)
-            if scope.cancelled_caught:
-                terminal = await self._time_out(request, child, inbox, timeout or 0.0)
+            else:
+                with anyio.move_on_after(timeout) as scope:
+                    terminal = await self._pump(request, inbox)
+                if scope.cancelled_caught:
+                    terminal = await self._time_out(request, child, inbox, timeout)
             await self._conclude(request, child, terminal)
             return True
         finally:
-            child.in_flight.pop(request.id, None)
-            child.last_used = time.monotonic()
-            if not child.in_flight:
-                child.idle.set()
-                if self.slot.lifecycle.state is S.BUSY:
-                    self.slot.lifecycle.to(S.READY)
+            self._leave(request, child)
+
+    def _succeed_now(self, request: Request, child: LiveChild, output: Any) -> None:
+        """The channel's shortcut for a result: the caller has it one task switch
+        sooner, and sees the child ready again when it does."""
+        self._leave(request, child)
+        request.succeed(output)
+
+    def _leave(self, request: Request, child: LiveChild) -> None:
+        if child.in_flight.pop(request.id, None) is None:
+            return
+        child.last_used = time.monotonic()
+        if not child.in_flight:
+            child.idle.set()
+            if self.slot.lifecycle.state is S.BUSY:
+                self.slot.lifecycle.to(S.READY)
 
     def _run_metadata(self, request: Request) -> dict[str, Any]:
         return {**self.slot.metadata(), **request.metadata}
@@ -205,7 +220,7 @@ class RequestRunner:
 
     async def _conclude(self, request: Request, child: LiveChild, terminal: Message | None) -> None:
         if isinstance(terminal, Result):
-            request.succeed(terminal.output)
+            request.succeed(terminal.output)  # unless the channel has already done it
         elif isinstance(terminal, Error):
             error = E.from_error_info(terminal.error)
             if isinstance(error, E.RequestCancelledError) and child.culprit == request.id:

@@ -1,4 +1,4 @@
-"""The I/O adapters: SyncChannel over real pipes, MessageStream over anyio streams."""
+"""The blocking I/O adapter: SyncChannel over real pipes."""
 
 from __future__ import annotations
 
@@ -8,18 +8,14 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import anyio
 import pytest
-from anyio.abc import ByteReceiveStream, ByteSendStream
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from protocol import messages as m
 from protocol.connection import Connection
-from protocol.error_info import ErrorInfo, ErrorType
 from protocol.errors import RemoteProtocolError
 from protocol.framing import LENGTH_MASK, MORE
 from protocol.states import State
-from protocol.streams import READ_SIZE, MessageStream, SyncChannel
+from protocol.streams import SyncChannel
 
 MiB = 1024 * 1024
 APP: dict[str, Any] = {"name": "echo", "functions": {}, "setup_schema": None}
@@ -226,188 +222,3 @@ def test_sync_channel_concurrent_senders_do_not_interleave() -> None:
         assert all(order == list(range(per_thread)) for order in seen.values())
     finally:
         pipes.close_all()
-
-
-# -- MessageStream over in-memory anyio byte streams --------------------------------
-
-
-class MemoryByteSend(ByteSendStream):
-    def __init__(self, stream: MemoryObjectSendStream[bytes]) -> None:
-        self._stream = stream
-
-    async def send(self, item: bytes) -> None:
-        await self._stream.send(bytes(item))
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
-class MemoryByteReceive(ByteReceiveStream):
-    def __init__(self, stream: MemoryObjectReceiveStream[bytes]) -> None:
-        self._stream = stream
-        self._pending = b""
-        self.max_bytes_seen: list[int] = []
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        self.max_bytes_seen.append(max_bytes)
-        if not self._pending:
-            self._pending = await self._stream.receive()  # EndOfStream when closed
-        chunk, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
-        return chunk
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
-def byte_pipe(buffer: float = 0) -> tuple[MemoryByteSend, MemoryByteReceive]:
-    send, receive = anyio.create_memory_object_stream[bytes](buffer)
-    return MemoryByteSend(send), MemoryByteReceive(receive)
-
-
-def stream_pair(max_frame_size: int = 16 * MiB) -> tuple[MessageStream, MessageStream]:
-    to_child_send, to_child_receive = byte_pipe(100)
-    to_sup_send, to_sup_receive = byte_pipe(100)
-    sup = MessageStream(
-        Connection("supervisor", max_frame_size=max_frame_size), to_child_send, to_sup_receive
-    )
-    child = MessageStream(
-        Connection("child", max_frame_size=max_frame_size), to_sup_send, to_child_receive
-    )
-    return sup, child
-
-
-def test_message_stream_session() -> None:
-    async def main() -> None:
-        sup, child = stream_pair(max_frame_size=1024)
-        blob = bytes(range(256)) * 100  # spans many frames
-
-        async def run_child() -> None:
-            await child.send(hello())
-            setup = await child.receive()
-            assert isinstance(setup, m.Setup)
-            await child.send(m.Result(id=setup.id))
-            run = await child.receive()
-            assert isinstance(run, m.Run)
-            await child.send(m.Partial(id=run.id, output=run.input["blob"][:10]))
-            await child.send(m.Result(id=run.id, output=run.input))
-            assert await child.receive() == m.Unload()
-            await child.send(m.Unloaded())
-            await child.aclose()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run_child)
-            assert await sup.receive() == hello()
-            await sup.send(m.Setup(id="s"))
-            assert await sup.receive() == m.Result(id="s")
-            await sup.send(m.Run(id="r", function="echo", input={"blob": blob}))
-            assert await sup.receive() == m.Partial(id="r", output=blob[:10])
-            assert await sup.receive() == m.Result(id="r", output={"blob": blob})
-            await sup.send(m.Unload())
-            assert await sup.receive() == m.Unloaded()
-            with pytest.raises(anyio.EndOfStream):
-                await sup.receive()
-        assert sup.connection.state is child.connection.state is State.CLOSED
-
-    anyio.run(main)
-
-
-def test_message_stream_reads_in_read_size_chunks() -> None:
-    async def main() -> None:
-        send, receive = byte_pipe(10)
-        stream = MessageStream(Connection("supervisor"), send, receive)
-        await send.send(b"".join(Connection("child").send(hello())))
-        assert await stream.receive() == hello()
-        assert receive.max_bytes_seen == [READ_SIZE]
-
-    anyio.run(main)
-
-
-def test_message_stream_concurrent_sends_do_not_interleave() -> None:
-    async def main() -> None:
-        to_sup_send, to_sup_receive = byte_pipe(0)  # unbuffered: every frame is a checkpoint
-        child = MessageStream(Connection("child", max_frame_size=32), to_sup_send, byte_pipe()[1])
-        sup = MessageStream(Connection("supervisor", max_frame_size=32), byte_pipe()[0],
-                            to_sup_receive)  # fmt: skip
-        child.connection.state = State.EMPTY  # as if hello had been exchanged
-        sup.connection.state = State.EMPTY
-        senders, per_sender = 5, 10
-        received: list[m.Message] = []
-
-        async def send_logs(n: int) -> None:
-            for i in range(per_sender):
-                await child.send(m.Log(id=None, stream="log", message=f"{n}:{i}:" + "x" * 200))
-
-        async with anyio.create_task_group() as tg:
-            for n in range(senders):
-                tg.start_soon(send_logs, n)
-            for _ in range(senders * per_sender):
-                received.append(await sup.receive())
-        per: dict[str, list[int]] = {}
-        for message in received:
-            assert isinstance(message, m.Log)
-            sender, index, body = message.message.split(":")
-            assert body == "x" * 200
-            per.setdefault(sender, []).append(int(index))
-        assert per == {str(n): list(range(per_sender)) for n in range(senders)}
-
-    anyio.run(main)
-
-
-@pytest.mark.parametrize("how", ["close", "broken"])
-def test_message_stream_end_of_stream(how: str) -> None:
-    class Broken(ByteReceiveStream):
-        async def receive(self, max_bytes: int = 65536) -> bytes:
-            raise anyio.BrokenResourceError
-
-        async def aclose(self) -> None:
-            pass
-
-    async def main() -> None:
-        send, receive = byte_pipe(10)
-        source: ByteReceiveStream = receive if how == "close" else Broken()
-        stream = MessageStream(Connection("child"), byte_pipe()[0], source)
-        await send.aclose()
-        with pytest.raises(anyio.EndOfStream):
-            await stream.receive()
-        with pytest.raises(anyio.EndOfStream):  # and again
-            await stream.receive()
-
-    anyio.run(main)
-
-
-def test_message_stream_eof_inside_a_message() -> None:
-    async def main() -> None:
-        send, receive = byte_pipe(10)
-        stream = MessageStream(Connection("supervisor"), byte_pipe()[0], receive)
-        await send.send(struct.pack(">I", 50) + b"partial")
-        await send.aclose()
-        with pytest.raises(RemoteProtocolError, match="end of file inside a message"):
-            await stream.receive()
-
-    anyio.run(main)
-
-
-def test_message_stream_aclose_closes_both() -> None:
-    async def main() -> None:
-        out_send, out_receive = byte_pipe(10)
-        in_send, in_receive = byte_pipe(10)
-        stream = MessageStream(Connection("child"), out_send, in_receive)
-        await stream.aclose()
-        with pytest.raises(anyio.ClosedResourceError):
-            await out_send.send(b"x")
-        with pytest.raises(anyio.BrokenResourceError):
-            await in_send.send(b"x")  # nobody can receive any more
-        with pytest.raises(anyio.EndOfStream):
-            await out_receive.receive()
-
-    anyio.run(main)
-
-
-def test_error_message_through_stream() -> None:
-    async def main() -> None:
-        sup, child = stream_pair()
-        error = m.Error(id=None, error=ErrorInfo(ErrorType.LOAD_FAILED, "no App", "ImportError"))
-        await child.send(error)
-        assert await sup.receive() == error
-
-    anyio.run(main)
