@@ -289,15 +289,27 @@ PYDANTIC_MODEL_CODE = "class _M(pydantic.BaseModel):\n    x: int = 0\n"
 ``import pydantic``, which is lazy): every app, and the child runtime, pay for it."""
 
 
-def mp_import_and_answer(conn: Any, modules: Sequence[str], define_model: bool = False) -> None:
-    """Import ``modules``, then answer one message: the multiprocessing cold-start peer."""
+def mp_import_and_answer(
+    conn: Any, modules: Sequence[str], define_model: bool = False, in_asyncio: bool = False
+) -> None:
+    """Import ``modules``, then answer one message: the multiprocessing cold-start peer.
+    ``in_asyncio`` answers from inside ``asyncio.run``, as a peer serving an async app
+    would have to."""
     import importlib
 
     for name in modules:
         importlib.import_module(name)
     if define_model:
         exec("import pydantic\n" + PYDANTIC_MODEL_CODE, {})
-    conn.send(conn.recv())
+    if in_asyncio:
+        import asyncio
+
+        async def answer() -> None:
+            conn.send(conn.recv())
+
+        asyncio.run(answer())
+    else:
+        conn.send(conn.recv())
     conn.close()
 
 
@@ -347,14 +359,17 @@ class SpawnEchoWorker:
         self.close()
 
 
-def time_mp_cold_start(modules: Sequence[str], define_model: bool = False) -> float:
+def time_mp_cold_start(
+    modules: Sequence[str], define_model: bool = False, in_asyncio: bool = False
+) -> float:
     """Seconds from starting a spawn-context worker to its first answer over a Pipe."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     parent_conn, child_conn = ctx.Pipe()
     process = ctx.Process(
-        target=mp_import_and_answer, args=(child_conn, tuple(modules), define_model)
+        target=mp_import_and_answer,
+        args=(child_conn, tuple(modules), define_model, in_asyncio),
     )
     started = time.monotonic()
     process.start()

@@ -24,7 +24,9 @@ every round so that machine noise hits them alike:
 Baselines measured in the same run: a bare interpreter importing the same
 third-party modules (``python -c "import pydantic, msgpack, anyio, yaml[, numpy]"``),
 and a ``multiprocessing`` spawn-context worker that imports them and answers one
-message over a Pipe. A one-off ``python -X importtime`` profile of the runtime's
+message over a Pipe; both again after defining one pydantic model (as every app
+does), and the worker once more answering from inside ``asyncio.run`` (as a
+server of async apps must). A one-off ``python -X importtime`` profile of the runtime's
 imports says where the import time goes.
 """
 
@@ -64,6 +66,7 @@ from _common import (
 
 MP_BASELINE = "baseline: multiprocessing spawn worker + Pipe answer"
 MP_MODEL_BASELINE = "baseline: the same worker + one pydantic model"
+MP_ASYNC_BASELINE = "baseline: the same worker + one model, answering from asyncio.run"
 PYCACHE_PREFIX = Path(tempfile.gettempdir()) / "appvisor-bench-pycache"
 PROBE_PHASES = (
     ("interpreter", "spawn_call", "up"),
@@ -204,8 +207,8 @@ async def measure(args: argparse.Namespace, cases: list[AppCase]) -> dict[str, A
     async def bare(modules: tuple[str, ...], model: bool = False) -> float:
         return await anyio.to_thread.run_sync(time_bare_interpreter, modules, model)
 
-    async def mp(modules: tuple[str, ...], model: bool = False) -> float:
-        return await anyio.to_thread.run_sync(time_mp_cold_start, modules, model)
+    async def mp(modules: tuple[str, ...], model: bool = False, loop: bool = False) -> float:
+        return await anyio.to_thread.run_sync(time_mp_cold_start, modules, model, loop)
 
     interpreter_only: list[float] = []
     async with make_supervisor(pool_size=0) as nopool:
@@ -281,6 +284,8 @@ async def measure(args: argparse.Namespace, cases: list[AppCase]) -> dict[str, A
                         })
                         t = await mp(case.modules, True)
                         case.add(MP_MODEL_BASELINE, {"ready": t, "first result": t})
+                        t = await mp(case.modules, True, True)
+                        case.add(MP_ASYNC_BASELINE, {"ready": t, "first result": t})
                     if not case.heavy:
                         interpreter_only.append(await bare(()))
     return {"has_pool": has_pool, "has_preload": has_preload, "interpreter_only": interpreter_only}
