@@ -56,6 +56,10 @@ class PooledChild:
     channel: ChildChannel
 
 
+REFILL_DELAY = 0.05
+"""Seconds between a start taking a pooled child and the pool spawning its replacement."""
+
+
 class ChildPool:
     def __init__(
         self, size: int, preload: Sequence[str] = (), shared_memory: int = DEFAULT_SHARED_MEMORY
@@ -118,6 +122,10 @@ class ChildPool:
                                 break
                     self._refill = anyio.Event()
                     await self._refill.wait()
+                    # Spawning forks this process and then keeps a core busy for a
+                    # while: let the start that took a child serve its first
+                    # requests first.
+                    await anyio.sleep(REFILL_DELAY)
         finally:
             self._closed = True
             with anyio.CancelScope(shield=True):
