@@ -16,7 +16,8 @@ each layer adds one thing to the one above it, all measured in the same run:
    benchmarks/apps/noop_async) driven with protocol messages through ChildChannel,
    as supervisor/slot.py does, but without App/Slot/queue.
 4. ``library app.run()``: ``Supervisor.start(...)`` + ``await app.run(...)``, one
-   caller (max_concurrency=1).
+   caller (max_concurrency=1); then the same with the caller's event loop on uvloop
+   (when installed), as ``python -m supervisor serve`` runs.
 5. ``library, 8 callers``: 8 concurrent callers on an app with max_concurrency=8.
 6. ``HTTP serve``: ``python -m supervisor serve benchmarks/apps/noop_async
    --max-concurrency 8`` (default log level) called with ``POST /run`` over a
