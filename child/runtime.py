@@ -1,8 +1,9 @@
 """The child's serving loop: one app, many requests, one protocol connection.
 
-The loop reads messages from the supervisor and dispatches them. Setup and runs
-execute as tasks of one task group so that pings and cancels are answered while
-they work; sync app code runs in worker threads. Every request ends with exactly
+A reader callback on the event loop reads messages from the supervisor and
+dispatches them: pings are answered at once, and setup, runs, cancels and the
+unload go to long-lived worker tasks of one task group, so that pings and
+cancels are answered while they work; sync app code runs in worker threads. Every request ends with exactly
 one ``result`` or ``error``; before it is sent, the request's captured output is
 drained so that its logs come first.
 """
