@@ -3,9 +3,9 @@
 A reader callback on the event loop reads messages from the supervisor and
 dispatches them: pings are answered at once, and setup, runs, cancels and the
 unload go to long-lived worker tasks of one task group, so that pings and
-cancels are answered while they work; sync app code runs in worker threads. Every request ends with exactly
-one ``result`` or ``error``; before it is sent, the request's captured output is
-drained so that its logs come first.
+cancels are answered while they work; sync app code runs in worker threads.
+Every request ends with exactly one ``result`` or ``error``; before it is sent,
+the request's captured output is drained so that its logs come first.
 """
 
 from __future__ import annotations
@@ -176,6 +176,10 @@ class ChildRuntime:
         except ProtocolError as exc:
             self._report_protocol_error(exc)
             self._end(exit_codes.PROTOCOL_ERROR)
+        except Exception:  # e.g. the supervisor closed our stdout: nobody to serve
+            self._end(exit_codes.INTERNAL_ERROR)
+            with contextlib.suppress(Exception):  # stderr may be that same broken pipe
+                traceback.print_exc()
 
     def _end(self, status: int) -> None:
         self._status = status

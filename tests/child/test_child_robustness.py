@@ -215,3 +215,24 @@ def test_child_dies_with_its_parent():
             os.kill(child_pid, signal.SIGKILL)
         if intermediate.stdout is not None:
             intermediate.stdout.close()
+
+
+def test_a_closed_stdout_ends_the_child_with_status_70():
+    """Nobody reads the answers any more: the child exits with EX_SOFTWARE, never hangs."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "child"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO_ROOT,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.read1(4096)  # the hello: the child is serving
+        proc.stdout.close()
+        proc.stdin.write(b"".join(encode_frames(encode(Ping(seq=1)))))
+        proc.stdin.flush()
+        assert proc.wait(timeout=30) == 70
+    finally:
+        proc.kill()
+        proc.wait()
