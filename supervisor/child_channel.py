@@ -133,6 +133,11 @@ class ChildChannel:
             self.logger.error("child broke the protocol: %s", exc)
             self._close_all()
             return
+        except Exception as exc:  # a bug here must not leave the channel half-open
+            self.close_reason = f"internal error while reading: {exc!r}"
+            self.logger.exception("cannot handle the child's messages")
+            self._close_all()
+            return
         release = self.connection.release_due()
         if release is not None:
             with contextlib.suppress(anyio.BrokenResourceError):

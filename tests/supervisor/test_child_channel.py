@@ -1,0 +1,124 @@
+"""The supervisor's channel to one real child, below App and Slot: routing by id, the
+result shortcut (and when it must not be taken), and its failure paths."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from protocol import Load, Log, Message, Result, Run, Setup
+from supervisor.child_channel import ChildChannel, Inbox
+from supervisor.child_launch import launch_child
+from supervisor.environment import child_environment
+from supervisor.process import ChildProcess
+
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
+logger = logging.getLogger("test.channel")
+
+
+class Child:
+    def __init__(self, process: ChildProcess, channel: ChildChannel) -> None:
+        self.process, self.channel = process, channel
+        self._ids = iter(range(1_000_000))
+
+    def new_id(self) -> str:
+        return f"r{next(self._ids)}"
+
+    async def call(self, message: Load | Setup | Run) -> Message:
+        inbox = self.channel.open_request(message.id)
+        await self.channel.send(message)
+        return await last(inbox)
+
+
+async def last(inbox: Inbox) -> Message:
+    messages = [message async for message in inbox]
+    return messages[-1]
+
+
+@pytest.fixture
+async def child(apps_dir: Path) -> AsyncIterator[Child]:
+    env = child_environment({}, cuda_visible_devices="")
+    async with anyio.create_task_group() as tasks:
+        process, channel = await launch_child(
+            sys.executable, (), env=env, cwd=str(apps_dir), name="t", logger=logger
+        )
+        tasks.start_soon(channel.read_loop)
+        tasks.start_soon(process.read_stderr)
+        assert await channel.wait_hello() is not None
+        yield Child(process, channel)
+        await process.terminate(2.0)
+        await process.aclose_streams()
+        tasks.cancel_scope.cancel()
+
+
+async def load(child: Child, app: Path) -> None:
+    assert isinstance(await child.call(Load(child.new_id(), str(app))), Result)
+    assert isinstance(await child.call(Setup(child.new_id())), Result)
+
+
+async def test_a_result_is_handed_over_at_once_and_still_reaches_the_inbox(
+    child: Child, apps_dir: Path
+) -> None:
+    await load(child, apps_dir / "plain")
+    handed: list[Any] = []
+    inbox = child.channel.open_request("x", handed.append)
+    await child.channel.send(Run("x", "run", {"text": "hi"}))
+    final = await last(inbox)
+    assert isinstance(final, Result)
+    assert handed == [final.output] == [{"text": "HI", "setup_called": True}]
+
+
+async def test_a_result_never_overtakes_the_logs_before_it(
+    child: Child, apps_dir: Path
+) -> None:
+    await load(child, apps_dir / "child_noisy")
+    handed: list[Any] = []
+    inbox = child.channel.open_request("x", handed.append)
+    await child.channel.send(Run("x", "marker", {"marker": "m", "count": 3, "delay": 0}))
+    with anyio.fail_after(10):  # take nothing until the request has ended
+        while inbox.statistics().open_send_streams:
+            await anyio.sleep(0.01)
+    messages = [message async for message in inbox]
+    assert isinstance(messages[-1], Result)
+    assert any(isinstance(m, Log) for m in messages[:-1])
+    # The logs were still waiting in the inbox: the shortcut was not taken.
+    assert handed == []
+
+
+async def test_an_error_while_routing_closes_the_channel_not_the_caller(
+    child: Child, apps_dir: Path
+) -> None:
+    await load(child, apps_dir / "plain")
+
+    def broken(output: Any) -> None:
+        raise RuntimeError("bug in a result handler")
+
+    inbox = child.channel.open_request("x", broken)
+    await child.channel.send(Run("x", "run", {"text": "hi"}))
+    with anyio.fail_after(10):
+        await child.channel.closed.wait()
+        async for _ in inbox:  # ends: the inbox was closed with the channel
+            pass
+    assert child.channel.close_reason is not None
+    assert "bug in a result handler" in child.channel.close_reason
+    assert child.channel.protocol_error is None
+
+
+async def test_sending_to_a_dead_child_raises_instead_of_hanging(
+    child: Child, apps_dir: Path
+) -> None:
+    await load(child, apps_dir / "plain")
+    child.process.kill()
+    await child.process.wait()
+    with anyio.fail_after(10):
+        await child.channel.closed.wait()
+        with pytest.raises((anyio.BrokenResourceError, anyio.ClosedResourceError)):
+            for _ in range(100):  # the first writes may still be buffered
+                await child.channel.send(Run(child.new_id(), "run", {"text": "x"}))
+                await anyio.sleep(0.01)
