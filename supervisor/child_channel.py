@@ -128,10 +128,7 @@ class ChildChannel:
             for message in self.connection.events():
                 self._route(message)
         except ProtocolError as exc:
-            self.protocol_error = str(exc)
-            self.close_reason = f"protocol violation: {exc}"
-            self.logger.error("child broke the protocol: %s", exc)
-            self._close_all()
+            self._broke_protocol(exc)
             return
         except Exception as exc:  # a bug here must not leave the channel half-open
             self.close_reason = f"internal error while reading: {exc!r}"
@@ -152,9 +149,13 @@ class ChildChannel:
                 self._route(message)
             self.close_reason = "the child closed its stdout"
         except ProtocolError as exc:
-            self.protocol_error = str(exc)
-            self.close_reason = f"protocol violation: {exc}"
-            self.logger.error("child broke the protocol: %s", exc)
+            self._broke_protocol(exc)
+        self._close_all()
+
+    def _broke_protocol(self, exc: ProtocolError) -> None:
+        self.protocol_error = str(exc)
+        self.close_reason = f"protocol violation: {exc}"
+        self.logger.error("child broke the protocol: %s", exc)
         self._close_all()
 
     def _pipe_lost(self, transport: asyncio.BaseTransport, exc: Exception | None) -> None:
