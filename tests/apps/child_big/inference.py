@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+from collections.abc import AsyncGenerator
 
 from pydantic import BaseModel
 
@@ -49,6 +50,11 @@ class EchoData(BaseModel):
     parts: list[bytes] = []
 
 
+class ChunksInput(BaseModel):
+    count: int
+    size: int
+
+
 class LongLinesInput(BaseModel):
     print_chars: int
     fd_chars: int
@@ -84,6 +90,12 @@ class App:
     async def echo(self, input: EchoData) -> EchoData:
         """The same bytes back (async, so that calls may overlap)."""
         return input
+
+    async def chunks(self, input: ChunksInput) -> AsyncGenerator[BlobOutput, None]:
+        """``count`` partial outputs of ``size`` seeded bytes each (seeds 0, 1, ...)."""
+        for seed in range(input.count):
+            data = blob(input.size, seed)
+            yield BlobOutput(data=data, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
     def flood(self, input: FloodInput) -> FloodOutput:
         """Write ``total`` bytes of lines, alternating print and os.write(1)."""
