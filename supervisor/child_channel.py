@@ -137,8 +137,9 @@ class ChildChannel:
             return
         release = self.connection.release_due()
         if release is not None:
-            with contextlib.suppress(anyio.BrokenResourceError):
-                self._write(release)  # a child that is gone needs no release
+            # A child that is gone, or was told to shut down, needs no release.
+            with contextlib.suppress(anyio.BrokenResourceError, ProtocolError):
+                self._write(release)
 
     def _eof_received(self) -> None:
         if self.closed.is_set():
