@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from supervisor import RestartPolicy, Supervisor
+import anyio
+
+from supervisor import App, RestartPolicy, Supervisor
+from supervisor.request import Request
+
+T = TypeVar("T")
 
 
 def make_supervisor(**overrides: Any) -> Supervisor:
@@ -17,3 +23,20 @@ def make_supervisor(**overrides: Any) -> Supervisor:
     }
     options.update(overrides)
     return Supervisor(**options)
+
+
+async def outcome(request: Request) -> Any:
+    """The output of a submitted request, or its error raised."""
+    return (await request.result()).output
+
+
+async def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
+    """Poll ``predicate`` until it returns something true, and return that."""
+    with anyio.fail_after(timeout):
+        while not (value := predicate()):
+            await anyio.sleep(interval)
+    return value
+
+
+def in_flight(app: App) -> int:
+    return sum(r["in_flight"] for r in app.status()["replicas"])

@@ -8,39 +8,15 @@ from typing import Any
 
 import anyio
 import pytest
-from sup_helpers import make_supervisor
+from sup_helpers import in_flight, make_supervisor, outcome, wait_for
 
-from supervisor import App
 from supervisor.errors import (
     BusyError,
     InputValidationError,
     RequestCancelledError,
-    SupervisorError,
 )
-from supervisor.events import ResultEvent
-from supervisor.request import Request
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
-
-
-async def outcome(request: Request) -> Any:
-    """The output of a submitted request, or its error raised."""
-    async for item in request.events:
-        if isinstance(item, SupervisorError):
-            raise item
-        if isinstance(item, ResultEvent):
-            return item.output
-    raise AssertionError("no result")
-
-
-async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.02)
-
-
-def in_flight(app: App) -> int:
-    return sum(r["in_flight"] for r in app.status()["replicas"])
 
 
 async def test_ten_callers_on_max_concurrency_four(apps_dir: Path) -> None:

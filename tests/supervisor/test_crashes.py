@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import psutil
 import pytest
-from sup_helpers import make_supervisor
+from sup_helpers import in_flight, make_supervisor, outcome, wait_for
 
 from supervisor import App, RestartPolicy
 from supervisor.errors import (
@@ -28,26 +28,9 @@ from supervisor.errors import (
     RequestTimeoutError,
     SupervisorError,
 )
-from supervisor.events import ResultEvent
 from supervisor.request import Request
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
-
-
-async def outcome(request: Request) -> Any:
-    """The output of a submitted request, or its error raised."""
-    async for item in request.events:
-        if isinstance(item, SupervisorError):
-            raise item
-        if isinstance(item, ResultEvent):
-            return item.output
-    raise AssertionError("no result")
-
-
-async def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.02)
 
 
 def only_pid(app: App) -> int:
@@ -57,7 +40,7 @@ def only_pid(app: App) -> int:
 
 
 async def wait_running(app: App, count: int = 1) -> None:
-    await wait_for(lambda: sum(r["in_flight"] for r in app.status()["replicas"]) >= count)
+    await wait_for(lambda: in_flight(app) >= count)
 
 
 async def assert_recovered(app: App, old_pid: int, wait_gone: Any, restarts: int = 1) -> int:

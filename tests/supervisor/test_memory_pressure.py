@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import psutil
 import pytest
+from sup_helpers import wait_for
 
 from supervisor import Supervisor
 from supervisor import errors as E
@@ -41,13 +42,6 @@ def fake_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         return path
 
     return write
-
-
-async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
-    with anyio.fail_after(timeout):
-        while not (value := predicate()):
-            await anyio.sleep(interval)
-    return value
 
 
 def supervisor(**kwargs) -> Supervisor:
