@@ -448,24 +448,30 @@ async def profile_both(n: int, warmup: int, results: dict[str, Any]) -> None:
     log("profiling the supervisor side of app.run()")
     profile = cProfile.Profile()
     await bench_library(n, warmup, 1, profile=profile)
-    stats = pstats.Stats(profile)
-    text = top_functions(stats, 15, "tottime")
-    ours = top_functions(stats, 25, "cumulative", only=r"(supervisor|protocol)/")
-    print(f"\n### cProfile, supervisor process, {n} sequential app.run() calls\n\n"
-          f"By own time:\n\n```\n{text}```\n\n"
-          f"The project's functions by cumulative time:\n\n```\n{ours}```\n")
-    results["profile_supervisor"] = {"tottime": text, "project_cumulative": ours}
+    results["profile_supervisor"] = profile_report(
+        f"cProfile, supervisor process, {n} sequential app.run() calls",
+        pstats.Stats(profile),
+        r"(supervisor|protocol)/",
+    )
     log("profiling the child side (raw protocol)")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "child.prof")
         await bench_raw(n, warmup, profile_to=path)
-        stats = pstats.Stats(path)
-        text = top_functions(stats, 15, "tottime")
-        ours = top_functions(stats, 25, "cumulative", only=r"(child|protocol)/")
-    print(f"\n### cProfile, child main thread, {n} calls (from its dispatch loop on)\n\n"
+        results["profile_child"] = profile_report(
+            f"cProfile, child main thread, {n} calls (from its dispatch loop on)",
+            pstats.Stats(path),
+            r"(child|protocol)/",
+        )
+
+
+def profile_report(title: str, stats: pstats.Stats, ours_only: str) -> dict[str, str]:
+    """Print the top functions by own time, and ours by cumulative time."""
+    text = top_functions(stats, 15, "tottime")
+    ours = top_functions(stats, 25, "cumulative", only=ours_only)
+    print(f"\n### {title}\n\n"
           f"By own time:\n\n```\n{text}```\n\n"
           f"The project's functions by cumulative time:\n\n```\n{ours}```\n")
-    results["profile_child"] = {"tottime": text, "project_cumulative": ours}
+    return {"tottime": text, "project_cumulative": ours}
 
 
 if __name__ == "__main__":
