@@ -76,26 +76,26 @@ class Connection:
         if self._error is not None:
             raise self._error
         try:
-            payload = self._decoder.next_payload()
-            if payload is None:
-                if not self._eof:
-                    return NEED_DATA
-                if self._decoder.buffered:
-                    raise RemoteProtocolError(
-                        f"end of file inside a message ({self._decoder.buffered} bytes pending)"
-                    )
-                return EOF
-            message = m.decode(payload, self.blobs_in)
-            self._apply(message, incoming=True)
-            if isinstance(message, m.Release):
+            while True:
+                payload = self._decoder.next_payload()
+                if payload is None:
+                    if not self._eof:
+                        return NEED_DATA
+                    if self._decoder.buffered:
+                        raise RemoteProtocolError(
+                            f"end of file inside a message ({self._decoder.buffered} bytes pending)"
+                        )
+                    return EOF
+                message = m.decode(payload, self.blobs_in)
+                self._apply(message, incoming=True)
+                if not isinstance(message, m.Release):
+                    return message
                 if self.blobs_out is None:
                     raise RemoteProtocolError("release received, but no blobs were sent")
                 self.blobs_out.release(message.upto)
-                return self.next_event()
         except RemoteProtocolError as exc:
             self._error = exc
             raise
-        return message
 
     def events(self) -> Iterator[m.Message]:
         """Every complete message received so far (stops at NEED_DATA or EOF)."""

@@ -44,8 +44,11 @@ TRANSITIONS: dict[tuple[State, type[m.Message]], State] = {
     **{(s, m.Unload): S.UNLOADING for s in _OPEN if s is not S.UNLOADING},
     **{(s, m.Shutdown): S.CLOSED for s in (S.AWAITING_HELLO, *_OPEN)},
     (S.UNLOADING, m.Unloaded): S.CLOSED,
-    **{(s, t): s for s in _OPEN for t in (m.Cancel, m.Log, m.Progress, m.Partial, m.Pong)},
-    **{(s, m.Release): s for s in _OPEN},
+    **{
+        (s, t): s
+        for s in _OPEN
+        for t in (m.Cancel, m.Log, m.Progress, m.Partial, m.Pong, m.Release)
+    },
     **{(s, t): s for s in _OPEN for t in (m.Result, m.Error)},
     **{(s, m.Ping): s for s in (S.AWAITING_HELLO, *_OPEN)},
     (S.AWAITING_HELLO, m.Error): S.AWAITING_HELLO,

@@ -239,3 +239,10 @@ def test_a_release_without_blobs_sent_is_refused() -> None:
         sup.receive_data(frame)
     with pytest.raises(RemoteProtocolError, match="no blobs were sent"):
         sup.next_event()
+
+
+def test_many_releases_at_once_are_consumed_without_recursion() -> None:
+    peers = Peers()
+    frames = [frame for _ in range(5000) for frame in peers.child.send(m.Release(upto=0))]
+    peers.sup.receive_data(b"".join(bytes(frame) for frame in frames))
+    assert peers.sup.next_event() is NEED_DATA
