@@ -37,18 +37,18 @@ async def launch_child(
     argv = [python, "-m", "child"]
     if preload:
         argv += ["--preload", ",".join(preload)]
-    arenas = None
-    fds: tuple[int, ...] = ()
-    if shared_memory > 0:
-        (to_child_fd, to_child), (from_child_fd, from_child) = (
-            create_arena(shared_memory),
-            create_arena(shared_memory),
-        )
-        arenas, fds = (to_child, from_child), (to_child_fd, from_child_fd)
-        argv += ["--shared-memory", f"{to_child_fd},{from_child_fd}"]
+    fds: list[int] = []
+    mappings = []
     try:
+        if shared_memory > 0:
+            for _ in ("to the child", "from the child"):
+                fd, mapping = create_arena(shared_memory)
+                fds.append(fd)
+                mappings.append(mapping)
+            argv += ["--shared-memory", ",".join(map(str, fds))]
         process = await ChildProcess.spawn(argv, env=env, cwd=cwd, name=name, pass_fds=fds)
     finally:
         for fd in fds:
             os.close(fd)  # the mappings keep the memory; the child has its own descriptors
+    arenas = (mappings[0], mappings[1]) if mappings else None
     return process, ChildChannel(process, logger, arenas=arenas)

@@ -132,3 +132,8 @@ async def test_streamed_partials_of_large_bytes_arrive_whole_and_in_order() -> N
         ]
         _, from_child = _arenas(app)
         assert from_child is not None and from_child.consumed > 0
+
+
+def test_a_negative_shared_memory_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="shared_memory must be at least 0"):
+        make_supervisor(shared_memory=-1)
