@@ -189,20 +189,19 @@ class ChildChannel:
             self.logger.error("child reported: %s", message.error.message)
         else:
             request_id = getattr(message, "id", None)
-            inbox = self._inboxes.get(request_id) if isinstance(request_id, str) else None
-            if inbox is None:
+            if not isinstance(request_id, str) or request_id not in self._inboxes:
                 return
-            if isinstance(message, Result):
-                on_result = self._on_result.pop(message.id, None)
-                if on_result is not None and not inbox.statistics().current_buffer_used:
-                    # Everything before the result has been taken: hand it to its
-                    # caller now, one task switch sooner than through the inbox.
-                    on_result(message.output)
+            inbox = self._inboxes[request_id]
+            # The shortcut is only for a result with nothing before it: a log,
+            # progress or partial handed to the inbox may not have reached the
+            # caller yet (an empty inbox only says a waiting task has it).
+            on_result = self._on_result.pop(request_id, None)
+            if on_result is not None and isinstance(message, Result):
+                on_result(message.output)  # one task switch sooner than the inbox
             with contextlib.suppress(anyio.BrokenResourceError):
                 inbox.send_nowait(message)
             if isinstance(message, (Result, Error)) and message.id is not None:
                 del self._inboxes[message.id]
-                self._on_result.pop(message.id, None)
                 inbox.close()
 
     def _close_all(self) -> None:
@@ -230,9 +229,9 @@ class ChildChannel:
         """Register an inbox for a request before sending it.
 
         ``on_result(output)``, when given, is called by the reader as soon as the
-        request's ``result`` arrives, provided every earlier message of the request
-        has been taken from the inbox (so nothing is overtaken); the ``result``
-        still goes to the inbox as well.
+        request's ``result`` arrives, provided it is the request's first message
+        (so it overtakes no log, progress or partial); the ``result`` still goes
+        to the inbox as well.
         """
         send, receive = anyio.create_memory_object_stream[Message](math.inf)
         if self.closed.is_set():
