@@ -149,7 +149,7 @@ class RawChild:
         return None
 
     async def call(self, message: Load | Setup | Run) -> Any:
-        inbox = self.channel.open_request(message.id)
+        inbox = self.channel.open_inbox(message.id)
         await self.channel.send(message)
         async for reply in inbox:
             if isinstance(reply, Result):

@@ -229,15 +229,21 @@ async def measure(args: argparse.Namespace, cases: list[AppCase]) -> dict[str, A
                     "(supervisor.pool.pool_safe() is False), so sup.start() never uses a "
                     "pooled child for it."
                 )
-            async with _maybe(
-                has_pool and safe and not case.heavy, lambda: make_supervisor(pool_size=1)
-            ) as pool, _maybe(
-                has_pool and safe and has_preload
-                and len(case.modules) > len(RUNTIME_THIRD_PARTY),
-                lambda c=case: make_supervisor(
-                    pool_size=1, pool_preload=list(c.modules[len(RUNTIME_THIRD_PARTY):])
-                ),
-            ) as pool_pre:
+            async with (
+                _maybe(
+                    has_pool and safe and not case.heavy, lambda: make_supervisor(pool_size=1)
+                ) as pool,
+                _maybe(
+                    has_pool
+                    and safe
+                    and has_preload
+                    and len(case.modules) > len(RUNTIME_THIRD_PARTY),
+                    lambda c=case: make_supervisor(
+                        pool_size=1, pool_preload=list(c.modules[len(RUNTIME_THIRD_PARTY) :])
+                    ),
+                ) as pool_pre,
+            ):
+
                 async def quiesce(pool: Any = pool, pool_pre: Any = pool_pre) -> None:
                     # A pool refills in the background after each take: let it finish
                     # so that its CPU use does not land in the next measurement.
@@ -268,20 +274,28 @@ async def measure(args: argparse.Namespace, cases: list[AppCase]) -> dict[str, A
                         waited = await wait_pool_ready(pool_pre, timeout=120)
                         sample = await public_start(pool_pre, case, f"bench-{i}")
                         sample["pool refill wait"] = waited
-                        mods = ",".join(case.modules[len(RUNTIME_THIRD_PARTY):])
+                        mods = ",".join(case.modules[len(RUNTIME_THIRD_PARTY) :])
                         case.add(f"sup.start(), warm pool, preload={mods}", sample)
                         await quiesce()
                     t = await bare(case.modules)
-                    case.add(f"baseline: python -c 'import {', '.join(case.modules)}'", {
-                        "ready": t, "first result": t,
-                    })
+                    case.add(
+                        f"baseline: python -c 'import {', '.join(case.modules)}'",
+                        {
+                            "ready": t,
+                            "first result": t,
+                        },
+                    )
                     t = await mp(case.modules)
                     case.add(MP_BASELINE, {"ready": t, "first result": t})
                     if not case.heavy:
                         t = await bare(case.modules, True)
-                        case.add("baseline: the same python -c + one pydantic model", {
-                            "ready": t, "first result": t,
-                        })
+                        case.add(
+                            "baseline: the same python -c + one pydantic model",
+                            {
+                                "ready": t,
+                                "first result": t,
+                            },
+                        )
                         t = await mp(case.modules, True)
                         case.add(MP_MODEL_BASELINE, {"ready": t, "first result": t})
                         t = await mp(case.modules, True, True)
@@ -380,7 +394,11 @@ async def child_import_lines(app_dir: Path, cached_bytecode: bool) -> tuple[floa
         async with anyio.create_task_group() as tasks:
             started = time.monotonic()
             child = await RawChild.spawn(
-                tasks, cwd=app_dir, env_extra=env, drop_env=drop, probe=False,
+                tasks,
+                cwd=app_dir,
+                env_extra=env,
+                drop_env=drop,
+                probe=False,
                 preimport=child_main_imports(),
             )
             await child.load(app_dir)
@@ -457,8 +475,16 @@ def report(cases: list[AppCase], extra: dict[str, Any], profiles: dict[str, Any]
                 key: summary([s[key] for s in samples if key in s])
                 for key in sorted({k for s in samples for k in s})
             }
-            rows.append([variant, len(samples), ms(median(ready)), ms(p90(ready)),
-                         ms(median(first)), ms(p90(first))])
+            rows.append(
+                [
+                    variant,
+                    len(samples),
+                    ms(median(ready)),
+                    ms(p90(ready)),
+                    ms(median(first)),
+                    ms(p90(first)),
+                ]
+            )
         for row, variant in zip(rows, case.samples, strict=True):
             for base in (MP_BASELINE, MP_MODEL_BASELINE):
                 row.append(fx(ratio(medians[variant], medians[base])) if base in medians else "-")
@@ -467,8 +493,16 @@ def report(cases: list[AppCase], extra: dict[str, Any], profiles: dict[str, Any]
         }
         print_table(
             f"Cold start: {case.key} ({app_json['app_dir']})",
-            ["variant", "runs", "ready p50 ms", "ready p90 ms", "first result p50 ms",
-             "first result p90 ms", "ready / mp worker", "ready / mp worker + model"],
+            [
+                "variant",
+                "runs",
+                "ready p50 ms",
+                "ready p90 ms",
+                "first result p50 ms",
+                "first result p90 ms",
+                "ready / mp worker",
+                "ready / mp worker + model",
+            ],
             rows,
         )
         probe_samples = case.samples.get("probe (slot.py sequence, no pool)", [])
@@ -478,8 +512,9 @@ def report(cases: list[AppCase], extra: dict[str, Any], profiles: dict[str, Any]
             for name, _, _ in PROBE_PHASES:
                 vals = [s[name] for s in probe_samples if name in s]
                 cvals = [s[name] for s in cached if name in s]
-                brow.append([name, ms(median(vals)), ms(p90(vals)),
-                             ms(median(cvals)) if cvals else "-"])
+                brow.append(
+                    [name, ms(median(vals)), ms(p90(vals)), ms(median(cvals)) if cvals else "-"]
+                )
             print_table(
                 f"Where the start time goes: {case.key} (probe, median of {len(probe_samples)})",
                 ["phase", "p50 ms", "p90 ms", "p50 ms, cached bytecode"],
@@ -490,8 +525,10 @@ def report(cases: list[AppCase], extra: dict[str, Any], profiles: dict[str, Any]
         app_json["notes"] = case.notes
         out["apps"][case.key] = app_json
     if interp:
-        print(f"Bare `python -c pass`: p50 {ms(median(interp))} ms, p90 {ms(p90(interp))} ms "
-              f"({len(interp)} runs)\n")
+        print(
+            f"Bare `python -c pass`: p50 {ms(median(interp))} ms, p90 {ms(p90(interp))} ms "
+            f"({len(interp)} runs)\n"
+        )
         out["python_c_pass"] = summary(interp)
     for title, prof in profiles.items():
         if "error" in prof:
@@ -517,12 +554,17 @@ def report(cases: list[AppCase], extra: dict[str, Any], profiles: dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10, help="rounds for the light apps")
-    parser.add_argument("--heavy-runs", type=int, default=3,
-                        help="rounds for the torch embedding app (each costs seconds)")
+    parser.add_argument(
+        "--heavy-runs",
+        type=int,
+        default=3,
+        help="rounds for the torch embedding app (each costs seconds)",
+    )
     parser.add_argument("--quick", action="store_true", help="3 light rounds, 1 heavy round")
     parser.add_argument("--no-heavy", action="store_true", help="skip the torch app")
-    parser.add_argument("--no-bytecode-row", action="store_true",
-                        help="skip the cached-bytecode probe")
+    parser.add_argument(
+        "--no-bytecode-row", action="store_true", help="skip the cached-bytecode probe"
+    )
     args = parser.parse_args()
     if args.quick:
         args.runs, args.heavy_runs = min(args.runs, 3), min(args.heavy_runs, 1)
@@ -549,8 +591,12 @@ def main() -> None:
     profiles["numpy app"] = import_profile(APPS_DIR / "numpy_app")
     results = report(cases, extra, profiles)
     results["machine"] = info
-    results["settings"] = {"runs": args.runs, "heavy_runs": args.heavy_runs,
-                           "quick": args.quick, "pid": os.getpid()}
+    results["settings"] = {
+        "runs": args.runs,
+        "heavy_runs": args.heavy_runs,
+        "quick": args.quick,
+        "pid": os.getpid(),
+    }
     results["elapsed"] = time.monotonic() - started
     print(f"Total benchmark time: {results['elapsed']:.1f} s")
     write_json("cold_start", results)

@@ -67,6 +67,7 @@ from _common import (
 APP = APPS_DIR / "noop_async"
 CONCURRENCY = 8
 
+
 @dataclass
 class Measured:
     lat: list[float]
@@ -225,8 +226,15 @@ async def _bench_http(n: int, warmup: int, concurrency: int, errors: Any) -> dic
 
     port = free_port()
     argv = [
-        sys.executable, "-m", "supervisor", "serve", str(APP), "--port", str(port),
-        "--max-concurrency", str(concurrency),
+        sys.executable,
+        "-m",
+        "supervisor",
+        "serve",
+        str(APP),
+        "--port",
+        str(port),
+        "--max-concurrency",
+        str(concurrency),
     ]
     proc = await anyio.open_process(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errors)
     try:
@@ -320,9 +328,16 @@ def row(name: str, m: Measured, base_p50: float) -> tuple[list[str], dict[str, A
     calls = len(m.lat)
     cpu = {role: seconds / calls for role, seconds in m.cpu.items()}
     cells = [
-        name, str(calls), us(s["median"]), us(s["p99"]), us(s["mean"]),
-        f"{calls / m.wall:,.0f}", fx(ratio(s["median"], base_p50)),
-        us(cpu.get("this process")), us(cpu.get("server")), us(cpu.get("child")),
+        name,
+        str(calls),
+        us(s["median"]),
+        us(s["p99"]),
+        us(s["mean"]),
+        f"{calls / m.wall:,.0f}",
+        fx(ratio(s["median"], base_p50)),
+        us(cpu.get("this process")),
+        us(cpu.get("server")),
+        us(cpu.get("child")),
     ]
     data = {**s, "throughput": calls / m.wall, "wall": m.wall, "cpu_per_call": cpu}
     return cells, data
@@ -343,8 +358,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3000, help="measured calls per row")
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured calls first")
     parser.add_argument("--quick", action="store_true", help="500 calls per row")
-    parser.add_argument("--profile", action="store_true",
-                        help="cProfile the supervisor and the child side too")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile the supervisor and the child side too"
+    )
     args = parser.parse_args()
     if args.quick:
         args.runs, args.warmup = min(args.runs, 500), min(args.warmup, 50)
@@ -416,14 +432,25 @@ def main() -> None:
         results["rows"]["http"] = {"available": False, "why": why}
     print_table(
         "Round trip of a no-op call",
-        ["layer", "calls", "p50 us", "p99 us", "mean us", "calls/s", "p50 / Pipe p50",
-         "CPU us/call: this process", "server", "child"],
+        [
+            "layer",
+            "calls",
+            "p50 us",
+            "p99 us",
+            "mean us",
+            "calls/s",
+            "p50 / Pipe p50",
+            "CPU us/call: this process",
+            "server",
+            "child",
+        ],
         rows,
     )
     lib_p50 = results["rows"]["lib1"]["median"]
     results["ratio_library_p50_over_pipe_p50"] = ratio(lib_p50, base)
-    print(f"library p50 / Pipe p50 = {fx(ratio(lib_p50, base))} "
-          f"({us(lib_p50)} us vs {us(base)} us)\n")
+    print(
+        f"library p50 / Pipe p50 = {fx(ratio(lib_p50, base))} ({us(lib_p50)} us vs {us(base)} us)\n"
+    )
     raw_p50 = results["rows"]["raw"]["median"]
     echo_p50 = results["rows"]["anyio_echo"]["median"]
     split = [
@@ -468,9 +495,11 @@ def profile_report(title: str, stats: pstats.Stats, ours_only: str) -> dict[str,
     """Print the top functions by own time, and ours by cumulative time."""
     text = top_functions(stats, 15, "tottime")
     ours = top_functions(stats, 25, "cumulative", only=ours_only)
-    print(f"\n### {title}\n\n"
-          f"By own time:\n\n```\n{text}```\n\n"
-          f"The project's functions by cumulative time:\n\n```\n{ours}```\n")
+    print(
+        f"\n### {title}\n\n"
+        f"By own time:\n\n```\n{text}```\n\n"
+        f"The project's functions by cumulative time:\n\n```\n{ours}```\n"
+    )
     return {"tottime": text, "project_cumulative": ours}
 
 

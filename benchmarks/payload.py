@@ -133,9 +133,7 @@ async def async_layers(payloads: dict[str, bytes], n: dict[str, int]) -> dict[st
         try:
             for label, data in payloads.items():
                 log(f"raw protocol {label}")
-                out["raw"][label] = await async_rounds(
-                    child.run, data, n[label], child.process.pid
-                )
+                out["raw"][label] = await async_rounds(child.run, data, n[label], child.process.pid)
         finally:
             await child.close()
         tasks.cancel_scope.cancel()
@@ -189,21 +187,43 @@ def main() -> None:
             r["mb_per_s"] = size / p50 / 1e6
             r["ratio_to_pipe"] = ratio(p50, base)
             rss = r["child_peak_rss"]
-            rows.append([
-                label, name, r["latency"]["n"], ms(p50, 2), ms(r["latency"]["p90"], 2),
-                f"{r['mb_per_s']:,.1f}", fx(r["ratio_to_pipe"]),
-                ms(r["cpu_this_process_per_call"], 2), ms(r["cpu_child_per_call"], 2),
-                f"{rss / 2**20:,.0f}" if rss else "-",
-            ])
+            rows.append(
+                [
+                    label,
+                    name,
+                    r["latency"]["n"],
+                    ms(p50, 2),
+                    ms(r["latency"]["p90"], 2),
+                    f"{r['mb_per_s']:,.1f}",
+                    fx(r["ratio_to_pipe"]),
+                    ms(r["cpu_this_process_per_call"], 2),
+                    ms(r["cpu_child_per_call"], 2),
+                    f"{rss / 2**20:,.0f}" if rss else "-",
+                ]
+            )
         lib = layers["library"][label]
-        summary_rows.append([
-            label, f"{lib['mb_per_s']:,.1f}", f"{layers['pipe'][label]['mb_per_s']:,.1f}",
-            fx(lib["ratio_to_pipe"]),
-        ])
+        summary_rows.append(
+            [
+                label,
+                f"{lib['mb_per_s']:,.1f}",
+                f"{layers['pipe'][label]['mb_per_s']:,.1f}",
+                fx(lib["ratio_to_pipe"]),
+            ]
+        )
     print_table(
         "Echo round trip",
-        ["size", "layer", "trips", "p50 ms", "p90 ms", "MB/s", "p50 / Pipe p50",
-         "CPU ms/trip: this process", "child", "child peak RSS MiB"],
+        [
+            "size",
+            "layer",
+            "trips",
+            "p50 ms",
+            "p90 ms",
+            "MB/s",
+            "p50 / Pipe p50",
+            "CPU ms/trip: this process",
+            "child",
+            "child peak RSS MiB",
+        ],
         rows,
     )
     print_table(

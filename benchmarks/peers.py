@@ -79,10 +79,16 @@ def main() -> None:
             ["figure", "p50", "p90/p99"],
             [
                 ["ray.init() (once)", f"{ms(r['init'])} ms", ""],
-                ["actor creation -> first answer", f"{ms(r['cold']['median'])} ms",
-                 f"p90 {ms(r['cold']['p90'])} ms"],
-                ["no-op call round trip", f"{us(r['call']['median'])} us",
-                 f"p99 {us(r['call']['p99'])} us"],
+                [
+                    "actor creation -> first answer",
+                    f"{ms(r['cold']['median'])} ms",
+                    f"p90 {ms(r['cold']['p90'])} ms",
+                ],
+                [
+                    "no-op call round trip",
+                    f"{us(r['call']['median'])} us",
+                    f"p99 {us(r['call']['p99'])} us",
+                ],
                 ["calls/s (1 caller)", f"{r['throughput']:,.0f}", ""],
             ],
         )

@@ -236,9 +236,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         log("kill -> next result, warm pool")
         out["recovery_pool"] = await recovery_times(1, args.runs)
     log(f"stream: {args.requests} requests, {args.kills} kills")
-    out["stream"] = await stream(
-        args.requests, args.kills, args.delay, None, args.seed
-    )
+    out["stream"] = await stream(args.requests, args.kills, args.delay, None, args.seed)
     return out
 
 
@@ -247,14 +245,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10, help="kills timed (and cold starts)")
     parser.add_argument("--requests", type=int, default=1000, help="requests in the stream")
     parser.add_argument("--kills", type=int, default=10, help="SIGKILLs during the stream")
-    parser.add_argument("--delay", type=float, default=0.002,
-                        help="seconds each stream request sleeps in the child")
+    parser.add_argument(
+        "--delay", type=float, default=0.002, help="seconds each stream request sleeps in the child"
+    )
     parser.add_argument("--seed", type=int, default=1, help="random seed for the kill times")
     parser.add_argument("--quick", action="store_true", help="--runs 3 --requests 300 --kills 3")
     args = parser.parse_args()
     if args.quick:
-        args.runs, args.requests, args.kills = min(args.runs, 3), min(args.requests, 300), min(
-            args.kills, 3
+        args.runs, args.requests, args.kills = (
+            min(args.runs, 3),
+            min(args.requests, 300),
+            min(args.kills, 3),
         )
 
     import anyio
@@ -267,32 +268,79 @@ def main() -> None:
     rows = []
     cold0 = out["cold_nopool"]
     rec0 = out["recovery_nopool"]["times"]
-    rows.append(["pool_size=0", len(rec0), ms(median(rec0)), ms(p90(rec0)),
-                 ms(median(cold0)), fx(ratio(median(rec0), median(cold0))),
-                 sum(out["recovery_nopool"]["crashed_retries"])])
+    rows.append(
+        [
+            "pool_size=0",
+            len(rec0),
+            ms(median(rec0)),
+            ms(p90(rec0)),
+            ms(median(cold0)),
+            fx(ratio(median(rec0), median(cold0))),
+            sum(out["recovery_nopool"]["crashed_retries"]),
+        ]
+    )
     if out["has_pool"]:
         cold1 = out["cold_pool"]
         rec1 = out["recovery_pool"]["times"]
-        rows.append(["warm pool (pool_size=1)", len(rec1), ms(median(rec1)), ms(p90(rec1)),
-                     ms(median(cold1)), fx(ratio(median(rec1), median(cold1))),
-                     sum(out["recovery_pool"]["crashed_retries"])])
-        rows.append(["warm-pool recovery vs pool_size=0 cold start", "", "", "", "",
-                     fx(ratio(median(rec1), median(cold0))), ""])
+        rows.append(
+            [
+                "warm pool (pool_size=1)",
+                len(rec1),
+                ms(median(rec1)),
+                ms(p90(rec1)),
+                ms(median(cold1)),
+                fx(ratio(median(rec1), median(cold1))),
+                sum(out["recovery_pool"]["crashed_retries"]),
+            ]
+        )
+        rows.append(
+            [
+                "warm-pool recovery vs pool_size=0 cold start",
+                "",
+                "",
+                "",
+                "",
+                fx(ratio(median(rec1), median(cold0))),
+                "",
+            ]
+        )
     print_table(
         "SIGKILL of a ready child -> next successful result",
-        ["supervisor", "kills", "recovery p50 ms", "recovery p90 ms",
-         "cold start p50 ms (same run)", "recovery / cold start",
-         "requests that hit the dead child"],
+        [
+            "supervisor",
+            "kills",
+            "recovery p50 ms",
+            "recovery p90 ms",
+            "cold start p50 ms (same run)",
+            "recovery / cold start",
+            "requests that hit the dead child",
+        ],
         rows,
     )
     s = out["stream"]
     print_table(
         f"Request stream with random kills ({CALLERS} callers, max_concurrency=1, "
         f"{args.delay * 1000:g} ms per request)",
-        ["requests", "kills", "restarts", "succeeded", "failed: ChildCrashedError (in flight)",
-         "LOST", "elapsed s"],
-        [[s["requests"], s["kills_done"], s["restarts"], s["succeeded"],
-          s["failed_child_crashed"], s["lost"], f"{s['elapsed']:.2f}"]],
+        [
+            "requests",
+            "kills",
+            "restarts",
+            "succeeded",
+            "failed: ChildCrashedError (in flight)",
+            "LOST",
+            "elapsed s",
+        ],
+        [
+            [
+                s["requests"],
+                s["kills_done"],
+                s["restarts"],
+                s["succeeded"],
+                s["failed_child_crashed"],
+                s["lost"],
+                f"{s['elapsed']:.2f}",
+            ]
+        ],
     )
     if s["lost_detail"]:
         print(f"LOST detail: {s['lost_detail']}\n")

@@ -10,7 +10,6 @@ values become the app's default.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +23,8 @@ from . import errors as E
 from .events import Event
 from .lifecycle import ChildState
 from .request import Request, config_key
-from .slot import Slot
+from .request_queue import RequestQueue
+from .slot import LiveChild, Slot
 
 
 class App:
@@ -47,9 +47,7 @@ class App:
         self.started_at = time.monotonic()
         self.cold_start: float | None = None
         """Seconds from ``start()`` to the first ready child."""
-        self._queue_send, self._queue_receive = anyio.create_memory_object_stream[Request](
-            queue_size
-        )
+        self._queue = RequestQueue(queue_size)
         self._requests: dict[str, Request] = {}
         self._scope = anyio.CancelScope()
         self._stopped = False
@@ -82,15 +80,16 @@ class App:
         """Run a function and return its output (a dict); raise a ``SupervisorError``."""
         # Not built on ``stream``: an async generator left at its result is closed
         # later by a task of its own, which would cost every call two extra tasks.
-        request = self.submit(
-            input,
-            function=function,
-            setup=setup,
-            timeout=timeout,
-            request_id=request_id,
-            metadata=metadata,
-        )
+        request = self._new_request(input, function, setup, timeout, request_id, metadata)
+        taken = self._take_now(request)
+        if taken is None:
+            self._enqueue(request)
+        else:
+            self._requests[request.id] = request
         try:
+            if taken is not None:
+                slot, child = taken
+                await slot.requests.serve_here(request, child)
             return (await request.result()).output
         finally:
             if not request.finished:
@@ -143,6 +142,19 @@ class App:
         metadata: dict[str, Any] | None = None,
     ) -> Request:
         """Queue a request and return it; its ``events`` carry the outcome."""
+        request = self._new_request(input, function, setup, timeout, request_id, metadata)
+        self._enqueue(request)
+        return request
+
+    def _new_request(
+        self,
+        input: dict[str, Any],
+        function: str,
+        setup: dict[str, Any] | None,
+        timeout: float | None,
+        request_id: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> Request:
         if self._stopped:
             raise E.AppStoppedError(f"{self.name} is stopped")
         failed = [s for s in self.slots if s.lifecycle.state is ChildState.FAILED]
@@ -164,15 +176,28 @@ class App:
         )
         if request_id is not None:
             request.id = request_id
+        return request
+
+    def _take_now(self, request: Request) -> tuple[Slot, LiveChild] | None:
+        """A slot that can run the request at once, when none is waiting before it."""
+        if len(self._queue):
+            return None
+        for slot in self.slots:
+            child = slot.requests.try_take(request)
+            if child is not None:
+                return slot, child
+        return None
+
+    def _enqueue(self, request: Request) -> None:
         try:
-            self._queue_send.send_nowait(request)
+            self._queue.put(request)
         except anyio.WouldBlock:
             raise E.BusyError(
-                f"{self.name}: the queue is full "
-                f"({self._queue_send.statistics().max_buffer_size:g} waiting)"
+                f"{self.name}: the queue is full ({self._queue.max_size:g} waiting)"
             ) from None
+        except anyio.ClosedResourceError:
+            raise E.AppStoppedError(f"{self.name} is stopped") from None
         self._requests[request.id] = request
-        return request
 
     def _forget_request(self, request: Request) -> None:
         if self._requests.get(request.id) is request:
@@ -207,7 +232,7 @@ class App:
             "gpus": sorted({g for s in slots for g in s["gpus"]}),
             "uptime": time.monotonic() - self.started_at,
             "cold_start": self.cold_start,
-            "queued": self._queue_send.statistics().current_buffer_used,
+            "queued": len(self._queue),
             "replicas": slots,
         }
 
@@ -216,15 +241,13 @@ class App:
         if self._stopped:
             return
         self._stopped = True
-        self._queue_send.close()
+        self._queue.close()
         for request in list(self._requests.values()):
             request.fail(E.AppStoppedError(f"{self.name} was stopped"))
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tasks:
                 for slot in self.slots:
                     tasks.start_soon(slot.stop)
-        with contextlib.suppress(Exception):
-            await self._drain_queue()
         self._scope.cancel()
         if self._on_stop is not None:
             self._on_stop(self)
@@ -238,16 +261,8 @@ class App:
         with self._scope:
             async with anyio.create_task_group() as tasks:
                 for slot in self.slots:
-                    await tasks.start(slot.run, self._queue_receive.clone())
+                    await tasks.start(slot.run, self._queue)
                 task_status.started()
-
-    async def _drain_queue(self) -> None:
-        while True:
-            try:
-                request = self._queue_receive.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                return
-            request.fail(E.AppStoppedError(f"{self.name} was stopped"))
 
 
 def _overall(states: set[str]) -> str:

@@ -1,18 +1,21 @@
 """The supervisor's end of one child's protocol connection.
 
 The two protocol pipes are asyncio transports. Bytes from the child are
-decoded in the transport's callback, and each message is routed at once to the
-request it belongs to (by id); pongs and unattributed logs are handled there
-too. Every open request has its own unbounded inbox, so a slow caller never
-stalls the reader, and the reader never stalls the child. When the child's
-stdout ends, or it breaks the protocol, every inbox is closed: the owners of
-those requests then learn how the child died from its exit status.
+decoded in the transport's callback, and each message is handed at once, in
+the order it came, to the handler of the request it belongs to (by id); pongs
+and unattributed logs are handled there too. A handler must not block: it
+records the message or passes it on to an unbounded stream, so a slow caller
+never stalls the reader, and the reader never stalls the child. When the
+child's stdout ends, or it breaks the protocol, every open request's handler is
+called with None: their owners then learn how the child died from its exit
+status.
 
-Why transports rather than anyio streams: a task reading a stream is woken
-for every chunk, and a stream's send ends in a checkpoint; with callbacks a
-result reaches its caller one turn of the event loop after it arrives, and a
-send never yields unless the pipe is full. ``read_loop`` still gives the
-channel an owner: it connects the pipes, and closes them when it ends.
+Why transports and handlers rather than anyio streams and an inbox per request:
+a task reading a stream is woken for every chunk, and a stream's send ends in a
+checkpoint; with callbacks a result reaches its caller one turn of the event
+loop after it arrives, and a send never yields unless the pipe is full.
+``read_loop`` still gives the channel an owner: it connects the pipes, and
+closes them when it ends.
 
 With shared memory, blobs are copied out of the child's arena while a message
 is decoded, and the ``release`` that frees their space is written right away
@@ -30,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from protocol import (
     BlobReader,
@@ -49,6 +52,8 @@ from protocol import (
 from .process import ChildProcess
 
 Inbox = MemoryObjectReceiveStream[Message]
+Handler = Callable[[Message | None], None]
+"""Takes each message of one request in order, then None if the channel closes first."""
 Arenas = tuple[Any, Any]
 
 
@@ -78,8 +83,7 @@ class ChildChannel:
         self._can_write.set()
         self._write_error: str | None = None
         self.logger = logger
-        self._inboxes: dict[str, MemoryObjectSendStream[Message]] = {}
-        self._on_result: dict[str, Callable[[Any], None]] = {}
+        self._handlers: dict[str, Handler] = {}
         self._pongs: dict[int, anyio.Event] = {}
         self._ping_seq = 0
         self.hello: Hello | None = None
@@ -189,30 +193,21 @@ class ChildChannel:
             self.logger.error("child reported: %s", message.error.message)
         else:
             request_id = getattr(message, "id", None)
-            if not isinstance(request_id, str) or request_id not in self._inboxes:
+            handler = self._handlers.get(request_id) if isinstance(request_id, str) else None
+            if handler is None:
                 return
-            inbox = self._inboxes[request_id]
-            # The shortcut is only for a result with nothing before it: a log,
-            # progress or partial handed to the inbox may not have reached the
-            # caller yet (an empty inbox only says a waiting task has it).
-            on_result = self._on_result.pop(request_id, None)
-            if on_result is not None and isinstance(message, Result):
-                on_result(message.output)  # one task switch sooner than the inbox
-            with contextlib.suppress(anyio.BrokenResourceError):
-                inbox.send_nowait(message)
-            if isinstance(message, (Result, Error)) and message.id is not None:
-                del self._inboxes[message.id]
-                inbox.close()
+            if isinstance(message, (Result, Error)):
+                del self._handlers[request_id]  # type: ignore[arg-type]
+            handler(message)
 
     def _close_all(self) -> None:
         self.closed.set()
         self._connected.set()  # a sender waiting to start finds the channel broken
         self._can_write.set()
         self._hello_event.set()
-        for inbox in self._inboxes.values():
-            inbox.close()
-        self._inboxes.clear()
-        self._on_result.clear()
+        handlers, self._handlers = self._handlers, {}
+        for handler in handlers.values():
+            handler(None)
         for event in self._pongs.values():
             event.set()
         self._pongs.clear()
@@ -223,23 +218,31 @@ class ChildChannel:
         await self._hello_event.wait()
         return self.hello
 
-    def open_request(
-        self, request_id: str, on_result: Callable[[Any], None] | None = None
-    ) -> Inbox:
-        """Register an inbox for a request before sending it.
+    def open_request(self, request_id: str, handler: Handler) -> None:
+        """Register a request's handler before sending the request.
 
-        ``on_result(output)``, when given, is called by the reader as soon as the
-        request's ``result`` arrives, provided it is the request's first message
-        (so it overtakes no log, progress or partial); the ``result`` still goes
-        to the inbox as well.
+        The reader calls it with each of the request's messages as it arrives,
+        the last being its ``result`` or ``error``; or with None when the child's
+        stdout ends before that (at once, when the channel is already closed).
         """
-        send, receive = anyio.create_memory_object_stream[Message](math.inf)
         if self.closed.is_set():
-            send.close()
+            handler(None)
         else:
-            self._inboxes[request_id] = send
-            if on_result is not None:
-                self._on_result[request_id] = on_result
+            self._handlers[request_id] = handler
+
+    def open_inbox(self, request_id: str) -> Inbox:
+        """Register a request whose messages are read from a stream, which ends
+        after its ``result`` or ``error``, or when the channel closes."""
+        send, receive = anyio.create_memory_object_stream[Message](math.inf)
+
+        def deliver(message: Message | None) -> None:
+            if message is not None:
+                with contextlib.suppress(anyio.BrokenResourceError):
+                    send.send_nowait(message)
+            if message is None or isinstance(message, (Result, Error)):
+                send.close()
+
+        self.open_request(request_id, deliver)
         return receive
 
     async def send(self, message: Message) -> None:

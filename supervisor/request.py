@@ -48,7 +48,7 @@ class Request:
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
     finished: bool = False
-    cancel_requested: bool = False
+    cancel_sent: bool = False
     on_end: Callable[[Request], None] | None = None
     config_key: str = ""
     """``config_key(config)``; the app passes the one it keeps, sparing a JSON dump per call."""

@@ -1,22 +1,27 @@
 """Running requests on a slot's child: the request half of a replica.
 
 ``take_from`` takes requests from the app's queue while the slot has capacity
-(``max_concurrency``); each request is sent to the slot's ready child and its
-events are relayed to the caller until its result, its error, its timeout or the
-child's death. What the caller is told when the child dies is decided here,
-from why it died (``LiveChild.kill_reason``). A request that never reached a
-child, because the child was already gone, is run on the next one. Keeping a
-child alive is the slot's business (``slot.py``).
+(``max_concurrency``); ``try_take`` and ``serve_here`` let a caller that finds
+the slot free run its request in its own task instead (``App.run``). Either way
+the request is sent to the slot's ready child and its events are relayed to the
+caller until its result, its error, its timeout or the child's death, and its
+share of the capacity is given back only when the child has let it go. What the
+caller is told when the child dies is decided here, from why it died
+(``LiveChild.kill_reason``). A request that never reached a child, because the
+child was already gone, is run on the next one. Keeping a child alive is the
+slot's business (``slot.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import enum
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from protocol import Cancel, Error, Message, ProtocolError, Result, Run
 from protocol import Log as LogMessage
@@ -24,10 +29,10 @@ from protocol import Partial as PartialMessage
 from protocol import Progress as ProgressMessage
 
 from . import errors as E
-from .child_channel import Inbox
 from .events import LogEvent, PartialEvent, ProgressEvent
 from .lifecycle import ChildState
 from .request import Request
+from .request_queue import RequestQueue
 
 if TYPE_CHECKING:
     from .slot import LiveChild, Slot
@@ -42,23 +47,15 @@ class RequestRunner:
         self.slot = slot
         # fast_acquire: an uncontended acquire costs no trip through the event loop.
         self._capacity = anyio.Semaphore(slot.spec.max_concurrency, fast_acquire=True)
+        self._queue: RequestQueue | None = None
 
-    async def take_from(self, queue: MemoryObjectReceiveStream[Request]) -> None:
+    async def take_from(self, queue: RequestQueue) -> None:
         """Take requests while there is capacity, until the queue closes."""
-        while True:
+        self._queue = queue
+        while await queue.wait():
             await self._capacity.acquire()
-            try:
-                request = queue.receive_nowait()
-            except anyio.WouldBlock:
-                try:
-                    request = await queue.receive()
-                except anyio.EndOfStream:
-                    self._capacity.release()
-                    return
-            except anyio.EndOfStream:
-                self._capacity.release()
-                return
-            if request.finished:
+            request = queue.take()
+            if request is None:  # another slot, or a caller, was first
                 self._capacity.release()
             elif self.slot.spec.max_concurrency == 1:
                 await self._serve(request)  # nothing else can run here meanwhile
@@ -82,50 +79,139 @@ class RequestRunner:
         finally:
             self._capacity.release()
 
+    def try_take(self, request: Request) -> LiveChild | None:
+        """The child to run ``request`` on at once, with capacity taken for it; None
+        when the slot has no ready child for its setup values, or no room."""
+        child = self.slot.child
+        if (
+            child is None
+            or self.slot.lifecycle.state not in (S.READY, S.BUSY)
+            or child.config_key != request.config_key
+            or child.kill_reason is not None
+            or child.retiring
+            or child.dead.is_set()
+        ):
+            return None
+        try:
+            self._capacity.acquire_nowait()
+        except anyio.WouldBlock:
+            return None
+        return child
+
+    async def serve_here(self, request: Request, child: LiveChild) -> None:
+        """Run a request taken with ``try_take`` in the current task: no hand-over to
+        the slot's task and back, one turn of the event loop less per call.
+
+        If the current task is cancelled while the child has the request, the
+        slot's task group adopts it: the capacity is given back only once the
+        child has let the request go. A request that never reached the child goes
+        back to the head of the queue, for the next child.
+        """
+        ending = self._enter(request, child)
+        adopted = False
+        try:
+            sent = await self._send_run(request, child)
+            if sent is _Sent.UNDELIVERED:
+                if self._queue is None or self._queue.closed:
+                    request.fail(E.AppStoppedError(f"{self.slot.spec.name} is stopped"))
+                else:
+                    self._queue.put_back(request)
+            elif sent is _Sent.SENT:
+                try:
+                    await self._follow(request, child, ending)
+                except anyio.get_cancelled_exc_class():
+                    if request.id in child.in_flight:
+                        adopted = True
+                        self.slot.tasks.start_soon(self._adopt, request, child, ending)
+                    raise
+        finally:
+            if not adopted:
+                self._leave(request, child)
+                self._capacity.release()
+
+    async def _adopt(self, request: Request, child: LiveChild, ending: _Ending) -> None:
+        try:
+            await self._follow(request, child, ending)
+        finally:
+            self._leave(request, child)
+            self._capacity.release()
+
     async def execute(self, request: Request, child: LiveChild) -> bool:
         """Run a request on a child. False means it never reached the child (the child
         was already gone), so running it on the next child is safe."""
+        ending = self._enter(request, child)
+        try:
+            sent = await self._send_run(request, child)
+            if sent is _Sent.SENT:
+                await self._follow(request, child, ending)
+            return sent is not _Sent.UNDELIVERED
+        finally:
+            self._leave(request, child)
+
+    def _enter(self, request: Request, child: LiveChild) -> _Ending:
+        """Count the request in the child's load and route its messages to it."""
         request.started = child.last_used = time.monotonic()
         if not child.in_flight:
             child.idle = anyio.Event()
         child.in_flight[request.id] = request
         if self.slot.lifecycle.state is S.READY:
             self.slot.lifecycle.to(S.BUSY)
-        inbox = child.channel.open_request(
-            request.id, lambda output: self._succeed_now(request, child, output)
-        )
-        try:
-            try:
-                await child.channel.send(
-                    Run(request.id, request.function, request.input, self._run_metadata(request))
-                )
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                await child.dead.wait()
-                return False
-            except TypeError as exc:
-                request.fail(E.InputValidationError(f"the input cannot be sent: {exc}"))
-                return True
-            except ProtocolError as exc:
-                request.fail(E.ProtocolViolationError(f"the request cannot be sent: {exc}"))
-                return True
-            timeout = request.timeout if request.timeout is not None else self.slot.spec.run_timeout
-            if timeout is None:
-                terminal = await self._pump(request, inbox)
-            else:
-                with anyio.move_on_after(timeout) as scope:
-                    terminal = await self._pump(request, inbox)
-                if scope.cancelled_caught:
-                    terminal = await self._time_out(request, child, inbox, timeout)
-            await self._conclude(request, child, terminal)
-            return True
-        finally:
-            self._leave(request, child)
+        ending = _Ending()
+        child.channel.open_request(request.id, partial(self._deliver, request, child, ending))
+        return ending
 
-    def _succeed_now(self, request: Request, child: LiveChild, output: Any) -> None:
-        """The channel's shortcut for a result: the caller has it one task switch
-        sooner, and sees the child ready again when it does."""
-        self._leave(request, child)
-        request.succeed(output)
+    async def _send_run(self, request: Request, child: LiveChild) -> _Sent:
+        try:
+            await child.channel.send(
+                Run(request.id, request.function, request.input, self._run_metadata(request))
+            )
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await child.dead.wait()
+            return _Sent.UNDELIVERED
+        except TypeError as exc:
+            request.fail(E.InputValidationError(f"the input cannot be sent: {exc}"))
+            return _Sent.REFUSED
+        except ProtocolError as exc:
+            request.fail(E.ProtocolViolationError(f"the request cannot be sent: {exc}"))
+            return _Sent.REFUSED
+        return _Sent.SENT
+
+    async def _follow(self, request: Request, child: LiveChild, ending: _Ending) -> None:
+        """Wait for the request's end, asking the child to cancel it at its timeout
+        (counted from its start, so that an adopted request keeps its deadline)."""
+        timeout = request.timeout if request.timeout is not None else self.slot.spec.run_timeout
+        if timeout is None:
+            terminal = await ending.wait()
+        else:
+            assert request.started is not None
+            left = max(0.0, request.started + timeout - time.monotonic())
+            with anyio.move_on_after(left) as scope:
+                terminal = await ending.wait()
+            if scope.cancelled_caught:
+                terminal = await self._time_out(request, child, ending, timeout)
+        await self._conclude(request, child, terminal)
+
+    def _deliver(
+        self, request: Request, child: LiveChild, ending: _Ending, message: Message | None
+    ) -> None:
+        """The channel's handler for one request's messages (see ``ChildChannel``):
+        events go to the caller as they come; a result is handed over here, with the
+        slot's bookkeeping, so that the caller sees the child ready when it has it."""
+        if isinstance(message, LogMessage):
+            request.emit(LogEvent(request.id, message.stream, message.message))
+        elif isinstance(message, ProgressMessage):
+            request.emit(
+                ProgressEvent(
+                    request.id, message.fraction, message.current, message.total, message.message
+                )
+            )
+        elif isinstance(message, PartialMessage):
+            request.emit(PartialEvent(request.id, message.output))
+        else:
+            if isinstance(message, Result):
+                self._leave(request, child)
+                request.succeed(message.output)
+            ending.end(message)
 
     def _leave(self, request: Request, child: LiveChild) -> None:
         if child.in_flight.pop(request.id, None) is None:
@@ -139,45 +225,15 @@ class RequestRunner:
     def _run_metadata(self, request: Request) -> dict[str, Any]:
         return {**self.slot.metadata(), **request.metadata}
 
-    async def _pump(self, request: Request, inbox: Inbox) -> Message | None:
-        """Deliver a request's events to its caller; return its terminal message,
-        or None when the child died first."""
-        while True:
-            try:
-                message = inbox.receive_nowait()  # no extra loop turn when one is waiting
-            except anyio.WouldBlock:
-                try:
-                    message = await inbox.receive()
-                except anyio.EndOfStream:
-                    return None
-            except anyio.EndOfStream:
-                return None
-            if isinstance(message, (Result, Error)):
-                return message
-            if isinstance(message, LogMessage):
-                request.emit(LogEvent(request.id, message.stream, message.message))
-            elif isinstance(message, ProgressMessage):
-                request.emit(
-                    ProgressEvent(
-                        request.id,
-                        message.fraction,
-                        message.current,
-                        message.total,
-                        message.message,
-                    )
-                )
-            elif isinstance(message, PartialMessage):
-                request.emit(PartialEvent(request.id, message.output))
-
     async def _time_out(
-        self, request: Request, child: LiveChild, inbox: Inbox, timeout: float
+        self, request: Request, child: LiveChild, ending: _Ending, timeout: float
     ) -> Message | None:
         """Ask the child to cancel a request that ran too long; kill it if it will not."""
         error = E.RequestTimeoutError(f"{request.function!r} did not finish within {timeout:g} s")
         await self._send_cancel(request, child)
         terminal = None
         with anyio.move_on_after(self.slot.spec.cancel_grace):
-            terminal = await self._pump(request, inbox)
+            terminal = await ending.wait()
         if isinstance(terminal, Result):
             return terminal
         if terminal is None and not child.dead.is_set():
@@ -186,6 +242,9 @@ class RequestRunner:
         return None
 
     async def _send_cancel(self, request: Request, child: LiveChild) -> None:
+        if request.cancel_sent:
+            return
+        request.cancel_sent = True
         with contextlib.suppress(
             anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError
         ):
@@ -257,7 +316,37 @@ class RequestRunner:
         child = self.slot.child
         if child is None or request.id not in child.in_flight:
             return
-        request.cancel_requested = True
         await self._ask_to_cancel(
             request, child, E.RequestCancelledError("the request was cancelled")
         )
+
+
+class _Sent(enum.Enum):
+    SENT = "sent"
+    REFUSED = "refused"
+    """The request failed without being sent (its input could not be encoded)."""
+    UNDELIVERED = "undelivered"
+    """The child was already gone."""
+
+
+class _Ending:
+    """A request's terminal message (None: the channel closed first), set once by
+    the channel's handler and awaited, possibly more than once, by the runner."""
+
+    __slots__ = ("_ended", "_event", "message")
+
+    def __init__(self) -> None:
+        # An asyncio event: it is set from the transport's callback, outside any task.
+        self._event = asyncio.Event()
+        self._ended = False
+        self.message: Message | None = None
+
+    def end(self, message: Message | None) -> None:
+        if not self._ended:
+            self._ended, self.message = True, message
+            self._event.set()
+
+    async def wait(self) -> Message | None:
+        if not self._ended:
+            await self._event.wait()
+        return self.message

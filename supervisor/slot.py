@@ -23,7 +23,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from protocol import Error, Load, ProtocolError, Result, Setup, Unload
 from protocol import Log as LogMessage
@@ -38,6 +37,7 @@ from .lifecycle import LIVE, ChildState, Lifecycle
 from .pool import ChildPool, PooledChild, PoolKey, pool_safe
 from .process import ChildProcess, ExitStatus
 from .request import Request, config_key, new_request_id
+from .request_queue import RequestQueue
 from .request_runner import RequestRunner
 from .restart_policy import GiveUp, RestartPolicy
 
@@ -126,7 +126,7 @@ class Slot:
 
     async def run(
         self,
-        queue: MemoryObjectReceiveStream[Request],
+        queue: RequestQueue,
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -286,7 +286,7 @@ class Slot:
 
     async def _call(self, child: LiveChild, message: Load | Setup) -> Any:
         """Send a load or setup request and wait for its outcome."""
-        inbox = child.channel.open_request(message.id)
+        inbox = child.channel.open_inbox(message.id)
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             await child.channel.send(message)
         async for reply in inbox:

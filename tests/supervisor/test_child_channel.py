@@ -1,5 +1,5 @@
-"""The supervisor's channel to one real child, below App and Slot: routing by id, the
-result shortcut (and when it must not be taken), and its failure paths."""
+"""The supervisor's channel to one real child, below App and Slot: routing by id to each
+request's handler, in order, and its failure paths."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -31,7 +30,7 @@ class Child:
         return f"r{next(self._ids)}"
 
     async def call(self, message: Load | Setup | Run) -> Message:
-        inbox = self.channel.open_request(message.id)
+        inbox = self.channel.open_inbox(message.id)
         await self.channel.send(message)
         return await last(inbox)
 
@@ -62,55 +61,60 @@ async def load(child: Child, app: Path) -> None:
     assert isinstance(await child.call(Setup(child.new_id())), Result)
 
 
-async def test_a_result_is_handed_over_at_once_and_still_reaches_the_inbox(
+async def test_a_requests_messages_reach_its_handler_in_order_and_end_with_its_result(
     child: Child, apps_dir: Path
 ) -> None:
-    await load(child, apps_dir / "plain")
-    handed: list[Any] = []
-    inbox = child.channel.open_request("x", handed.append)
-    await child.channel.send(Run("x", "run", {"text": "hi"}))
-    final = await last(inbox)
-    assert isinstance(final, Result)
-    assert handed == [final.output] == [{"text": "HI", "setup_called": True}]
-
-
-async def test_a_result_never_overtakes_the_logs_before_it(
-    child: Child, apps_dir: Path
-) -> None:
-    """The caller takes each message as it comes (as the slot's pump does): a log it
-    was handed but has not handled yet must still come before the result."""
     await load(child, apps_dir / "child_noisy")
-    for attempt in range(20):
-        handed: list[Any] = []
+    for attempt in range(5):
+        handed: list[Message | None] = []
+        done = anyio.Event()
+
+        def handler(
+            message: Message | None,
+            handed: list[Message | None] = handed,
+            done: anyio.Event = done,
+        ) -> None:
+            handed.append(message)
+            if message is None or isinstance(message, Result):
+                done.set()
+
         request_id = f"x{attempt}"
-        inbox = child.channel.open_request(request_id, handed.append)
-        await child.channel.send(
-            Run(request_id, "marker", {"marker": "m", "count": 3, "delay": 0})
-        )
+        child.channel.open_request(request_id, handler)
+        await child.channel.send(Run(request_id, "marker", {"marker": "m", "count": 3, "delay": 0}))
         with anyio.fail_after(10):
-            messages = [message async for message in inbox]
-        assert isinstance(messages[-1], Result)
-        assert any(isinstance(m, Log) for m in messages[:-1])
-        assert handed == []  # the shortcut was not taken
+            await done.wait()
+        assert isinstance(handed[-1], Result)
+        assert sum(isinstance(m, Log) for m in handed[:-1]) >= 3
+        assert all(isinstance(m, Log) for m in handed[:-1])
+    # The handler is dropped with its result: a rerun under the same id reaches nobody.
+    seen = len(handed)
+    await child.channel.send(Run(request_id, "marker", {"marker": "m", "count": 1, "delay": 0}))
+    await anyio.sleep(0.3)
+    assert len(handed) == seen
 
 
-async def test_an_error_while_routing_closes_the_channel_not_the_caller(
+async def test_an_error_while_routing_closes_the_channel_and_ends_every_request(
     child: Child, apps_dir: Path
 ) -> None:
     await load(child, apps_dir / "plain")
+    others: list[Message | None] = []
+    child.channel.open_request("other", others.append)
 
-    def broken(output: Any) -> None:
-        raise RuntimeError("bug in a result handler")
+    def broken(message: Message | None) -> None:
+        if message is not None:
+            raise RuntimeError("bug in a request handler")
 
-    inbox = child.channel.open_request("x", broken)
+    child.channel.open_request("x", broken)
     await child.channel.send(Run("x", "run", {"text": "hi"}))
     with anyio.fail_after(10):
         await child.channel.closed.wait()
-        async for _ in inbox:  # ends: the inbox was closed with the channel
-            pass
     assert child.channel.close_reason is not None
-    assert "bug in a result handler" in child.channel.close_reason
+    assert "bug in a request handler" in child.channel.close_reason
     assert child.channel.protocol_error is None
+    assert others == [None]  # told the channel closed before its ending came
+    late: list[Message | None] = []
+    child.channel.open_request("late", late.append)
+    assert late == [None]
 
 
 async def test_sending_to_a_dead_child_raises_instead_of_hanging(

@@ -200,3 +200,91 @@ async def test_abandoning_a_stream_cancels_its_request(apps_dir: Path) -> None:
         out = await app.run({"name": "Ada"})
         assert out["greeting"] == "Hello, Ada"
         assert app.status()["restarts"] == 0
+
+
+# -- a caller served in its own task (App.run on a free slot) ---------------------------
+
+
+async def test_a_cancelled_caller_leaves_its_request_to_the_slot_until_the_child_lets_go(
+    apps_dir: Path,
+) -> None:
+    """The request keeps its place on the child after its caller is gone: a request
+    that ignores its cancel holds the only seat until the child is killed for it, so
+    the next request runs on a new child, never beside it."""
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_crashy", max_concurrency=1)
+        pid = app.status()["pids"][0]
+        gone: list[BaseException] = []
+
+        async def caller(scope: anyio.CancelScope) -> None:
+            with scope:
+                try:
+                    await app.run({"how": "hang"})
+                except BaseException as exc:
+                    gone.append(exc)
+                    raise
+
+        scope = anyio.CancelScope()
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(caller, scope)
+                await wait_for(lambda: in_flight(app) == 1)
+                scope.cancel()
+        assert isinstance(gone[0], anyio.get_cancelled_exc_class())
+        assert in_flight(app) == 1, "the child still has the request"
+        with anyio.fail_after(10):
+            out = await app.run({"how": "ok"})
+        assert out["pid"] != pid
+        assert app.status()["restarts"] == 1
+        assert in_flight(app) == 0
+
+
+async def test_a_cancelled_caller_whose_request_honours_the_cancel_frees_its_seat(
+    apps_dir: Path,
+) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_async", max_concurrency=1)
+        pid = app.status()["pids"][0]
+        with anyio.move_on_after(0.3):
+            await app.run({"hang": True})
+        with anyio.fail_after(5):
+            out = await app.run({"text": "next"})
+        assert (out["pid"], out["peak"], out["active"]) == (pid, 1, 1)
+        assert app.status()["restarts"] == 0
+
+
+async def test_a_request_whose_child_died_before_it_was_sent_runs_on_the_next_child(
+    apps_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slot still shows the child ready (it is not reaped yet) when the caller
+    takes it, but the pipe is already closed: the request goes back to the queue
+    and is served by the replacement, not failed."""
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_async", max_concurrency=1)
+        child = app.slots[0].child
+        assert child is not None
+        reap = anyio.Event()
+        real_wait = child.process.wait
+
+        async def held_wait() -> Any:
+            await reap.wait()
+            return await real_wait()
+
+        monkeypatch.setattr(child.process, "wait", held_wait)
+        child.process.kill()
+        with anyio.fail_after(5):
+            await child.channel.closed.wait()
+            await anyio.sleep(0.05)  # the channel's owner closes the pipes
+        assert app.status()["state"] == "ready"
+        results: list[Any] = []
+
+        async def caller() -> None:
+            results.append(await app.run({"text": "after"}))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(caller)
+            await wait_for(lambda: in_flight(app) == 1)  # taken by the caller
+            reap.set()
+        assert results[0]["text"] == "after"
+        assert results[0]["pid"] != child.process.pid
+        assert app.status()["restarts"] == 1

@@ -127,8 +127,7 @@ async def test_streamed_partials_of_large_bytes_arrive_whole_and_in_order() -> N
             if isinstance(event, PartialEvent)
         ]
         assert [hashlib.sha256(p["data"]).hexdigest() for p in partials] == [
-            hashlib.sha256(random.Random(seed).randbytes(2 * MIB)).hexdigest()
-            for seed in range(12)
+            hashlib.sha256(random.Random(seed).randbytes(2 * MIB)).hexdigest() for seed in range(12)
         ]
         _, from_child = _arenas(app)
         assert from_child is not None and from_child.consumed > 0
