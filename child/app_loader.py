@@ -120,6 +120,7 @@ def _yaml_name(app_dir: Path) -> str | None:
         if not path.is_file():
             continue
         import yaml  # only for apps with an inf.yml
+
         try:
             document = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):

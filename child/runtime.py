@@ -15,7 +15,6 @@ import contextlib
 import inspect
 import json
 import logging
-import math
 import os
 import re
 import sys
@@ -99,7 +98,7 @@ class ChildRuntime:
         self._ended = anyio.Event()
         """Set on shutdown, end of input or a protocol error; ``_status`` says which."""
         self._status = exit_codes.OK
-        self._idle_workers = 0
+        self._idle_workers: list[asyncio.Future[Callable[[], Awaitable[None]]]] = []
         self._initial_cwd = os.getcwd()
         os.set_blocking(protocol_in, False)
 
@@ -120,9 +119,6 @@ class ChildRuntime:
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             self._serving = anyio.CancelScope()
-            self._jobs_send, self._jobs_receive = anyio.create_memory_object_stream[
-                Callable[[], Awaitable[None]]
-            ](math.inf)
             with self._serving:  # cancelled once an unload is complete
                 loop.add_reader(self._in, self._on_readable)
                 try:
@@ -203,29 +199,27 @@ class ChildRuntime:
             self._spawn(self._unload)
 
     def _spawn(self, job: Callable[[], Awaitable[None]]) -> None:
-        """Hand a request to an idle worker task, or start one when none is idle.
+        """Hand a job to an idle worker task, or start one when none is idle.
 
         Workers are long-lived tasks of the serving task group: starting a task
-        costs tens of microseconds, handing a job to a waiting one a few. A busy
-        worker never holds a job back (each job is sent to a worker reserved for
-        it), so requests still run concurrently.
+        costs tens of microseconds, handing a job to a waiting one a few. Each
+        idle worker waits on a future of its own, which the job resolves: a busy
+        worker never holds a job back, so requests still run concurrently.
         """
         if self._idle_workers:
-            self._idle_workers -= 1
+            self._idle_workers.pop().set_result(job)
         else:
-            self._tasks.start_soon(self._worker)
-        self._jobs_send.send_nowait(job)
+            self._tasks.start_soon(self._worker, job)
 
-    async def _worker(self) -> None:
+    async def _worker(self, job: Callable[[], Awaitable[None]]) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            try:
-                job = self._jobs_receive.receive_nowait()
-            except anyio.WouldBlock:
-                # receive() starts with a checkpoint: a turn of the loop, spared
-                # when a job is already waiting.
-                job = await self._jobs_receive.receive()
             await job()
-            self._idle_workers += 1
+            # No checkpoint between jobs: a plain future, not a stream's receive,
+            # so a worker that is done costs no extra turn of the event loop.
+            waiting: asyncio.Future[Callable[[], Awaitable[None]]] = loop.create_future()
+            self._idle_workers.append(waiting)
+            job = await waiting
 
     # -- requests -------------------------------------------------------------
 

@@ -199,9 +199,9 @@ def encode(message: Message, blobs: BlobWriter | None = None) -> bytes:
     """The msgpack payload of ``message``; with ``blobs``, the long byte strings
     of its payload field are copied into that arena and referenced."""
     wire: dict[str, Any] = {"type": message.TYPE}
-    for f in dataclasses.fields(message):
+    for f in _fields(type(message)):
         value = getattr(message, f.name)
-        wire[f.name] = value.to_wire() if isinstance(value, ErrorInfo) else value
+        wire[f.name] = value.to_wire() if f.error_info else value
     if blobs is not None and message.PAYLOAD is not None:
         wire[message.PAYLOAD] = externalize(wire[message.PAYLOAD], blobs)
     try:
@@ -226,16 +226,58 @@ def decode(payload: bytes | bytearray, blobs: BlobReader | None = None) -> Messa
     if cls is None:
         raise RemoteProtocolError(f"unknown message type {name!r}")
     kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in wire:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+    for f in _fields(cls):
+        value = wire.get(f.name, _ABSENT)
+        if value is _ABSENT:
+            if f.required:
                 raise RemoteProtocolError(f"{name} message lacks field {f.name!r}")
             continue
-        kwargs[f.name] = _check(cls, f.name, wire[f.name])
+        if f.error_info:
+            value = ErrorInfo.from_wire(value)
+        elif f.accepts is not None and (
+            not isinstance(value, f.accepts) or ((value is True or value is False) and not f.bools)
+        ):
+            raise RemoteProtocolError(
+                f"{cls.TYPE}.{f.name} must be {' or '.join(t.__name__ for t in f.accepts)}, "
+                f"got {type(value).__name__}"
+            )
+        kwargs[f.name] = value
     return cls(**kwargs)
 
 
-_ACCEPTS: dict[type[Message], dict[str, tuple[type, ...] | None]] = {}
+_ABSENT: Any = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    """What the codec needs to know of one field, worked out once per class."""
+
+    name: str
+    required: bool
+    accepts: tuple[type, ...] | None
+    """The runtime types the field admits; None means anything."""
+    bools: bool
+    """Whether ``bool`` is admitted (msgpack's booleans are ints to ``isinstance``)."""
+    error_info: bool
+
+
+_FIELDS: dict[type[Message], tuple[_Field, ...]] = {}
+
+
+def _fields(cls: type[Message]) -> tuple[_Field, ...]:
+    found = _FIELDS.get(cls)
+    if found is None:
+        hints = typing.get_type_hints(cls)
+        found = _FIELDS[cls] = tuple(
+            _field(f, _accepted_types(hints[f.name])) for f in dataclasses.fields(cls)
+        )
+    return found
+
+
+def _field(f: dataclasses.Field[Any], accepts: tuple[type, ...] | None) -> _Field:
+    required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    error_info = accepts is not None and ErrorInfo in accepts
+    return _Field(f.name, required, accepts, accepts is None or bool in accepts, error_info)
 
 
 def _accepted_types(annotation: Any) -> tuple[type, ...] | None:
@@ -256,23 +298,3 @@ def _accepted_types(annotation: Any) -> tuple[type, ...] | None:
     if annotation is type(None):
         return (type(None),)
     return (origin or annotation,)
-
-
-def _check(cls: type[Message], name: str, value: Any) -> Any:
-    accepts = _ACCEPTS.get(cls)
-    if accepts is None:
-        hints = typing.get_type_hints(cls)
-        accepts = _ACCEPTS[cls] = {
-            f.name: _accepted_types(hints[f.name]) for f in dataclasses.fields(cls)
-        }
-    allowed = accepts[name]
-    if allowed is not None and ErrorInfo in allowed:
-        return ErrorInfo.from_wire(value)
-    if allowed is not None and (
-        not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
-    ):
-        raise RemoteProtocolError(
-            f"{cls.TYPE}.{name} must be {' or '.join(t.__name__ for t in allowed)}, "
-            f"got {type(value).__name__}"
-        )
-    return value

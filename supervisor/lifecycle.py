@@ -68,7 +68,10 @@ class Lifecycle:
             return
         if state not in TRANSITIONS[self.state]:
             raise IllegalTransition(f"{self.name}: {self.state.value} -> {state.value} ({reason})")
-        quiet = {self.state, state} == {ChildState.READY, ChildState.BUSY}
+        # Every request flips READY <-> BUSY: identity checks, no enum hashing.
+        quiet = (self.state is S.READY and state is S.BUSY) or (
+            self.state is S.BUSY and state is S.READY
+        )
         self.logger.log(
             logging.DEBUG if quiet else logging.INFO,
             "%s: %s -> %s%s",

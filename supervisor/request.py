@@ -1,26 +1,23 @@
 """One request on its way through the supervisor.
 
-The caller holds the receiving end of ``events``; the slot that runs the
-request sends into the other end. Its buffer is unbounded so that a slow
-caller never stalls a child. The last item is always either a
-``ResultEvent`` or a ``SupervisorError``, and ``finished`` guards that only one
-such ending is ever delivered, whoever gets there first (the child's answer, a
-timeout, a cancel, a crash).
+The caller takes the request's events (``next_item``); the slot that runs it
+adds them, from the channel's read callback or from its own task. The buffer is
+unbounded so that a slow caller never stalls a child. The last item is always
+either a ``ResultEvent`` or a ``SupervisorError``, and ``finished`` guards that
+only one such ending is ever delivered, whoever gets there first (the child's
+answer, a timeout, a cancel, a crash).
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
-import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .errors import SupervisorError
 from .events import Event, ResultEvent
@@ -56,22 +53,20 @@ class Request:
     def __post_init__(self) -> None:
         if not self.config_key:
             self.config_key = config_key(self.config)
-        send, receive = anyio.create_memory_object_stream[Item](math.inf)
-        self._send: MemoryObjectSendStream[Item] = send
-        self.events: MemoryObjectReceiveStream[Item] = receive
+        self._items: deque[Item] = deque()
+        # An asyncio event, not an anyio one: items arrive from the channel's read
+        # callback, outside any task.
+        self._arrived = asyncio.Event()
 
     async def next_item(self) -> Item | None:
         """The next event or ending; None once it has been taken. Takes an item that is
         already waiting without a trip through the event loop."""
-        try:
-            return self.events.receive_nowait()
-        except anyio.WouldBlock:
-            try:
-                return await self.events.receive()
-            except anyio.EndOfStream:
+        while not self._items:
+            if self.finished:
                 return None
-        except anyio.EndOfStream:
-            return None
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self._items.popleft()
 
     async def result(self) -> ResultEvent:
         """Wait for the ending, passing over the other events; raise the error."""
@@ -84,10 +79,12 @@ class Request:
 
     def emit(self, event: Event) -> None:
         if not self.finished:
-            with contextlib.suppress(anyio.BrokenResourceError):
-                self._send.send_nowait(event)
+            self._items.append(event)
+            self._arrived.set()
 
     def succeed(self, output: Any) -> None:
+        if self.finished:
+            return
         now = time.monotonic()
         started = self.started or now
         timings = {
@@ -104,8 +101,7 @@ class Request:
         if self.finished:
             return
         self.finished = True
-        with contextlib.suppress(anyio.BrokenResourceError):
-            self._send.send_nowait(item)
-        self._send.close()
+        self._items.append(item)
+        self._arrived.set()
         if self.on_end is not None:
             self.on_end(self)

@@ -151,8 +151,6 @@ class RequestRunner:
     def _enter(self, request: Request, child: LiveChild) -> _Ending:
         """Count the request in the child's load and route its messages to it."""
         request.started = child.last_used = time.monotonic()
-        if not child.in_flight:
-            child.idle = anyio.Event()
         child.in_flight[request.id] = request
         if self.slot.lifecycle.state is S.READY:
             self.slot.lifecycle.to(S.BUSY)
@@ -218,7 +216,7 @@ class RequestRunner:
             return
         child.last_used = time.monotonic()
         if not child.in_flight:
-            child.idle.set()
+            child.became_idle()
             if self.slot.lifecycle.state is S.BUSY:
                 self.slot.lifecycle.to(S.READY)
 

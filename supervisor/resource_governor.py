@@ -110,7 +110,7 @@ class ResourceGovernor:
         async def stop_after_grace() -> None:
             try:
                 with anyio.move_on_after(self.budget_grace):
-                    await child.idle.wait()
+                    await child.wait_idle()
                 slot.kill(child, error)
             finally:
                 self._enforcing.discard(id(child))

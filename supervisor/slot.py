@@ -11,6 +11,7 @@ child is ``request_runner.py``'s job.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sys
@@ -83,11 +84,24 @@ class LiveChild:
     """The request whose timeout or cancel got the child killed."""
     in_flight: dict[str, Request] = field(default_factory=dict)
     dead: anyio.Event = field(default_factory=anyio.Event)
-    idle: anyio.Event = field(default_factory=anyio.Event)
     last_used: float = field(default_factory=time.monotonic)
+    _idle: asyncio.Event | None = None
 
-    def __post_init__(self) -> None:
-        self.idle.set()
+    async def wait_idle(self) -> None:
+        """Wait until no request is in flight on this child."""
+        while self.in_flight:
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            await self._idle.wait()
+
+    def became_idle(self) -> None:
+        """Wake those waiting for the child to be idle (called as its last request leaves).
+
+        The event is made only when someone waits: most requests never need one.
+        """
+        if self._idle is not None:
+            self._idle.set()
+            self._idle = None
 
 
 class Slot:
@@ -163,7 +177,7 @@ class Slot:
                 if child is not None and state in (S.READY, S.BUSY):
                     if child.config_key == key:
                         return child
-                    await child.idle.wait()
+                    await child.wait_idle()
                     await self._retire(child, S.UNLOADED, "setup config changed")
                     continue
                 if state is S.RESTARTING:
