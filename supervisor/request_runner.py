@@ -120,14 +120,23 @@ class RequestRunner:
                 try:
                     await self._follow(request, child, ending)
                 except anyio.get_cancelled_exc_class():
-                    if request.id in child.in_flight:
-                        adopted = True
-                        self.slot.tasks.start_soon(self._adopt, request, child, ending)
+                    adopted = request.id in child.in_flight and self._hand_to_slot(
+                        request, child, ending
+                    )
                     raise
         finally:
             if not adopted:
                 self._leave(request, child)
                 self._capacity.release()
+
+    def _hand_to_slot(self, request: Request, child: LiveChild, ending: _Ending) -> bool:
+        """Let the slot's task group follow a request to its end; False when that
+        group is gone (the app has stopped), and nothing is left to wait for."""
+        try:
+            self.slot.tasks.start_soon(self._adopt, request, child, ending)
+        except RuntimeError:  # not active any more
+            return False
+        return True
 
     async def _adopt(self, request: Request, child: LiveChild, ending: _Ending) -> None:
         try:
