@@ -4,12 +4,16 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/recovery.py [--runs 10] [--requests 1000] [--kills 10] [--quick]
 
-1. ``kill -> next result``: a ready child of benchmarks/apps/noop_async is SIGKILLed
-   and the caller immediately asks again (retrying at once on ChildCrashedError, which
-   a request that reached the dead child gets) until a result comes back. Median of
-   ``--runs`` kills, with the pool disabled and (when this checkout has one) with the
-   default pre-start pool. The cold start (``sup.start()`` to ready) of the same app is
-   measured in the same run, for the ratio.
+1. ``kill -> next result``: a ready child is SIGKILLed and the caller immediately
+   asks again (retrying at once on ChildCrashedError, which a request that reached
+   the dead child gets) until a result comes back. Median of ``--runs`` kills, for
+   benchmarks/apps/noop_async with the pool disabled and with the default pre-start
+   pool, and for benchmarks/apps/numpy_app (numpy imported when the app loads) with
+   the pool. The cold start of the same app is measured in the same run, to ready
+   and to its first result; the ratio compares like with like: kill -> next result
+   over start -> first result. Also in the same run, the kernel's part: from
+   SIGKILL of a pre-started child (runtime imported, no app) to the end of its
+   stdout, the first moment any supervisor can know that it died.
 2. ``stream``: ``--requests`` requests from 4 concurrent callers to an app with
    max_concurrency=1 (so most wait in the queue), each sleeping ``--delay`` seconds in
    the child, while a separate task SIGKILLs the ready child ``--kills`` times at
@@ -31,7 +35,11 @@ import argparse
 import os
 import random
 import signal
+import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from _common import (
@@ -73,7 +81,26 @@ async def ready_pid(app: Any, timeout: float = 30.0, *, busy_ok: bool = False) -
     raise TimeoutError("the app did not become ready")
 
 
-async def recovery_times(pool_size: int, runs: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Target:
+    """An app to kill, with an input for call ``i`` and a check of its output."""
+
+    name: str
+    path: Path
+    input: Callable[[int], dict[str, Any]]
+    ok: Callable[[dict[str, Any], int], bool]
+
+
+NOOP = Target("noop_async", APP, lambda i: {"i": i}, lambda out, i: out["i"] == i)
+NUMPY = Target(
+    "numpy_app",
+    APPS_DIR / "numpy_app",
+    lambda i: {"n": i % 16},
+    lambda out, i: out["total"] == sum(range(i % 16)),
+)
+
+
+async def recovery_times(pool_size: int, runs: int, target: Target = NOOP) -> dict[str, Any]:
     """Kill a ready child ``runs`` times; time each kill -> next good result."""
     from _common import make_supervisor, wait_pool_ready
 
@@ -82,9 +109,9 @@ async def recovery_times(pool_size: int, runs: int) -> dict[str, Any]:
     times: list[float] = []
     retries: list[int] = []
     async with make_supervisor(pool_size=pool_size, restart_policy=policy()) as sup:
-        app = await sup.start(APP, name="recovery")
+        app = await sup.start(target.path, name="recovery")
         for i in range(runs):
-            await app.run({"i": -1})
+            await app.run(target.input(-1))
             if pool_size:
                 await wait_pool_ready(sup)
             pid = await ready_pid(app)
@@ -93,11 +120,11 @@ async def recovery_times(pool_size: int, runs: int) -> dict[str, Any]:
             failed = 0
             while True:
                 try:
-                    out = await app.run({"i": i})
+                    out = await app.run(target.input(i))
                 except E.ChildCrashedError:
                     failed += 1
                     continue
-                assert out["i"] == i
+                assert target.ok(out, i), out
                 break
             times.append(time.monotonic() - started)
             retries.append(failed)
@@ -108,19 +135,51 @@ async def recovery_times(pool_size: int, runs: int) -> dict[str, Any]:
     return {"times": times, "crashed_retries": retries, "restarts": restarts}
 
 
-async def cold_starts(pool_size: int, runs: int) -> list[float]:
+async def cold_starts(pool_size: int, runs: int, target: Target = NOOP) -> dict[str, list[float]]:
+    """``sup.start()`` to ready, and to the first result."""
     from _common import make_supervisor, wait_pool_ready
 
-    out = []
+    ready, first = [], []
     async with make_supervisor(pool_size=pool_size, restart_policy=policy()) as sup:
         for i in range(runs):
             if pool_size:
                 await wait_pool_ready(sup)
             started = time.monotonic()
-            app = await sup.start(APP, name=f"cold-{i}")
-            out.append(time.monotonic() - started)
+            app = await sup.start(target.path, name=f"cold-{i}")
+            ready.append(time.monotonic() - started)
+            assert target.ok(await app.run(target.input(i)), i)
+            first.append(time.monotonic() - started)
             await app.stop()
-    return out
+    return {"ready": ready, "first_result": first}
+
+
+async def kernel_teardown(runs: int) -> list[float]:
+    """SIGKILL of a pre-started child (runtime imported, no app) -> end of its stdout."""
+    import logging
+
+    import anyio
+
+    from supervisor.child_launch import launch_child
+    from supervisor.environment import child_environment
+
+    times = []
+    env = child_environment({}, cuda_visible_devices="")
+    for _ in range(runs):
+        process, channel = await launch_child(
+            sys.executable, (), env=env, cwd=".", name="teardown", logger=logging.getLogger("t")
+        )
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(channel.read_loop)
+            tasks.start_soon(process.read_stderr)
+            await channel.wait_hello()
+            await anyio.sleep(0.05)
+            started = time.monotonic()
+            os.kill(process.pid, signal.SIGKILL)
+            await channel.closed.wait()
+            times.append(time.monotonic() - started)
+            await process.wait()
+            await process.aclose_streams()
+    return times
 
 
 async def stream(
@@ -235,6 +294,11 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         out["cold_pool"] = await cold_starts(1, args.runs)
         log("kill -> next result, warm pool")
         out["recovery_pool"] = await recovery_times(1, args.runs)
+        log("cold starts and kill -> next result, warm pool, numpy_app")
+        out["cold_pool_numpy"] = await cold_starts(1, args.runs, NUMPY)
+        out["recovery_pool_numpy"] = await recovery_times(1, args.runs, NUMPY)
+    log("kernel: SIGKILL -> end of stdout")
+    out["kernel_teardown"] = await kernel_teardown(args.runs)
     log(f"stream: {args.requests} requests, {args.kills} kills")
     out["stream"] = await stream(args.requests, args.kills, args.delay, None, args.seed)
     return out
@@ -265,57 +329,43 @@ def main() -> None:
     started = time.monotonic()
     out = anyio.run(run_all, args)
 
-    rows = []
-    cold0 = out["cold_nopool"]
-    rec0 = out["recovery_nopool"]["times"]
-    rows.append(
-        [
-            "pool_size=0",
-            len(rec0),
-            ms(median(rec0)),
-            ms(p90(rec0)),
-            ms(median(cold0)),
-            fx(ratio(median(rec0), median(cold0))),
-            sum(out["recovery_nopool"]["crashed_retries"]),
+    def row(name: str, recovery: dict[str, Any], cold: dict[str, list[float]]) -> list[Any]:
+        times = recovery["times"]
+        return [
+            name,
+            len(times),
+            ms(median(times)),
+            ms(p90(times)),
+            ms(median(cold["ready"])),
+            ms(median(cold["first_result"])),
+            fx(ratio(median(times), median(cold["first_result"]))),
+            sum(recovery["crashed_retries"]),
         ]
-    )
+
+    cold0 = out["cold_nopool"]
+    rows = [row("noop_async, pool_size=0", out["recovery_nopool"], cold0)]
     if out["has_pool"]:
-        cold1 = out["cold_pool"]
-        rec1 = out["recovery_pool"]["times"]
-        rows.append(
-            [
-                "warm pool (pool_size=1)",
-                len(rec1),
-                ms(median(rec1)),
-                ms(p90(rec1)),
-                ms(median(cold1)),
-                fx(ratio(median(rec1), median(cold1))),
-                sum(out["recovery_pool"]["crashed_retries"]),
-            ]
-        )
-        rows.append(
-            [
-                "warm-pool recovery vs pool_size=0 cold start",
-                "",
-                "",
-                "",
-                "",
-                fx(ratio(median(rec1), median(cold0))),
-                "",
-            ]
-        )
+        rows.append(row("noop_async, warm pool", out["recovery_pool"], out["cold_pool"]))
+        rows.append(row("numpy_app, warm pool", out["recovery_pool_numpy"], out["cold_pool_numpy"]))
+    teardown = out["kernel_teardown"]
     print_table(
         "SIGKILL of a ready child -> next successful result",
         [
-            "supervisor",
+            "app, supervisor",
             "kills",
             "recovery p50 ms",
             "recovery p90 ms",
-            "cold start p50 ms (same run)",
-            "recovery / cold start",
+            "cold start to ready p50 ms",
+            "cold start to first result p50 ms",
+            "recovery / cold start to first result",
             "requests that hit the dead child",
         ],
         rows,
+    )
+    print(
+        f"The kernel's part, in the same run: SIGKILL of a pre-started child -> end of its "
+        f"stdout, p50 {ms(median(teardown))} ms, p90 {ms(p90(teardown))} ms "
+        f"({len(teardown)} kills). No supervisor can know of a death sooner.\n"
     )
     s = out["stream"]
     print_table(
@@ -344,19 +394,21 @@ def main() -> None:
     )
     if s["lost_detail"]:
         print(f"LOST detail: {s['lost_detail']}\n")
-    results = {
+    results: dict[str, Any] = {
         "machine": info,
         "settings": vars(args),
-        "cold_start_nopool": summary(cold0),
-        "recovery_nopool": summary(rec0),
+        "cold_start_nopool": {k: summary(v) for k, v in cold0.items()},
+        "recovery_nopool": summary(out["recovery_nopool"]["times"]),
         "recovery_nopool_raw": out["recovery_nopool"],
-        "ratio_recovery_over_cold_nopool": ratio(median(rec0), median(cold0)),
+        "kernel_teardown": summary(teardown),
         "stream": s,
     }
     if out["has_pool"]:
-        results["cold_start_pool"] = summary(out["cold_pool"])
-        results["recovery_pool"] = summary(out["recovery_pool"]["times"])
-        results["recovery_pool_raw"] = out["recovery_pool"]
+        for key in ("cold_pool", "cold_pool_numpy"):
+            results[key] = {k: summary(v) for k, v in out[key].items()}
+        for key in ("recovery_pool", "recovery_pool_numpy"):
+            results[key] = summary(out[key]["times"])
+            results[f"{key}_raw"] = out[key]
     results["elapsed"] = time.monotonic() - started
     results["loadavg_at_end"] = os.getloadavg()
     print(f"Total benchmark time: {results['elapsed']:.1f} s")
