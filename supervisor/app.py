@@ -48,6 +48,7 @@ class App:
         self.cold_start: float | None = None
         """Seconds from ``start()`` to the first ready child."""
         self._queue = RequestQueue(queue_size)
+        self._turn = 0
         self._requests: dict[str, Request] = {}
         self._scope = anyio.CancelScope()
         self._stopped = False
@@ -179,10 +180,17 @@ class App:
         return request
 
     def _take_now(self, request: Request) -> tuple[Slot, LiveChild] | None:
-        """A slot that can run the request at once, when none is waiting before it."""
+        """A slot that can run the request at once, when none is waiting before it.
+
+        The search starts one slot further each time, so that calls made one after
+        the other take turns over the replicas, as queued ones do.
+        """
         if len(self._queue):
             return None
-        for slot in self.slots:
+        count = len(self.slots)
+        self._turn = (self._turn + 1) % count
+        for i in range(count):
+            slot = self.slots[(self._turn + i) % count]
             child = slot.requests.try_take(request)
             if child is not None:
                 return slot, child

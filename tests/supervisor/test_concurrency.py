@@ -80,6 +80,14 @@ async def test_replicas_spread_requests_over_two_children(apps_dir: Path) -> Non
         assert time.monotonic() - started < 1.5
 
 
+async def test_calls_one_after_the_other_take_turns_over_the_replicas(apps_dir: Path) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_async", replicas=2)
+        pids = app.status()["pids"]
+        seen = [(await app.run({"text": str(i)}))["pid"] for i in range(6)]
+        assert seen.count(pids[0]) == seen.count(pids[1]) == 3
+
+
 async def test_a_slow_request_does_not_hold_up_others_on_an_idle_replica(
     apps_dir: Path,
 ) -> None:
