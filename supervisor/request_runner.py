@@ -108,22 +108,23 @@ class RequestRunner:
         back to the head of the queue, for the next child.
         """
         ending = self._enter(request, child)
-        adopted = False
+        delivered = adopted = False
         try:
             sent = await self._send_run(request, child)
+            delivered = sent is _Sent.SENT
             if sent is _Sent.UNDELIVERED:
                 if self._queue is None or self._queue.closed:
                     request.fail(E.AppStoppedError(f"{self.slot.spec.name} is stopped"))
                 else:
                     self._queue.put_back(request)
-            elif sent is _Sent.SENT:
-                try:
-                    await self._follow(request, child, ending)
-                except anyio.get_cancelled_exc_class():
-                    adopted = request.id in child.in_flight and self._hand_to_slot(
-                        request, child, ending
-                    )
-                    raise
+            elif delivered:
+                await self._follow(request, child, ending)
+        except anyio.get_cancelled_exc_class():
+            if delivered and request.id in child.in_flight:
+                adopted = self._hand_to_slot(request, child, ending)
+            if not adopted:  # it never reached the child, or nothing is left to follow it
+                request.fail(E.RequestCancelledError("the request was cancelled"))
+            raise
         finally:
             if not adopted:
                 self._leave(request, child)

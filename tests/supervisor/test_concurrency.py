@@ -296,3 +296,26 @@ async def test_a_request_whose_child_died_before_it_was_sent_runs_on_the_next_ch
         assert results[0]["text"] == "after"
         assert results[0]["pid"] != child.process.pid
         assert app.status()["restarts"] == 1
+
+
+async def test_a_caller_cancelled_before_its_request_was_sent_leaves_nothing_behind(
+    apps_dir: Path,
+) -> None:
+    """The child's loop is held and its stdin is full, so the caller waits to send;
+    cancelled there, its request ends at once and frees its place."""
+    async with make_supervisor(shared_memory=0) as sup:
+        app = await sup.start(apps_dir / "sup_async", max_concurrency=3)
+        blocker = app.submit({"text": "blocker", "block": 1.0})
+        await wait_for(lambda: in_flight(app) == 1)
+        await anyio.sleep(0.1)  # the child is inside time.sleep: it reads nothing
+        big = app.submit({"text": "x" * (8 << 20)})  # fills the pipe and the write buffer
+        await wait_for(lambda: in_flight(app) == 2)
+        with anyio.move_on_after(0.3) as waited:
+            await app.run({"text": "never sent"}, request_id="c")
+        assert waited.cancelled_caught
+        assert await app.cancel("c") is False, "the request must be over, not left behind"
+        assert (await outcome(blocker))["text"] == "blocker"
+        assert len((await outcome(big))["text"]) == 8 << 20
+        out = await app.run({"text": "after"})
+        assert out["peak"] <= 3
+        assert in_flight(app) == 0

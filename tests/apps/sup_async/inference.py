@@ -2,13 +2,16 @@
 
 It records how many runs were in progress at once (``peak``). Setup may name a
 ``marker`` file that ``unload`` writes, so tests can see that unload ran.
-``hang`` waits forever in a cancellable way.
+``hang`` waits forever in a cancellable way; ``block`` holds the event loop
+(``time.sleep`` in async code, as a badly written app would), so the child
+reads nothing meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ class Input(BaseModel):
     text: str = ""
     delay: float = 0.0
     hang: bool = False
+    block: float = 0.0
 
 
 class Output(BaseModel):
@@ -41,6 +45,8 @@ class App:
         self.peak = max(self.peak, self.active)
         active = self.active
         try:
+            if input_data.block:
+                time.sleep(input_data.block)
             if input_data.hang:
                 await asyncio.sleep(1000)
             await asyncio.sleep(input_data.delay)
