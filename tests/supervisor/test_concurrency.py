@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import random
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -10,8 +13,10 @@ import anyio
 import pytest
 from sup_helpers import in_flight, make_supervisor, outcome, wait_for
 
+from supervisor import RestartPolicy
 from supervisor.errors import (
     BusyError,
+    ChildCrashedError,
     InputValidationError,
     RequestCancelledError,
 )
@@ -319,3 +324,68 @@ async def test_a_caller_cancelled_before_its_request_was_sent_leaves_nothing_beh
         out = await app.run({"text": "after"})
         assert out["peak"] <= 3
         assert in_flight(app) == 0
+
+
+async def test_callers_that_give_up_and_children_that_die_leave_nothing_behind(
+    apps_dir: Path,
+) -> None:
+    """Many callers, some giving up mid-call, on two replicas whose children are
+    killed now and then: every call ends one of three known ways, no replica ever
+    runs more than its max_concurrency, and afterwards nothing is in flight, queued
+    or remembered."""
+    rng = random.Random(7)
+    async with make_supervisor(restart_policy=RestartPolicy(max_restarts=100, window=1)) as sup:
+        app = await sup.start(apps_dir / "sup_async", replicas=2, max_concurrency=2)
+        ids: list[str] = []
+        outcomes: dict[str, int] = {"ok": 0, "crashed": 0, "gave_up": 0}
+        peaks: list[int] = []
+
+        async def caller(c: int) -> None:
+            for i in range(25):
+                request_id = f"c{c}-{i}"
+                ids.append(request_id)
+                with anyio.move_on_after(rng.choice([0.005, 0.02, 2.0])) as waited:
+                    try:
+                        out = await app.run(
+                            {"text": request_id, "delay": rng.choice([0.002, 0.01, 0.03])},
+                            request_id=request_id,
+                        )
+                    except ChildCrashedError:
+                        outcomes["crashed"] += 1
+                        continue
+                    assert out["text"] == request_id
+                    peaks.append(out["peak"])
+                    outcomes["ok"] += 1
+                if waited.cancelled_caught:
+                    outcomes["gave_up"] += 1
+
+        killed: set[int] = set()
+
+        async def killer() -> None:
+            for _ in range(3):
+                await anyio.sleep(0.1)
+                pids = app.status()["pids"]
+                if pids:
+                    pid = rng.choice(pids)
+                    killed.add(pid)
+                    os.kill(pid, signal.SIGKILL)
+
+        def replaced() -> bool:
+            status = app.status()
+            states = {r["state"] for r in status["replicas"]}
+            return states == {"ready"} and not killed & set(status["pids"])
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(killer)
+                for c in range(6):
+                    tasks.start_soon(caller, c)
+            await wait_for(lambda: in_flight(app) == 0)
+            await wait_for(replaced)
+        assert sum(outcomes.values()) == len(ids) == 150
+        assert outcomes["ok"] > 0 and outcomes["gave_up"] > 0
+        assert max(peaks) <= 2
+        assert app.status()["queued"] == 0
+        for request_id in ids:
+            assert await app.cancel(request_id) is False, f"{request_id} was left behind"
+        assert (await app.run({"text": "still serving"}))["text"] == "still serving"
