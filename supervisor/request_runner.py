@@ -175,6 +175,10 @@ class RequestRunner:
             )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             await child.dead.wait()
+            request.started = None  # it never started: a cancel from now on finds it queued
+            if request.cancel_sent:  # asked to cancel while its child was dying
+                request.fail(E.RequestCancelledError("the request was cancelled"))
+                return _Sent.REFUSED
             return _Sent.UNDELIVERED
         except TypeError as exc:
             request.fail(E.InputValidationError(f"the input cannot be sent: {exc}"))
@@ -332,7 +336,8 @@ class RequestRunner:
 class _Sent(enum.Enum):
     SENT = "sent"
     REFUSED = "refused"
-    """The request failed without being sent (its input could not be encoded)."""
+    """The request ended without being sent (its input could not be encoded, or it
+    was cancelled while its child was dying)."""
     UNDELIVERED = "undelivered"
     """The child was already gone."""
 

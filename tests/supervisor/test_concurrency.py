@@ -266,29 +266,35 @@ async def test_a_cancelled_caller_whose_request_honours_the_cancel_frees_its_sea
         assert app.status()["restarts"] == 0
 
 
+async def _hold_reaping(app: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, anyio.Event]:
+    """Kill the app's child and keep the slot from reaping it until the event is
+    set: the slot still shows it ready, but its pipes are already closed."""
+    child = app.slots[0].child
+    assert child is not None
+    reap = anyio.Event()
+    real_wait = child.process.wait
+
+    async def held_wait() -> Any:
+        await reap.wait()
+        return await real_wait()
+
+    monkeypatch.setattr(child.process, "wait", held_wait)
+    child.process.kill()
+    with anyio.fail_after(5):
+        await child.channel.closed.wait()
+        await anyio.sleep(0.05)  # the channel's owner closes the pipes
+    assert app.status()["state"] == "ready"
+    return child, reap
+
+
 async def test_a_request_whose_child_died_before_it_was_sent_runs_on_the_next_child(
     apps_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The slot still shows the child ready (it is not reaped yet) when the caller
-    takes it, but the pipe is already closed: the request goes back to the queue
-    and is served by the replacement, not failed."""
+    """The caller takes the child the slot still shows ready, but cannot write to
+    it: the request goes back to the queue and is served by the replacement."""
     async with make_supervisor() as sup:
         app = await sup.start(apps_dir / "sup_async", max_concurrency=1)
-        child = app.slots[0].child
-        assert child is not None
-        reap = anyio.Event()
-        real_wait = child.process.wait
-
-        async def held_wait() -> Any:
-            await reap.wait()
-            return await real_wait()
-
-        monkeypatch.setattr(child.process, "wait", held_wait)
-        child.process.kill()
-        with anyio.fail_after(5):
-            await child.channel.closed.wait()
-            await anyio.sleep(0.05)  # the channel's owner closes the pipes
-        assert app.status()["state"] == "ready"
+        child, reap = await _hold_reaping(app, monkeypatch)
         results: list[Any] = []
 
         async def caller() -> None:
@@ -301,6 +307,32 @@ async def test_a_request_whose_child_died_before_it_was_sent_runs_on_the_next_ch
         assert results[0]["text"] == "after"
         assert results[0]["pid"] != child.process.pid
         assert app.status()["restarts"] == 1
+
+
+async def test_a_request_cancelled_while_its_child_dies_unsent_is_not_run_later(
+    apps_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_async", max_concurrency=1)
+        _, reap = await _hold_reaping(app, monkeypatch)
+        errors: list[Exception] = []
+
+        async def caller() -> None:
+            try:
+                await app.run({"text": "x", "delay": 0.5}, request_id="x")
+            except RequestCancelledError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(caller)
+            await wait_for(lambda: in_flight(app) == 1)
+            assert await app.cancel("x") is True
+            reap.set()
+        assert len(errors) == 1
+        await wait_for(lambda: app.status()["state"] == "ready")
+        await anyio.sleep(0.1)
+        assert in_flight(app) == 0, "the cancelled request must not run on the new child"
+        assert (await app.run({"text": "next"}))["active"] == 1
 
 
 async def test_a_caller_cancelled_before_its_request_was_sent_leaves_nothing_behind(
