@@ -193,11 +193,13 @@ class ChildChannel:
             self.logger.error("child reported: %s", message.error.message)
         else:
             request_id = getattr(message, "id", None)
-            handler = self._handlers.get(request_id) if isinstance(request_id, str) else None
+            if not isinstance(request_id, str):
+                return
+            handler = self._handlers.get(request_id)
             if handler is None:
                 return
             if isinstance(message, (Result, Error)):
-                del self._handlers[request_id]  # type: ignore[arg-type]
+                del self._handlers[request_id]
             handler(message)
 
     def _close_all(self) -> None:
@@ -206,8 +208,11 @@ class ChildChannel:
         self._can_write.set()
         self._hello_event.set()
         handlers, self._handlers = self._handlers, {}
-        for handler in handlers.values():
-            handler(None)
+        for request_id, handler in handlers.items():
+            try:
+                handler(None)
+            except Exception:  # one broken handler must not leave the others waiting
+                self.logger.exception("the handler of request %s failed", request_id)
         for event in self._pongs.values():
             event.set()
         self._pongs.clear()

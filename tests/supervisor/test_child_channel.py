@@ -97,14 +97,14 @@ async def test_an_error_while_routing_closes_the_channel_and_ends_every_request(
     child: Child, apps_dir: Path
 ) -> None:
     await load(child, apps_dir / "plain")
-    others: list[Message | None] = []
-    child.channel.open_request("other", others.append)
 
     def broken(message: Message | None) -> None:
-        if message is not None:
-            raise RuntimeError("bug in a request handler")
+        raise RuntimeError("bug in a request handler")
 
-    child.channel.open_request("x", broken)
+    child.channel.open_request("x", broken)  # raises on its result: the channel closes
+    child.channel.open_request("y", broken)  # raises again when told of the close
+    others: list[Message | None] = []
+    child.channel.open_request("other", others.append)  # is still told, after "y"
     await child.channel.send(Run("x", "run", {"text": "hi"}))
     with anyio.fail_after(10):
         await child.channel.closed.wait()
