@@ -34,6 +34,7 @@ from typing import Any
 import anyio
 
 from . import errors as E
+from . import json_values
 from .app import App
 from .app_config import AppConfigError, read_manifest
 from .events import LogEvent, ProgressEvent, ResultEvent
@@ -173,14 +174,6 @@ def _app_dirs(values: Sequence[str]) -> list[Path]:
     return dirs
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray)):
-        import base64
-
-        return base64.b64encode(bytes(value)).decode("ascii")
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
 def _report(error: E.SupervisorError) -> None:
     print(f"error ({error.type}): {error.message}", file=sys.stderr)
     for key in ("errors", "traceback", "stderr"):
@@ -303,7 +296,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except E.SupervisorError as error:
         _report(error)
         return exit_code_for(error)
-    sys.stdout.write(json.dumps(output, default=_json_default, ensure_ascii=False) + "\n")
+    sys.stdout.write(json_values.dumps(output) + "\n")
     sys.stdout.flush()
     return ExitCode.OK
 

@@ -8,9 +8,7 @@ be read, and tested, without the routes.
 
 from __future__ import annotations
 
-import base64
 import hmac
-import json
 import re
 import uuid
 from collections.abc import Mapping
@@ -22,6 +20,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import errors as E
+from . import json_values
 
 STATUS_BY_ERROR: tuple[tuple[type[E.SupervisorError], int], ...] = (
     (E.InputValidationError, 422),
@@ -55,14 +54,8 @@ def status_for(error: E.SupervisorError) -> int:
 
 
 def dumps(value: Any) -> bytes:
-    """JSON, with bytes (msgpack ``bin`` from a child) as base64 strings."""
-    return json.dumps(value, default=_json_default, ensure_ascii=False).encode()
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    """JSON as UTF-8, with bytes (msgpack ``bin`` from a child) as base64 strings."""
+    return json_values.dumps(value).encode()
 
 
 class JSONResponse(Response):
