@@ -137,27 +137,20 @@ def cpu_model() -> str:
 
 
 def git_revision() -> str | None:
+    """The checkout's short revision, with ``+dirty`` when tracked files changed."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=5, check=False
+        )
+        return done.stdout.strip()
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
+        rev = git("rev-parse", "--short", "HEAD") or None
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
-    rev = out.stdout.strip() or None
-    if rev and dirty.stdout.strip():
+    if rev and dirty:
         rev += "+dirty"
     return rev
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from child.log_capture import MAX_LINE
 from protocol import Error, Log, Progress, Result
 
 APPS = Path(__file__).resolve().parents[1] / "apps"
@@ -26,8 +27,6 @@ NOISE = [
     ("stderr", "log-line"),
 ]
 """What tests/apps/child_noisy's ``make_noise`` writes: (stream, line)."""
-
-MAX_LINE = 64 * 1024  # child.log_capture.MAX_LINE
 
 
 def app(name: str) -> str:
