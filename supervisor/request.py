@@ -83,8 +83,6 @@ class Request:
             self._arrived.set()
 
     def succeed(self, output: Any) -> None:
-        if self.finished:
-            return
         now = time.monotonic()
         started = self.started or now
         timings = {

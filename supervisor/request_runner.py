@@ -291,8 +291,8 @@ class RequestRunner:
 
     async def _conclude(self, request: Request, child: LiveChild, terminal: Message | None) -> None:
         if isinstance(terminal, Result):
-            request.succeed(terminal.output)  # unless the channel has already done it
-        elif isinstance(terminal, Error):
+            return  # the channel's handler (``_deliver``) has already handed it over
+        if isinstance(terminal, Error):
             error = E.from_error_info(terminal.error)
             if isinstance(error, E.RequestCancelledError) and child.culprit == request.id:
                 error = child.kill_reason or error
