@@ -236,13 +236,11 @@ class ChildRuntime:
             current_request.reset(token)
 
     async def _request(
-        self,
-        request_id: str,
-        work: Callable[[], Awaitable[Any]],
-        scope: anyio.CancelScope | None = None,
+        self, request_id: str, work: Callable[[], Awaitable[Any]], scope: anyio.CancelScope
     ) -> None:
+        """Run a setup or run under the cancel scope its dispatch registered, and send
+        its one terminal message."""
         token = current_request.set(request_id)
-        scope = scope or anyio.CancelScope()
         message: Message
         try:
             with scope:
