@@ -1,4 +1,4 @@
-"""``python -m child [--preload MOD[,MOD...]] [--shared-memory IN,OUT] [APP_DIR]``:
+"""``python -m child [--preload MOD[,MOD...]] [--shared-memory IN,OUT] [--prewarm] [APP_DIR]``:
 serve one app over stdio.
 
 The order matters: die with the parent, then take the protocol streams away
@@ -6,7 +6,9 @@ from fds 0 and 1, and only then import anything that could run app code.
 ``--preload`` imports modules (numpy, torch, ...) before the handshake, so that a
 pre-started child pays for them before it is needed. ``--shared-memory`` names
 the inherited descriptors of the two arenas (to the child, from the child) that
-large byte strings travel through (PROTOCOL.md, section 4.1).
+large byte strings travel through (PROTOCOL.md, section 4.1). ``--prewarm`` pays
+first-use costs before the handshake (``child/prewarm.py``): the pool asks for it,
+since nothing waits for its children yet.
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ def main() -> None:
         forwarder.start()
     if "--preload" in options:
         _preload(options["--preload"])
+    if "--prewarm" in options:
+        from child.prewarm import prewarm
+
+        prewarm()
     runtime = ChildRuntime(
         connection, outbox, stdio.protocol_in, streams, forwarders, exit_now=os._exit
     )
@@ -64,11 +70,17 @@ def main() -> None:
 
 
 def _parse(args: list[str]) -> tuple[dict[str, str], str | None]:
-    """Options (each with one value) and the optional app directory."""
+    """Options (a flag maps to "") and the optional app directory."""
     options: dict[str, str] = {}
-    while len(args) >= 2 and args[0] in ("--preload", "--shared-memory"):
-        options[args[0]] = args[1]
-        args = args[2:]
+    while args:
+        if args[0] == "--prewarm":
+            options[args[0]] = ""
+            args = args[1:]
+        elif len(args) >= 2 and args[0] in ("--preload", "--shared-memory"):
+            options[args[0]] = args[1]
+            args = args[2:]
+        else:
+            break
     return options, args[0] if args else None
 
 

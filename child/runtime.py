@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
 import os
 import re
@@ -92,7 +91,6 @@ class ChildRuntime:
         self._forwarders = forwarders
         self.app: LoadedApp | None = None
         self._runs: dict[str, anyio.CancelScope] = {}
-        self._file_inputs: dict[str, bool] = {}
         self._runs_done = anyio.Event()
         self._serving: anyio.CancelScope | None = None
         self._ended = anyio.Event()
@@ -185,7 +183,9 @@ class ChildRuntime:
         if isinstance(message, Ping):
             self.outbox.send(Pong(seq=message.seq))
         elif isinstance(message, Load):
-            self._answer(message.id, partial(self._load, message.app_dir, message.env))
+            self._answer(
+                message.id, partial(self._load, message.app_dir, message.env, message.describe)
+            )
         elif isinstance(message, Setup):
             scope = self._runs[message.id] = anyio.CancelScope()
             self._spawn(partial(self._request, message.id, partial(self._setup, message), scope))
@@ -268,7 +268,9 @@ class ChildRuntime:
             forwarder.drain()
         self.outbox.send(message)
 
-    def _load(self, app_dir: str, env: dict[str, str]) -> dict[str, Any]:
+    def _load(
+        self, app_dir: str, env: dict[str, str], describe: bool = True
+    ) -> dict[str, Any] | None:
         if env:
             # A pre-started child takes on exactly the environment a fresh one would have.
             os.environ.clear()
@@ -279,7 +281,7 @@ class ChildRuntime:
                 sys.path[0] = os.path.abspath(app_dir)
             install_if_missing()
             self.app = load_app(app_dir)
-            return self.app.describe()
+            return self.app.describe() if describe else None
         except (AppLoadError, OSError) as exc:
             raise RequestFailed(_exception_info(exc, ErrorType.LOAD_FAILED)) from exc
 
@@ -310,7 +312,7 @@ class ChildRuntime:
                 )
             )
         try:
-            if self._takes_files(function):
+            if function.takes_files:
                 # File validation may download: keep the loop free for pings and cancels.
                 data = await anyio.to_thread.run_sync(function.validate_input, message.input)
             else:
@@ -388,13 +390,6 @@ class ChildRuntime:
             self._serving.cancel()
 
     # -- helpers --------------------------------------------------------------
-
-    def _takes_files(self, function: AppFunction) -> bool:
-        cached = self._file_inputs.get(function.name)
-        if cached is None:
-            schema = function.describe()["input_schema"]
-            cached = self._file_inputs[function.name] = '"format": "file"' in json.dumps(schema)
-        return cached
 
     def _require_app(self) -> LoadedApp:
         if self.app is None:  # the state machine makes this unreachable

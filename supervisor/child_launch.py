@@ -28,15 +28,19 @@ async def launch_child(
     name: str,
     logger: logging.Logger,
     shared_memory: int = DEFAULT_SHARED_MEMORY,
+    prewarm: bool = False,
 ) -> tuple[ChildProcess, ChildChannel]:
     """Spawn ``python -m child`` with no app yet or to load later, and its channel.
 
     ``shared_memory`` is the size of each of the two arenas (0: none, every
-    byte goes through the pipe).
+    byte goes through the pipe). ``prewarm``: the child pays first-use costs
+    before its hello, for a pooled child that nothing waits for yet.
     """
     argv = [python, "-m", "child"]
     if preload:
         argv += ["--preload", ",".join(preload)]
+    if prewarm:
+        argv.append("--prewarm")
     fds: list[int] = []
     mappings = []
     try:

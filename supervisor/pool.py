@@ -145,6 +145,7 @@ class ChildPool:
                 name=name,
                 logger=logger,
                 shared_memory=self.shared_memory,
+                prewarm=True,
             )
         except OSError as exc:
             logger.warning("cannot pre-start a child: %s", exc)

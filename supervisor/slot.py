@@ -75,7 +75,6 @@ class LiveChild:
     config: dict[str, Any]
     config_key: str
     started_at: float = field(default_factory=time.monotonic)
-    app_info: dict[str, Any] | None = None
     ready: bool = False
     retiring: bool = False
     """The slot is stopping this child on purpose; its death is not a crash."""
@@ -133,8 +132,10 @@ class Slot:
         self.requests = RequestRunner(self)
         self._start_scope = anyio.CancelScope()
         self.usage: ChildUsage | None = None
-        self.pool = pool
         """Memory figures from the latest monitor sample, set by the resource governor."""
+        self.pool = pool
+        self.description: dict[str, Any] | None = None
+        """The app description its first load returned; restarts do not ask again."""
 
     # -- running the slot -----------------------------------------------------
 
@@ -224,9 +225,15 @@ class Slot:
                 self.tasks.start_soon(self._watch, child)
                 if await channel.wait_hello() is None:
                     raise _StartFailed("the child exited before its handshake")
-                child.app_info = await self._call(
-                    child, Load(new_request_id(), str(self.spec.app_dir), load_env)
+                load = Load(
+                    new_request_id(),
+                    str(self.spec.app_dir),
+                    load_env,
+                    describe=self.description is None,
                 )
+                description = await self._call(child, load)
+                if description is not None:
+                    self.description = description
                 self.lifecycle.to(S.SETTING_UP)
                 await self._call(child, Setup(new_request_id(), config, self.metadata()))
         except (TimeoutError, _StartFailed, E.SupervisorError) as exc:

@@ -196,8 +196,7 @@ class Supervisor:
             with anyio.CancelScope(shield=True):
                 await app.stop()
             raise
-        first = slots[0].child
-        app.description = dict(first.app_info or {}) if first else {}
+        app.description = dict(slots[0].description or {})
         app.cold_start = time.monotonic() - started
         logger.info("%s ready in %.3f s on %d replica(s)", app_name, app.cold_start, replicas)
         return app

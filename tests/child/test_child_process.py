@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol import Error, ErrorType, Log, Partial, Progress, Result, Setup, Unload, Unloaded
+from protocol import Error, ErrorType, Load, Log, Partial, Progress, Result, Setup, Unload, Unloaded
 
 APPS = Path(__file__).resolve().parents[1] / "apps"
 
@@ -268,6 +268,14 @@ def test_load_failure_via_load_request(child, name, expected):
     assert expected in error.message
     # the child is empty again and can load a good app
     ok(child.load(app("plain"))[1])
+    ok(child.setup()[1])
+    assert ok(child.run("run", {"text": "a"})[1])["text"] == "A"
+
+
+def test_load_without_the_description(child):
+    """What a restart sends: the app is loaded and serves, and no description comes back."""
+    _, result = child.request(Load(id="L", app_dir=app("plain"), describe=False))
+    assert ok(result) is None
     ok(child.setup()[1])
     assert ok(child.run("run", {"text": "a"})[1])["text"] == "A"
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 import inferencesh
 import msgpack
@@ -328,3 +329,79 @@ def test_schema_failure_does_not_break_describe() -> None:
         "type": "object",
         "x-schema-error": "no schema",
     }
+
+
+class _Plain(BaseModel):
+    text: str
+    scores: list[float] = []
+    choice: Literal["a", "b"] = "a"
+
+
+class _WithFile(BaseModel):
+    image: sdk_types.File
+
+
+class _OptionalFile(BaseModel):
+    image: sdk_types.File | None = None
+
+
+class _FileList(BaseModel):
+    images: list[sdk_types.File] = []
+
+
+class _FileMap(BaseModel):
+    images: dict[str, Optional[sdk_types.File]] = {}  # noqa: UP045
+
+
+class _AnnotatedFile(BaseModel):
+    image: Annotated[sdk_types.File, pydantic.Field(description="an image")]
+
+
+class _Nested(BaseModel):
+    inner: _FileList
+
+
+class _SubFile(sdk_types.File):
+    pass
+
+
+class _WithSubFile(BaseModel):
+    image: _SubFile
+
+
+class _SdkFile(BaseModel):
+    image: inferencesh.File
+
+
+class _Node(BaseModel):
+    name: str
+    children: list[_Node] = []
+
+
+class _NodeWithFile(BaseModel):
+    children: list[_NodeWithFile] = []
+    image: sdk_types.File | None = None
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        (_Plain, False),
+        (_Node, False),
+        (_WithFile, True),
+        (_OptionalFile, True),
+        (_FileList, True),
+        (_FileMap, True),
+        (_AnnotatedFile, True),
+        (_Nested, True),
+        (_WithSubFile, True),
+        (_SdkFile, True),
+        (_NodeWithFile, True),
+    ],
+)
+def test_takes_files_agrees_with_the_json_schema(model: type[BaseModel], expected: bool) -> None:
+    """The type walk finds File fields exactly where the schema says ``format: file``."""
+    function = AppFunction("f", "", model, None, lambda _: None, False, "async")
+    in_schema = '"format": "file"' in json.dumps(model.model_json_schema())
+    assert in_schema is expected
+    assert function.takes_files is expected

@@ -33,7 +33,7 @@ APP = {
 
 # One instance of every message type, with every field set to a non-default value.
 SAMPLES: list[m.Message] = [
-    m.Load(id="l1", app_dir="/apps/echo", env={"HF_HOME": "/cache", "EMPTY": ""}),
+    m.Load(id="l1", app_dir="/apps/echo", env={"HF_HOME": "/cache", "EMPTY": ""}, describe=False),
     m.Setup(id="s1", config={"model": "tiny", "fp16": True}, metadata={"trace": "abc"}),
     m.Run(id="r1", function="echo", input={"text": "hi", "n": 3}, metadata={"user": 7}),
     m.Cancel(id="r1"),
@@ -119,7 +119,10 @@ def test_ping_bytes() -> None:
 @pytest.mark.parametrize(
     ("wire", "expected"),
     [
-        ({"type": "load", "id": "a", "app_dir": "/x"}, m.Load(id="a", app_dir="/x", env={})),
+        (
+            {"type": "load", "id": "a", "app_dir": "/x"},
+            m.Load(id="a", app_dir="/x", env={}, describe=True),
+        ),
         ({"type": "setup", "id": "s"}, m.Setup(id="s", config={}, metadata={})),
         (
             {"type": "run", "id": "r", "function": "f", "input": {}},
@@ -190,6 +193,10 @@ HELLO = {"type": "hello", "protocol_version": 1, "pid": 1, "runtime_version": "v
         ),
         ({"type": "load", "id": "a", "app_dir": b"/x"}, r"load\.app_dir must be str, got bytes"),
         ({"type": "load", "id": "a", "app_dir": "/x", "env": None}, r"load\.env must be dict"),
+        (
+            {"type": "load", "id": "a", "app_dir": "/x", "describe": 1},
+            r"load\.describe must be bool",
+        ),
         ({"type": "setup", "id": "s", "config": "x"}, r"setup\.config must be dict"),
         ({"type": "log", "id": 1, "stream": "x", "message": "m"}, r"log\.id must be str or"),
         ({"type": "log", "id": None, "stream": b"x", "message": "m"}, r"log\.stream must be str"),

@@ -19,7 +19,9 @@ import psutil
 import pytest
 from sup_helpers import in_flight, make_supervisor, outcome, wait_for
 
+from protocol import Load, Message
 from supervisor import App, RestartPolicy
+from supervisor.child_channel import ChildChannel
 from supervisor.errors import (
     AppFailedError,
     ChildCrashedError,
@@ -132,6 +134,30 @@ async def test_sigkill_while_idle_restarts_in_the_background(
         out = await app.run({"how": "ok"})
         assert out["pid"] == new_pid != pid
         assert wait_gone([pid], zombie_ok=False) == []
+
+
+async def test_a_restart_loads_the_app_without_asking_for_its_description_again(
+    apps_dir: Path, wait_gone: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads: list[Load] = []
+    send = ChildChannel.send
+
+    async def spy(channel: ChildChannel, message: Message) -> None:
+        if isinstance(message, Load):
+            loads.append(message)
+        await send(channel, message)
+
+    monkeypatch.setattr(ChildChannel, "send", spy)
+    async with make_supervisor(pool_size=0) as sup:
+        app = await sup.start(apps_dir / "sup_crashy")
+        functions = app.functions
+        assert "run" in functions
+        pid = only_pid(app)
+        os.kill(pid, signal.SIGKILL)
+        await wait_for(lambda: app.status()["pids"] not in ([], [pid]))
+        await assert_recovered(app, pid, wait_gone)
+        assert [load.describe for load in loads] == [True, False]
+        assert app.functions == functions
 
 
 async def test_hang_times_out_then_child_is_killed_and_replaced(

@@ -50,6 +50,9 @@ async def test_a_pooled_child_looks_exactly_like_a_fresh_one(fake_gpus: None) ->
     assert pooled["cwd"] == fresh["cwd"] == str(INTROSPECT)
     assert pooled["path0"] == fresh["path0"] == str(INTROSPECT)
     assert pooled["app_packages"] == fresh["app_packages"]
+    # The one difference: only the pooled child paid first-use costs before it was needed.
+    assert "child.prewarm" in pooled["modules"]
+    assert "child.prewarm" not in fresh["modules"]
 
 
 async def test_pooled_children_serve_one_app_each_and_share_nothing() -> None:
