@@ -9,7 +9,9 @@ Run from the repository root::
    the dead child gets) until a result comes back. Median of ``--runs`` kills, for
    benchmarks/apps/noop_async with the pool disabled and with the default pre-start
    pool, and for benchmarks/apps/numpy_app (numpy imported when the app loads) with
-   the pool. The cold start of the same app is measured in the same run, to ready
+   the pool; then both apps again with ``standby=True`` (a spare child with the app
+   loaded, which the restart only sets up; each kill waits until it is loaded).
+   The cold start of the same app is measured in the same run, to ready
    and to its first result; the ratio compares like with like: kill -> next result
    over start -> first result. Also in the same run, the kernel's part: from
    SIGKILL of a pre-started child (runtime imported, no app) to the end of its
@@ -60,10 +62,13 @@ APP = APPS_DIR / "noop_async"
 CALLERS = 4
 
 
+WINDOW = 0.1
+
+
 def policy() -> Any:
     from supervisor import RestartPolicy
 
-    return RestartPolicy(max_restarts=10_000, window=0.1)
+    return RestartPolicy(max_restarts=10_000, window=WINDOW)
 
 
 async def ready_pid(app: Any, timeout: float = 30.0, *, busy_ok: bool = False) -> int:
@@ -99,22 +104,33 @@ NUMPY = Target(
 )
 
 
-async def recovery_times(pool_size: int, runs: int, target: Target = NOOP) -> dict[str, Any]:
-    """Kill a ready child ``runs`` times; time each kill -> next good result."""
+async def recovery_times(
+    pool_size: int, runs: int, target: Target = NOOP, standby: bool = False
+) -> dict[str, Any]:
+    """Kill a ready child ``runs`` times; time each kill -> next good result.
+
+    With ``standby``, each kill waits until the app's standby is loaded first."""
+    import anyio
     from _common import make_supervisor, wait_pool_ready
 
     from supervisor import errors as E
 
     times: list[float] = []
     retries: list[int] = []
+    options = {"standby": True} if standby else {}
+    last_kill = 0.0
     async with make_supervisor(pool_size=pool_size, restart_policy=policy()) as sup:
-        app = await sup.start(target.path, name="recovery")
+        app = await sup.start(target.path, name="recovery", **options)
         for i in range(runs):
             await app.run(target.input(-1))
             if pool_size:
                 await wait_pool_ready(sup)
+            if standby:
+                await standby_loaded(app)
+            # Two kills within the policy's window would time its back-off instead.
+            await anyio.sleep(max(0.0, last_kill + 2 * WINDOW - time.monotonic()))
             pid = await ready_pid(app)
-            started = time.monotonic()
+            started = last_kill = time.monotonic()
             os.kill(pid, signal.SIGKILL)
             failed = 0
             while True:
@@ -132,6 +148,22 @@ async def recovery_times(pool_size: int, runs: int, target: Target = NOOP) -> di
         restarts = app.status()["restarts"]
         await app.stop()
     return {"times": times, "crashed_retries": retries, "restarts": restarts}
+
+
+async def standby_loaded(app: Any, timeout: float = 30.0) -> None:
+    import anyio
+
+    with anyio.fail_after(timeout):
+        while app.status()["replicas"][0].get("standby_pid") is None:
+            await anyio.sleep(0.001)
+
+
+def has_standby() -> bool:
+    import inspect
+
+    from supervisor import Supervisor
+
+    return "standby" in inspect.signature(Supervisor.start).parameters
 
 
 async def cold_starts(pool_size: int, runs: int, target: Target = NOOP) -> dict[str, list[float]]:
@@ -289,6 +321,12 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         log("cold starts and kill -> next result, warm pool, numpy_app")
         out["cold_pool_numpy"] = await cold_starts(1, args.runs, NUMPY)
         out["recovery_pool_numpy"] = await recovery_times(1, args.runs, NUMPY)
+    out["has_standby"] = has_standby()
+    if out["has_standby"]:
+        log("kill -> next result, warm pool, standby=True")
+        out["recovery_standby"] = await recovery_times(1, args.runs, standby=True)
+        log("kill -> next result, warm pool, standby=True, numpy_app")
+        out["recovery_standby_numpy"] = await recovery_times(1, args.runs, NUMPY, standby=True)
     log("kernel: SIGKILL -> end of stdout")
     out["kernel_teardown"] = await kernel_teardown(args.runs)
     log(f"stream: {args.requests} requests, {args.kills} kills")
@@ -339,6 +377,17 @@ def main() -> None:
     if out["has_pool"]:
         rows.append(row("noop_async, warm pool", out["recovery_pool"], out["cold_pool"]))
         rows.append(row("numpy_app, warm pool", out["recovery_pool_numpy"], out["cold_pool_numpy"]))
+    if out["has_pool"] and out["has_standby"]:
+        rows.append(
+            row("noop_async, warm pool, standby", out["recovery_standby"], out["cold_pool"])
+        )
+        rows.append(
+            row(
+                "numpy_app, warm pool, standby",
+                out["recovery_standby_numpy"],
+                out["cold_pool_numpy"],
+            )
+        )
     teardown = out["kernel_teardown"]
     print_table(
         "SIGKILL of a ready child -> next successful result",
@@ -398,9 +447,15 @@ def main() -> None:
     if out["has_pool"]:
         for key in ("cold_pool", "cold_pool_numpy"):
             results[key] = {k: summary(v) for k, v in out[key].items()}
-        for key in ("recovery_pool", "recovery_pool_numpy"):
-            results[key] = summary(out[key]["times"])
-            results[f"{key}_raw"] = out[key]
+        for key in (
+            "recovery_pool",
+            "recovery_pool_numpy",
+            "recovery_standby",
+            "recovery_standby_numpy",
+        ):
+            if key in out:
+                results[key] = summary(out[key]["times"])
+                results[f"{key}_raw"] = out[key]
     results["elapsed"] = time.monotonic() - started
     results["loadavg_at_end"] = os.getloadavg()
     print(f"Total benchmark time: {results['elapsed']:.1f} s")

@@ -217,6 +217,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         replicas=args.replicas,
                         max_concurrency=args.max_concurrency,
                         run_timeout=args.run_timeout,
+                        standby=args.standby,
                     )
                     apps[app.name] = app
             except E.SupervisorError as error:
@@ -415,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--replicas", type=positive_int, default=1, help="child processes per app")
     serve.add_argument(
         "--max-concurrency", type=positive_int, default=1, help="requests one child runs at once"
+    )
+    serve.add_argument(
+        "--standby",
+        action="store_true",
+        help="keep a spare child per replica with the app loaded, so that a restart "
+        "only runs setup (doubles the app's import-time memory)",
     )
     serve.add_argument(
         "--setup",

@@ -44,6 +44,9 @@ from .restart_policy import GiveUp, RestartPolicy
 
 S = ChildState
 
+STANDBY_DELAY = 0.05
+"""Seconds between a start and loading the standby, as the pool waits to refill."""
+
 
 @dataclass(frozen=True)
 class SlotSpec:
@@ -66,6 +69,9 @@ class SlotSpec:
     """Modules a child imports before its handshake (and the pool key it is taken by)."""
     shared_memory: int = DEFAULT_SHARED_MEMORY
     """Bytes of each of a child's two arenas (0: none)."""
+    standby: bool = False
+    """Keep a spare child with the app loaded (not set up), which the next start of
+    the slot sets up instead of starting a child: a restart costs a setup."""
 
 
 @dataclass(eq=False)
@@ -74,6 +80,8 @@ class LiveChild:
     channel: ChildChannel
     config: dict[str, Any]
     config_key: str
+    load_env: dict[str, str] = field(default_factory=dict)
+    """The environment its ``load`` installs: a pooled child's becomes the app's."""
     started_at: float = field(default_factory=time.monotonic)
     ready: bool = False
     retiring: bool = False
@@ -136,6 +144,10 @@ class Slot:
         self.pool = pool
         self.description: dict[str, Any] | None = None
         """The app description its first load returned; restarts do not ask again."""
+        self.standby: LiveChild | None = None
+        """A child with the app loaded and not set up, when ``spec.standby`` asks for one."""
+        self._standby_scope = anyio.CancelScope()
+        self._standby_loading = False
 
     # -- running the slot -----------------------------------------------------
 
@@ -195,45 +207,14 @@ class Slot:
             raise E.AppStoppedError(f"{self.spec.name} is stopped")
         restarting = self.lifecycle.state is S.RESTARTING
         self.lifecycle.to(S.STARTING, "restart" if restarting else "")
-        env = child_environment(
-            {**self.spec.env, **gpu_environment(self.gpus)},
-            cuda_visible_devices=",".join(str(g) for g in self.gpus),
-        )
         child: LiveChild | None = None
         scope = self._start_scope = anyio.CancelScope()
         try:
             with anyio.fail_after(self.spec.setup_timeout), scope:
-                pooled = self._from_pool()
-                if pooled is not None:
-                    process, channel, load_env = pooled.process, pooled.channel, env
-                    process.name = self.name
-                    channel.logger = self.logger
-                else:
-                    process, channel = await launch_child(
-                        self.spec.python,
-                        self.spec.preload,
-                        env=env,
-                        cwd=str(self.spec.app_dir),
-                        name=self.name,
-                        logger=self.logger,
-                        shared_memory=self.spec.shared_memory,
-                    )
-                    load_env = {}
-                    self.tasks.start_soon(channel.read_loop)
-                    self.tasks.start_soon(process.read_stderr)
-                child = LiveChild(process, channel, config, key)
-                self.tasks.start_soon(self._watch, child)
-                if await channel.wait_hello() is None:
-                    raise _StartFailed("the child exited before its handshake")
-                load = Load(
-                    new_request_id(),
-                    str(self.spec.app_dir),
-                    load_env,
-                    describe=self.description is None,
-                )
-                description = await self._call(child, load)
-                if description is not None:
-                    self.description = description
+                child = self._take_standby(config, key)
+                if child is None:
+                    child = await self._spawn(config, key)
+                    await self._load(child)
                 self.lifecycle.to(S.SETTING_UP)
                 await self._call(child, Setup(new_request_id(), config, self.metadata()))
         except (TimeoutError, _StartFailed, E.SupervisorError) as exc:
@@ -258,7 +239,107 @@ class Slot:
         self.lifecycle.to(S.READY, f"pid {child.process.pid}")
         self._refill_pool()
         self.tasks.start_soon(self._heartbeat, child)
+        if self.spec.standby:
+            self.tasks.start_soon(self._keep_standby)
         self.changed()
+
+    async def _spawn(self, config: dict[str, Any], key: str) -> LiveChild:
+        """A new child with no app yet, from the pool or spawned, and its watcher."""
+        env = child_environment(
+            {**self.spec.env, **gpu_environment(self.gpus)},
+            cuda_visible_devices=",".join(str(g) for g in self.gpus),
+        )
+        pooled = self._from_pool()
+        if pooled is not None:
+            process, channel, load_env = pooled.process, pooled.channel, env
+            process.name = self.name
+            channel.logger = self.logger
+        else:
+            process, channel = await launch_child(
+                self.spec.python,
+                self.spec.preload,
+                env=env,
+                cwd=str(self.spec.app_dir),
+                name=self.name,
+                logger=self.logger,
+                shared_memory=self.spec.shared_memory,
+            )
+            load_env = {}
+            self.tasks.start_soon(channel.read_loop)
+            self.tasks.start_soon(process.read_stderr)
+        child = LiveChild(process, channel, config, key, load_env=load_env)
+        self.tasks.start_soon(self._watch, child)
+        return child
+
+    async def _load(self, child: LiveChild) -> None:
+        """Wait for the child's handshake, then load the app into it."""
+        if await child.channel.wait_hello() is None:
+            raise _StartFailed("the child exited before its handshake")
+        load = Load(
+            new_request_id(),
+            str(self.spec.app_dir),
+            child.load_env,
+            describe=self.description is None,
+        )
+        description = await self._call(child, load)
+        if description is not None:
+            self.description = description
+
+    # -- the standby ------------------------------------------------------------
+
+    def _take_standby(self, config: dict[str, Any], key: str) -> LiveChild | None:
+        """The standby, now this start's child, if it is still alive."""
+        child, self.standby = self.standby, None
+        if child is None or child.dead.is_set() or child.channel.closed.is_set():
+            return None
+        child.config, child.config_key, child.started_at = config, key, time.monotonic()
+        self.logger.info("%s: setting up standby pid %d", self.name, child.process.pid)
+        return child
+
+    async def _keep_standby(self) -> None:
+        """Load the app into a spare child for the next start to set up.
+
+        Started once a start is over, after a pause, so that it does not compete
+        with that start's first requests. A standby that fails to load, or dies, is
+        not replaced until the slot's next start.
+        """
+        await anyio.sleep(STANDBY_DELAY)
+        if self._standby_loading or self.standby is not None or self.child is None:
+            return
+        self._standby_loading = True
+        child: LiveChild | None = None
+        scope = self._standby_scope = anyio.CancelScope()
+        try:
+            with anyio.fail_after(self.spec.setup_timeout), scope:
+                child = await self._spawn({}, "")
+                await self._load(child)
+        except (TimeoutError, _StartFailed, E.SupervisorError) as exc:
+            self.logger.warning("%s: no standby: %s", self.name, getattr(exc, "message", exc))
+            await self._terminate(child)
+            return
+        except BaseException:
+            await self._terminate(child)
+            raise
+        finally:
+            self._standby_loading = False
+            self._refill_pool()
+        if scope.cancel_called or self.stopping or child is None:
+            await self._terminate(child)
+            return
+        self.standby = child
+        self.logger.info("%s: standby pid %d loaded", self.name, child.process.pid)
+
+    async def _drop_standby(self) -> None:
+        self._standby_scope.cancel()
+        child, self.standby = self.standby, None
+        await self._terminate(child)
+
+    async def _terminate(self, child: LiveChild | None) -> None:
+        """Stop a child that never served: it has nothing to unload."""
+        if child is not None:
+            child.retiring = True
+            with anyio.CancelScope(shield=True):
+                await child.process.terminate(self.spec.kill_grace)
 
     def _from_pool(self) -> PooledChild | None:
         if self.pool is None or not pool_safe(self.spec.env, self.spec.preload):
@@ -447,6 +528,7 @@ class Slot:
             if self.child is not child or child.in_flight:
                 return False
             await self._retire(child, S.UNLOADED, reason)
+            await self._drop_standby()
         return True
 
     async def stop(self) -> None:
@@ -459,6 +541,7 @@ class Slot:
             await self._retire(child, S.STOPPED, "stop")
         else:
             self.lifecycle.to(S.STOPPING, "stop")
+        await self._drop_standby()
         self.lifecycle.to(S.STOPPED)
         self.changed()
 
@@ -480,6 +563,7 @@ class Slot:
             "state": self.lifecycle.state.value,
             "state_reason": self.lifecycle.reason,
             "pid": child.process.pid if child else None,
+            "standby_pid": self.standby.process.pid if self.standby else None,
             "gpus": list(self.gpus),
             "restarts": self.restarts,
             "restarts_by_reason": dict(self.restarts_by_reason),

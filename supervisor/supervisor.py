@@ -140,8 +140,16 @@ class Supervisor:
         vram_budget: int | None = None,
         ram_budget: int | None = None,
         preload: Sequence[str] | None = None,
+        standby: bool = False,
     ) -> App:
-        """Start an app and return its handle once every replica is ready."""
+        """Start an app and return its handle once every replica is ready.
+
+        ``standby`` keeps, per replica, a spare child with the app loaded but not
+        set up, so that a restart (after a crash, a kill or a config change) costs
+        a ``setup`` instead of a start. It doubles the app's import-time memory, and
+        is for apps whose import does not touch the GPU: a standby's memory is not
+        counted against the budgets.
+        """
         if self._tasks is None:
             raise RuntimeError("use the Supervisor as an async context manager")
         started = time.monotonic()
@@ -168,6 +176,7 @@ class Supervisor:
             restart_policy=self.restart_policy,
             preload=tuple(self.pool.default_key.preload if preload is None else preload),
             shared_memory=self.shared_memory,
+            standby=standby,
         )
         placements = await self._place(
             replicas, gpus, manifest.gpu_count, vram_budget or manifest.vram
