@@ -24,6 +24,10 @@ each layer adds one thing to the one above it, all measured in the same run:
    keep-alive httpx client, 1 and then 8 concurrent clients, when this checkout has
    ``supervisor/cli.py``.
 
+Finally the Pipe and ``app.run()`` once more with both processes pinned, to one CPU
+and to two: unpinned, the scheduler picks either, a wake-up that crosses cores costs
+tens of microseconds more in a VM, and the Pipe's latency follows that choice.
+
 Each row also reports the CPU time per call of each process involved (this one,
 the child, the HTTP server), read from the kernel's accounting (psutil): on a
 2-core machine, CPU per call is what bounds throughput.
@@ -35,6 +39,7 @@ the child side of the raw-protocol loop, and prints the top functions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import importlib.util
 import io
@@ -44,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +62,7 @@ from _common import (
     log,
     machine_info,
     machine_line,
+    median,
     print_table,
     ratio,
     summary,
@@ -111,19 +117,28 @@ class CpuMeter:
 
 
 def bench_pipe(n: int, warmup: int) -> Measured:
-    lat = []
     with SpawnEchoWorker() as worker:
-        for i in range(warmup):
-            worker.call({"i": i})
-        meter = CpuMeter({"this process": [os.getpid()], "child": [worker.process.pid or 0]})
-        started = time.perf_counter()
-        for i in range(n):
-            t = time.perf_counter()
-            worker.call({"i": i})
-            lat.append(time.perf_counter() - t)
-        wall = time.perf_counter() - started
-        cpu = meter.stop()
-    return Measured(lat, wall, cpu)
+        return bench_calls(worker.call, n, warmup, worker.process.pid or 0)
+
+
+def bench_calls(
+    call: Callable[[Any], Any], n: int, warmup: int, child_pid: int | None = None
+) -> Measured:
+    """``n`` timed calls of a blocking ``call`` after ``warmup`` untimed ones."""
+    for i in range(warmup):
+        call({"i": i})
+    lat = []
+    pids = {"this process": [os.getpid()]}
+    if child_pid is not None:
+        pids["child"] = [child_pid]
+    meter = CpuMeter(pids)
+    started = time.perf_counter()
+    for i in range(n):
+        t = time.perf_counter()
+        call({"i": i})
+        lat.append(time.perf_counter() - t)
+    wall = time.perf_counter() - started
+    return Measured(lat, wall, meter.stop())
 
 
 async def bench_anyio_echo(n: int, warmup: int) -> Measured:
@@ -209,6 +224,51 @@ async def bench_library(
         cpu = meter.stop()
         await app.stop()
     return Measured(lat, wall, cpu)
+
+
+def placements() -> dict[str, tuple[int, int]]:
+    """CPU pairs (this process, the child) to pin the placed rows to; none without
+    two CPUs or ``sched_setaffinity``."""
+    if not hasattr(os, "sched_setaffinity"):
+        return {}
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return {}
+    return {"same CPU": (cpus[0], cpus[0]), "different CPUs": (cpus[0], cpus[1])}
+
+
+@contextlib.contextmanager
+def pinned(this_cpu: int, child_pid: int, child_cpu: int) -> Iterator[None]:
+    """This thread on ``this_cpu`` and every thread of ``child_pid`` on ``child_cpu``."""
+    import psutil
+
+    before = os.sched_getaffinity(0)
+    for thread in psutil.Process(child_pid).threads():
+        os.sched_setaffinity(thread.id, {child_cpu})
+    os.sched_setaffinity(0, {this_cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+async def bench_placed(n: int, warmup: int) -> dict[str, dict[str, Measured]]:
+    """The Pipe and ``app.run()`` again with both processes pinned: to one CPU (a
+    wake-up is a context switch) and to two (a wake-up crosses cores). Unpinned, the
+    scheduler picks either, and the Pipe's latency follows its choice."""
+    from _common import make_supervisor
+
+    out: dict[str, dict[str, Measured]] = {}
+    for name, (this_cpu, child_cpu) in placements().items():
+        with SpawnEchoWorker() as worker, pinned(this_cpu, worker.process.pid or 0, child_cpu):
+            pipe = bench_calls(worker.call, n, warmup)
+        async with make_supervisor(pool_size=0) as sup:
+            app = await sup.start(APP, name=f"noop-{this_cpu}-{child_cpu}")
+            with pinned(this_cpu, app.status()["pids"][0], child_cpu):
+                library = await _loop(app.run, n, warmup, {"child": app.status()["pids"]})
+            await app.stop()
+        out[name] = {"pipe": pipe, "library": library}
+    return out
 
 
 async def bench_http(n: int, warmup: int, concurrency: int) -> dict[str, Any] | None:
@@ -343,6 +403,24 @@ def row(name: str, m: Measured, base_p50: float) -> tuple[list[str], dict[str, A
     return cells, data
 
 
+def report_placed(placed: dict[str, dict[str, Measured]], results: dict[str, Any]) -> None:
+    """The headline ratio with the scheduler's placement fixed, both ways."""
+    if not placed:
+        print("(Pinned rows skipped: they need two CPUs and sched_setaffinity.)\n")
+        return
+    rows, data = [], {}
+    for name, pair in placed.items():
+        pipe, library = median(pair["pipe"].lat), median(pair["library"].lat)
+        rows.append([name, us(pipe), us(library), fx(ratio(library, pipe))])
+        data[name] = {"pipe": summary(pair["pipe"].lat), "library": summary(pair["library"].lat)}
+    print_table(
+        "Pipe and library app.run() with both processes pinned (sched_setaffinity)",
+        ["placement", "Pipe p50 us", "library p50 us", "library / Pipe"],
+        rows,
+    )
+    results["placed"] = data
+
+
 def top_functions(stats: pstats.Stats, limit: int, sort: str, only: str | None = None) -> str:
     out = io.StringIO()
     stats.stream = out  # type: ignore[attr-defined]
@@ -388,6 +466,8 @@ def main() -> None:
         out["lib8"] = await bench_library(n, args.warmup, CONCURRENCY)
         log("HTTP serve")
         out["http"] = await bench_http(n, args.warmup, CONCURRENCY)
+        log("Pipe and library app.run() with both processes pinned")
+        out["placed"] = await bench_placed(n, args.warmup)
         return out
 
     out = anyio.run(layers)
@@ -397,6 +477,7 @@ def main() -> None:
             bench_library, n, args.warmup, 1, backend_options={"use_uvloop": True}
         )
     http = out.pop("http")
+    placed = out.pop("placed")
     measured.update(out)
     http_why = None
     if http is None or "error" in http:
@@ -462,6 +543,7 @@ def main() -> None:
     ]
     print_table("Where a call's time goes (differences of p50s)", ["step", "us"], split)
     results["split_us"] = {cells[0]: cells[1] for cells in split}
+    report_placed(placed, results)
 
     if args.profile:
         anyio.run(profile_both, n, args.warmup, results)
