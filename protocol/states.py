@@ -29,6 +29,10 @@ class State(Enum):
     UNLOADING = "unloading"
     CLOSED = "closed"
 
+    __hash__ = object.__hash__
+    """Members are singletons compared by identity; Enum's own hash is Python code,
+    and every message looks its state up in TRANSITIONS."""
+
 
 S = State
 _OPEN = (S.EMPTY, S.LOADING, S.LOADED, S.SETTING_UP, S.READY, S.UNLOADING)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import errors as E
 from . import json_values
+from .request import new_request_id
 
 STATUS_BY_ERROR: tuple[tuple[type[E.SupervisorError], int], ...] = (
     (E.InputValidationError, 422),
@@ -121,7 +121,7 @@ def parse_call(body: Any, function: str | None) -> Call:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         bad("stream", "must be a boolean")
-    request_id = body.get("request_id") or uuid.uuid4().hex
+    request_id = body.get("request_id") or new_request_id()
     if not isinstance(request_id, str) or not REQUEST_ID.match(request_id):
         bad("request_id", "must be 1 to 128 letters, digits, '_', '.' or '-'")
     timeout = body.get("timeout")

@@ -32,6 +32,9 @@ class ChildState(enum.Enum):
     STOPPING = "stopping"
     STOPPED = "stopped"
 
+    __hash__ = object.__hash__
+    """Members are singletons compared by identity; Enum's own hash is Python code."""
+
 
 S = ChildState
 TRANSITIONS: dict[ChildState, frozenset[ChildState]] = {
@@ -68,18 +71,20 @@ class Lifecycle:
             return
         if state not in TRANSITIONS[self.state]:
             raise IllegalTransition(f"{self.name}: {self.state.value} -> {state.value} ({reason})")
-        # Every request flips READY <-> BUSY: identity checks, no enum hashing.
+        # Every request flips READY <-> BUSY: logged at DEBUG, formatted only when shown.
         quiet = (self.state is S.READY and state is S.BUSY) or (
             self.state is S.BUSY and state is S.READY
         )
-        self.logger.log(
-            logging.DEBUG if quiet else logging.INFO,
-            "%s: %s -> %s%s",
-            self.name,
-            self.state.value,
-            state.value,
-            f" ({reason})" if reason else "",
-        )
+        level = logging.DEBUG if quiet else logging.INFO
+        if self.logger.isEnabledFor(level):
+            self.logger.log(
+                level,
+                "%s: %s -> %s%s",
+                self.name,
+                self.state.value,
+                state.value,
+                f" ({reason})" if reason else "",
+            )
         self.state = state
         self.since = time.monotonic()
         self.reason = reason

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +31,8 @@ def config_key(config: dict[str, Any]) -> str:
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits, as unguessable as a uuid4's (whose object costs 1.6 us)."""
+    return os.urandom(16).hex()
 
 
 @dataclass(eq=False)

@@ -120,3 +120,22 @@ def test_transitions_are_logged_with_reason(caplog: pytest.LogCaptureFixture) ->
         and "first start" in r.getMessage()
         for r in caplog.records
     )
+
+
+def test_ready_busy_flips_are_logged_at_debug_only(caplog: pytest.LogCaptureFixture) -> None:
+    life = Lifecycle("app[0]", state=S.READY)
+    with caplog.at_level(logging.INFO, logger="supervisor.lifecycle"):
+        life.to(S.BUSY)
+        life.to(S.READY)
+    assert caplog.records == []
+    assert life.state is S.READY
+    with caplog.at_level(logging.DEBUG, logger="supervisor.lifecycle"):
+        life.to(S.BUSY)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.DEBUG, "app[0]: ready -> busy")
+    ]
+
+
+def test_states_hash_by_identity_and_work_as_keys() -> None:
+    assert len({*ChildState, *ChildState}) == len(ChildState)
+    assert {state: state.value for state in ChildState}[S.BUSY] == "busy"
