@@ -225,19 +225,63 @@ while True:
 """
 
 
+ASYNCIO_ECHO_CHILD = r"""
+import asyncio, os, struct, msgpack
+r, w = 0, 1
+os.set_blocking(r, False)
+
+async def answer(message):
+    out = msgpack.packb(message)
+    view = memoryview(struct.pack(">I", len(out)) + out)
+    while view:
+        view = view[os.write(w, view):]
+
+async def main():
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    buffer = bytearray()
+    def readable():
+        try:
+            data = os.read(r, 1 << 20)
+        except BlockingIOError:
+            return
+        if not data:
+            done.set_result(None)
+            return
+        buffer.extend(data)
+        while len(buffer) >= 4:
+            (size,) = struct.unpack_from(">I", buffer)
+            if len(buffer) < 4 + size:
+                break
+            message = msgpack.unpackb(bytes(buffer[4 : 4 + size]))
+            del buffer[: 4 + size]
+            loop.create_task(answer(message))
+    loop.add_reader(r, readable)
+    await done
+
+asyncio.run(main())
+"""
+"""The same echo with an event loop in the child too: a read callback that starts a
+task per message, which answers. The floor for a child that, like ours, keeps reading
+(cancels, pings, more requests) while a request runs."""
+
+
 class AnyioEcho:
     """A ``python -c`` child echoing length-prefixed msgpack over stdin/stdout, driven
-    from anyio: the floor for an async, pipe-based design (no protocol, no runtime)."""
+    from anyio: the floor for an async, pipe-based design (no protocol, no runtime).
+    ``child_loop`` runs the asyncio echo child instead of the blocking one."""
 
     def __init__(self, process: Any) -> None:
         self.process = process
         self._buffer = bytearray()
 
     @classmethod
-    async def start(cls, python: str = sys.executable, pipe_size: int | None = None) -> AnyioEcho:
+    async def start(
+        cls, python: str = sys.executable, pipe_size: int | None = None, child_loop: bool = False
+    ) -> AnyioEcho:
         """``pipe_size``: the child first enlarges its stdin/stdout pipes with
         ``F_SETPIPE_SZ`` (Linux; the default pipe holds 64 KiB)."""
-        code = ECHO_CHILD
+        code = ASYNCIO_ECHO_CHILD if child_loop else ECHO_CHILD
         if pipe_size:
             code = (
                 "import fcntl\n"

@@ -11,7 +11,9 @@ each layer adds one thing to the one above it, all measured in the same run:
    a ``multiprocessing.Pipe``, called from blocking code.
 2. ``anyio subprocess echo``: a ``python -c`` child echoing length-prefixed msgpack
    over its stdin/stdout, called from an anyio event loop (the floor for any async,
-   pipe-based design: event loop wake-ups, pipe syscalls, msgpack).
+   pipe-based design: event loop wake-ups, pipe syscalls, msgpack); then the same
+   with an asyncio child that reads from a loop callback and answers from a task per
+   message (the floor for a child that keeps reading while a request runs).
 3. ``raw protocol``: the real child runtime (``python -m child`` with
    benchmarks/apps/noop_async) driven with protocol messages through ChildChannel,
    as supervisor/slot.py does, but without App/Slot/queue.
@@ -141,10 +143,10 @@ def bench_calls(
     return Measured(lat, wall, meter.stop())
 
 
-async def bench_anyio_echo(n: int, warmup: int) -> Measured:
+async def bench_anyio_echo(n: int, warmup: int, child_loop: bool = False) -> Measured:
     from _raw import AnyioEcho
 
-    echo = await AnyioEcho.start()
+    echo = await AnyioEcho.start(child_loop=child_loop)
     try:
         return await _loop(echo.call, n, warmup, {"child": [echo.pid]})
     finally:
@@ -458,6 +460,8 @@ def main() -> None:
         out: dict[str, Any] = {}
         log("anyio subprocess msgpack echo")
         out["anyio_echo"] = await bench_anyio_echo(n, args.warmup)
+        log("the same with an asyncio child")
+        out["asyncio_echo"] = await bench_anyio_echo(n, args.warmup, child_loop=True)
         log("raw protocol (ChildChannel + child runtime)")
         out["raw"] = await bench_raw(n, args.warmup)
         log("library app.run(), 1 caller")
@@ -489,6 +493,7 @@ def main() -> None:
     names = {
         "pipe": "multiprocessing Pipe ping-pong (baseline)",
         "anyio_echo": "anyio subprocess + msgpack echo",
+        "asyncio_echo": "the same, the child on asyncio (a task per message)",
         "raw": "raw protocol: ChildChannel + child runtime",
         "lib1": "library app.run(), 1 caller",
         "lib1_uv": "library app.run(), 1 caller, supervisor on uvloop",
@@ -534,10 +539,15 @@ def main() -> None:
     )
     raw_p50 = results["rows"]["raw"]["median"]
     echo_p50 = results["rows"]["anyio_echo"]["median"]
+    loop_echo_p50 = results["rows"]["asyncio_echo"]["median"]
     split = [
         ["process + pipes from blocking code (Pipe)", us(base)],
-        ["+ event loop, anyio streams, msgpack (anyio echo - Pipe)", us(echo_p50 - base)],
-        ["+ protocol + child runtime (raw - anyio echo)", us(raw_p50 - echo_p50)],
+        ["+ caller's event loop, anyio streams, msgpack (anyio echo - Pipe)", us(echo_p50 - base)],
+        [
+            "+ an event loop in the child too (asyncio echo - anyio echo)",
+            us(loop_echo_p50 - echo_p50),
+        ],
+        ["+ protocol + child runtime (raw - asyncio echo)", us(raw_p50 - loop_echo_p50)],
         ["+ supervisor App/Slot/queue/events (library - raw)", us(lib_p50 - raw_p50)],
         ["= library app.run() p50", us(lib_p50)],
     ]
