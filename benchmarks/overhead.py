@@ -255,21 +255,28 @@ def pinned(this_cpu: int, child_pid: int, child_cpu: int) -> Iterator[None]:
 
 
 async def bench_placed(n: int, warmup: int) -> dict[str, dict[str, Measured]]:
-    """The Pipe and ``app.run()`` again with both processes pinned: to one CPU (a
-    wake-up is a context switch) and to two (a wake-up crosses cores). Unpinned, the
-    scheduler picks either, and the Pipe's latency follows its choice."""
+    """The Pipe, the asyncio echo and ``app.run()`` again with both processes pinned:
+    to one CPU (a wake-up is a context switch) and to two (a wake-up crosses cores).
+    Unpinned, the scheduler picks either, and the Pipe's latency follows its choice."""
     from _common import make_supervisor
+    from _raw import AnyioEcho
 
     out: dict[str, dict[str, Measured]] = {}
     for name, (this_cpu, child_cpu) in placements().items():
         with SpawnEchoWorker() as worker, pinned(this_cpu, worker.process.pid or 0, child_cpu):
             pipe = bench_calls(worker.call, n, warmup)
+        echo = await AnyioEcho.start(child_loop=True)
+        try:
+            with pinned(this_cpu, echo.pid, child_cpu):
+                floor = await _loop(echo.call, n, warmup, {"child": [echo.pid]})
+        finally:
+            await echo.close()
         async with make_supervisor(pool_size=0) as sup:
             app = await sup.start(APP, name=f"noop-{this_cpu}-{child_cpu}")
             with pinned(this_cpu, app.status()["pids"][0], child_cpu):
                 library = await _loop(app.run, n, warmup, {"child": app.status()["pids"]})
             await app.stop()
-        out[name] = {"pipe": pipe, "library": library}
+        out[name] = {"pipe": pipe, "asyncio_echo": floor, "library": library}
     return out
 
 
@@ -411,13 +418,31 @@ def report_placed(placed: dict[str, dict[str, Measured]], results: dict[str, Any
         print("(Pinned rows skipped: they need two CPUs and sched_setaffinity.)\n")
         return
     rows, data = [], {}
-    for name, pair in placed.items():
-        pipe, library = median(pair["pipe"].lat), median(pair["library"].lat)
-        rows.append([name, us(pipe), us(library), fx(ratio(library, pipe))])
-        data[name] = {"pipe": summary(pair["pipe"].lat), "library": summary(pair["library"].lat)}
+    for name, runs in placed.items():
+        pipe, floor, library = (median(runs[k].lat) for k in ("pipe", "asyncio_echo", "library"))
+        rows.append(
+            [
+                name,
+                us(pipe),
+                us(floor),
+                us(library),
+                fx(ratio(library, pipe)),
+                fx(ratio(floor, pipe)),
+                fx(ratio(library, floor)),
+            ]
+        )
+        data[name] = {key: summary(m.lat) for key, m in runs.items()}
     print_table(
-        "Pipe and library app.run() with both processes pinned (sched_setaffinity)",
-        ["placement", "Pipe p50 us", "library p50 us", "library / Pipe"],
+        "With both processes pinned (sched_setaffinity)",
+        [
+            "placement",
+            "Pipe p50 us",
+            "asyncio echo p50 us",
+            "library p50 us",
+            "library / Pipe",
+            "asyncio echo / Pipe",
+            "library / asyncio echo",
+        ],
         rows,
     )
     results["placed"] = data
