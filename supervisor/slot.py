@@ -377,8 +377,7 @@ class Slot:
             assert isinstance(exc, E.SupervisorError)
             error = exc
         if isinstance(error, E.LoadFailedError):
-            self.failure = error.message
-            self.lifecycle.to(S.FAILED, "the app cannot be loaded")
+            self._fail(error.message, "the app cannot be loaded")
         elif restarting:
             self._crashed(f"restart failed: {error.message}", "restart_failed")
         else:
@@ -487,14 +486,20 @@ class Slot:
         self.crash_times = self.spec.restart_policy.prune([*self.crash_times, now], now)
         decision = self.spec.restart_policy.decide(self.crash_times, now)
         if isinstance(decision, GiveUp):
-            self.failure = f"{reason}; {decision.reason}"
             self.lifecycle.to(S.RESTARTING, reason)
-            self.lifecycle.to(S.FAILED, self.failure)
+            self._fail(f"{reason}; {decision.reason}")
             return
         self.restarts += 1
         self.restarts_by_reason[category] += 1
         self._not_before = now + decision.delay
         self.lifecycle.to(S.RESTARTING, f"{reason}; restart in {decision.delay:g} s")
+
+    def _fail(self, failure: str, reason: str | None = None) -> None:
+        """Give up on the slot; its standby has nothing left to stand in for."""
+        self.failure = failure
+        self.lifecycle.to(S.FAILED, reason or failure)
+        if self._tasks is not None and (self.standby is not None or self._standby_loading):
+            self._tasks.start_soon(self._drop_standby)
 
     async def _restart(self, config: dict[str, Any]) -> None:
         with contextlib.suppress(E.SupervisorError):

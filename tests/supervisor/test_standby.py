@@ -14,6 +14,7 @@ import pytest
 from sup_helpers import make_supervisor, wait_for
 
 from supervisor import App
+from supervisor.errors import ChildCrashedError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
 
@@ -116,6 +117,20 @@ async def test_a_standby_that_cannot_load_is_reported_and_the_app_keeps_serving(
         assert "import refused" in caplog.text
         assert status(app)["standby_pid"] is None
         assert (await app.run({}))["setups"] == 1
+
+
+async def test_an_app_that_failed_keeps_no_standby(wait_gone: Any) -> None:
+    async with make_supervisor(pool_size=0) as sup:  # gives up after 2 restarts
+        app = await sup.start(APP, standby=True)
+        spares = []
+        while app.status()["state"] != "failed":
+            spares.append(await standby_pid(app, other_than=spares[-1] if spares else None))
+            with pytest.raises(ChildCrashedError):
+                await app.run({"crash": True})
+            await wait_for(lambda: app.status()["state"] in ("ready", "failed"))
+        assert len(spares) == 3
+        await wait_for(lambda: status(app)["standby_pid"] is None)
+        assert wait_gone(spares, zombie_ok=False) == []
 
 
 async def test_without_standby_no_spare_child_is_kept() -> None:

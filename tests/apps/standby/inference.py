@@ -1,6 +1,7 @@
 """Reports when it was imported and set up, for the standby's tests.
 
-Its import fails while the file named by ``STANDBY_REFUSE_IMPORT`` exists.
+Its import fails while the file named by ``STANDBY_REFUSE_IMPORT`` exists, and a
+run with ``crash`` set exits at once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class AppSetup(BaseModel):
 
 
 class Input(BaseModel):
-    pass
+    crash: bool = False
 
 
 class Output(BaseModel):
@@ -40,6 +41,8 @@ class App:
         self.set_up_at = time.time()
 
     async def run(self, input_data: Input) -> Output:
+        if input_data.crash:
+            os._exit(3)
         return Output(
             pid=os.getpid(),
             greeting=self.greeting,
