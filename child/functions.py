@@ -97,7 +97,7 @@ def mentions_files(annotation: object, seen: set[type] | None = None) -> bool:
     schema costs about 0.5 ms, on the first request of every child.
     """
     seen = set() if seen is None else seen
-    if isinstance(annotation, type):
+    if isinstance(annotation, type) and typing.get_origin(annotation) is None:
         if annotation in seen:
             return False
         seen.add(annotation)

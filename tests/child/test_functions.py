@@ -335,6 +335,9 @@ class _Plain(BaseModel):
     text: str
     scores: list[float] = []
     choice: Literal["a", "b"] = "a"
+    anything: Any = None
+    nested: dict[str, list[tuple[int, str]]] = {}
+    kind: type[BaseModel] | None = None
 
 
 class _WithFile(BaseModel):
