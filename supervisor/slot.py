@@ -148,6 +148,7 @@ class Slot:
         """A child with the app loaded and not set up, when ``spec.standby`` asks for one."""
         self._standby_scope = anyio.CancelScope()
         self._standby_loading = False
+        self._standby_replaced = False
 
     # -- running the slot -----------------------------------------------------
 
@@ -240,6 +241,7 @@ class Slot:
         self._refill_pool()
         self.tasks.start_soon(self._heartbeat, child)
         if self.spec.standby:
+            self._standby_replaced = False
             self.tasks.start_soon(self._keep_standby)
         self.changed()
 
@@ -300,8 +302,8 @@ class Slot:
         """Load the app into a spare child for the next start to set up.
 
         Started once a start is over, after a pause, so that it does not compete
-        with that start's first requests. A standby that fails to load, or dies, is
-        not replaced until the slot's next start.
+        with that start's first requests. A standby that fails to load is not
+        replaced until the slot's next start; one that dies, once before then.
         """
         await anyio.sleep(STANDBY_DELAY)
         if self._standby_loading or self.standby is not None or self.child is None:
@@ -328,6 +330,17 @@ class Slot:
             return
         self.standby = child
         self.logger.info("%s: standby pid %d loaded", self.name, child.process.pid)
+
+    def _standby_died(self, child: LiveChild, status: ExitStatus) -> None:
+        """Replace a standby that died, once per start: one that keeps dying would
+        otherwise cost a spawn and an import over and over."""
+        self.standby = None
+        self.logger.warning(
+            "%s: standby pid %d died (%s)", self.name, child.process.pid, status.describe()
+        )
+        if not self._standby_replaced and self.child is not None and not self.stopping:
+            self._standby_replaced = True
+            self.tasks.start_soon(self._keep_standby)
 
     async def _drop_standby(self) -> None:
         self._standby_scope.cancel()
@@ -434,6 +447,9 @@ class Slot:
         status = await child.process.wait()
         await child.process.aclose_streams()
         child.dead.set()
+        if child is self.standby:
+            self._standby_died(child, status)
+            return
         if not child.ready or child.retiring or self.child is not child:
             return
         self.child = None

@@ -105,6 +105,24 @@ async def test_a_standby_that_died_is_not_used(wait_gone: Any) -> None:
         assert app.status()["restarts"] == 1  # the dead standby was not tried first
 
 
+async def test_a_standby_that_dies_is_replaced_once_per_start(
+    wait_gone: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="supervisor.app")
+    async with make_supervisor(pool_size=0) as sup:
+        app = await sup.start(APP, standby=True)
+        first = await standby_pid(app)
+        os.kill(first, signal.SIGKILL)
+        second = await standby_pid(app, other_than=first)
+        assert f"standby pid {first} died" in caplog.text
+        os.kill(second, signal.SIGKILL)
+        assert wait_gone([first, second], zombie_ok=False) == []
+        await wait_for(lambda: f"standby pid {second} died" in caplog.text)
+        await anyio.sleep(0.5)  # long enough for a replacement to load, were one started
+        assert status(app)["standby_pid"] is None
+        assert (await app.run({}))["setups"] == 1  # the serving child never noticed
+
+
 async def test_a_standby_that_cannot_load_is_reported_and_the_app_keeps_serving(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
