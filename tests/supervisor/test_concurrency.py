@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -358,16 +359,20 @@ async def test_a_caller_cancelled_before_its_request_was_sent_leaves_nothing_beh
         assert in_flight(app) == 0
 
 
+@pytest.mark.parametrize("standby", [False, True], ids=["", "standby"])
 async def test_callers_that_give_up_and_children_that_die_leave_nothing_behind(
-    apps_dir: Path,
+    apps_dir: Path, standby: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Many callers, some giving up mid-call, on two replicas whose children are
     killed now and then: every call ends one of three known ways, no replica ever
     runs more than its max_concurrency, and afterwards nothing is in flight, queued
-    or remembered."""
+    or remembered. With standbys, the kills hit them too, and restarts use them."""
     rng = random.Random(7)
+    caplog.set_level(logging.INFO, logger="supervisor.app")
     async with make_supervisor(restart_policy=RestartPolicy(max_restarts=100, window=1)) as sup:
-        app = await sup.start(apps_dir / "sup_async", replicas=2, max_concurrency=2)
+        app = await sup.start(
+            apps_dir / "sup_async", replicas=2, max_concurrency=2, standby=standby
+        )
         ids: list[str] = []
         outcomes: dict[str, int] = {"ok": 0, "crashed": 0, "gave_up": 0}
         peaks: list[int] = []
@@ -394,9 +399,11 @@ async def test_callers_that_give_up_and_children_that_die_leave_nothing_behind(
         killed: set[int] = set()
 
         async def killer() -> None:
-            for _ in range(3):
+            for _ in range(5 if standby else 3):
                 await anyio.sleep(0.1)
                 pids = app.status()["pids"]
+                spares = [r["standby_pid"] for r in app.status()["replicas"] if r["standby_pid"]]
+                pids = [*pids, *spares]
                 if pids:
                     pid = rng.choice(pids)
                     killed.add(pid)
@@ -421,3 +428,5 @@ async def test_callers_that_give_up_and_children_that_die_leave_nothing_behind(
         for request_id in ids:
             assert await app.cancel(request_id) is False, f"{request_id} was left behind"
         assert (await app.run({"text": "still serving"}))["text"] == "still serving"
+        if standby:
+            assert "setting up standby" in caplog.text, "no restart used a standby"
