@@ -245,8 +245,11 @@ class Slot:
             self.tasks.start_soon(self._keep_standby)
         self.changed()
 
-    async def _spawn(self, config: dict[str, Any], key: str) -> LiveChild:
-        """A new child with no app yet, from the pool or spawned, and its watcher."""
+    async def _spawn(self, config: dict[str, Any], key: str, prewarm: bool = False) -> LiveChild:
+        """A new child with no app yet, from the pool or spawned, and its watcher.
+
+        ``prewarm``: a spawned child pays first-use costs before its hello, as pooled
+        ones do; for a standby, which nothing waits for yet."""
         env = child_environment(
             {**self.spec.env, **gpu_environment(self.gpus)},
             cuda_visible_devices=",".join(str(g) for g in self.gpus),
@@ -265,6 +268,7 @@ class Slot:
                 name=self.name,
                 logger=self.logger,
                 shared_memory=self.spec.shared_memory,
+                prewarm=prewarm,
             )
             load_env = {}
             self.tasks.start_soon(channel.read_loop)
@@ -313,7 +317,7 @@ class Slot:
         scope = self._standby_scope = anyio.CancelScope()
         try:
             with anyio.fail_after(self.spec.setup_timeout), scope:
-                child = await self._spawn({}, "")
+                child = await self._spawn({}, "", prewarm=True)
                 await self._load(child)
         except (TimeoutError, _StartFailed, E.SupervisorError) as exc:
             self.logger.warning("%s: no standby: %s", self.name, getattr(exc, "message", exc))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psutil
 import pytest
 from sup_helpers import make_supervisor, wait_for
 
@@ -37,6 +38,9 @@ async def test_a_restart_sets_up_the_standby(wait_gone: Any) -> None:
         first = await app.run({})
         spare = await standby_pid(app)
         assert spare != first["pid"]
+        # Nothing waits for a standby: it pays first-use costs before its hello.
+        assert "--prewarm" in psutil.Process(spare).cmdline()
+        assert "--prewarm" not in psutil.Process(first["pid"]).cmdline()
         killed_at = time.time()
         os.kill(first["pid"], signal.SIGKILL)
         await wait_for(lambda: app.status()["state"] == "ready" and status(app)["pid"] == spare)
