@@ -223,16 +223,10 @@ class Slot:
             raise AssertionError("unreachable") from None
         except BaseException:
             # Cancelled (the slot is stopping): leave no child behind.
-            if child is not None:
-                child.retiring = True
-                with anyio.CancelScope(shield=True):
-                    await child.process.terminate(self.spec.kill_grace)
+            await self._terminate(child)
             raise
         if scope.cancel_called or self.stopping:
-            if child is not None:
-                child.retiring = True
-                with anyio.CancelScope(shield=True):
-                    await child.process.terminate(self.spec.kill_grace)
+            await self._terminate(child)
             raise E.AppStoppedError(f"{self.spec.name} is stopped")
         assert child is not None
         child.ready = True
@@ -352,7 +346,8 @@ class Slot:
         await self._terminate(child)
 
     async def _terminate(self, child: LiveChild | None) -> None:
-        """Stop a child that never served: it has nothing to unload."""
+        """Stop a child that never served (a start or a standby given up): it has
+        nothing to unload. Shielded, so that a cancelled caller still leaves none behind."""
         if child is not None:
             child.retiring = True
             with anyio.CancelScope(shield=True):
