@@ -246,6 +246,7 @@ async def main():
         except BlockingIOError:
             return
         if not data:
+            loop.remove_reader(r)  # EOF stays readable: the callback would run again
             done.set_result(None)
             return
         buffer.extend(data)

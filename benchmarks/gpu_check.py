@@ -3,7 +3,14 @@
 Starts two apps pinned to GPU 0 that hold real CUDA tensors, checks that the
 supervisor's NVML figures see each child's memory, then drives one app over
 its VRAM budget and checks that it is stopped with a budget error and
-restarted on a new pid while the other keeps running. Prints what it saw and
+restarted on a new pid while the other keeps running. Last, it asks the other
+app for more memory than the device has: torch's real CUDA out-of-memory error
+must reach the caller as an out-of-memory error and restart that child.
+
+Then the pre-started pool with torch imported: its idle children and an app's
+standby must hold no CUDA context (NVML does not list them), an app loaded into
+one must still be pinned as asked (to GPU 0, or to no GPU at all), and start to
+first CUDA result is timed with and without the pool. Prints what it saw and
 exits non-zero if a check fails.
 
     python benchmarks/gpu_check.py
@@ -12,11 +19,13 @@ exits non-zero if a check fails.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import anyio
+import psutil
 
 from supervisor import Supervisor
 from supervisor import errors as E
@@ -31,7 +40,7 @@ def check(ok: bool, what: str) -> None:
         raise SystemExit(1)
 
 
-async def main() -> None:
+async def budget_and_oom() -> None:
     async with Supervisor(monitor_interval=0.2, budget_grace=1.0, pool_size=0) as sup:
         check(sup.gpu_backend is not None, f"NVML backend: {sup.gpu_backend!r}")
         status = await sup.start(APP, name="steady", gpus=[0])
@@ -67,6 +76,99 @@ async def main() -> None:
         again = await hungry.run({})
         check(again["pid"] != first["pid"], f"new pid {again['pid']} (was {first['pid']})")
         check(status.status()["restarts"] == 0, "the other app was left alone")
+
+        total = sup.status()["gpus"][0]["total"]
+        try:
+            await status.run({"mib": 2 * total // MIB})
+            check(False, "an allocation of twice the device's memory failed")
+        except E.OutOfMemoryError as exc:
+            print(f"over-device request: {type(exc).__name__}: {exc}")
+            print(json.dumps(exc.details, indent=1, default=str)[:2000])
+        with anyio.fail_after(30):
+            while status.status()["restarts"] < 1:
+                await anyio.sleep(0.1)
+        print(json.dumps(status.status()["last_exit"], indent=1))
+        fresh = await status.run({})
+        check(fresh["pid"] != steady_out["pid"], f"restarted after the OOM on pid {fresh['pid']}")
+        check(fresh["allocated_mib"] == 0, "the new child starts with no CUDA memory held")
+
+
+def descendants() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def nvml_pids(sup: Supervisor) -> set[int]:
+    assert sup.gpu_backend is not None
+    return set(sup.gpu_backend.sample().processes)
+
+
+async def pool_idle(sup: Supervisor) -> None:
+    with anyio.fail_after(120):
+        while sup.pool.idle_count(("torch",)) < 1:
+            await anyio.sleep(0.05)
+
+
+async def pooled() -> None:
+    async with Supervisor(monitor_interval=0.2, pool_size=1, pool_preload=["torch"]) as sup:
+        await pool_idle(sup)
+        idle = descendants()
+        check(
+            not idle & nvml_pids(sup),
+            f"pooled children {sorted(idle)}, torch imported, hold no CUDA context "
+            f"(NVML lists {sorted(nvml_pids(sup))})",
+        )
+        pinned = await sup.start(APP, name="pooled", gpus=[0], standby=True)
+        probe = await pinned.run({}, function="probe")
+        print(json.dumps(probe, indent=1))
+        check(probe["pid"] in idle, f"the app was loaded into pooled child {probe['pid']}")
+        check(
+            probe["cuda_available"] and probe["device_count"] == 1,
+            f"it sees one GPU (CUDA_VISIBLE_DEVICES={probe['cuda_visible_devices']!r})",
+        )
+        await pinned.run({"mib": 256})
+        check(probe["pid"] in nvml_pids(sup), "after an allocation NVML lists it")
+        with anyio.fail_after(120):
+            while (standby := pinned.status()["replicas"][0]["standby_pid"]) is None:
+                await anyio.sleep(0.05)
+        await anyio.sleep(2.0)  # let the standby finish importing the app (and torch)
+        check(standby not in nvml_pids(sup), f"its standby {standby} holds no CUDA context")
+        await pool_idle(sup)
+        hidden = await sup.start(APP, name="hidden", gpus=0)
+        probe = await hidden.run({}, function="probe")
+        print(json.dumps(probe, indent=1))
+        check(
+            not probe["cuda_available"] and probe["device_count"] == 0,
+            f"a pooled child started with gpus=0 sees no GPU "
+            f"(CUDA_VISIBLE_DEVICES={probe['cuda_visible_devices']!r})",
+        )
+
+
+async def cold_starts(runs: int = 3) -> None:
+    """Start to ready and to the first CUDA result, torch app, with and without the pool."""
+    rows = []
+    for pool_size in (0, 1):
+        ready: list[float] = []
+        first: list[float] = []
+        for _ in range(runs):
+            async with Supervisor(pool_size=pool_size, pool_preload=["torch"]) as sup:
+                if pool_size:
+                    await pool_idle(sup)
+                started = time.monotonic()
+                app = await sup.start(APP, name="cold", gpus=[0])
+                ready.append(time.monotonic() - started)
+                await app.run({"mib": 1})
+                first.append(time.monotonic() - started)
+        rows.append((pool_size, statistics.median(ready), statistics.median(first)))
+    print(f"\n| pool_size | to ready (median of {runs}) | to first CUDA result |")
+    print("|---|---|---|")
+    for pool_size, ready_s, first_s in rows:
+        print(f"| {pool_size} | {ready_s * 1000:.0f} ms | {first_s * 1000:.0f} ms |")
+
+
+async def main() -> None:
+    await budget_and_oom()
+    await pooled()
+    await cold_starts()
 
 
 if __name__ == "__main__":

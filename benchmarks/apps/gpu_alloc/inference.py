@@ -17,6 +17,18 @@ class RunOutput(BaseModel):
     cuda_visible_devices: str
 
 
+class ProbeInput(BaseModel):
+    pass
+
+
+class ProbeOutput(BaseModel):
+    pid: int
+    cuda_initialized_before: bool
+    cuda_available: bool
+    device_count: int
+    cuda_visible_devices: str
+
+
 class App:
     async def setup(self) -> None:
         self.held: list[torch.Tensor] = []
@@ -29,5 +41,16 @@ class App:
             pid=os.getpid(),
             allocated_mib=torch.cuda.memory_allocated() // (1024 * 1024),
             device_name=torch.cuda.get_device_name(0),
+            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        )
+
+    async def probe(self, data: ProbeInput) -> ProbeOutput:
+        """What this child's torch sees, without allocating anything."""
+        initialized = torch.cuda.is_initialized()
+        return ProbeOutput(
+            pid=os.getpid(),
+            cuda_initialized_before=initialized,
+            cuda_available=torch.cuda.is_available(),
+            device_count=torch.cuda.device_count(),
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         )
