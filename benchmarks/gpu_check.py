@@ -10,8 +10,14 @@ must reach the caller as an out-of-memory error and restart that child.
 Then the pre-started pool with torch imported: its idle children and an app's
 standby must hold no CUDA context (NVML does not list them), an app loaded into
 one must still be pinned as asked (to GPU 0, or to no GPU at all), and start to
-first CUDA result is timed with and without the pool. Prints what it saw and
-exits non-zero if a check fails.
+first CUDA result is timed with and without the pool.
+
+Last, device pressure and admission with real figures: with ``min_free_vram``
+at 30% of the device, an allocation that leaves less free must unload the least
+recently used idle app, skip a busy one, and unload nobody else; an app that
+declares half the device must be admitted by unloading idle apps; one that
+declares twice the device must fail with an admission error. Prints what it saw
+and exits non-zero if a check fails.
 
     python benchmarks/gpu_check.py
 """
@@ -22,13 +28,15 @@ import json
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import anyio
 import psutil
 
-from supervisor import Supervisor
+from supervisor import App, Supervisor
 from supervisor import errors as E
+from supervisor.gpu_backend import open_backend
 
 APP = Path(__file__).resolve().parent / "apps" / "gpu_alloc"
 MIB = 1024 * 1024
@@ -165,9 +173,73 @@ async def cold_starts(runs: int = 3) -> None:
         print(f"| {pool_size} | {ready_s * 1000:.0f} ms | {first_s * 1000:.0f} ms |")
 
 
+def device_total() -> int:
+    """GPU 0's memory, from the backend the supervisor will use."""
+    backend = open_backend()
+    assert backend is not None
+    try:
+        device = backend.sample().device(0)
+        assert device is not None
+        return device.total
+    finally:
+        backend.close()
+
+
+def states(apps: dict[str, App]) -> dict[str, str]:
+    return {name: app.status()["replicas"][0]["state"] for name, app in apps.items()}
+
+
+async def pressure_and_admission() -> None:
+    total = device_total()
+    min_free = int(0.3 * total)
+    async with Supervisor(
+        monitor_interval=0.2, pool_size=0, min_free_vram=min_free, admission_timeout=3.0
+    ) as sup:
+        apps: dict[str, App] = {}
+
+        async def start(name: str) -> None:
+            apps[name] = await sup.start(APP, name=name, gpus=[0])
+
+        async with anyio.create_task_group() as tasks:
+            for name in ("older", "newer", "hog"):
+                tasks.start_soon(start, name)
+        apps = {name: apps[name] for name in ("older", "newer", "hog")}
+        await apps["older"].run({"mib": total // 8 // MIB})
+        await apps["newer"].run({"mib": total // 8 // MIB})
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(partial(apps["older"].run, {"hold_s": 5.0}))
+            await anyio.sleep(0.5)
+            check(states(apps)["older"] == "busy", "older is busy")
+            await apps["hog"].run({"mib": total // 2 // MIB})
+            with anyio.fail_after(10):
+                while states(apps)["newer"] != "unloaded":
+                    await anyio.sleep(0.05)
+            await anyio.sleep(2.0)  # ten more samples: nobody else may be unloaded
+            print(json.dumps({"states": states(apps), "gpus": sup.status()["gpus"]}, indent=1))
+            check(
+                states(apps) == {"older": "busy", "newer": "unloaded", "hog": "ready"},
+                "pressure unloaded the least recently used idle app only, not the busy one",
+            )
+            free = sup.status()["gpus"][0]["free"]
+            check(free >= min_free, f"{free // MIB} MiB free, at least min_free_vram again")
+        want = total // 2
+        check(free - min_free < want, "half the device does not fit without unloading")
+        big = await sup.start(APP, name="big", gpus=[0], vram_budget=want)
+        print(json.dumps({"states": states(apps), "gpus": sup.status()["gpus"]}, indent=1))
+        check(big.status()["ready"], "an app declaring half the device was admitted")
+        check(states(apps)["hog"] == "unloaded", "the idle hog was unloaded to admit it")
+        try:
+            await sup.start(APP, name="huge", gpus=[0], vram_budget=2 * total)
+            check(False, "an app declaring twice the device is refused")
+        except E.AdmissionError as exc:
+            print(f"{type(exc).__name__}: {exc}")
+            check("no room" in str(exc), "refused after admission_timeout, saying why")
+
+
 async def main() -> None:
     await budget_and_oom()
     await pooled()
+    await pressure_and_admission()
     await cold_starts()
 
 

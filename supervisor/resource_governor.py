@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 
 import anyio
 import anyio.abc
@@ -27,6 +28,7 @@ from .eviction_policy import (
     pressure_evictions,
 )
 from .gpu_allocation import format_bytes
+from .gpu_backend import DeviceMemory
 from .gpu_monitor import MonitorSnapshot, ResourceMonitor
 from .slot import LiveChild, Slot
 
@@ -119,18 +121,39 @@ class ResourceGovernor:
 
     # -- before a start ---------------------------------------------------------
 
-    async def admit(self, *, count: int, vram_per_gpu: int, timeout: float) -> tuple[int, ...]:
-        """GPUs with room for a new child, evicting idle children or waiting for room."""
+    async def admit(
+        self,
+        *,
+        count: int,
+        vram_per_gpu: int,
+        timeout: float,
+        only: tuple[int, ...] | None = None,
+        reserved: Mapping[int, int] | None = None,
+    ) -> tuple[int, ...]:
+        """GPUs with room for a new child, evicting idle children or waiting for room.
+
+        ``only`` restricts the choice to these GPUs, all of which must fit (an
+        explicit placement). ``reserved`` is VRAM per GPU already promised to
+        replicas admitted before this one but not started yet: without it, every
+        replica of an app would be admitted against the same free memory.
+        """
         deadline = time.monotonic() + timeout
+        if only is not None:
+            count = len(only)
         while True:
             snapshot = await self.monitor.refresh()
-            if not snapshot.devices:
+            devices = [
+                _less(d, (reserved or {}).get(d.index, 0))
+                for d in snapshot.devices
+                if only is None or d.index in only
+            ]
+            if not devices:
                 raise E.AdmissionError(
                     f"needs {count} GPU(s) with {format_bytes(vram_per_gpu)} free, "
                     f"but no GPU figures are available ({snapshot.gpu_error or 'no GPU'})"
                 )
             plan = admission_plan(
-                snapshot.devices,
+                devices,
                 [f for _, _, f in self._figures(snapshot)],
                 count=count,
                 vram_per_gpu=vram_per_gpu,
@@ -144,11 +167,27 @@ class ResourceGovernor:
                 for key in plan.evict:
                     await by_name[key].evict("evicted to admit a new app")
             if time.monotonic() >= deadline:
+                promised = {i: b for i, b in (reserved or {}).items() if b}
                 raise E.AdmissionError(
-                    f"no room after waiting {timeout:g} s: {plan.reason}",
+                    f"no room after waiting {timeout:g} s: {plan.reason}"
+                    + (
+                        " (free memory counts what this app's earlier replicas will use: "
+                        + ", ".join(f"GPU {i}: {format_bytes(b)}" for i, b in promised.items())
+                        + ")"
+                        if promised
+                        else ""
+                    ),
                     needed_vram=vram_per_gpu,
                     needed_gpus=count,
-                    free={d.index: d.free for d in snapshot.devices},
+                    free={d.index: d.free for d in devices},
+                    **({"promised_to_earlier_replicas": promised} if promised else {}),
                 )
             if not plan.fits_after_eviction:
                 await anyio.sleep(min(self.monitor.interval, max(0.0, deadline - time.monotonic())))
+
+
+def _less(device: DeviceMemory, reserved: int) -> DeviceMemory:
+    """The device as it will be once ``reserved`` more bytes are in use."""
+    if not reserved:
+        return device
+    return replace(device, used=device.used + reserved, free=max(0, device.free - reserved))

@@ -216,8 +216,12 @@ class Slot:
                 if child is None:
                     child = await self._spawn(config, key)
                     await self._load(child)
-                self.lifecycle.to(S.SETTING_UP)
-                await self._call(child, Setup(new_request_id(), config, self.metadata()))
+                # A stop() that ran while the load's answer was on its way has
+                # cancelled this scope, but the cancellation only lands at the next
+                # checkpoint: the slot may already be STOPPED (handled below).
+                if not scope.cancel_called:
+                    self.lifecycle.to(S.SETTING_UP)
+                    await self._call(child, Setup(new_request_id(), config, self.metadata()))
         except (TimeoutError, _StartFailed, E.SupervisorError) as exc:
             await self._abort_start(child, exc, restarting)
             raise AssertionError("unreachable") from None
@@ -388,7 +392,9 @@ class Slot:
         else:
             assert isinstance(exc, E.SupervisorError)
             error = exc
-        if isinstance(error, E.LoadFailedError):
+        if self.stopping:
+            pass  # stop() ran meanwhile: the slot's state is its
+        elif isinstance(error, E.LoadFailedError):
             self._fail(error.message, "the app cannot be loaded")
         elif restarting:
             self._crashed(f"restart failed: {error.message}", "restart_failed")

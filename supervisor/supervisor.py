@@ -237,28 +237,45 @@ class Supervisor:
         """GPUs for each replica: explicit indices, a count, or what inf.yml declares.
 
         With a VRAM figure, each replica is admitted in turn (evicting idle
-        children or waiting for room); without one, GPUs are spread by free memory.
+        children or waiting for room), on its explicit GPUs if it has them, and
+        counting what the replicas before it will use; without one, GPUs are
+        spread by free memory.
         """
         devices = await self._devices()
+        explicit: tuple[int, ...] | None = None
         if gpus is not None and not isinstance(gpus, int):
             try:
                 explicit = check_explicit(devices, gpus) if devices else tuple(gpus)
             except AllocationError as exc:
                 raise E.AdmissionError(str(exc)) from exc
-            return [explicit] * replicas
-        count = gpus if isinstance(gpus, int) else (declared_count if devices else 0)
+            if not (vram and devices and explicit):
+                return [explicit] * replicas
+        if explicit is not None:
+            count = len(explicit)
+        elif isinstance(gpus, int):
+            count = gpus
+        else:
+            count = declared_count if devices else 0
         if count == 0:
             return [()] * replicas
         if not devices:
             raise E.AdmissionError(f"{count} GPU(s) requested but no GPU was found")
         assert self.governor is not None
         if vram:
-            return [
-                await self.governor.admit(
-                    count=count, vram_per_gpu=vram, timeout=self.admission_timeout
+            placements = []
+            reserved: dict[int, int] = {}
+            for _ in range(replicas):
+                chosen = await self.governor.admit(
+                    count=count,
+                    vram_per_gpu=vram,
+                    timeout=self.admission_timeout,
+                    only=explicit,
+                    reserved=reserved,
                 )
-                for _ in range(replicas)
-            ]
+                for index in chosen:
+                    reserved[index] = reserved.get(index, 0) + vram
+                placements.append(chosen)
+            return placements
         taken = self._gpu_usage()
         placements = []
         for _ in range(replicas):

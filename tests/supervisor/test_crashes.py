@@ -15,22 +15,26 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import psutil
 import pytest
 from sup_helpers import in_flight, make_supervisor, outcome, wait_for
 
 from protocol import Load, Message
 from supervisor import App, RestartPolicy
+from supervisor import slot as slot_module
 from supervisor.child_channel import ChildChannel
 from supervisor.errors import (
     AppFailedError,
     ChildCrashedError,
+    LoadFailedError,
     ProtocolViolationError,
     RequestCancelledError,
     RequestTimeoutError,
     SupervisorError,
 )
 from supervisor.request import Request
+from supervisor.slot import Slot
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
 
@@ -158,6 +162,64 @@ async def test_a_restart_loads_the_app_without_asking_for_its_description_again(
         await assert_recovered(app, pid, wait_gone)
         assert [load.describe for load in loads] == [True, False]
         assert app.functions == functions
+
+
+async def test_a_stop_that_lands_as_a_restart_finishes_loading_ends_the_restart(
+    apps_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``stop()`` can run between the answer to a restart's load and the restart
+    resuming, before the cancellation reaches it: the restart must then end
+    without a setup, leaving no child (it used to try STOPPED -> SETTING_UP)."""
+    load = Slot._load
+    loaded: list[int] = []
+
+    async def load_then_stop(slot: Slot, child: Any) -> None:
+        await load(slot, child)
+        loaded.append(child.process.pid)
+        if len(loaded) == 2:  # the restart's load
+            slot.tasks.start_soon(slot.stop)
+            await anyio.lowlevel.cancel_shielded_checkpoint()  # stop() runs meanwhile
+            assert slot.stopping
+
+    monkeypatch.setattr(Slot, "_load", load_then_stop)
+    async with make_supervisor(pool_size=0) as sup:
+        app = await sup.start(apps_dir / "sup_crashy")
+        os.kill(only_pid(app), signal.SIGKILL)
+        await wait_for(lambda: len(loaded) == 2 and app.status()["state"] == "stopped")
+        assert app.status()["pids"] == []
+        with pytest.raises(SupervisorError):
+            await app.run({})
+    assert not psutil.pid_exists(loaded[1]) or psutil.Process(loaded[1]).status() == "zombie"
+
+
+@pytest.mark.parametrize("failure", ["load failed", "child gone"])
+async def test_a_stop_that_lands_as_a_restart_fails_leaves_the_slot_stopped(
+    apps_dir: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """The same race when the restart's load fails: the failure must not move the
+    stopped slot to FAILED or RESTARTING."""
+    load = Slot._load
+    loads: list[int] = []
+
+    async def stop_then_fail(slot: Slot, child: Any) -> None:
+        loads.append(child.process.pid)
+        if len(loads) == 1:
+            await load(slot, child)
+            return
+        slot.tasks.start_soon(slot.stop)
+        await anyio.lowlevel.cancel_shielded_checkpoint()
+        if failure == "load failed":
+            raise LoadFailedError("the app cannot be imported")
+        raise slot_module._StartFailed("the child exited before its handshake")
+
+    monkeypatch.setattr(Slot, "_load", stop_then_fail)
+    async with make_supervisor(pool_size=0) as sup:
+        app = await sup.start(apps_dir / "sup_crashy")
+        os.kill(only_pid(app), signal.SIGKILL)
+        await wait_for(lambda: len(loads) == 2 and app.status()["state"] == "stopped")
+        await anyio.sleep(0.1)
+        assert app.status()["state"] == "stopped"
+        assert app.status()["pids"] == []
 
 
 async def test_hang_times_out_then_child_is_killed_and_replaced(

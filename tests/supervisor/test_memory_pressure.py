@@ -183,6 +183,57 @@ async def test_admission_that_cannot_fit_fails_after_its_deadline(fake_gpus) -> 
 
 
 @pytest.mark.anyio
+async def test_admission_on_explicit_gpus_evicts_idle_children_there(fake_gpus) -> None:
+    fake_gpus(8192, 8192)
+    async with supervisor() as sup:
+        old = await sup.start(APP, name="old", gpus=[0], setup={"vram_mib": 6144})
+        other = await sup.start(APP, name="other", gpus=[1], setup={"vram_mib": 6144})
+        await wait_for(lambda: sum(g["used"] for g in sup.status()["gpus"]) == 12288 * MIB)
+        new = await sup.start(APP, name="new", gpus=[1], vram_budget=4 * GIB)
+        assert other.status()["state"] == "unloaded"  # the GPU it was pinned to
+        assert old.status()["state"] == "ready"
+        assert (await new.run({}))["gpus"] == "1"
+
+
+@pytest.mark.anyio
+async def test_explicit_gpus_without_room_fail_even_if_another_gpu_has_it(fake_gpus) -> None:
+    fake_gpus(8192, 8192)
+    async with supervisor(admission_timeout=0.3) as sup:
+        busy = await sup.start(APP, name="busy", gpus=[0])
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(busy.run, {"vram_mib": 6144, "sleep": 1.5})
+            await wait_for(lambda: (sup.status()["gpus"] or [{}])[0].get("used") == 6144 * MIB)
+            with pytest.raises(E.AdmissionError) as caught:
+                await sup.start(APP, name="pinned", gpus=[0], vram_budget=4 * GIB)
+            assert caught.value.details["free"] == {0: 2048 * MIB}
+        assert "pinned" not in sup.apps
+
+
+@pytest.mark.anyio
+async def test_replicas_are_admitted_against_each_other(fake_gpus) -> None:
+    fake_gpus(8192, 8192)
+    async with supervisor() as sup:
+        app = await sup.start(APP, gpus=1, replicas=2, vram_budget=6 * GIB)
+        assert sorted(s["gpus"] for s in app.status()["replicas"]) == [[0], [1]]
+
+
+@pytest.mark.anyio
+async def test_replicas_that_do_not_fit_together_are_refused(fake_gpus) -> None:
+    fake_gpus(8192)
+    async with supervisor(admission_timeout=0.3) as sup:
+        with pytest.raises(E.AdmissionError) as caught:
+            await sup.start(APP, name="pair", gpus=[0], replicas=2, vram_budget=6 * GIB)
+        assert caught.value.details["needed_vram"] == 6 * GIB
+        assert caught.value.details["promised_to_earlier_replicas"] == {0: 6 * GIB}
+        assert "earlier replicas will use: GPU 0: 6.0 GiB" in str(caught.value)
+        with pytest.raises(E.AdmissionError):
+            await sup.start(APP, name="pair", gpus=1, replicas=2, vram_budget=6 * GIB)
+        assert not sup.apps
+        one = await sup.start(APP, name="one", gpus=[0], vram_budget=6 * GIB)
+        assert one.status()["ready"]
+
+
+@pytest.mark.anyio
 async def test_cuda_oom_fails_the_request_and_restarts_the_child(fake_gpus) -> None:
     fake_gpus(16384)
     async with supervisor() as sup:

@@ -1,5 +1,6 @@
 """Holds a real CUDA tensor of the requested size (for benchmarks/gpu_check.py)."""
 
+import asyncio
 import os
 
 import torch
@@ -8,6 +9,8 @@ from pydantic import BaseModel
 
 class RunInput(BaseModel):
     mib: int = 0
+    hold_s: float = 0.0
+    """Stay busy this long after allocating."""
 
 
 class RunOutput(BaseModel):
@@ -37,6 +40,7 @@ class App:
         if data.mib:
             self.held.append(torch.empty(data.mib * 1024 * 1024, dtype=torch.uint8, device="cuda"))
         torch.cuda.synchronize()
+        await asyncio.sleep(data.hold_s)
         return RunOutput(
             pid=os.getpid(),
             allocated_mib=torch.cuda.memory_allocated() // (1024 * 1024),
