@@ -89,6 +89,7 @@ class RequestRunner:
             or child.config_key != request.config_key
             or child.kill_reason is not None
             or child.retiring
+            or child.draining
             or child.dead.is_set()
         ):
             return None

@@ -86,6 +86,9 @@ class LiveChild:
     ready: bool = False
     retiring: bool = False
     """The slot is stopping this child on purpose; its death is not a crash."""
+    draining: bool = False
+    """A request with other setup values waits for it to be idle: no new request
+    may start on it meanwhile, or a steady stream of them would starve that one."""
     kill_reason: E.SupervisorError | None = None
     culprit: str | None = None
     """The request whose timeout or cancel got the child killed."""
@@ -191,7 +194,15 @@ class Slot:
                 if child is not None and state in (S.READY, S.BUSY):
                     if child.config_key == key:
                         return child
-                    await child.wait_idle()
+                    if child.in_flight:
+                        # Look again once it is idle: a stop, a crash or an eviction
+                        # may have come meanwhile.
+                        child.draining = True
+                        try:
+                            await child.wait_idle()
+                        finally:
+                            child.draining = False
+                        continue
                     await self._retire(child, S.UNLOADED, "setup config changed")
                     continue
                 if state is S.RESTARTING:

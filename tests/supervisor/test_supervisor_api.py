@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 import pytest
-from sup_helpers import make_supervisor
+from sup_helpers import in_flight, make_supervisor, wait_for
 
 from supervisor import (
     PartialEvent,
@@ -24,6 +24,7 @@ from supervisor.errors import (
     InputValidationError,
     LoadFailedError,
     SetupFailedError,
+    SupervisorError,
     UnknownFunctionError,
 )
 
@@ -88,6 +89,55 @@ async def test_bad_requests_do_not_hurt_the_child(apps_dir: Path) -> None:
         assert (await app.run({"name": "Ada"}))["greeting"] == "Hello, Ada"
         assert app.status()["pids"] == pid
         assert app.status()["restarts"] == 0
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+async def test_a_stop_while_a_config_change_waits_for_idle_stops_cleanly(
+    apps_dir: Path, concurrency: int
+) -> None:
+    """The config change resumes after the stop: it must see the stopped slot
+    (it used to try STOPPING -> UNLOADED, which broke the app's task group)."""
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_async", max_concurrency=concurrency)
+        outcomes: dict[str, Any] = {}
+
+        async def call(key: str, data: dict[str, Any], setup: dict[str, Any] | None) -> None:
+            try:
+                outcomes[key] = await app.run(data, setup=setup)
+            except SupervisorError as exc:
+                outcomes[key] = exc
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(call, "long", {"delay": 1.0}, None)
+            await wait_for(lambda: in_flight(app) == 1)
+            tasks.start_soon(call, "other config", {}, {"tag": "two"})
+            await anyio.sleep(0.2)
+            await app.stop()
+        assert app.status()["state"] == "stopped"
+        assert isinstance(outcomes["long"], AppStoppedError)
+        assert isinstance(outcomes["other config"], AppStoppedError)
+
+
+async def test_a_config_change_is_not_starved_by_overlapping_calls(apps_dir: Path) -> None:
+    """Calls with the old setup that keep the child busy may not start on it
+    while a call with new setup values waits for it to be idle."""
+    async with make_supervisor() as sup:
+        app = await sup.start(apps_dir / "sup_async", setup={"tag": "one"}, max_concurrency=3)
+        done = anyio.Event()
+
+        async def keep_busy(offset: float) -> None:
+            await anyio.sleep(offset)
+            while not done.is_set():
+                await app.run({"delay": 0.2}, setup={"tag": "one"})
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(keep_busy, 0.0)
+            tasks.start_soon(keep_busy, 0.1)
+            await anyio.sleep(0.3)
+            with anyio.fail_after(10):  # a hang guard: starved, it never returns
+                out = await app.run({}, setup={"tag": "two"})
+            done.set()
+        assert out["tag"] == "two"
 
 
 async def test_config_change_replaces_the_child_after_unloading_it(
