@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -15,6 +16,8 @@ from sup_helpers import in_flight, make_supervisor, outcome, wait_for
 
 from supervisor import RestartPolicy
 from supervisor.errors import (
+    AppFailedError,
+    AppStoppedError,
     BusyError,
     ChildCrashedError,
     InputValidationError,
@@ -427,3 +430,63 @@ async def test_callers_that_give_up_and_children_that_die_leave_nothing_behind(
         for request_id in ids:
             assert await app.cancel(request_id) is False, f"{request_id} was left behind"
         assert (await app.run({"text": "still serving"}))["text"] == "still serving"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_setup_changes_kills_and_a_stop_mid_stream_end_every_call_cleanly(
+    apps_dir: Path, seed: int
+) -> None:
+    """Callers alternate between two sets of setup values on two replicas while
+    children are killed, then the app is stopped with calls in flight and queued.
+    Every call ends a known way, and one that succeeds ran under its own setup
+    values; the stop ends the app (no illegal transition escapes a task group)."""
+    rng = random.Random(seed)
+    async with make_supervisor(restart_policy=RestartPolicy(max_restarts=100, window=1)) as sup:
+        app = await sup.start(apps_dir / "sup_async", replicas=2, max_concurrency=2)
+        outcomes: dict[str, int] = {"ok": 0, "crashed": 0, "stopped": 0, "gave_up": 0}
+        calls = 0
+        stop_at = rng.uniform(0.3, 0.8)
+
+        async def caller(c: int) -> None:
+            nonlocal calls
+            for i in range(40):
+                calls += 1
+                tag = rng.choice(["a", "b"])
+                with anyio.move_on_after(rng.choice([0.01, 2.0])) as waited:
+                    try:
+                        out = await app.run(
+                            {"text": f"c{c}-{i}", "delay": rng.choice([0.0, 0.005, 0.02])},
+                            setup={"tag": tag},
+                        )
+                    except ChildCrashedError:
+                        outcomes["crashed"] += 1
+                        continue
+                    except (AppStoppedError, AppFailedError):
+                        outcomes["stopped"] += 1
+                        return
+                    assert out["tag"] == tag
+                    outcomes["ok"] += 1
+                if waited.cancelled_caught:
+                    outcomes["gave_up"] += 1
+
+        async def killer() -> None:
+            while True:
+                await anyio.sleep(rng.uniform(0.05, 0.15))
+                pids = app.status()["pids"]
+                if pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(rng.choice(pids), signal.SIGKILL)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(killer)
+                async with anyio.create_task_group() as callers:
+                    for c in range(6):
+                        callers.start_soon(caller, c)
+                    await anyio.sleep(stop_at)
+                    await app.stop()
+                tasks.cancel_scope.cancel()
+        assert app.status()["state"] == "stopped"
+        assert app.status()["pids"] == []
+        assert sum(outcomes.values()) == calls, outcomes
+        assert outcomes["stopped"] > 0, outcomes  # the stop came with calls under way
