@@ -176,6 +176,8 @@ class AdmissionPlan:
     """Keys of idle children to stop first, in order."""
     reason: str
     """One line for logs and errors: where it goes, or what was needed and missing."""
+    ever_fits: bool = True
+    """False when too few devices hold that much at all, even empty: waiting is futile."""
 
 
 def admission_plan(
@@ -215,8 +217,14 @@ def admission_plan(
     reclaimable = {d.index: sum(c.vram_on(d.index) for c in idle) for d in devices}
     possible = [d for d in devices if d.free + reclaimable[d.index] >= need[d.index]]
     if len(possible) < count:
+        big_enough = sum(1 for d in devices if d.total >= need[d.index])
         return AdmissionPlan(
-            False, False, (), (), _cannot_fit(devices, children, count, vram_per_gpu, need)
+            False,
+            False,
+            (),
+            (),
+            _cannot_fit(devices, children, count, vram_per_gpu, need),
+            ever_fits=big_enough >= count,
         )
 
     evicted: list[ChildFigures] = []

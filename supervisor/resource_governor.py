@@ -166,6 +166,13 @@ class ResourceGovernor:
                 by_name = {slot.name: slot for slot, _, _ in self._slots()}
                 for key in plan.evict:
                     await by_name[key].evict("evicted to admit a new app")
+            if not plan.ever_fits:
+                raise E.AdmissionError(
+                    f"can never fit: {plan.reason}",
+                    needed_vram=vram_per_gpu,
+                    needed_gpus=count,
+                    total={d.index: d.total for d in devices},
+                )
             if time.monotonic() >= deadline:
                 promised = {i: b for i, b in (reserved or {}).items() if b}
                 raise E.AdmissionError(

@@ -342,7 +342,7 @@ def test_admission_reasons_name_the_plan() -> None:
 
 
 @pytest.mark.parametrize(
-    ("devices", "children", "ask", "fragments"),
+    ("devices", "children", "ask", "fragments", "ever_fits"),
     [
         pytest.param(
             [dev(0, 5)],
@@ -353,6 +353,7 @@ def test_admission_reasons_name_the_plan() -> None:
                 "even after evicting every idle app",
                 "GPU 0: 5.0 GiB free (30.0 GiB held by busy apps)",
             ],
+            True,
             id="busy holder",
         ),
         pytest.param(
@@ -360,18 +361,44 @@ def test_admission_reasons_name_the_plan() -> None:
             [child("a", {0: 30}), child("b", {1: 70}, busy=True)],
             (2, 20, 0),
             ["needs 2 GPU(s)", "GPU 0: 5.0 GiB free + 30.0 GiB held by idle apps", "GPU 1: 0 MiB"],
+            True,
             id="one device short",
         ),
         pytest.param(
-            [dev(0, 80), dev(1, 80)], [], (3, 1, 0), ["needs 3 GPU(s)"], id="too few devices"
+            [dev(0, 80), dev(1, 80)], [], (3, 1, 0), ["needs 3 GPU(s)"], False, id="too few devices"
         ),
-        pytest.param([], [], (1, 1, 0), ["there are no GPUs"], id="no devices"),
+        pytest.param([], [], (1, 1, 0), ["there are no GPUs"], False, id="no devices"),
         pytest.param(
             [dev(0, 25)],
             [],
             (1, 10, 0.25),
             ["GPU 0: 25.0 GiB free, needs 30.0 GiB with min_free"],
+            True,
             id="min_free shown",
+        ),
+        pytest.param(
+            [dev(0, 1, total_gib=16), dev(1, 1, total_gib=24)],
+            [],
+            (1, 20, 0.25),
+            ["needs 1 GPU(s) with 20.0 GiB each", "needs 26.0 GiB with min_free"],
+            False,
+            id="larger than any device with its min_free",
+        ),
+        pytest.param(
+            [dev(0, 1, total_gib=16), dev(1, 1, total_gib=24)],
+            [],
+            (2, 20, 0),
+            ["needs 2 GPU(s)"],
+            False,
+            id="one device large enough, two needed",
+        ),
+        pytest.param(
+            [dev(0, 1, total_gib=16), dev(1, 1, total_gib=24)],
+            [],
+            (1, 20, 0),
+            ["needs 1 GPU(s)"],
+            True,
+            id="one device large enough when others let go",
         ),
     ],
 )
@@ -380,12 +407,13 @@ def test_admission_cannot_fit(
     children: list[ChildFigures],
     ask: tuple[int, int, int | float],
     fragments: list[str],
+    ever_fits: bool,
 ) -> None:
     count, vram_gib, min_free = ask
     plan = admission_plan(
         devices, children, count=count, vram_per_gpu=vram_gib * GIB, min_free=min_free
     )
-    assert plan == AdmissionPlan(False, False, (), (), plan.reason)
+    assert plan == AdmissionPlan(False, False, (), (), plan.reason, ever_fits=ever_fits)
     for fragment in fragments:
         assert fragment in plan.reason
 

@@ -210,6 +210,23 @@ async def test_explicit_gpus_without_room_fail_even_if_another_gpu_has_it(fake_g
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("gpus", "vram_gib"), [(1, 16), ([0], 16), (3, 1)], ids=["too big", "too big here", "too many"]
+)
+async def test_an_app_that_can_never_fit_is_refused_at_once(
+    fake_gpus, gpus: int | list[int], vram_gib: int
+) -> None:
+    fake_gpus(8192, 8192)
+    async with supervisor(admission_timeout=60) as sup:
+        with anyio.fail_after(10):  # a hang guard: waiting out the deadline would take 60 s
+            with pytest.raises(E.AdmissionError) as caught:
+                await sup.start(APP, name="never", gpus=gpus, vram_budget=vram_gib * GIB)
+        assert str(caught.value).startswith("can never fit: needs")
+        assert caught.value.details["total"] == {0: 8 * GIB, 1: 8 * GIB} or gpus == [0]
+        assert "never" not in sup.apps
+
+
+@pytest.mark.anyio
 async def test_replicas_are_admitted_against_each_other(fake_gpus) -> None:
     fake_gpus(8192, 8192)
     async with supervisor() as sup:
