@@ -159,13 +159,6 @@ class ResourceGovernor:
                 vram_per_gpu=vram_per_gpu,
                 min_free=self.min_free_vram or 0,
             )
-            if plan.fits_now:
-                return plan.devices
-            if plan.fits_after_eviction:
-                logger.info("admission: %s", plan.reason)
-                by_name = {slot.name: slot for slot, _, _ in self._slots()}
-                for key in plan.evict:
-                    await by_name[key].evict("evicted to admit a new app")
             if not plan.ever_fits:
                 raise E.AdmissionError(
                     f"can never fit: {plan.reason}",
@@ -173,17 +166,20 @@ class ResourceGovernor:
                     needed_gpus=count,
                     total={d.index: d.total for d in devices},
                 )
+            if plan.fits_now:
+                return plan.devices
+            if plan.fits_after_eviction:
+                logger.info("admission: %s", plan.reason)
+                by_name = {slot.name: slot for slot, _, _ in self._slots()}
+                for key in plan.evict:
+                    await by_name[key].evict("evicted to admit a new app")
             if time.monotonic() >= deadline:
                 promised = {i: b for i, b in (reserved or {}).items() if b}
+                note = ", ".join(f"GPU {i}: {format_bytes(b)}" for i, b in promised.items())
+                if note:
+                    note = f" (free memory counts what earlier replicas will use: {note})"
                 raise E.AdmissionError(
-                    f"no room after waiting {timeout:g} s: {plan.reason}"
-                    + (
-                        " (free memory counts what this app's earlier replicas will use: "
-                        + ", ".join(f"GPU {i}: {format_bytes(b)}" for i, b in promised.items())
-                        + ")"
-                        if promised
-                        else ""
-                    ),
+                    f"no room after waiting {timeout:g} s: {plan.reason}{note}",
                     needed_vram=vram_per_gpu,
                     needed_gpus=count,
                     free={d.index: d.free for d in devices},

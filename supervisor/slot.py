@@ -404,7 +404,7 @@ class Slot:
             assert isinstance(exc, E.SupervisorError)
             error = exc
         if self.stopping:
-            pass  # stop() ran meanwhile: the slot's state is its
+            pass  # stop() ran meanwhile and has set the slot's state
         elif isinstance(error, E.LoadFailedError):
             self._fail(error.message, "the app cannot be loaded")
         elif restarting:
