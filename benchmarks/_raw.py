@@ -149,15 +149,15 @@ class RawChild:
         return None
 
     async def call(self, message: Load | Setup | Run) -> Any:
-        inbox = self.channel.open_inbox(message.id)
-        await self.channel.send(message)
-        async for reply in inbox:
-            if isinstance(reply, Result):
-                return reply.output
-            if isinstance(reply, Error):
-                raise RuntimeError(f"{reply.error.type}: {reply.error.message}")
-            if isinstance(reply, Log):
-                self.logs.append(reply.message)
+        with self.channel.open_inbox(message.id) as inbox:
+            await self.channel.send(message)
+            async for reply in inbox:
+                if isinstance(reply, Result):
+                    return reply.output
+                if isinstance(reply, Error):
+                    raise RuntimeError(f"{reply.error.type}: {reply.error.message}")
+                if isinstance(reply, Log):
+                    self.logs.append(reply.message)
         raise RuntimeError(
             f"the child died during {message.TYPE}: " + "\n".join(self.process.stderr_tail)
         )

@@ -70,7 +70,8 @@ class ChildPool:
         self._idle: dict[PoolKey, list[PooledChild]] = {}
         self._wanted: set[PoolKey] = {self.default_key} if size > 0 else set()
         self._refill = anyio.Event()
-        self._workdir = tempfile.TemporaryDirectory(prefix="supervisor-pool-")
+        self._workdir: tempfile.TemporaryDirectory[str] | None = None
+        """The pooled children's working directory, while ``run`` runs."""
         self._tasks: anyio.abc.TaskGroup | None = None
         self._closed = False
         self.spawned = 0
@@ -111,6 +112,7 @@ class ChildPool:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Keep ``size`` idle children per wanted key, until cancelled."""
+        self._workdir = tempfile.TemporaryDirectory(prefix="supervisor-pool-")
         try:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
@@ -131,9 +133,10 @@ class ChildPool:
             with anyio.CancelScope(shield=True):
                 await self._terminate_idle()
             self._workdir.cleanup()
+            self._workdir = None
 
     async def _spawn(self, key: PoolKey) -> bool:
-        assert self._tasks is not None
+        assert self._tasks is not None and self._workdir is not None
         env = child_environment({}, cuda_visible_devices="")
         name = f"pool[{self.spawned}]"
         try:

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -92,6 +91,11 @@ class ChildProcess:
         self._descendants_seen: dict[int, psutil.Process] = {}
         self._status: ExitStatus | None = None
         self._protocol_fds = protocol_fds
+        self._stderr_fd: int | None = None
+        """Our end of the child's stderr pipe, until ``read_stderr`` takes it. Our own
+        pipe rather than one asyncio makes: the process transport then holds no pipe,
+        and closes itself when the child is reaped, even if a grandchild keeps the
+        child's stderr open after the event loop has ended."""
 
     @classmethod
     async def spawn(
@@ -107,26 +111,33 @@ class ChildProcess:
         ends the caller takes with :meth:`take_protocol_fds`."""
         to_child_read, to_child_write = os.pipe()
         from_child_read, from_child_write = os.pipe()
+        stderr_read, stderr_write = os.pipe()
         try:
-            process = await anyio.open_process(
-                list(argv),
-                stdin=to_child_read,
-                stdout=from_child_write,
-                stderr=subprocess.PIPE,
-                env=dict(env),
-                cwd=cwd,
-                start_new_session=True,
-                pass_fds=pass_fds,
-            )
+            # Shielded: cancelled half-way, the process would be started but never
+            # awaited (asyncio kills it, then its wait is cancelled too). Whole, it
+            # is the caller's, who stops it when the cancellation lands.
+            with anyio.CancelScope(shield=True):
+                process = await anyio.open_process(
+                    list(argv),
+                    stdin=to_child_read,
+                    stdout=from_child_write,
+                    stderr=stderr_write,
+                    env=dict(env),
+                    cwd=cwd,
+                    start_new_session=True,
+                    pass_fds=pass_fds,
+                )
         except BaseException:
-            for fd in (to_child_write, from_child_read):
+            for fd in (to_child_write, from_child_read, stderr_read):
                 os.close(fd)
             raise
         finally:
-            os.close(to_child_read)
-            os.close(from_child_write)
+            for fd in (to_child_read, from_child_write, stderr_write):
+                os.close(fd)
         logger.debug("%s: spawned pid %d", name, process.pid)
-        return cls(process, name, (from_child_read, to_child_write))
+        child = cls(process, name, (from_child_read, to_child_write))
+        child._stderr_fd = stderr_read
+        return child
 
     def take_protocol_fds(self) -> tuple[int, int]:
         """The supervisor's ends of the protocol pipes (read from the child, write
@@ -142,21 +153,29 @@ class ChildProcess:
 
     async def read_stderr(self) -> None:
         """Collect what the child writes to its original stderr (start-up errors,
-        fatal reports) until it closes; the last lines are kept for error reports."""
-        stream = self._process.stderr
-        if stream is None:
+        fatal reports) until it closes or this task is cancelled, then close our end;
+        the last lines are kept for error reports."""
+        fd, self._stderr_fd = self._stderr_fd, None
+        if fd is None:
             return
+        os.set_blocking(fd, False)
         pending = b""
-        with contextlib.suppress(
-            anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError
-        ):
+        try:
             while True:
-                pending += await stream.receive()
-                *lines, pending = pending.split(b"\n")
+                await anyio.wait_readable(fd)
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    break
+                *lines, pending = (pending + chunk).split(b"\n")
                 for line in lines:
                     text = line.decode("utf-8", "replace")
                     self.stderr_tail.append(text)
                     logger.warning("%s stderr: %s", self.name, text)
+        finally:
+            os.close(fd)
         if pending:
             self.stderr_tail.append(pending.decode("utf-8", "replace"))
 
@@ -217,10 +236,11 @@ class ChildProcess:
             return []
 
     async def aclose_streams(self) -> None:
-        if self._protocol_fds is not None:  # never taken by a channel
+        """Close the pipe ends nobody took (the channel and ``read_stderr`` close theirs)."""
+        if self._protocol_fds is not None:
             for fd in self._protocol_fds:
                 os.close(fd)
             self._protocol_fds = None
-        if self._process.stderr is not None:
-            with contextlib.suppress(Exception):
-                await self._process.stderr.aclose()
+        if self._stderr_fd is not None:
+            os.close(self._stderr_fd)
+            self._stderr_fd = None

@@ -416,16 +416,16 @@ class Slot:
 
     async def _call(self, child: LiveChild, message: Load | Setup) -> Any:
         """Send a load or setup request and wait for its outcome."""
-        inbox = child.channel.open_inbox(message.id)
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-            await child.channel.send(message)
-        async for reply in inbox:
-            if isinstance(reply, Result):
-                return reply.output
-            if isinstance(reply, Error):
-                raise E.from_error_info(reply.error)
-            if isinstance(reply, LogMessage):
-                self.logger.info("[%s] %s", reply.stream, reply.message)
+        with child.channel.open_inbox(message.id) as inbox:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await child.channel.send(message)
+            async for reply in inbox:
+                if isinstance(reply, Result):
+                    return reply.output
+                if isinstance(reply, Error):
+                    raise E.from_error_info(reply.error)
+                if isinstance(reply, LogMessage):
+                    self.logger.info("[%s] %s", reply.stream, reply.message)
         raise _StartFailed(f"the child died during {message.TYPE}")
 
     def metadata(self) -> dict[str, Any]:

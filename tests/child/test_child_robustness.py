@@ -235,4 +235,4 @@ def test_a_closed_stdout_ends_the_child_with_status_70():
         assert proc.wait(timeout=30) == 70
     finally:
         proc.kill()
-        proc.wait()
+        proc.communicate()  # reaps, and closes the pipes still open

@@ -40,7 +40,8 @@ def test_example_inputs_are_valid_json() -> None:
         assert isinstance(data, dict)
         assert (EXAMPLES / directory / "inf.yml").is_file()
         assert (EXAMPLES / directory / "__init__.py").is_file()
-    assert Image.open(EXAMPLES / "image" / "sample.png").size == (64, 48)
+    with Image.open(EXAMPLES / "image" / "sample.png") as image:
+        assert image.size == (64, 48)
 
 
 def test_embeddings_example() -> None:

@@ -30,9 +30,9 @@ class Child:
         return f"r{next(self._ids)}"
 
     async def call(self, message: Load | Setup | Run) -> Message:
-        inbox = self.channel.open_inbox(message.id)
-        await self.channel.send(message)
-        return await last(inbox)
+        with self.channel.open_inbox(message.id) as inbox:
+            await self.channel.send(message)
+            return await last(inbox)
 
 
 async def last(inbox: Inbox) -> Message:
