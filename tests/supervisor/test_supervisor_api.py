@@ -3,10 +3,13 @@ failures, the child's environment and GPU pinning, and shutdown."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
+import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -333,6 +336,28 @@ async def test_cpu_only_child_sees_no_device(
 
 
 # -- shutdown ------------------------------------------------------------------
+
+
+async def test_a_supervisor_leaves_no_unclosed_resource_behind(apps_dir: Path) -> None:
+    """Pipes, transports, streams and temporary directories are closed, not left to
+    the garbage collector: after starts, calls, a crash, a standby, a start cancelled
+    while its child spawns, and the exit, collecting garbage warns of nothing."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        async with make_supervisor() as sup:
+            app = await sup.start(apps_dir / "sup_async", standby=True)
+            await app.run({"text": "x"})
+            pid = app.status()["pids"][0]
+            os.kill(pid, signal.SIGKILL)
+            await wait_for(lambda: app.status()["pids"] not in ([], [pid]))
+            await app.run({"text": "y"})
+            for delay in (0.0, 0.001, 0.005, 0.02):
+                with anyio.move_on_after(delay):
+                    await sup.start(apps_dir / "sup_async", name=f"cancelled-{delay}")
+        await anyio.sleep(0.1)  # the threaded child watcher's last callbacks
+        gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaks == []
 
 
 async def test_leaving_the_context_unloads_every_child(
