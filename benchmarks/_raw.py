@@ -184,7 +184,7 @@ class RawChild:
                 await self.process.wait()
             if self.process.exit_status is None:
                 await self.process.terminate(1.0)
-            await self.process.aclose_streams()
+            self.process.close_pipes()
             if self._t0_file:
                 with contextlib.suppress(OSError):
                     os.unlink(self._t0_file)

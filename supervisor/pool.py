@@ -173,7 +173,7 @@ class ChildPool:
     @staticmethod
     async def _discard(process: ChildProcess) -> None:
         await process.terminate(1.0)
-        await process.aclose_streams()
+        process.close_pipes()
 
     async def _reap_when_dead(self, process: ChildProcess, channel: ChildChannel) -> None:
         """Reap a pooled child that dies while idle (a handed-out one is reaped by its slot)."""

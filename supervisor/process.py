@@ -80,7 +80,11 @@ class ChildProcess:
     """A running child. Create with :meth:`spawn`."""
 
     def __init__(
-        self, process: anyio.abc.Process, name: str, protocol_fds: tuple[int, int] | None = None
+        self,
+        process: anyio.abc.Process,
+        name: str,
+        protocol_fds: tuple[int, int] | None = None,
+        stderr_fd: int | None = None,
     ) -> None:
         self._process = process
         self.name = name
@@ -91,7 +95,7 @@ class ChildProcess:
         self._descendants_seen: dict[int, psutil.Process] = {}
         self._status: ExitStatus | None = None
         self._protocol_fds = protocol_fds
-        self._stderr_fd: int | None = None
+        self._stderr_fd = stderr_fd
         """Our end of the child's stderr pipe, until ``read_stderr`` takes it. Our own
         pipe rather than one asyncio makes: the process transport then holds no pipe,
         and closes itself when the child is reaped, even if a grandchild keeps the
@@ -135,9 +139,7 @@ class ChildProcess:
             for fd in (to_child_read, from_child_write, stderr_write):
                 os.close(fd)
         logger.debug("%s: spawned pid %d", name, process.pid)
-        child = cls(process, name, (from_child_read, to_child_write))
-        child._stderr_fd = stderr_read
-        return child
+        return cls(process, name, (from_child_read, to_child_write), stderr_read)
 
     def take_protocol_fds(self) -> tuple[int, int]:
         """The supervisor's ends of the protocol pipes (read from the child, write
@@ -235,7 +237,7 @@ class ChildProcess:
         except psutil.Error:
             return []
 
-    async def aclose_streams(self) -> None:
+    def close_pipes(self) -> None:
         """Close the pipe ends nobody took (the channel and ``read_stderr`` close theirs)."""
         if self._protocol_fds is not None:
             for fd in self._protocol_fds:

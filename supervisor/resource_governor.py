@@ -138,12 +138,13 @@ class ResourceGovernor:
         replica of an app would be admitted against the same free memory.
         """
         deadline = time.monotonic() + timeout
+        reserved = reserved or {}
         if only is not None:
             count = len(only)
         while True:
             snapshot = await self.monitor.refresh()
             devices = [
-                _less(d, (reserved or {}).get(d.index, 0))
+                _less(d, reserved.get(d.index, 0))
                 for d in snapshot.devices
                 if only is None or d.index in only
             ]
@@ -174,7 +175,7 @@ class ResourceGovernor:
                 for key in plan.evict:
                     await by_name[key].evict("evicted to admit a new app")
             if time.monotonic() >= deadline:
-                promised = {i: b for i, b in (reserved or {}).items() if b}
+                promised = {i: b for i, b in reserved.items() if b}
                 note = ", ".join(f"GPU {i}: {format_bytes(b)}" for i, b in promised.items())
                 if note:
                     note = f" (free memory counts what earlier replicas will use: {note})"

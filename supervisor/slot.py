@@ -461,7 +461,7 @@ class Slot:
             if child.process.exit_status is None:
                 child.process.kill()
         status = await child.process.wait()
-        await child.process.aclose_streams()
+        child.process.close_pipes()
         child.dead.set()
         if child is self.standby:
             self._standby_died(child, status)

@@ -52,7 +52,7 @@ async def child(apps_dir: Path) -> AsyncIterator[Child]:
         assert await channel.wait_hello() is not None
         yield Child(process, channel)
         await process.terminate(2.0)
-        await process.aclose_streams()
+        process.close_pipes()
         tasks.cancel_scope.cancel()
 
 
