@@ -10,7 +10,13 @@ alone, without touching a process:
 * ``pressure_evictions``: a device is running out of free memory; which idle
   children should go, least recently used first, to give it back;
 * ``admission_plan``: a new app needs ``count`` GPUs with ``vram_per_gpu``
-  each; does it fit now, after evicting which idle children, or not at all.
+  each; does it fit now, after evicting which idle children, or not at all
+  (``replica_plans``: the same for each of its replicas, all or none).
+
+A VRAM budget is per GPU, as ``inf.yml`` declares ``resources.gpu.vram``, and
+it is also a reservation: a running child may grow to its budget at any time
+(a model loads lazily, an allocator caches), so admission counts the part of
+each budget not yet in use as taken. A child is evicted with its reservation.
 
 A busy child (one with a request in flight) is never chosen: evicting it would
 fail a request to make room for another. All rules are greedy and
@@ -23,7 +29,7 @@ memory pressure, and the supervisor answers it with the same policy.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from .gpu_allocation import format_bytes
@@ -38,6 +44,7 @@ __all__ = [
     "is_cuda_oom",
     "over_budget",
     "pressure_evictions",
+    "replica_plans",
 ]
 
 
@@ -54,6 +61,7 @@ class ChildFigures:
     rss: int
     """Bytes of host RAM (RSS) used by the child's process tree."""
     vram_budget: int | None
+    """Bytes per GPU, on each of ``gpus``."""
     ram_budget: int | None
     busy: bool
     """A request is in flight: never evicted."""
@@ -70,6 +78,16 @@ class ChildFigures:
             return self.vram // len(self.gpus)
         return 0
 
+    def reserved_on(self, index: int) -> int:
+        """Bytes of its VRAM budget on device ``index`` that it does not use yet."""
+        if self.vram_budget is None or index not in self.gpus:
+            return 0
+        return max(0, self.vram_budget - self.vram_on(index))
+
+    def held_on(self, index: int) -> int:
+        """Bytes used or reserved on device ``index``: what evicting it gives back."""
+        return self.vram_on(index) + self.reserved_on(index)
+
 
 # -- budgets --------------------------------------------------------------------
 
@@ -80,10 +98,13 @@ class BudgetViolation:
     budget: Literal["vram", "ram"]
     used: int
     limit: int
+    device: int | None = None
+    """The GPU a VRAM budget was broken on; None for RAM (or VRAM on no known GPU)."""
 
     def __str__(self) -> str:
+        where = "" if self.device is None else f" on GPU {self.device}"
         return (
-            f"{self.key} uses {format_bytes(self.used)} of {self.budget.upper()}, "
+            f"{self.key} uses {format_bytes(self.used)} of {self.budget.upper()}{where}, "
             f"over its budget of {format_bytes(self.limit)}"
         )
 
@@ -91,16 +112,26 @@ class BudgetViolation:
 def over_budget(children: Iterable[ChildFigures]) -> list[BudgetViolation]:
     """Children using more than their budget (equal is fine), in input order.
 
+    The VRAM budget applies to each GPU alone; the one used most is reported.
     At most one violation per child: VRAM is checked first, because VRAM is the
     scarcer resource and its report is the more useful one when both are over.
     """
     violations = []
     for child in children:
-        if child.vram_budget is not None and child.vram > child.vram_budget:
-            violations.append(BudgetViolation(child.key, "vram", child.vram, child.vram_budget))
+        device, used = _most_used_device(child)
+        if child.vram_budget is not None and used > child.vram_budget:
+            violations.append(BudgetViolation(child.key, "vram", used, child.vram_budget, device))
         elif child.ram_budget is not None and child.rss > child.ram_budget:
             violations.append(BudgetViolation(child.key, "ram", child.rss, child.ram_budget))
     return violations
+
+
+def _most_used_device(child: ChildFigures) -> tuple[int | None, int]:
+    devices = sorted(set(child.gpus) | set(child.vram_by_device))
+    if not devices:
+        return None, child.vram
+    device = max(devices, key=child.vram_on)
+    return device, child.vram_on(device)
 
 
 # -- pressure -------------------------------------------------------------------
@@ -121,11 +152,15 @@ def free_threshold(device: DeviceMemory, min_free: int | float) -> int:
     return min_free
 
 
-def _lru_order(children: Iterable[ChildFigures], index: int) -> list[ChildFigures]:
-    """Idle children holding memory on ``index``: least recently used first,
-    then the one freeing more there, then by key."""
-    users = [c for c in children if not c.busy and c.vram_on(index) > 0]
-    users.sort(key=lambda c: (c.last_used, -c.vram_on(index), c.key))
+def _lru_order(
+    children: Iterable[ChildFigures], index: int, *, held: bool = False
+) -> list[ChildFigures]:
+    """Idle children holding memory on ``index`` (in use, or with ``held`` also
+    reserved): least recently used first, then the one freeing more there, then
+    by key."""
+    size = ChildFigures.held_on if held else ChildFigures.vram_on
+    users = [c for c in children if not c.busy and size(c, index) > 0]
+    users.sort(key=lambda c: (c.last_used, -size(c, index), c.key))
     return users
 
 
@@ -187,12 +222,18 @@ def admission_plan(
     count: int,
     vram_per_gpu: int,
     min_free: int | float = 0,
+    reserved: Mapping[int, int] | None = None,
 ) -> AdmissionPlan:
     """Place an app needing ``count`` devices with ``vram_per_gpu`` free on each.
 
-    A device fits when its free memory, less its ``min_free`` threshold (see
-    ``free_threshold``), is at least ``vram_per_gpu``. Devices are picked one
-    at a time, greedily; each time the cheapest device wins, where cost is
+    A device fits when its free memory, less what is promised on it, less its
+    ``min_free`` threshold (see ``free_threshold``), is at least
+    ``vram_per_gpu``. Promised are the children's budgets not yet in use
+    (``ChildFigures.reserved_on``) and ``reserved``: bytes per device promised
+    to apps that have no figures yet (starting, restarting, or admitted just
+    before). Evicting an idle child gives back what it uses and what it reserves.
+    Devices are picked one at a time, greedily; each time the cheapest device
+    wins, where cost is
 
     1. the bytes of VRAM held by the idle children that would have to be
        evicted for it (chosen least recently used first on that device, and
@@ -213,9 +254,14 @@ def admission_plan(
         return AdmissionPlan(True, True, (), (), "needs no GPU")
 
     need = {d.index: vram_per_gpu + free_threshold(d, min_free) for d in devices}
+    promised = {
+        d.index: (reserved or {}).get(d.index, 0) + sum(c.reserved_on(d.index) for c in children)
+        for d in devices
+    }
+    available = {d.index: d.free - promised[d.index] for d in devices}
     idle = [c for c in children if not c.busy]
-    reclaimable = {d.index: sum(c.vram_on(d.index) for c in idle) for d in devices}
-    possible = [d for d in devices if d.free + reclaimable[d.index] >= need[d.index]]
+    reclaimable = {d.index: sum(c.held_on(d.index) for c in idle) for d in devices}
+    possible = [d for d in devices if available[d.index] + reclaimable[d.index] >= need[d.index]]
     if len(possible) < count:
         big_enough = sum(1 for d in devices if d.total >= need[d.index])
         return AdmissionPlan(
@@ -223,7 +269,7 @@ def admission_plan(
             False,
             (),
             (),
-            _cannot_fit(devices, children, count, vram_per_gpu, need),
+            _cannot_fit(devices, children, count, vram_per_gpu, need, promised),
             ever_fits=big_enough >= count,
         )
 
@@ -234,10 +280,13 @@ def admission_plan(
         for device in possible:
             if device.index in picked:
                 continue
-            extra, free = _make_room(device, idle, evicted, need[device.index])
+            extra, free = _make_room(
+                device.index, available[device.index], idle, evicted, need[device.index]
+            )
             gone = evicted + extra
             sharing = sum(1 for c in children if device.index in c.gpus and c not in gone)
-            cost = (sum(c.vram for c in extra), len(extra), sharing, -free, device.index)
+            held = sum(c.held_on(i) for c in extra for i in _devices_of(c))
+            cost = (held, len(extra), sharing, -free, device.index)
             if best is None or cost < best[0]:
                 best = (cost, device.index, extra)
         assert best is not None  # every device in `possible` can be made to fit
@@ -249,7 +298,7 @@ def admission_plan(
     if not evicted:
         return AdmissionPlan(True, True, chosen, (), f"fits now on GPU(s) {where}")
     keys = tuple(c.key for c in evicted)
-    freed = format_bytes(sum(c.vram for c in evicted))
+    freed = format_bytes(sum(c.held_on(i) for c in evicted for i in _devices_of(c)))
     return AdmissionPlan(
         False,
         True,
@@ -259,24 +308,76 @@ def admission_plan(
     )
 
 
+def replica_plans(
+    devices: Sequence[DeviceMemory],
+    children: Sequence[ChildFigures],
+    *,
+    replicas: int,
+    count: int,
+    vram_per_gpu: int,
+    min_free: int | float = 0,
+    reserved: Mapping[int, int] | None = None,
+) -> list[AdmissionPlan]:
+    """``admission_plan`` for each of an app's replicas, each in the world the
+    plans before it leave: their evictions done and their VRAM promised.
+
+    Stops at the first replica that does not fit, so the last plan says whether
+    they all do; nobody should be evicted for an app unless all of it fits.
+    """
+    plans: list[AdmissionPlan] = []
+    promised = dict(reserved or {})
+    remaining = list(children)
+    for _ in range(replicas):
+        plan = admission_plan(
+            devices,
+            remaining,
+            count=count,
+            vram_per_gpu=vram_per_gpu,
+            min_free=min_free,
+            reserved=promised,
+        )
+        plans.append(plan)
+        if not plan.fits_after_eviction:
+            break
+        gone = [c for c in remaining if c.key in plan.evict]
+        remaining = [c for c in remaining if c not in gone]
+        devices = [_without(d, gone) for d in devices]
+        for index in plan.devices:
+            promised[index] = promised.get(index, 0) + vram_per_gpu
+    return plans
+
+
+def _without(device: DeviceMemory, gone: Sequence[ChildFigures]) -> DeviceMemory:
+    """The device once the ``gone`` children have let go of their memory on it."""
+    freed = sum(c.vram_on(device.index) for c in gone)
+    if not freed:
+        return device
+    return replace(device, used=max(0, device.used - freed), free=device.free + freed)
+
+
 def _make_room(
-    device: DeviceMemory,
+    index: int,
+    available: int,
     idle: Sequence[ChildFigures],
     evicted: Sequence[ChildFigures],
     need: int,
 ) -> tuple[list[ChildFigures], int]:
-    """The further idle children to evict so ``device`` has ``need`` free, and
-    the free memory it would then have."""
-    free = device.free + sum(c.vram_on(device.index) for c in evicted)
+    """The further idle children to evict so device ``index`` has ``need``
+    available, and what it would then have."""
+    free = available + sum(c.held_on(index) for c in evicted)
     extra: list[ChildFigures] = []
     if free >= need:
         return extra, free
-    for child in _lru_order([c for c in idle if c not in evicted], device.index):
+    for child in _lru_order([c for c in idle if c not in evicted], index, held=True):
         extra.append(child)
-        free += child.vram_on(device.index)
+        free += child.held_on(index)
         if free >= need:
             break
     return extra, free
+
+
+def _devices_of(child: ChildFigures) -> list[int]:
+    return sorted(set(child.gpus) | set(child.vram_by_device))
 
 
 def _cannot_fit(
@@ -285,6 +386,7 @@ def _cannot_fit(
     count: int,
     vram_per_gpu: int,
     need: Mapping[int, int],
+    promised: Mapping[int, int],
 ) -> str:
     head = (
         f"needs {count} GPU(s) with {format_bytes(vram_per_gpu)} each, "
@@ -294,9 +396,11 @@ def _cannot_fit(
         return f"{head}; there are no GPUs"
     parts = []
     for d in devices:
-        idle = sum(c.vram_on(d.index) for c in children if not c.busy)
+        idle = sum(c.held_on(d.index) for c in children if not c.busy)
         busy = sum(c.vram_on(d.index) for c in children if c.busy)
         part = f"GPU {d.index}: {format_bytes(d.free)} free"
+        if promised[d.index]:
+            part += f" ({format_bytes(promised[d.index])} of it promised to apps)"
         if idle:
             part += f" + {format_bytes(idle)} held by idle apps"
         if busy:

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Iterable
 
 import anyio
 import anyio.abc
@@ -23,12 +22,11 @@ from . import errors as E
 from .eviction_policy import (
     BudgetViolation,
     ChildFigures,
-    admission_plan,
     over_budget,
     pressure_evictions,
+    replica_plans,
 )
 from .gpu_allocation import format_bytes
-from .gpu_backend import DeviceMemory
 from .gpu_monitor import MonitorSnapshot, ResourceMonitor
 from .slot import LiveChild, Slot
 
@@ -98,14 +96,16 @@ class ResourceGovernor:
         if id(child) in self._enforcing or child.kill_reason is not None:
             return
         self._enforcing.add(id(child))
+        where = "" if violation.device is None else f" on GPU {violation.device}"
         error = E.BudgetExceededError(
             f"{slot.name} used {format_bytes(violation.used)} of "
-            f"{'VRAM' if violation.budget == 'vram' else 'RAM'}, over its budget of "
+            f"{'VRAM' if violation.budget == 'vram' else 'RAM'}{where}, over its budget of "
             f"{format_bytes(violation.limit)}",
             budget=violation.budget,
             used=violation.used,
             limit=violation.limit,
             at=time.time(),
+            **({} if violation.device is None else {"device": violation.device}),
         )
         logger.warning("%s; stopping pid %d", error.message, child.process.pid)
 
@@ -119,6 +119,16 @@ class ResourceGovernor:
 
         self._tasks.start_soon(stop_after_grace)
 
+    def _promised_without_figures(self, measured: set[int]) -> dict[int, int]:
+        """Whole VRAM budgets of slots holding a reservation with no child measured
+        yet (a child starting, restarting or not sampled yet), per GPU."""
+        promised: dict[int, int] = {}
+        for slot, vram_budget, _ in self._slots():
+            if vram_budget and slot.holds_vram_reservation and id(slot) not in measured:
+                for index in slot.gpus:
+                    promised[index] = promised.get(index, 0) + vram_budget
+        return promised
+
     # -- before a start ---------------------------------------------------------
 
     async def admit(
@@ -127,39 +137,40 @@ class ResourceGovernor:
         count: int,
         vram_per_gpu: int,
         timeout: float,
+        replicas: int = 1,
         only: tuple[int, ...] | None = None,
-        reserved: Mapping[int, int] | None = None,
-    ) -> tuple[int, ...]:
-        """GPUs with room for a new child, evicting idle children or waiting for room.
+    ) -> list[tuple[int, ...]]:
+        """GPUs for each replica of a new app, evicting idle children or waiting for room.
 
         ``only`` restricts the choice to these GPUs, all of which must fit (an
-        explicit placement). ``reserved`` is VRAM per GPU already promised to
-        replicas admitted before this one but not started yet: without it, every
-        replica of an app would be admitted against the same free memory.
+        explicit placement). Each replica counts the VRAM of those placed before
+        it, and idle children are evicted only once all replicas fit. The
+        budgets of running apps count as promised too, in full where their
+        child has no figures yet (see ``eviction_policy``).
         """
         deadline = time.monotonic() + timeout
-        reserved = reserved or {}
         if only is not None:
             count = len(only)
         while True:
             snapshot = await self.monitor.refresh()
-            devices = [
-                _less(d, reserved.get(d.index, 0))
-                for d in snapshot.devices
-                if only is None or d.index in only
-            ]
+            devices = [d for d in snapshot.devices if only is None or d.index in only]
             if not devices:
                 raise E.AdmissionError(
                     f"needs {count} GPU(s) with {format_bytes(vram_per_gpu)} free, "
                     f"but no GPU figures are available ({snapshot.gpu_error or 'no GPU'})"
                 )
-            plan = admission_plan(
+            figures = self._figures(snapshot)
+            promised = self._promised_without_figures({id(slot) for slot, _, _ in figures})
+            plans = replica_plans(
                 devices,
-                [f for _, _, f in self._figures(snapshot)],
+                [f for _, _, f in figures],
+                replicas=replicas,
                 count=count,
                 vram_per_gpu=vram_per_gpu,
                 min_free=self.min_free_vram or 0,
+                reserved=promised,
             )
+            plan = plans[-1]
             if not plan.ever_fits:
                 raise E.AdmissionError(
                     f"can never fit: {plan.reason}",
@@ -167,31 +178,33 @@ class ResourceGovernor:
                     needed_gpus=count,
                     total={d.index: d.total for d in devices},
                 )
-            if plan.fits_now:
-                return plan.devices
+            if plan.fits_after_eviction and all(p.fits_now for p in plans):
+                return [p.devices for p in plans]
             if plan.fits_after_eviction:
-                logger.info("admission: %s", plan.reason)
+                for p in plans:
+                    if p.evict:
+                        logger.info("admission: %s", p.reason)
                 by_name = {slot.name: slot for slot, _, _ in self._slots()}
-                for key in plan.evict:
+                for key in dict.fromkeys(k for p in plans for k in p.evict):
                     await by_name[key].evict("evicted to admit a new app")
             if time.monotonic() >= deadline:
-                promised = {i: b for i, b in reserved.items() if b}
-                note = ", ".join(f"GPU {i}: {format_bytes(b)}" for i, b in promised.items())
+                earlier: dict[int, int] = {}
+                for p in plans[:-1]:
+                    for index in p.devices:
+                        earlier[index] = earlier.get(index, 0) + vram_per_gpu
+                note = ", ".join(f"GPU {i}: {format_bytes(b)}" for i, b in sorted(earlier.items()))
                 if note:
                     note = f" (free memory counts what earlier replicas will use: {note})"
+                for _, _, child in figures:
+                    for index in child.gpus:
+                        promised[index] = promised.get(index, 0) + child.reserved_on(index)
                 raise E.AdmissionError(
                     f"no room after waiting {timeout:g} s: {plan.reason}{note}",
                     needed_vram=vram_per_gpu,
                     needed_gpus=count,
                     free={d.index: d.free for d in devices},
-                    **({"promised_to_earlier_replicas": promised} if promised else {}),
+                    promised={i: b for i, b in sorted(promised.items()) if b},
+                    **({"promised_to_earlier_replicas": earlier} if earlier else {}),
                 )
             if not plan.fits_after_eviction:
                 await anyio.sleep(min(self.monitor.interval, max(0.0, deadline - time.monotonic())))
-
-
-def _less(device: DeviceMemory, reserved: int) -> DeviceMemory:
-    """The device as it will be once ``reserved`` more bytes are in use."""
-    if not reserved:
-        return device
-    return replace(device, used=device.used + reserved, free=max(0, device.free - reserved))

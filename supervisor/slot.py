@@ -152,6 +152,15 @@ class Slot:
         self._standby_scope = anyio.CancelScope()
         self._standby_loading = False
         self._standby_replaced = False
+        self.evicted = False
+        """Unloaded to free memory, and not started since."""
+
+    @property
+    def holds_vram_reservation(self) -> bool:
+        """The app's VRAM budget stays promised to the slot from its admission until
+        it is evicted, fails or stops: a child that has not allocated it yet, or a
+        restart, must still find it free."""
+        return not self.evicted and self.lifecycle.state not in (S.FAILED, S.STOPPING, S.STOPPED)
 
     # -- running the slot -----------------------------------------------------
 
@@ -219,6 +228,7 @@ class Slot:
             raise E.AppStoppedError(f"{self.spec.name} is stopped")
         restarting = self.lifecycle.state is S.RESTARTING
         self.lifecycle.to(S.STARTING, "restart" if restarting else "")
+        self.evicted = False
         child: LiveChild | None = None
         scope = self._start_scope = anyio.CancelScope()
         try:
@@ -565,6 +575,7 @@ class Slot:
             if self.child is not child or child.in_flight:
                 return False
             await self._retire(child, S.UNLOADED, reason)
+            self.evicted = True
             await self._drop_standby()
         return True
 

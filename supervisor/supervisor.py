@@ -8,6 +8,7 @@ slots and returns once every replica is ready.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -75,6 +76,9 @@ class Supervisor:
         self.monitor: ResourceMonitor | None = None
         self.governor: ResourceGovernor | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
+        self._admission = anyio.Lock()
+        """Held from an app's admission until its slots exist, and so hold its VRAM:
+        two apps starting at once must not both be admitted to the same free memory."""
 
     # -- context --------------------------------------------------------------
 
@@ -178,26 +182,31 @@ class Supervisor:
             shared_memory=self.shared_memory,
             standby=standby,
         )
-        placements = await self._place(
-            replicas, gpus, manifest.gpu_count, vram_budget or manifest.vram
+        vram = vram_budget if vram_budget is not None else manifest.vram
+        admission: contextlib.AbstractAsyncContextManager[Any] = (
+            self._admission if vram else contextlib.nullcontext()
         )
-        assert self.governor is not None
-        slots = [
-            Slot(spec, i, placement, on_change=self.governor.track, pool=self.pool)
-            for i, placement in enumerate(placements)
-        ]
-        app = App(
-            app_name,
-            directory,
-            slots,
-            queue_size,
-            dict(setup or {}),
-            run_timeout,
-            on_stop=self._forget,
-        )
-        app.vram_budget = vram_budget if vram_budget is not None else manifest.vram
-        app.ram_budget = ram_budget if ram_budget is not None else manifest.ram
-        self.apps[app_name] = app
+        async with admission:
+            placements = await self._place(replicas, gpus, manifest.gpu_count, vram)
+            if app_name in self.apps:  # started while this one waited for room
+                raise E.InputValidationError(f"an app named {app_name!r} is already running")
+            assert self.governor is not None
+            slots = [
+                Slot(spec, i, placement, on_change=self.governor.track, pool=self.pool)
+                for i, placement in enumerate(placements)
+            ]
+            app = App(
+                app_name,
+                directory,
+                slots,
+                queue_size,
+                dict(setup or {}),
+                run_timeout,
+                on_stop=self._forget,
+            )
+            app.vram_budget = vram
+            app.ram_budget = ram_budget if ram_budget is not None else manifest.ram
+            self.apps[app_name] = app
         try:
             await self._tasks.start(app.serve)
             await self._start_slots(slots, app.setup)
@@ -236,10 +245,10 @@ class Supervisor:
     ) -> list[tuple[int, ...]]:
         """GPUs for each replica: explicit indices, a count, or what inf.yml declares.
 
-        With a VRAM figure, each replica is admitted in turn (evicting idle
-        children or waiting for room), on its explicit GPUs if it has them, and
-        counting what the replicas before it will use; without one, GPUs are
-        spread by free memory.
+        With a VRAM figure, the replicas are admitted together (evicting idle
+        children or waiting for room), on their explicit GPUs if they have them,
+        each counting what the replicas before it will use; without one, GPUs
+        are spread by free memory.
         """
         devices = await self._devices()
         explicit: tuple[int, ...] | None = None
@@ -262,20 +271,13 @@ class Supervisor:
             raise E.AdmissionError(f"{count} GPU(s) requested but no GPU was found")
         assert self.governor is not None
         if vram:
-            placements = []
-            reserved: dict[int, int] = {}
-            for _ in range(replicas):
-                chosen = await self.governor.admit(
-                    count=count,
-                    vram_per_gpu=vram,
-                    timeout=self.admission_timeout,
-                    only=explicit,
-                    reserved=reserved,
-                )
-                for index in chosen:
-                    reserved[index] = reserved.get(index, 0) + vram
-                placements.append(chosen)
-            return placements
+            return await self.governor.admit(
+                count=count,
+                vram_per_gpu=vram,
+                timeout=self.admission_timeout,
+                replicas=replicas,
+                only=explicit,
+            )
         taken = self._gpu_usage()
         placements = []
         for _ in range(replicas):

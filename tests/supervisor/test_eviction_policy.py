@@ -11,6 +11,7 @@ from supervisor.eviction_policy import (
     is_cuda_oom,
     over_budget,
     pressure_evictions,
+    replica_plans,
 )
 from supervisor.gpu_backend import DeviceMemory
 
@@ -55,18 +56,19 @@ def child(
     ("children", "expected"),
     [
         ([child("a", {0: 50}, rss_gib=50)], []),
-        ([child("a", {0: 5}, vram_budget_gib=4)], [("a", "vram", 5, 4)]),
+        ([child("a", {0: 5}, vram_budget_gib=4)], [("a", "vram", 5, 4, 0)]),
         ([child("a", {0: 4}, vram_budget_gib=4)], []),  # equal is within budget
-        ([child("a", {0: 2, 1: 3}, vram_budget_gib=4)], [("a", "vram", 5, 4)]),  # summed
-        ([child("a", rss_gib=9, ram_budget_gib=8)], [("a", "ram", 9, 8)]),
+        ([child("a", {0: 3, 1: 4}, vram_budget_gib=4)], []),  # a budget per GPU, not summed
+        ([child("a", {0: 3, 1: 5, 2: 5}, vram_budget_gib=4)], [("a", "vram", 5, 4, 1)]),
+        ([child("a", rss_gib=9, ram_budget_gib=8)], [("a", "ram", 9, 8, None)]),
         ([child("a", rss_gib=8, ram_budget_gib=8)], []),
         (
             [child("a", {0: 5}, rss_gib=9, vram_budget_gib=4, ram_budget_gib=8)],
-            [("a", "vram", 5, 4)],  # over both: VRAM reported
+            [("a", "vram", 5, 4, 0)],  # over both: VRAM reported
         ),
         (
             [child("a", {0: 3}, rss_gib=9, vram_budget_gib=4, ram_budget_gib=8)],
-            [("a", "ram", 9, 8)],
+            [("a", "ram", 9, 8, None)],
         ),
         (
             [
@@ -74,20 +76,31 @@ def child(
                 child("m", {0: 1}, vram_budget_gib=2),
                 child("a", {1: 3}, vram_budget_gib=2),
             ],
-            [("z", "ram", 3, 2), ("a", "vram", 3, 2)],  # input order
+            [("z", "ram", 3, 2, None), ("a", "vram", 3, 2, 1)],  # input order
         ),
     ],
 )
 def test_over_budget(
-    children: list[ChildFigures], expected: list[tuple[str, str, int, int]]
+    children: list[ChildFigures], expected: list[tuple[str, str, int, int, int | None]]
 ) -> None:
-    want = [BudgetViolation(k, b, u * GIB, lim * GIB) for k, b, u, lim in expected]  # type: ignore[arg-type]
+    want = [BudgetViolation(k, b, u * GIB, lim * GIB, d) for k, b, u, lim, d in expected]  # type: ignore[arg-type]
     assert over_budget(children) == want
 
 
+def test_vram_budget_without_per_device_figures_is_per_gpu() -> None:
+    spread = ChildFigures("a", 1, (0, 1), 8 * GIB, 0, 4 * GIB, None, False, 0.0)
+    assert over_budget([spread]) == []  # 4 GiB on each
+    over = ChildFigures("a", 1, (0, 1), 10 * GIB, 0, 4 * GIB, None, False, 0.0)
+    assert over_budget([over]) == [BudgetViolation("a", "vram", 5 * GIB, 4 * GIB, 0)]
+    nowhere = ChildFigures("a", 1, (), 5 * GIB, 0, 4 * GIB, None, False, 0.0)
+    assert over_budget([nowhere]) == [BudgetViolation("a", "vram", 5 * GIB, 4 * GIB, None)]
+
+
 def test_budget_violation_reads_well() -> None:
-    text = str(BudgetViolation("app", "vram", 5 * GIB, 4 * GIB))
-    assert text == "app uses 5.0 GiB of VRAM, over its budget of 4.0 GiB"
+    text = str(BudgetViolation("app", "vram", 5 * GIB, 4 * GIB, 1))
+    assert text == "app uses 5.0 GiB of VRAM on GPU 1, over its budget of 4.0 GiB"
+    text = str(BudgetViolation("app", "ram", 5 * GIB, 4 * GIB))
+    assert text == "app uses 5.0 GiB of RAM, over its budget of 4.0 GiB"
 
 
 # -- thresholds -----------------------------------------------------------------
@@ -332,6 +345,120 @@ def test_admission_plan(
     )
     assert (got.fits_now, got.fits_after_eviction, got.devices, got.evict) == plan
     assert got.reason
+
+
+@pytest.mark.parametrize(
+    ("devices", "children", "reserved", "need_gib", "plan"),
+    [
+        pytest.param(
+            [dev(0, 60)],
+            [child("a", {0: 5}, busy=True, vram_budget_gib=20)],
+            {},
+            50,
+            (False, False, (), ()),
+            id="a busy child's unused budget is not free",
+        ),
+        pytest.param(
+            [dev(0, 60)],
+            [child("a", {0: 5}, busy=True, vram_budget_gib=20)],
+            {},
+            45,
+            (True, True, (0,), ()),
+            id="what is left after the budget is",
+        ),
+        pytest.param(
+            [dev(0, 60)],
+            [child("a", {0: 25}, busy=True, vram_budget_gib=20)],
+            {},
+            60,
+            (True, True, (0,), ()),
+            id="a child over its budget reserves nothing more",
+        ),
+        pytest.param(
+            [dev(0, 40)],
+            [child("a", {0: 5}, vram_budget_gib=20)],
+            {},
+            40,
+            (False, True, (0,), ("a",)),
+            id="evicting gives back the use and the reservation",
+        ),
+        pytest.param(
+            [dev(0, 30), dev(1, 30)],
+            [
+                child("a", {0: 10}, vram_budget_gib=10, last_used=5),
+                child("b", {1: 2}, vram_budget_gib=30, last_used=0),
+            ],
+            {},
+            35,
+            (False, True, (0,), ("a",)),
+            id="fewest bytes held, reserved ones included",
+        ),
+        pytest.param(
+            [dev(0, 30), dev(1, 20)],
+            [],
+            {0: 20},
+            15,
+            (True, True, (1,), ()),
+            id="promised to an app with no figures yet",
+        ),
+        pytest.param(
+            [dev(0, 30)],
+            [],
+            {0: 20},
+            15,
+            (False, False, (), ()),
+            id="nothing to evict for a promise",
+        ),
+    ],
+)
+def test_admission_counts_promised_vram(
+    devices: list[DeviceMemory],
+    children: list[ChildFigures],
+    reserved: dict[int, int],
+    need_gib: int,
+    plan: tuple[bool, bool, tuple[int, ...], tuple[str, ...]],
+) -> None:
+    got = admission_plan(
+        devices,
+        children,
+        count=1,
+        vram_per_gpu=need_gib * GIB,
+        reserved={i: g * GIB for i, g in reserved.items()},
+    )
+    assert (got.fits_now, got.fits_after_eviction, got.devices, got.evict) == plan
+    if not got.fits_after_eviction:
+        assert got.ever_fits
+        assert "of it promised to apps" in got.reason
+
+
+def test_admission_reasons_count_what_evicting_gives_back() -> None:
+    plan = admission_plan(
+        [dev(0, 40)], [child("old", {0: 5}, vram_budget_gib=20)], count=1, vram_per_gpu=40 * GIB
+    )
+    assert plan.reason == "fits on GPU(s) 0 after evicting old (20.0 GiB of VRAM)"
+    short = admission_plan(
+        [dev(0, 40)], [child("old", {0: 5}, vram_budget_gib=20)], count=1, vram_per_gpu=50 * GIB
+    )
+    assert "GPU 0: 40.0 GiB free (15.0 GiB of it promised to apps)" in short.reason
+    assert "+ 20.0 GiB held by idle apps" in short.reason
+
+
+def test_replica_plans_count_earlier_replicas_and_their_evictions() -> None:
+    devices = [dev(0, 2, total_gib=8), dev(1, 8, total_gib=8)]
+    old = child("old", {0: 6}, last_used=1)
+    plans = replica_plans(devices, [old], replicas=2, count=1, vram_per_gpu=6 * GIB)
+    assert [(p.fits_now, p.devices, p.evict) for p in plans] == [
+        (True, (1,), ()),
+        (False, (0,), ("old",)),  # GPU 1 is promised to the first replica
+    ]
+    third = replica_plans(devices, [old], replicas=3, count=1, vram_per_gpu=6 * GIB)
+    assert len(third) == 3 and not third[-1].fits_after_eviction and third[-1].ever_fits
+    assert "promised to apps" in third[-1].reason
+    # A later replica sees the evicted child gone, and does not evict it twice.
+    two = replica_plans(
+        [dev(0, 0, total_gib=8)], [child("x", {0: 8})], replicas=2, count=1, vram_per_gpu=4 * GIB
+    )
+    assert [(p.devices, p.evict) for p in two] == [((0,), ("x",)), ((0,), ())]
 
 
 def test_admission_reasons_name_the_plan() -> None:

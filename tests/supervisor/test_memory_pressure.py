@@ -292,3 +292,113 @@ async def test_an_eviction_still_unloading_when_the_supervisor_exits_ends(fake_g
     assert not psutil.pid_exists(out["pid"]) or psutil.Process(out["pid"]).status() == (
         psutil.STATUS_ZOMBIE
     )
+
+
+@pytest.mark.anyio
+async def test_a_vram_budget_is_per_gpu(fake_gpus) -> None:
+    fake_gpus(8192, 8192)
+    async with supervisor() as sup:
+        app = await sup.start(APP, gpus=2, vram_budget=4 * GIB)
+        # 3 GiB on each of its two GPUs: 6 GiB in all, within 4 GiB per GPU.
+        first = await app.run({"vram_mib": 3072})
+        assert first["gpus"] == "0,1"
+        await wait_for(
+            lambda: (app.status()["replicas"][0]["memory"] or {}).get("vram") == 6144 * MIB
+        )
+        for _ in range(5):
+            await anyio.sleep(sup.monitor_interval)
+        assert app.status()["restarts"] == 0
+        with pytest.raises(E.BudgetExceededError) as caught:
+            await app.run({"vram_mib": 5120, "sleep": 30})
+        assert caught.value.details["used"] == 5120 * MIB
+        assert caught.value.details["limit"] == 4 * GIB
+        assert caught.value.details["device"] == 0
+        assert "of VRAM on GPU 0, over its budget of 4.0 GiB" in str(caught.value)
+
+
+@pytest.mark.anyio
+async def test_a_busy_apps_unused_budget_is_not_admitted_to_another(fake_gpus) -> None:
+    fake_gpus(8192)
+    async with supervisor(admission_timeout=0.3) as sup:
+        first = await sup.start(APP, name="first", gpus=1, vram_budget=6 * GIB)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(first.run, {"vram_mib": 1024, "sleep": 2.0})
+            await wait_for(lambda: sup.status()["gpus"][0]["used"] == 1024 * MIB)
+            # 7 GiB are free, but 5 GiB of them are first's to grow into.
+            with pytest.raises(E.AdmissionError) as caught:
+                await sup.start(APP, name="second", gpus=1, vram_budget=4 * GIB)
+            assert caught.value.details["free"] == {0: 7 * GIB}
+            assert caught.value.details["promised"] == {0: 5 * GIB}
+            assert "5.0 GiB of it promised to apps" in str(caught.value)
+            tasks.cancel_scope.cancel()
+        assert "second" not in sup.apps
+        small = await sup.start(APP, name="small", gpus=1, vram_budget=2 * GIB)
+        assert small.status()["ready"]
+
+
+@pytest.mark.anyio
+async def test_an_idle_apps_unused_budget_is_given_back_by_evicting_it(fake_gpus) -> None:
+    fake_gpus(8192)
+    async with supervisor() as sup:
+        first = await sup.start(APP, name="first", gpus=1, vram_budget=6 * GIB)
+        await first.run({"vram_mib": 1024})
+        await wait_for(lambda: sup.status()["gpus"][0]["used"] == 1024 * MIB)
+        second = await sup.start(APP, name="second", gpus=1, vram_budget=4 * GIB)
+        assert first.status()["state"] == "unloaded"
+        assert second.status()["state"] == "ready"
+
+
+@pytest.mark.anyio
+async def test_apps_starting_together_are_admitted_one_after_the_other(fake_gpus) -> None:
+    fake_gpus(8192, 8192)
+    async with supervisor() as sup:
+        apps = {}
+
+        async def start(name: str) -> None:
+            # Neither has allocated anything when the other is admitted.
+            apps[name] = await sup.start(APP, name=name, gpus=1, vram_budget=6 * GIB)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(start, "a")
+            tasks.start_soon(start, "b")
+        placed = sorted(app.status()["replicas"][0]["gpus"] for app in apps.values())
+        assert placed == [[0], [1]]
+        assert all(app.status()["state"] == "ready" for app in apps.values())
+
+
+@pytest.mark.anyio
+async def test_two_apps_of_one_name_starting_together_are_refused(fake_gpus) -> None:
+    fake_gpus(8192)
+    async with supervisor() as sup:
+        outcomes: list[object] = []
+
+        async def start() -> None:
+            try:
+                outcomes.append(await sup.start(APP, name="twin", gpus=1, vram_budget=GIB))
+            except E.InputValidationError as exc:
+                outcomes.append(exc)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(start)
+            tasks.start_soon(start)
+        refused = [o for o in outcomes if isinstance(o, E.InputValidationError)]
+        assert len(refused) == 1 and "already running" in str(refused[0])
+        assert len(sup.apps) == 1 and sup.apps["twin"].status()["ready"]
+
+
+@pytest.mark.anyio
+async def test_nothing_is_evicted_for_replicas_that_do_not_all_fit(fake_gpus) -> None:
+    fake_gpus(8192, 8192)
+    async with supervisor(admission_timeout=0.3) as sup:
+        old = await sup.start(APP, name="old", gpus=[0], setup={"vram_mib": 6144})
+        await wait_for(lambda: sup.status()["gpus"][0]["used"] == 6144 * MIB)
+        # The first replica fits on GPU 1 and a second would fit on GPU 0 after
+        # evicting old, but a third fits nowhere: old must stay.
+        with pytest.raises(E.AdmissionError) as caught:
+            await sup.start(APP, name="trio", gpus=1, replicas=3, vram_budget=6 * GIB)
+        assert caught.value.details["promised_to_earlier_replicas"] == {0: 6 * GIB, 1: 6 * GIB}
+        assert old.status()["state"] == "ready"
+        assert old.status()["restarts"] == 0
+        pair = await sup.start(APP, name="pair", gpus=1, replicas=2, vram_budget=6 * GIB)
+        assert old.status()["state"] == "unloaded"  # evicted now that all of pair fits
+        assert sorted(s["gpus"] for s in pair.status()["replicas"]) == [[0], [1]]
