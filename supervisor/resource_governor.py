@@ -139,11 +139,14 @@ class ResourceGovernor:
         timeout: float,
         replicas: int = 1,
         only: tuple[int, ...] | None = None,
+        unmeasured_ok: bool = False,
     ) -> list[tuple[int, ...]]:
         """GPUs for each replica of a new app, evicting idle children or waiting for room.
 
         ``only`` restricts the choice to these GPUs, all of which must fit (an
-        explicit placement). Each replica counts the VRAM of those placed before
+        explicit placement); with ``unmeasured_ok`` they are granted as they are
+        when there are no GPU figures (a restart on GPUs the app already had
+        should not wait for NVML). Each replica counts the VRAM of those placed before
         it, and idle children are evicted only once all replicas fit. The
         budgets of running apps count as promised too, in full where their
         child has no figures yet (see ``eviction_policy``).
@@ -154,6 +157,13 @@ class ResourceGovernor:
         while True:
             snapshot = await self.monitor.refresh()
             devices = [d for d in snapshot.devices if only is None or d.index in only]
+            if not devices and unmeasured_ok and only:
+                logger.warning(
+                    "admission: no GPU figures (%s); GPU(s) %s granted unchecked",
+                    snapshot.gpu_error or "no GPU",
+                    ",".join(map(str, only)),
+                )
+                return [only] * replicas
             if not devices:
                 raise E.AdmissionError(
                     f"needs {count} GPU(s) with {format_bytes(vram_per_gpu)} free, "

@@ -17,7 +17,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,7 +122,11 @@ class Slot:
         gpus: tuple[int, ...],
         on_change: Callable[[Slot], None] | None = None,
         pool: ChildPool | None = None,
+        readmit: Callable[[Slot], Awaitable[None]] | None = None,
     ) -> None:
+        """``readmit(slot)`` admits the app's VRAM on the slot's GPUs again before a
+        start that follows an eviction or a failed start (see ``admitted``): its
+        GPUs may have been given to other apps meanwhile."""
         self.spec = spec
         self.index = index
         self.gpus = gpus
@@ -152,15 +156,17 @@ class Slot:
         self._standby_scope = anyio.CancelScope()
         self._standby_loading = False
         self._standby_replaced = False
-        self.evicted = False
-        """Unloaded to free memory, and not started since."""
+        self._readmit = readmit
+        self.admitted = True
+        """Its VRAM is promised to it: from its app's admission until it is evicted
+        or a start fails, and again once ``readmit`` lets it start."""
 
     @property
     def holds_vram_reservation(self) -> bool:
-        """The app's VRAM budget stays promised to the slot from its admission until
-        it is evicted, fails or stops: a child that has not allocated it yet, or a
+        """The app's VRAM budget stays promised to the slot while it is admitted and
+        has not failed or stopped: a child that has not allocated it yet, or a
         restart, must still find it free."""
-        return not self.evicted and self.lifecycle.state not in (S.FAILED, S.STOPPING, S.STOPPED)
+        return self.admitted and self.lifecycle.state not in (S.FAILED, S.STOPPING, S.STOPPED)
 
     # -- running the slot -----------------------------------------------------
 
@@ -228,11 +234,13 @@ class Slot:
             raise E.AppStoppedError(f"{self.spec.name} is stopped")
         restarting = self.lifecycle.state is S.RESTARTING
         self.lifecycle.to(S.STARTING, "restart" if restarting else "")
-        self.evicted = False
         child: LiveChild | None = None
         scope = self._start_scope = anyio.CancelScope()
         try:
             with anyio.fail_after(self.spec.setup_timeout), scope:
+                if not self.admitted and self._readmit is not None:
+                    await self._readmit(self)
+                self.admitted = True
                 child = self._take_standby(config, key)
                 if child is None:
                     child = await self._spawn(config, key)
@@ -421,6 +429,7 @@ class Slot:
             self._crashed(f"restart failed: {error.message}", "restart_failed")
         else:
             self.lifecycle.to(S.UNLOADED, "start failed")
+            self.admitted = False  # the next start is admitted again
         self.changed()
         raise error
 
@@ -575,7 +584,7 @@ class Slot:
             if self.child is not child or child.in_flight:
                 return False
             await self._retire(child, S.UNLOADED, reason)
-            self.evicted = True
+            self.admitted = False
             await self._drop_standby()
         return True
 

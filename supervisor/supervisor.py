@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -192,7 +193,14 @@ class Supervisor:
                 raise E.InputValidationError(f"an app named {app_name!r} is already running")
             assert self.governor is not None
             slots = [
-                Slot(spec, i, placement, on_change=self.governor.track, pool=self.pool)
+                Slot(
+                    spec,
+                    i,
+                    placement,
+                    on_change=self.governor.track,
+                    pool=self.pool,
+                    readmit=partial(self._readmit, vram) if vram and placement else None,
+                )
                 for i, placement in enumerate(placements)
             ]
             app = App(
@@ -289,6 +297,18 @@ class Supervisor:
                 taken[index] = taken.get(index, 0) + 1
             placements.append(chosen)
         return placements
+
+    async def _readmit(self, vram: int, slot: Slot) -> None:
+        """Admit an evicted slot's VRAM on its own GPUs again before it restarts."""
+        assert self.governor is not None
+        async with self._admission:
+            await self.governor.admit(
+                count=len(slot.gpus),
+                vram_per_gpu=vram,
+                timeout=self.admission_timeout,
+                only=slot.gpus,
+                unmeasured_ok=True,
+            )
 
     async def _devices(self) -> tuple[DeviceMemory, ...]:
         if self.monitor is None or self.gpu_backend is None:

@@ -402,3 +402,53 @@ async def test_nothing_is_evicted_for_replicas_that_do_not_all_fit(fake_gpus) ->
         pair = await sup.start(APP, name="pair", gpus=1, replicas=2, vram_budget=6 * GIB)
         assert old.status()["state"] == "unloaded"  # evicted now that all of pair fits
         assert sorted(s["gpus"] for s in pair.status()["replicas"]) == [[0], [1]]
+
+
+@pytest.mark.anyio
+async def test_an_evicted_app_is_admitted_again_before_it_restarts(fake_gpus) -> None:
+    fake_gpus(8192)
+    async with supervisor() as sup:
+        a = await sup.start(APP, name="a", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
+        b = await sup.start(APP, name="b", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
+        assert (a.status()["state"], b.status()["state"]) == ("unloaded", "ready")
+        await wait_for(lambda: sup.status()["gpus"][0]["used"] == 6144 * MIB)
+        # A request for a swaps the two: b is idle, so it makes room for a.
+        assert (await a.run({}))["gpus"] == "0"
+        assert (a.status()["state"], b.status()["state"]) == ("ready", "unloaded")
+        await wait_for(lambda: sup.status()["gpus"][0]["used"] == 6144 * MIB)
+        assert (await b.run({}))["gpus"] == "0"
+        assert (a.status()["state"], b.status()["state"]) == ("unloaded", "ready")
+
+
+@pytest.mark.anyio
+async def test_an_evicted_app_waits_for_room_held_by_a_busy_one(fake_gpus) -> None:
+    fake_gpus(8192)
+    async with supervisor(admission_timeout=0.3) as sup:
+        a = await sup.start(APP, name="a", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
+        b = await sup.start(APP, name="b", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
+        await wait_for(lambda: sup.status()["gpus"][0]["used"] == 6144 * MIB)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(b.run, {"sleep": 1.0})
+            await wait_for(lambda: b.status()["state"] == "busy")
+            with pytest.raises(E.AdmissionError) as caught:
+                await a.run({})
+            assert caught.value.details["free"] == {0: 2 * GIB}
+            assert a.status()["state"] == "unloaded"
+            assert a.status()["restarts"] == 0
+        assert (await a.run({}))["gpus"] == "0"  # b is idle again: it gives way
+        assert b.status()["state"] == "unloaded"
+
+
+@pytest.mark.anyio
+async def test_an_evicted_app_restarts_unchecked_when_gpu_figures_fail(
+    fake_gpus, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = fake_gpus(8192)
+    async with supervisor() as sup:
+        a = await sup.start(APP, name="a", gpus=1, vram_budget=6 * GIB)
+        await sup.start(APP, name="b", gpus=1, vram_budget=6 * GIB)
+        assert a.status()["state"] == "unloaded"  # its unused budget made room for b
+        path.write_text("not json")
+        with caplog.at_level("WARNING", logger="supervisor.resources"):
+            assert (await a.run({}))["gpus"] == "0"
+        assert "no GPU figures" in caplog.text and "granted unchecked" in caplog.text
