@@ -122,3 +122,101 @@ async def test_random_interleavings_end_cleanly(
                 tasks.cancel_scope.cancel()
     print(f"seed {seed}: {dict(ends)}")
     assert ends, "nothing happened"
+
+
+@pytest.mark.parametrize("seed", range(SEEDS))
+async def test_admission_never_promises_more_vram_than_a_gpu_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """Apps with VRAM budgets that do not all fit on one GPU, started, called (so
+    that they swap in and out), killed and stopped at random: at every moment the
+    budgets of the slots that hold a reservation fit on the GPU."""
+    total = 8192 * MIB
+    nvml = tmp_path / "nvml.json"
+    device = {"index": 0, "name": "Fake GPU 0", "total_mib": total // MIB}
+    nvml.write_text(json.dumps({"devices": [device], "processes": {}}))
+    monkeypatch.setenv("SUPERVISOR_FAKE_NVML", str(nvml))
+    rng = random.Random(seed)
+    ends: Counter[str] = Counter()
+    budgets = {f"app{n}": rng.choice([2048, 3072, 4096, 5120]) * MIB for n in range(4)}
+    most = holders = 0
+    async with Supervisor(
+        monitor_interval=0.02,
+        budget_grace=0.2,
+        admission_timeout=0.3,
+        restart_policy=RestartPolicy(max_restarts=50, window=1),
+        pool_size=rng.choice([0, 1]),
+    ) as sup:
+        apps: dict[str, App] = {}
+
+        async def start(name: str) -> None:
+            try:
+                apps[name] = await sup.start(
+                    APP,
+                    name=name,
+                    gpus=1,
+                    vram_budget=budgets[name],
+                    max_concurrency=rng.choice([1, 2]),
+                    setup={"vram_mib": rng.choice([0, budgets[name] // MIB // 2])},
+                )
+            except SupervisorError as exc:
+                ends[type(exc).__name__] += 1
+
+        async def caller() -> None:
+            while True:
+                if not apps:
+                    await anyio.sleep(0.02)
+                    continue
+                name = rng.choice(sorted(apps))
+                data = {
+                    "vram_mib": rng.choice([None, budgets[name] // MIB]),
+                    "sleep": rng.choice([0, 0.02, 0.1]),
+                }
+                try:
+                    await apps[name].run(data)
+                    ends["ok"] += 1
+                except SupervisorError as exc:
+                    ends[type(exc).__name__] += 1
+
+        async def chaos() -> None:
+            while True:
+                await anyio.sleep(rng.uniform(0.02, 0.1))
+                op = rng.random()
+                if op < 0.2 and apps:
+                    pids = [p for a in apps.values() for p in a.status()["pids"] if p]
+                    if pids:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(rng.choice(pids), signal.SIGKILL)
+                elif op < 0.3 and apps:
+                    await apps.pop(rng.choice(sorted(apps))).stop()
+                elif op < 0.5:
+                    await start(f"app{rng.randrange(4)}")
+
+        async def check() -> None:
+            nonlocal most, holders
+            while True:
+                promised = [
+                    budgets[app.name]
+                    for app in sup.apps.values()
+                    for slot in app.slots
+                    if slot.holds_vram_reservation
+                ]
+                assert sum(promised) <= total, f"{sum(promised) // MIB} MiB promised on 8 GiB"
+                most = max(most, sum(promised))
+                holders = max(holders, len(promised))
+                await anyio.sleep(0.005)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(check)
+                for n in range(2):
+                    await start(f"app{n}")
+                tasks.start_soon(chaos)
+                for _ in range(4):
+                    tasks.start_soon(caller)
+                await anyio.sleep(rng.uniform(1.5, 3.0))
+                tasks.cancel_scope.cancel()
+    print(f"seed {seed}: {dict(ends)}, most promised {most // MIB} MiB to {holders} apps")
+    assert ends["ok"], "no call succeeded"
+    if budgets["app0"] + budgets["app1"] <= total:  # the first two fit together
+        assert holders >= 2, "the apps never shared the GPU"
