@@ -119,6 +119,15 @@ class ResourceGovernor:
 
         self._tasks.start_soon(stop_after_grace)
 
+    def promised(self, snapshot: MonitorSnapshot) -> dict[int, int]:
+        """VRAM per GPU that apps' budgets reserve and their children do not use yet."""
+        figures = self._figures(snapshot)
+        promised = self._promised_without_figures({id(slot) for slot, _, _ in figures})
+        for _, _, child in figures:
+            for index in child.gpus:
+                promised[index] = promised.get(index, 0) + child.reserved_on(index)
+        return promised
+
     def _promised_without_figures(self, measured: set[int]) -> dict[int, int]:
         """Whole VRAM budgets of slots holding a reservation with no child measured
         yet (a child starting, restarting or not sampled yet), per GPU."""
@@ -205,15 +214,13 @@ class ResourceGovernor:
                 note = ", ".join(f"GPU {i}: {format_bytes(b)}" for i, b in sorted(earlier.items()))
                 if note:
                     note = f" (free memory counts what earlier replicas will use: {note})"
-                for _, _, child in figures:
-                    for index in child.gpus:
-                        promised[index] = promised.get(index, 0) + child.reserved_on(index)
+                promised = self.promised(snapshot)
                 raise E.AdmissionError(
                     f"no room after waiting {timeout:g} s: {plan.reason}{note}",
                     needed_vram=vram_per_gpu,
                     needed_gpus=count,
                     free={d.index: d.free for d in devices},
-                    promised={i: b for i, b in sorted(promised.items()) if b},
+                    promised={i: promised[i] for i in sorted(promised) if promised[i]},
                     **({"promised_to_earlier_replicas": earlier} if earlier else {}),
                 )
             if not plan.fits_after_eviction:

@@ -341,10 +341,18 @@ class Supervisor:
 
     def status(self) -> dict[str, Any]:
         snapshot = self.monitor.latest if self.monitor else None
+        promised = self.governor.promised(snapshot) if snapshot and self.governor else {}
         return {
             "apps": {name: app.status() for name, app in self.apps.items()},
             "gpus": [
-                {"index": d.index, "name": d.name, "total": d.total, "used": d.used, "free": d.free}
+                {
+                    "index": d.index,
+                    "name": d.name,
+                    "total": d.total,
+                    "used": d.used,
+                    "free": d.free,
+                    "promised": promised.get(d.index, 0),
+                }
                 for d in (snapshot.devices if snapshot else ())
             ],
             "sampled_at": snapshot.taken_at if snapshot else None,

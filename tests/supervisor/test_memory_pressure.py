@@ -72,6 +72,7 @@ async def test_gpu_figures_reach_status(fake_gpus) -> None:
         gpus = sup.status()["gpus"]
         assert gpus[0]["used"] == 3072 * MIB
         assert gpus[0]["free"] == (16384 - 3072) * MIB
+        assert gpus[0]["promised"] == 0  # no VRAM budget declared
         assert gpus[1]["used"] == 0
 
 
@@ -329,6 +330,7 @@ async def test_a_busy_apps_unused_budget_is_not_admitted_to_another(fake_gpus) -
                 await sup.start(APP, name="second", gpus=1, vram_budget=4 * GIB)
             assert caught.value.details["free"] == {0: 7 * GIB}
             assert caught.value.details["promised"] == {0: 5 * GIB}
+            assert sup.status()["gpus"][0]["promised"] == 5 * GIB
             assert "5.0 GiB of it promised to apps" in str(caught.value)
             tasks.cancel_scope.cancel()
         assert "second" not in sup.apps
