@@ -50,6 +50,8 @@ class ResourceGovernor:
         self.min_free_vram = min_free_vram
         self.budget_grace = budget_grace
         self._enforcing: set[int] = set()
+        self._turn = anyio.Lock()
+        """One admission plans, evicts and is granted at a time (see ``admit``)."""
 
     def track(self, slot: Slot) -> None:
         """Keep the monitor's registrations in step with the slot's child."""
@@ -128,6 +130,15 @@ class ResourceGovernor:
                 promised[index] = promised.get(index, 0) + child.reserved_on(index)
         return promised
 
+    @staticmethod
+    def _grant(
+        placements: list[tuple[int, ...]],
+        on_admitted: Callable[[list[tuple[int, ...]]], object] | None,
+    ) -> list[tuple[int, ...]]:
+        if on_admitted is not None:
+            on_admitted(placements)
+        return placements
+
     def _promised_without_figures(self, measured: set[int]) -> dict[int, int]:
         """Whole VRAM budgets of slots holding a reservation with no child measured
         yet (a child starting, restarting or not sampled yet), per GPU."""
@@ -149,63 +160,71 @@ class ResourceGovernor:
         replicas: int = 1,
         only: tuple[int, ...] | None = None,
         unmeasured_ok: bool = False,
+        on_admitted: Callable[[list[tuple[int, ...]]], object] | None = None,
     ) -> list[tuple[int, ...]]:
         """GPUs for each replica of a new app, evicting idle children or waiting for room.
+
+        One admission plans (and evicts) at a time, and ``on_admitted(placements)``
+        runs before the next one may: it must make the VRAM just granted count as
+        promised (create the slots), or two apps could be granted the same room.
+        The waits between tries are outside that turn, so an app waiting for one
+        GPU does not hold up another that fits elsewhere.
 
         ``only`` restricts the choice to these GPUs, all of which must fit (an
         explicit placement); with ``unmeasured_ok`` they are granted as they are
         when there are no GPU figures (a restart on GPUs the app already had
-        should not wait for NVML). Each replica counts the VRAM of those placed before
-        it, and idle children are evicted only once all replicas fit. The
-        budgets of running apps count as promised too, in full where their
-        child has no figures yet (see ``eviction_policy``).
+        should not wait for NVML). Each replica counts the VRAM of those placed
+        before it, and idle children are evicted only once all replicas fit. The
+        budgets of running apps count as promised too, in full where their child
+        has no figures yet (see ``eviction_policy``).
         """
         deadline = time.monotonic() + timeout
         if only is not None:
             count = len(only)
         while True:
-            snapshot = await self.monitor.refresh()
-            devices = [d for d in snapshot.devices if only is None or d.index in only]
-            if not devices and unmeasured_ok and only:
-                logger.warning(
-                    "admission: no GPU figures (%s); GPU(s) %s granted unchecked",
-                    snapshot.gpu_error or "no GPU",
-                    ",".join(map(str, only)),
+            async with self._turn:
+                snapshot = await self.monitor.refresh()
+                devices = [d for d in snapshot.devices if only is None or d.index in only]
+                if not devices and unmeasured_ok and only:
+                    logger.warning(
+                        "admission: no GPU figures (%s); GPU(s) %s granted unchecked",
+                        snapshot.gpu_error or "no GPU",
+                        ",".join(map(str, only)),
+                    )
+                    return self._grant([only] * replicas, on_admitted)
+                if not devices:
+                    raise E.AdmissionError(
+                        f"needs {count} GPU(s) with {format_bytes(vram_per_gpu)} free, "
+                        f"but no GPU figures are available ({snapshot.gpu_error or 'no GPU'})"
+                    )
+                figures = self._figures(snapshot)
+                promised = self._promised_without_figures({id(slot) for slot, _, _ in figures})
+                plans = replica_plans(
+                    devices,
+                    [f for _, _, f in figures],
+                    replicas=replicas,
+                    count=count,
+                    vram_per_gpu=vram_per_gpu,
+                    min_free=self.min_free_vram or 0,
+                    reserved=promised,
                 )
-                return [only] * replicas
-            if not devices:
-                raise E.AdmissionError(
-                    f"needs {count} GPU(s) with {format_bytes(vram_per_gpu)} free, "
-                    f"but no GPU figures are available ({snapshot.gpu_error or 'no GPU'})"
-                )
-            figures = self._figures(snapshot)
-            promised = self._promised_without_figures({id(slot) for slot, _, _ in figures})
-            plans = replica_plans(
-                devices,
-                [f for _, _, f in figures],
-                replicas=replicas,
-                count=count,
-                vram_per_gpu=vram_per_gpu,
-                min_free=self.min_free_vram or 0,
-                reserved=promised,
-            )
-            plan = plans[-1]
-            if not plan.ever_fits:
-                raise E.AdmissionError(
-                    f"can never fit: {plan.reason}",
-                    needed_vram=vram_per_gpu,
-                    needed_gpus=count,
-                    total={d.index: d.total for d in devices},
-                )
-            if plan.fits_after_eviction and all(p.fits_now for p in plans):
-                return [p.devices for p in plans]
-            if plan.fits_after_eviction:
-                for p in plans:
-                    if p.evict:
-                        logger.info("admission: %s", p.reason)
-                by_name = {slot.name: slot for slot, _, _ in self._slots()}
-                for key in dict.fromkeys(k for p in plans for k in p.evict):
-                    await by_name[key].evict("evicted to admit a new app")
+                plan = plans[-1]
+                if not plan.ever_fits:
+                    raise E.AdmissionError(
+                        f"can never fit: {plan.reason}",
+                        needed_vram=vram_per_gpu,
+                        needed_gpus=count,
+                        total={d.index: d.total for d in devices},
+                    )
+                if plan.fits_after_eviction and all(p.fits_now for p in plans):
+                    return self._grant([p.devices for p in plans], on_admitted)
+                if plan.fits_after_eviction:
+                    for p in plans:
+                        if p.evict:
+                            logger.info("admission: %s", p.reason)
+                    by_name = {slot.name: slot for slot, _, _ in self._slots()}
+                    for key in dict.fromkeys(k for p in plans for k in p.evict):
+                        await by_name[key].evict("evicted to admit a new app")
             if time.monotonic() >= deadline:
                 earlier: dict[int, int] = {}
                 for p in plans[:-1]:

@@ -8,10 +8,9 @@ slots and returns once every replica is ready.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -77,9 +76,6 @@ class Supervisor:
         self.monitor: ResourceMonitor | None = None
         self.governor: ResourceGovernor | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
-        self._admission = anyio.Lock()
-        """Held from an app's admission until its slots exist, and so hold its VRAM:
-        two apps starting at once must not both be admitted to the same free memory."""
 
     # -- context --------------------------------------------------------------
 
@@ -184,11 +180,11 @@ class Supervisor:
             standby=standby,
         )
         vram = vram_budget if vram_budget is not None else manifest.vram
-        admission: contextlib.AbstractAsyncContextManager[Any] = (
-            self._admission if vram else contextlib.nullcontext()
-        )
-        async with admission:
-            placements = await self._place(replicas, gpus, manifest.gpu_count, vram)
+        app: App | None = None
+
+        def register(placements: list[tuple[int, ...]]) -> None:
+            """Make the app and its slots, which hold its VRAM from now on."""
+            nonlocal app
             if app_name in self.apps:  # started while this one waited for room
                 raise E.InputValidationError(f"an app named {app_name!r} is already running")
             assert self.governor is not None
@@ -215,14 +211,17 @@ class Supervisor:
             app.vram_budget = vram
             app.ram_budget = ram_budget if ram_budget is not None else manifest.ram
             self.apps[app_name] = app
+
+        await self._place(replicas, gpus, manifest.gpu_count, vram, register)
+        assert app is not None
         try:
             await self._tasks.start(app.serve)
-            await self._start_slots(slots, app.setup)
+            await self._start_slots(app.slots, app.setup)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await app.stop()
             raise
-        app.description = dict(slots[0].description or {})
+        app.description = dict(app.slots[0].description or {})
         app.cold_start = time.monotonic() - started
         logger.info("%s ready in %.3f s on %d replica(s)", app_name, app.cold_start, replicas)
         return app
@@ -250,13 +249,16 @@ class Supervisor:
         gpus: int | Sequence[int] | None,
         declared_count: int,
         vram: int | None,
-    ) -> list[tuple[int, ...]]:
-        """GPUs for each replica: explicit indices, a count, or what inf.yml declares.
+        register: Callable[[list[tuple[int, ...]]], None],
+    ) -> None:
+        """GPUs for each replica, handed to ``register``: explicit indices, a
+        count, or what inf.yml declares.
 
         With a VRAM figure, the replicas are admitted together (evicting idle
         children or waiting for room), on their explicit GPUs if they have them,
-        each counting what the replicas before it will use; without one, GPUs
-        are spread by free memory.
+        each counting what the replicas before it will use, and ``register`` runs
+        inside the admission, so that no other admission can miss their VRAM;
+        without one, GPUs are spread by free memory.
         """
         devices = await self._devices()
         explicit: tuple[int, ...] | None = None
@@ -266,7 +268,8 @@ class Supervisor:
             except AllocationError as exc:
                 raise E.AdmissionError(str(exc)) from exc
             if not (vram and devices and explicit):
-                return [explicit] * replicas
+                register([explicit] * replicas)
+                return
         if explicit is not None:
             count = len(explicit)
         elif isinstance(gpus, int):
@@ -274,18 +277,21 @@ class Supervisor:
         else:
             count = declared_count if devices else 0
         if count == 0:
-            return [()] * replicas
+            register([()] * replicas)
+            return
         if not devices:
             raise E.AdmissionError(f"{count} GPU(s) requested but no GPU was found")
         assert self.governor is not None
         if vram:
-            return await self.governor.admit(
+            await self.governor.admit(
                 count=count,
                 vram_per_gpu=vram,
                 timeout=self.admission_timeout,
                 replicas=replicas,
                 only=explicit,
+                on_admitted=register,
             )
+            return
         taken = self._gpu_usage()
         placements = []
         for _ in range(replicas):
@@ -296,19 +302,23 @@ class Supervisor:
             for index in chosen:
                 taken[index] = taken.get(index, 0) + 1
             placements.append(chosen)
-        return placements
+        register(placements)
 
     async def _readmit(self, vram: int, slot: Slot) -> None:
         """Admit an evicted slot's VRAM on its own GPUs again before it restarts."""
+
+        def readmitted(_: list[tuple[int, ...]]) -> None:
+            slot.admitted = True
+
         assert self.governor is not None
-        async with self._admission:
-            await self.governor.admit(
-                count=len(slot.gpus),
-                vram_per_gpu=vram,
-                timeout=self.admission_timeout,
-                only=slot.gpus,
-                unmeasured_ok=True,
-            )
+        await self.governor.admit(
+            count=len(slot.gpus),
+            vram_per_gpu=vram,
+            timeout=self.admission_timeout,
+            only=slot.gpus,
+            unmeasured_ok=True,
+            on_admitted=readmitted,
+        )
 
     async def _devices(self) -> tuple[DeviceMemory, ...]:
         if self.monitor is None or self.gpu_backend is None:

@@ -454,3 +454,32 @@ async def test_an_evicted_app_restarts_unchecked_when_gpu_figures_fail(
         with caplog.at_level("WARNING", logger="supervisor.resources"):
             assert (await a.run({}))["gpus"] == "0"
         assert "no GPU figures" in caplog.text and "granted unchecked" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_an_app_waiting_for_one_gpu_does_not_hold_up_one_for_another(fake_gpus) -> None:
+    fake_gpus(8192, 8192)
+    async with supervisor(admission_timeout=10) as sup:
+        hog = await sup.start(APP, name="hog", gpus=[0])
+        ready: dict[str, bool] = {}
+
+        async def start(name: str, gpus: list[int]) -> None:
+            app = await sup.start(APP, name=name, gpus=gpus, vram_budget=6 * GIB)
+            ready[name] = bool(app.status()["ready"])
+
+        holding = anyio.CancelScope()
+
+        async def hold() -> None:
+            with holding:
+                await hog.run({"vram_mib": 6144, "sleep": 60})
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(hold)
+            await wait_for(lambda: sup.status()["gpus"][0]["used"] == 6144 * MIB)
+            tasks.start_soon(start, "waits", [0])  # the busy hog holds GPU 0
+            await anyio.sleep(0.3)  # long enough for "waits" to be waiting for room
+            await start("other", [1])
+            assert ready == {"other": True}  # admitted while "waits" still waits
+            holding.cancel()  # the hog's request ends; idle now, it makes room
+        assert ready == {"other": True, "waits": True}
+        assert hog.status()["state"] == "unloaded"
