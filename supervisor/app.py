@@ -236,6 +236,7 @@ class App:
             "restarts_by_reason": dict(
                 sum((Counter(s["restarts_by_reason"]) for s in slots), Counter())
             ),
+            "evictions": sum(s["evictions"] for s in slots),
             "last_exit": next((s["last_exit"] for s in slots if s["last_exit"]), None),
             "gpus": sorted({g for s in slots for g in s["gpus"]}),
             "uptime": time.monotonic() - self.started_at,

@@ -89,6 +89,11 @@ class StatusCollector(Collector):
             "Child restarts after a crash, kill or failed start.",
             labels=["app"],
         )
+        evictions = CounterMetricFamily(
+            f"{PREFIX}_evictions",
+            "Children unloaded to free GPU memory; the app starts again on its next request.",
+            labels=["app"],
+        )
         by_reason = CounterMetricFamily(
             f"{PREFIX}_restarts_by_reason", "Child restarts by reason.", labels=["app", "reason"]
         )
@@ -115,6 +120,8 @@ class StatusCollector(Collector):
             )
             if isinstance(status.get("restarts"), (int, float)):
                 restarts.add_metric([name], float(status["restarts"]))
+            if isinstance(status.get("evictions"), (int, float)):
+                evictions.add_metric([name], float(status["evictions"]))
             reasons = status.get("restarts_by_reason")
             if isinstance(reasons, Mapping):
                 for reason, count in reasons.items():
@@ -122,7 +129,7 @@ class StatusCollector(Collector):
                         by_reason.add_metric([name, str(reason)], float(count))
             for replica in replicas:
                 _replica_memory(name, replica, rss, vram)
-        yield from (ready, cold, queued, in_flight, restarts, by_reason, rss, vram)
+        yield from (ready, cold, queued, in_flight, restarts, evictions, by_reason, rss, vram)
 
 
 def _replica_memory(

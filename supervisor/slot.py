@@ -135,6 +135,8 @@ class Slot:
         self.lifecycle = Lifecycle(self.name)
         self.child: LiveChild | None = None
         self.restarts = 0
+        self.evictions = 0
+        """Children unloaded to free GPU memory (pressure, or room for another app)."""
         self.restarts_by_reason: Counter[str] = Counter()
         self.crash_times: list[float] = []
         self.last_exit: dict[str, Any] | None = None
@@ -585,6 +587,7 @@ class Slot:
                 return False
             await self._retire(child, S.UNLOADED, reason)
             self.admitted = False
+            self.evictions += 1
             await self._drop_standby()
         return True
 
@@ -624,6 +627,7 @@ class Slot:
             "gpus": list(self.gpus),
             "restarts": self.restarts,
             "restarts_by_reason": dict(self.restarts_by_reason),
+            "evictions": self.evictions,
             "last_exit": self.last_exit,
             "failure": self.failure,
             "in_flight": len(child.in_flight) if child else 0,
