@@ -231,6 +231,8 @@ class App:
             "app_dir": str(self.app_dir),
             "state": _overall(states),
             "ready": any(s in ("ready", "busy") for s in states),
+            "available": any(s in ("ready", "busy") for s in states)
+            or any(s["evicted"] for s in slots),
             "pids": [s["pid"] for s in slots if s["pid"] is not None],
             "restarts": sum(s["restarts"] for s in slots),
             "restarts_by_reason": dict(

@@ -14,7 +14,7 @@ Endpoints (with several apps, ``/run`` and ``/cancel`` live under
     POST /run, /run/{function}   {"function", "input", "setup"?, "stream"?, "request_id"?,
                                   "timeout"?}
     POST /cancel/{request_id}    200 {"cancelled": true} or 404
-    GET  /health                 200 when every app has a ready replica, else 503
+    GET  /health                 200 when every app is available, else 503
     GET  /openapi.json, /docs, /metrics, /files/{request_id}/{token}/{filename}
 
 Errors are ``{"error": {"type", "message", ...}}`` with the status that
@@ -360,11 +360,11 @@ class HttpApi:
 
     async def health(self, request: Request) -> Response:
         statuses = {name: app.status() for name, app in self.apps.items()}
-        ready = bool(statuses) and all(status.get("ready") for status in statuses.values())
+        ready = bool(statuses) and all(status.get("available") for status in statuses.values())
         if not authorized(request.headers, self.token):
             # Public when a token is set: readiness only, no pids, paths or exit details.
             statuses = {
-                name: {key: status.get(key) for key in ("ready", "state")}
+                name: {key: status.get(key) for key in ("ready", "available", "state")}
                 for name, status in statuses.items()
             }
         body = {"status": "ok" if ready else "unavailable", "apps": statuses}

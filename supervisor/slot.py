@@ -137,6 +137,10 @@ class Slot:
         self.restarts = 0
         self.evictions = 0
         """Children unloaded to free GPU memory (pressure, or room for another app)."""
+        self.evicted = False
+        """Unloaded to free GPU memory and not back yet: it starts again on its next
+        request, so it still counts as available (unless a start since has failed
+        for another reason than room)."""
         self.restarts_by_reason: Counter[str] = Counter()
         self.crash_times: list[float] = []
         self.last_exit: dict[str, Any] | None = None
@@ -267,6 +271,7 @@ class Slot:
         child.ready = True
         self.child = child
         self.lifecycle.to(S.READY, f"pid {child.process.pid}")
+        self.evicted = False
         self._refill_pool()
         self.tasks.start_soon(self._heartbeat, child)
         if self.spec.standby:
@@ -423,6 +428,8 @@ class Slot:
         else:
             assert isinstance(exc, E.SupervisorError)
             error = exc
+        if not isinstance(error, E.AdmissionError):
+            self.evicted = False  # it cannot come back by itself
         if self.stopping:
             pass  # stop() ran meanwhile and has set the slot's state
         elif isinstance(error, E.LoadFailedError):
@@ -588,6 +595,7 @@ class Slot:
             await self._retire(child, S.UNLOADED, reason)
             self.admitted = False
             self.evictions += 1
+            self.evicted = True
             await self._drop_standby()
         return True
 
@@ -628,6 +636,7 @@ class Slot:
             "restarts": self.restarts,
             "restarts_by_reason": dict(self.restarts_by_reason),
             "evictions": self.evictions,
+            "evicted": self.evicted,
             "last_exit": self.last_exit,
             "failure": self.failure,
             "in_flight": len(child.in_flight) if child else 0,

@@ -26,7 +26,7 @@ def test_every_endpoint_but_health_needs_the_token(multi: Server) -> None:
     public = httpx.get(f"{multi.url}/health")
     assert public.status_code == 200
     # Without the token, health tells readiness only: no pids, paths or exit details.
-    assert public.json()["apps"]["hello"] == {"ready": True, "state": "ready"}
+    assert public.json()["apps"]["hello"] == {"ready": True, "available": True, "state": "ready"}
     assert "pids" in multi.client.get("/health").json()["apps"]["hello"]
     for method, path in [
         ("POST", "/apps/hello/run"),

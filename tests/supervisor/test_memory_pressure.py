@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import anyio
@@ -414,6 +415,7 @@ async def test_an_evicted_app_is_admitted_again_before_it_restarts(fake_gpus) ->
         b = await sup.start(APP, name="b", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
         assert (a.status()["state"], b.status()["state"]) == ("unloaded", "ready")
         assert (a.status()["evictions"], a.status()["restarts"]) == (1, 0)
+        assert a.status()["available"] and not a.status()["ready"]  # back on demand
         await wait_for(lambda: sup.status()["gpus"][0]["used"] == 6144 * MIB)
         # A request for a swaps the two: b is idle, so it makes room for a.
         assert (await a.run({}))["gpus"] == "0"
@@ -439,6 +441,7 @@ async def test_an_evicted_app_waits_for_room_held_by_a_busy_one(fake_gpus) -> No
             assert caught.value.details["free"] == {0: 2 * GIB}
             assert a.status()["state"] == "unloaded"
             assert a.status()["restarts"] == 0
+            assert a.status()["available"]  # no room yet, but nothing wrong with it
         assert (await a.run({}))["gpus"] == "0"  # b is idle again: it gives way
         assert b.status()["state"] == "unloaded"
 
@@ -485,3 +488,20 @@ async def test_an_app_waiting_for_one_gpu_does_not_hold_up_one_for_another(fake_
             holding.cancel()  # the hog's request ends; idle now, it makes room
         assert ready == {"other": True, "waits": True}
         assert hog.status()["state"] == "unloaded"
+
+
+@pytest.mark.anyio
+async def test_an_evicted_app_that_cannot_come_back_is_not_available(
+    fake_gpus, tmp_path: Path
+) -> None:
+    fake_gpus(8192)
+    app_dir = tmp_path / "breaks"
+    shutil.copytree(APP, app_dir)
+    async with supervisor() as sup:
+        a = await sup.start(app_dir, name="a", gpus=1, vram_budget=6 * GIB)
+        await sup.start(APP, name="b", gpus=1, vram_budget=6 * GIB)
+        assert a.status()["available"] and not a.status()["ready"]
+        (app_dir / "inference.py").write_text("raise RuntimeError('the model is gone')\n")
+        with pytest.raises(E.LoadFailedError):
+            await a.run({})
+        assert not a.status()["available"]
