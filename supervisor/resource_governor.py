@@ -161,6 +161,7 @@ class ResourceGovernor:
         only: tuple[int, ...] | None = None,
         unmeasured_ok: bool = False,
         on_admitted: Callable[[list[tuple[int, ...]]], object] | None = None,
+        who: str = "a new app",
     ) -> list[tuple[int, ...]]:
         """GPUs for each replica of a new app, evicting idle children or waiting for room.
 
@@ -170,13 +171,14 @@ class ResourceGovernor:
         The waits between tries are outside that turn, so an app waiting for one
         GPU does not hold up another that fits elsewhere.
 
-        ``only`` restricts the choice to these GPUs, all of which must fit (an
-        explicit placement); with ``unmeasured_ok`` they are granted as they are
-        when there are no GPU figures (a restart on GPUs the app already had
-        should not wait for NVML). Each replica counts the VRAM of those placed
-        before it, and idle children are evicted only once all replicas fit. The
-        budgets of running apps count as promised too, in full where their child
-        has no figures yet (see ``eviction_policy``).
+        ``who`` names the app in logs and eviction reasons. ``only`` restricts
+        the choice to these GPUs, all of which must fit (an explicit placement);
+        with ``unmeasured_ok`` they are granted as they are when there are no GPU
+        figures (a restart on GPUs the app already had should not wait for NVML).
+        Each replica counts the VRAM of those placed before it, and idle children
+        are evicted only once all replicas fit. The budgets of running apps count
+        as promised too, in full where their child has no figures yet (see
+        ``eviction_policy``).
         """
         deadline = time.monotonic() + timeout
         if only is not None:
@@ -221,10 +223,10 @@ class ResourceGovernor:
                 if plan.fits_after_eviction:
                     for p in plans:
                         if p.evict:
-                            logger.info("admission: %s", p.reason)
+                            logger.info("admission of %s: %s", who, p.reason)
                     by_name = {slot.name: slot for slot, _, _ in self._slots()}
                     for key in dict.fromkeys(k for p in plans for k in p.evict):
-                        await by_name[key].evict("evicted to admit a new app")
+                        await by_name[key].evict(f"evicted to make room for {who}")
             if time.monotonic() >= deadline:
                 earlier: dict[int, int] = {}
                 for p in plans[:-1]:

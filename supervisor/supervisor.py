@@ -212,7 +212,7 @@ class Supervisor:
             app.ram_budget = ram_budget if ram_budget is not None else manifest.ram
             self.apps[app_name] = app
 
-        await self._place(replicas, gpus, manifest.gpu_count, vram, register)
+        await self._place(app_name, replicas, gpus, manifest.gpu_count, vram, register)
         assert app is not None
         try:
             await self._tasks.start(app.serve)
@@ -245,6 +245,7 @@ class Supervisor:
 
     async def _place(
         self,
+        name: str,
         replicas: int,
         gpus: int | Sequence[int] | None,
         declared_count: int,
@@ -290,6 +291,7 @@ class Supervisor:
                 replicas=replicas,
                 only=explicit,
                 on_admitted=register,
+                who=name,
             )
             return
         taken = self._gpu_usage()
@@ -318,6 +320,7 @@ class Supervisor:
             only=slot.gpus,
             unmeasured_ok=True,
             on_admitted=readmitted,
+            who=slot.name,
         )
 
     async def _devices(self) -> tuple[DeviceMemory, ...]:

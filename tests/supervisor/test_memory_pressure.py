@@ -415,11 +415,13 @@ async def test_an_evicted_app_is_admitted_again_before_it_restarts(fake_gpus) ->
         b = await sup.start(APP, name="b", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
         assert (a.status()["state"], b.status()["state"]) == ("unloaded", "ready")
         assert (a.status()["evictions"], a.status()["restarts"]) == (1, 0)
+        assert a.status()["replicas"][0]["state_reason"] == "evicted to make room for b"
         assert a.status()["available"] and not a.status()["ready"]  # back on demand
         await wait_for(lambda: sup.status()["gpus"][0]["used"] == 6144 * MIB)
         # A request for a swaps the two: b is idle, so it makes room for a.
         assert (await a.run({}))["gpus"] == "0"
         assert (a.status()["state"], b.status()["state"]) == ("ready", "unloaded")
+        assert b.status()["replicas"][0]["state_reason"] == "evicted to make room for a[0]"
         await wait_for(lambda: sup.status()["gpus"][0]["used"] == 6144 * MIB)
         assert (await b.run({}))["gpus"] == "0"
         assert (a.status()["state"], b.status()["state"]) == ("unloaded", "ready")
