@@ -203,10 +203,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setups = setups_by_app(args.setup, dirs)
     configure_logging(args.log_format, args.log_level)
     failures: list[BaseException] = []
+    running: list[Supervisor] = []
 
     @contextlib.asynccontextmanager
     async def start_apps() -> AsyncIterator[Mapping[str, App]]:
         async with Supervisor() as supervisor:
+            running.append(supervisor)
             apps: dict[str, App] = {}
             try:
                 for directory in dirs:
@@ -231,7 +233,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = ServerSettings(auth_token=token, allowed_paths=tuple(args.allow_path))
     config = uvicorn.Config(
-        create_app(start_apps, settings),
+        create_app(start_apps, settings, gpus=lambda: running[-1].gpu_status() if running else []),
         host=args.host,
         port=args.port,
         log_config=None,

@@ -77,7 +77,7 @@ from .http_wire import (
     sse_event,
     status_for,
 )
-from .metrics import Metrics
+from .metrics import GpuFigures, Metrics
 from .openapi import build_openapi, render_docs
 from .request import Request as SubmittedRequest
 
@@ -104,11 +104,11 @@ class ServerSettings:
 
 
 class HttpApi:
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, gpus: GpuFigures | None = None) -> None:
         self.settings = settings
         self.apps: dict[str, App] = {}
         self.files = FileRegistry(settings.max_served_files)
-        self.metrics = Metrics(lambda: self.apps)
+        self.metrics = Metrics(lambda: self.apps, gpus)
         self.policy = PathPolicy(tuple(Path(p) for p in settings.allowed_paths))
         self.upload_root: Path | None = None
         self.token = settings.auth_token.encode() if settings.auth_token else None
@@ -440,15 +440,18 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    apps: Mapping[str, App] | AppsFactory, settings: ServerSettings | None = None
+    apps: Mapping[str, App] | AppsFactory,
+    settings: ServerSettings | None = None,
+    gpus: GpuFigures | None = None,
 ) -> Starlette:
     """The ASGI app serving ``apps``: a mapping of running apps, or a factory of them.
 
     A factory is entered in the lifespan: its apps start before the server takes
     requests, and leaving it (at shutdown, after in-flight requests) stops them.
+    ``gpus``, for ``/metrics``, returns the per-GPU figures of ``Supervisor.status()``.
     """
     settings = settings or ServerSettings()
-    api = HttpApi(settings)
+    api = HttpApi(settings, gpus)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -14,7 +14,7 @@ back to measuring the child's process tree from its pid.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -32,12 +32,18 @@ class HasStatus(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
+GpuFigures = Callable[[], Sequence[Mapping[str, Any]]]
+"""The ``gpus`` list of ``Supervisor.status()``: index, total, used, free, promised."""
+
+
 class Metrics:
     """The registry of one server, with the request counters it updates."""
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, apps: Callable[[], Mapping[str, HasStatus]]) -> None:
+    def __init__(
+        self, apps: Callable[[], Mapping[str, HasStatus]], gpus: GpuFigures | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             f"{PREFIX}_requests",
@@ -53,6 +59,8 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(StatusCollector(apps))
+        if gpus is not None:
+            self.registry.register(GpuCollector(gpus))
 
     def observe(self, app: str, function: str, outcome: str, seconds: float) -> None:
         self.requests.labels(app, function, outcome).inc()
@@ -130,6 +138,35 @@ class StatusCollector(Collector):
             for replica in replicas:
                 _replica_memory(name, replica, rss, vram)
         yield from (ready, cold, queued, in_flight, restarts, evictions, by_reason, rss, vram)
+
+
+class GpuCollector(Collector):
+    """Each GPU's memory, from the supervisor's latest sample, when scraped."""
+
+    FIGURES = {
+        "total": "Memory of the GPU.",
+        "used": "Memory in use on the GPU, by any process.",
+        "free": "Memory free on the GPU.",
+        "promised": "VRAM budgets of apps on the GPU that their children do not use yet.",
+    }
+
+    def __init__(self, gpus: GpuFigures) -> None:
+        self._gpus = gpus
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        families = {
+            key: GaugeMetricFamily(f"{PREFIX}_gpu_memory_{key}_bytes", text, labels=["gpu"])
+            for key, text in self.FIGURES.items()
+        }
+        for gpu in self._gpus():
+            for key, family in families.items():
+                value = _number(gpu.get(key))
+                if value is not None:
+                    family.add_metric([str(gpu.get("index"))], value)
+        yield from families.values()
 
 
 def _replica_memory(

@@ -352,22 +352,29 @@ class Supervisor:
 
     # -- reporting --------------------------------------------------------------
 
+    def gpu_status(self) -> list[dict[str, Any]]:
+        """Each GPU's memory at the latest sample, and what apps' budgets promise."""
+        snapshot = self.monitor.latest if self.monitor else None
+        if snapshot is None:
+            return []
+        promised = self.governor.promised(snapshot) if self.governor else {}
+        return [
+            {
+                "index": d.index,
+                "name": d.name,
+                "total": d.total,
+                "used": d.used,
+                "free": d.free,
+                "promised": promised.get(d.index, 0),
+            }
+            for d in snapshot.devices
+        ]
+
     def status(self) -> dict[str, Any]:
         snapshot = self.monitor.latest if self.monitor else None
-        promised = self.governor.promised(snapshot) if snapshot and self.governor else {}
         return {
             "apps": {name: app.status() for name, app in self.apps.items()},
-            "gpus": [
-                {
-                    "index": d.index,
-                    "name": d.name,
-                    "total": d.total,
-                    "used": d.used,
-                    "free": d.free,
-                    "promised": promised.get(d.index, 0),
-                }
-                for d in (snapshot.devices if snapshot else ())
-            ],
+            "gpus": self.gpu_status(),
             "sampled_at": snapshot.taken_at if snapshot else None,
             "pool": self.pool.status(),
         }

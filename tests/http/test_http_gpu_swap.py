@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from http_helpers import APPS, Server
+from http_helpers import APPS, Server, metric_value
 
 GIB = 1 << 30
 
@@ -50,6 +50,11 @@ def test_apps_that_do_not_fit_together_take_turns_and_stay_healthy(tmp_path: Pat
             states = {n: s["state"] for n, s in health_response.json()["apps"].items()}
             assert states == {name: "ready", other: "unloaded"}
         metrics = server.client.get("/metrics").text
+        assert metric_value(metrics, "appvisor_gpu_memory_total_bytes", gpu="0") == 8 * GIB
+        # The ready app's whole budget until its new child is sampled, then nothing:
+        # it uses all of it. The evicted one promises nothing.
+        promised = metric_value(metrics, "appvisor_gpu_memory_promised_bytes", gpu="0")
+        assert promised in (0, 6 * GIB)
         assert 'appvisor_evictions_total{app="first"} 2.0' in metrics
         assert 'appvisor_evictions_total{app="second"} 2.0' in metrics
     finally:

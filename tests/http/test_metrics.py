@@ -39,3 +39,16 @@ def test_status_figures_become_series() -> None:
     assert metric_value(text, "appvisor_app_ready", app="swapped") == 0.0
     assert metric_value(text, "appvisor_app_ready", app="bare") == 1.0
     assert metric_value(text, "appvisor_evictions_total", app="bare") is None
+
+
+def test_gpu_figures_become_gauges_per_gpu() -> None:
+    gpus = [
+        {"index": 0, "name": "A", "total": 80, "used": 30, "free": 50, "promised": 10},
+        {"index": 1, "name": "B", "total": 40, "used": 0, "free": 40, "promised": 0},
+    ]
+    text = Metrics(dict, lambda: gpus).render().decode()
+    assert metric_value(text, "appvisor_gpu_memory_total_bytes", gpu="0") == 80.0
+    assert metric_value(text, "appvisor_gpu_memory_used_bytes", gpu="0") == 30.0
+    assert metric_value(text, "appvisor_gpu_memory_free_bytes", gpu="1") == 40.0
+    assert metric_value(text, "appvisor_gpu_memory_promised_bytes", gpu="0") == 10.0
+    assert "appvisor_gpu_memory" not in Metrics(dict).render().decode()  # none without a source
