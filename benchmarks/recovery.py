@@ -206,6 +206,56 @@ async def kernel_teardown(runs: int) -> list[float]:
     return times
 
 
+TEARDOWN_CASES = {
+    "bare interpreter": "",
+    "child runtime imported": "import child.runtime, protocol.connection\n",
+    "bare + 20 MiB bytearray": "held = bytearray(20 << 20)\n",
+    "bare + 50 MiB bytearray": "held = bytearray(50 << 20)\n",
+    "bare + 100 MiB bytearray": "held = bytearray(100 << 20)\n",
+}
+"""What a process holds when it is killed: the kernel frees its memory before it
+closes its files, so the end of stdout comes later the more it holds."""
+
+_REPORT_ANON = (
+    "import re, sys\n"
+    "text = open('/proc/self/smaps_rollup').read()\n"
+    "print(int(re.search(r'Anonymous:\\s+(\\d+)', text).group(1)), flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def teardown_by_memory(runs: int) -> dict[str, dict[str, Any]]:
+    """SIGKILL -> end of stdout for plain interpreters holding more or less memory.
+
+    Linux only (the anonymous memory is read from ``/proc/self/smaps_rollup``)."""
+    import subprocess
+    import sys
+
+    results = {}
+    for name, code in TEARDOWN_CASES.items():
+        times, anon_kib = [], 0
+        for _ in range(runs):
+            process = subprocess.Popen(
+                [sys.executable, "-c", code + _REPORT_ANON],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+            assert process.stdout is not None
+            anon_kib = int(process.stdout.readline())
+            time.sleep(0.05)
+            started = time.monotonic()
+            os.kill(process.pid, signal.SIGKILL)
+            process.stdout.read()
+            times.append(time.monotonic() - started)
+            process.wait()
+            process.stdout.close()
+            assert process.stdin is not None
+            process.stdin.close()
+        results[name] = {"anon_mib": anon_kib / 1024, "times": times}
+    return results
+
+
 async def stream(
     requests: int, kills: int, delay: float, pool_size: int | None, seed: int
 ) -> dict[str, Any]:
@@ -329,6 +379,9 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         out["recovery_standby_numpy"] = await recovery_times(1, args.runs, NUMPY, standby=True)
     log("kernel: SIGKILL -> end of stdout")
     out["kernel_teardown"] = await kernel_teardown(args.runs)
+    if os.path.exists("/proc/self/smaps_rollup"):
+        log("kernel: SIGKILL -> end of stdout, by the memory held")
+        out["teardown_by_memory"] = teardown_by_memory(args.runs)
     log(f"stream: {args.requests} requests, {args.kills} kills")
     out["stream"] = await stream(args.requests, args.kills, args.delay, None, args.seed)
     return out
@@ -408,6 +461,16 @@ def main() -> None:
         f"stdout, p50 {ms(median(teardown))} ms, p90 {ms(p90(teardown))} ms "
         f"({len(teardown)} kills). No supervisor can know of a death sooner.\n"
     )
+    by_memory = out.get("teardown_by_memory")
+    if by_memory:
+        print_table(
+            "SIGKILL -> end of stdout, by the anonymous memory the process holds",
+            ["process", "anonymous MiB", "p50 ms", "p90 ms"],
+            [
+                [name, f"{r['anon_mib']:.1f}", ms(median(r["times"])), ms(p90(r["times"]))]
+                for name, r in by_memory.items()
+            ],
+        )
     s = out["stream"]
     print_table(
         f"Request stream with random kills ({CALLERS} callers, max_concurrency=1, "
@@ -444,6 +507,11 @@ def main() -> None:
         "kernel_teardown": summary(teardown),
         "stream": s,
     }
+    if by_memory:
+        results["teardown_by_memory"] = {
+            name: {"anon_mib": r["anon_mib"], **summary(r["times"])}
+            for name, r in by_memory.items()
+        }
     if out["has_pool"]:
         for key in ("cold_pool", "cold_pool_numpy"):
             results[key] = {k: summary(v) for k, v in out[key].items()}
