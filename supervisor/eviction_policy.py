@@ -28,8 +28,9 @@ memory pressure, and the supervisor answers it with the same policy.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from operator import methodcaller
 from typing import Literal
 
 from .gpu_allocation import format_bytes
@@ -174,24 +175,46 @@ def pressure_evictions(
     Devices are visited by index. For each one below its threshold (counting
     memory already freed by children chosen for earlier devices), idle children
     using it are chosen least recently used first until the freed memory
-    brings it up to the threshold. If even all of them are not enough, all of
-    them are chosen: partial relief still protects the busy children there
-    from an out-of-memory error. Busy children and children holding nothing on
-    the device are never chosen. Returns keys in eviction order, each once.
+    brings it up to the threshold, and then any chosen one that the later
+    choices made unnecessary is kept (see ``_enough``). If even all of them are
+    not enough, all of them are chosen: partial relief still protects the busy
+    children there from an out-of-memory error. Busy children and children
+    holding nothing on the device are never chosen. Returns keys in eviction
+    order, each once.
     """
     chosen: list[ChildFigures] = []
     for device in sorted(devices, key=lambda d: d.index):
         threshold = free_threshold(device, min_free)
         free = device.free + sum(c.vram_on(device.index) for c in chosen)
-        if free >= threshold:
-            continue
         remaining = [c for c in children if c not in chosen]
-        for child in _lru_order(remaining, device.index):
-            chosen.append(child)
-            free += child.vram_on(device.index)
-            if free >= threshold:
-                break
+        candidates = _lru_order(remaining, device.index)
+        extra, _ = _enough(candidates, methodcaller("vram_on", device.index), free, threshold)
+        chosen.extend(extra)
     return [c.key for c in chosen]
+
+
+def _enough(
+    candidates: Sequence[ChildFigures], size: Callable[[ChildFigures], int], free: int, need: int
+) -> tuple[list[ChildFigures], int]:
+    """Candidates, in their order, until ``free`` reaches ``need``, and ``free`` then.
+
+    Greedy choices can overshoot: a large child chosen last may make an earlier,
+    smaller one unnecessary. Those are given back, the most recently used first
+    (the last one chosen is always needed), so no child is evicted for nothing.
+    All candidates are chosen when even that is not enough.
+    """
+    chosen: list[ChildFigures] = []
+    for child in candidates:
+        if free >= need:
+            break
+        chosen.append(child)
+        free += size(child)
+    if free >= need:
+        for child in reversed(chosen[:-1]):
+            if free - size(child) >= need:
+                chosen.remove(child)
+                free -= size(child)
+    return chosen, free
 
 
 # -- admission ------------------------------------------------------------------
@@ -236,7 +259,8 @@ def admission_plan(
     wins, where cost is
 
     1. the bytes of VRAM held by the idle children that would have to be
-       evicted for it (chosen least recently used first on that device, and
+       evicted for it (chosen least recently used first on that device, no
+       more than needed (see ``_enough``), and
        counting children already chosen for earlier picks as gone), then
     2. the number of those children, then
     3. fewer of our remaining children pinned to it, more free memory, lower
@@ -365,15 +389,8 @@ def _make_room(
     """The further idle children to evict so device ``index`` has ``need``
     available, and what it would then have."""
     free = available + sum(c.held_on(index) for c in evicted)
-    extra: list[ChildFigures] = []
-    if free >= need:
-        return extra, free
-    for child in _lru_order([c for c in idle if c not in evicted], index, held=True):
-        extra.append(child)
-        free += child.held_on(index)
-        if free >= need:
-            break
-    return extra, free
+    candidates = _lru_order([c for c in idle if c not in evicted], index, held=True)
+    return _enough(candidates, methodcaller("held_on", index), free, need)
 
 
 def _devices_of(child: ChildFigures) -> list[int]:

@@ -205,8 +205,19 @@ TEN = 10 * GIB
             [dev(0, 15)],
             [child("a", {0: 3}, last_used=0), child("b", {0: 10}, last_used=1)],
             0.25,
-            ["a", "b"],
+            ["b"],  # 15 free, 20 needed: b alone is enough, a is kept
             id="fraction of total",
+        ),
+        pytest.param(
+            [dev(0, 1)],
+            [
+                child("a", {0: 1}, last_used=0),
+                child("b", {0: 2}, last_used=1),
+                child("c", {0: 8}, last_used=2),
+            ],
+            TEN,
+            ["a", "c"],  # c had to go; with it b's 2 GiB are not needed, a's 1 GiB still is
+            id="an earlier choice that a later one made unnecessary is kept",
         ),
         pytest.param(
             [dev(0, 5, total_gib=16)],
@@ -459,6 +470,14 @@ def test_replica_plans_count_earlier_replicas_and_their_evictions() -> None:
         [dev(0, 0, total_gib=8)], [child("x", {0: 8})], replicas=2, count=1, vram_per_gpu=4 * GIB
     )
     assert [(p.devices, p.evict) for p in two] == [((0,), ("x",)), ((0,), ())]
+
+
+def test_admission_evicts_no_more_than_it_needs() -> None:
+    # 1 GiB available (8 free, 7 promised): LRU order would evict a, then b; b alone is enough.
+    a = child("a", {0: 0}, vram_budget_gib=3, last_used=0)
+    b = child("b", {0: 0}, vram_budget_gib=4, last_used=1)
+    plan = admission_plan([dev(0, 8, total_gib=8)], [a, b], count=1, vram_per_gpu=5 * GIB)
+    assert (plan.fits_after_eviction, plan.evict) == (True, ("b",))
 
 
 def test_admission_reasons_name_the_plan() -> None:
