@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/swap.py [--swaps 10] [--quick]
+    .venv/bin/python benchmarks/swap.py [--runs 10] [--quick]
 
 Two copies of tests/apps/mem_gpu each declare 6 GiB of VRAM on one fake 8 GiB
 GPU (the fake NVML backend, ``SUPERVISOR_FAKE_NVML``; setup "allocates" the
@@ -11,7 +11,7 @@ the idle one (an ``unload``, then the child's exit and reap), admits the
 requested app again and starts it. This measures what the supervisor adds to a
 model swap; with real models, loading the weights comes on top.
 
-Rows, medians of ``--swaps``, the baselines measured in the same run:
+Rows, medians of ``--runs`` swaps, the baselines measured in the same run:
 
 * ``call, no swap``: a request for the loaded app.
 * ``cold start``: ``sup.start()`` to its first result on an empty GPU, from the
@@ -101,26 +101,26 @@ async def swaps(pool_size: int, runs: int, pause: float) -> dict[str, list[float
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     log("cold starts, warm pool")
-    out["cold_pool"] = await cold_starts(1, args.swaps)
+    out["cold_pool"] = await cold_starts(1, args.runs)
     log("cold starts, pool_size=0")
-    out["cold_nopool"] = await cold_starts(0, max(3, args.swaps // 3))
+    out["cold_nopool"] = await cold_starts(0, max(3, args.runs // 3))
     log("swaps, warm pool")
-    out["swap_pool"] = await swaps(1, args.swaps, args.pause)
+    out["swap_pool"] = await swaps(1, args.runs, args.pause)
     log("swaps, warm pool, no pause")
-    out["swap_pool_nopause"] = await swaps(1, args.swaps, 0.0)
+    out["swap_pool_nopause"] = await swaps(1, args.runs, 0.0)
     log("swaps, pool_size=0")
-    out["swap_nopool"] = await swaps(0, max(3, args.swaps // 3), args.pause)
+    out["swap_nopool"] = await swaps(0, max(3, args.runs // 3), args.pause)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--swaps", type=int, default=10, help="swaps timed per row")
+    parser.add_argument("--runs", type=int, default=10, help="swaps timed per row")
     parser.add_argument("--pause", type=float, default=0.3, help="seconds before each swap")
-    parser.add_argument("--quick", action="store_true", help="--swaps 3")
+    parser.add_argument("--quick", action="store_true", help="--runs 3")
     args = parser.parse_args()
     if args.quick:
-        args.swaps = min(args.swaps, 3)
+        args.runs = min(args.runs, 3)
 
     import anyio
 
