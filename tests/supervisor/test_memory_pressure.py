@@ -148,7 +148,9 @@ async def test_busy_child_is_not_evicted_for_pressure(fake_gpus) -> None:
             tasks.start_soon(busy)
             await anyio.sleep(0.6)  # many samples while under pressure and busy
             assert app.status()["state"] == "busy"
-        assert results and results[0]["pid"] == app.status()["pids"][0]
+            pid = app.status()["pids"][0]
+        # The same child answered (once idle, the next sample may unload it at once).
+        assert results and results[0]["pid"] == pid
         # Idle now and still under pressure: the next samples unload it.
         await wait_for(lambda: app.status()["state"] == "unloaded")
 
