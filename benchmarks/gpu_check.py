@@ -17,7 +17,13 @@ at 30% of the device, an allocation that leaves less free must unload the least
 recently used idle app, skip a busy one, and unload nobody else; an app that
 declares half the device must be admitted by unloading idle apps; one that
 declares twice the device must be refused at once, without waiting out
-``admission_timeout``. Prints what it saw and exits non-zero if a check fails.
+``admission_timeout``.
+
+Then swapping: two apps that each declare 60% of the device cannot both be
+loaded, so the second one's admission evicts the first (its budget counts even
+before it allocates), and each request for the unloaded one evicts the other;
+NVML must then list only the child that holds the GPU. The swaps are timed.
+Prints what it saw and exits non-zero if a check fails.
 
     python benchmarks/gpu_check.py
 """
@@ -240,10 +246,45 @@ async def pressure_and_admission() -> None:
             )
 
 
+async def swaps(rounds: int = 2) -> None:
+    total = device_total()
+    use_mib = total // 2 // MIB
+    async with Supervisor(
+        monitor_interval=0.2, pool_size=1, pool_preload=["torch"], admission_timeout=60.0
+    ) as sup:
+        apps: dict[str, App] = {}
+        for name in ("left", "right"):
+            apps[name] = await sup.start(APP, name=name, gpus=[0], vram_budget=int(0.6 * total))
+        check(
+            states(apps) == {"left": "unloaded", "right": "ready"},
+            "the second app's admission evicted the first, which had allocated nothing yet",
+        )
+        times = []
+        for turn in range(2 * rounds):
+            name, other = ("left", "right") if turn % 2 == 0 else ("right", "left")
+            await pool_idle(sup)
+            started = time.monotonic()
+            out = await apps[name].run({"mib": use_mib})
+            times.append(time.monotonic() - started)
+            check(
+                states(apps) == {name: "ready", other: "unloaded"},
+                f"swap {turn + 1}: {name} in, {other} out ({times[-1] * 1000:.0f} ms)",
+            )
+            check(out["allocated_mib"] == use_mib, f"{name} holds {use_mib} MiB of CUDA memory")
+            listed = nvml_pids(sup) & descendants()
+            check(listed == {out["pid"]}, f"NVML lists only {name}'s child ({sorted(listed)})")
+        print(json.dumps({"gpus": sup.status()["gpus"]}, indent=1))
+        print(
+            f"\nswap to a result with {use_mib} MiB allocated: median "
+            f"{statistics.median(times) * 1000:.0f} ms over {len(times)} swaps"
+        )
+
+
 async def main() -> None:
     await budget_and_oom()
     await pooled()
     await pressure_and_admission()
+    await swaps()
     await cold_starts()
 
 
