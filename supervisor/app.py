@@ -226,13 +226,13 @@ class App:
     def status(self) -> dict[str, Any]:
         slots = [slot.status() for slot in self.slots]
         states = {s["state"] for s in slots}
+        ready = any(s in ("ready", "busy") for s in states)
         return {
             "name": self.name,
             "app_dir": str(self.app_dir),
             "state": _overall(states),
-            "ready": any(s in ("ready", "busy") for s in states),
-            "available": any(s in ("ready", "busy") for s in states)
-            or any(s["evicted"] for s in slots),
+            "ready": ready,
+            "available": ready or any(s["evicted"] for s in slots),
             "pids": [s["pid"] for s in slots if s["pid"] is not None],
             "restarts": sum(s["restarts"] for s in slots),
             "restarts_by_reason": dict(

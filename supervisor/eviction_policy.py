@@ -45,6 +45,7 @@ __all__ = [
     "is_cuda_oom",
     "over_budget",
     "pressure_evictions",
+    "promised_vram",
     "replica_plans",
 ]
 
@@ -128,7 +129,7 @@ def over_budget(children: Iterable[ChildFigures]) -> list[BudgetViolation]:
 
 
 def _most_used_device(child: ChildFigures) -> tuple[int | None, int]:
-    devices = sorted(set(child.gpus) | set(child.vram_by_device))
+    devices = _devices_of(child)
     if not devices:
         return None, child.vram
     device = max(devices, key=child.vram_on)
@@ -278,10 +279,8 @@ def admission_plan(
         return AdmissionPlan(True, True, (), (), "needs no GPU")
 
     need = {d.index: vram_per_gpu + free_threshold(d, min_free) for d in devices}
-    promised = {
-        d.index: (reserved or {}).get(d.index, 0) + sum(c.reserved_on(d.index) for c in children)
-        for d in devices
-    }
+    promised_anywhere = promised_vram(children, reserved)
+    promised = {d.index: promised_anywhere.get(d.index, 0) for d in devices}
     available = {d.index: d.free - promised[d.index] for d in devices}
     idle = [c for c in children if not c.busy]
     reclaimable = {d.index: sum(c.held_on(d.index) for c in idle) for d in devices}
@@ -330,6 +329,18 @@ def admission_plan(
         keys,
         f"fits on GPU(s) {where} after evicting {', '.join(keys)} ({freed} of VRAM)",
     )
+
+
+def promised_vram(
+    children: Iterable[ChildFigures], reserved: Mapping[int, int] | None = None
+) -> dict[int, int]:
+    """Bytes per device promised and not in use yet: ``reserved`` (for apps with
+    no figures yet) plus each child's unused budget (``ChildFigures.reserved_on``)."""
+    promised = dict(reserved or {})
+    for child in children:
+        for index in child.gpus:
+            promised[index] = promised.get(index, 0) + child.reserved_on(index)
+    return promised
 
 
 def replica_plans(

@@ -24,6 +24,7 @@ from .eviction_policy import (
     ChildFigures,
     over_budget,
     pressure_evictions,
+    promised_vram,
     replica_plans,
 )
 from .gpu_allocation import format_bytes
@@ -124,11 +125,8 @@ class ResourceGovernor:
     def promised(self, snapshot: MonitorSnapshot) -> dict[int, int]:
         """VRAM per GPU that apps' budgets reserve and their children do not use yet."""
         figures = self._figures(snapshot)
-        promised = self._promised_without_figures({id(slot) for slot, _, _ in figures})
-        for _, _, child in figures:
-            for index in child.gpus:
-                promised[index] = promised.get(index, 0) + child.reserved_on(index)
-        return promised
+        unmeasured = self._promised_without_figures({id(slot) for slot, _, _ in figures})
+        return promised_vram([f for _, _, f in figures], unmeasured)
 
     @staticmethod
     def _grant(
@@ -200,7 +198,7 @@ class ResourceGovernor:
                         f"but no GPU figures are available ({snapshot.gpu_error or 'no GPU'})"
                     )
                 figures = self._figures(snapshot)
-                promised = self._promised_without_figures({id(slot) for slot, _, _ in figures})
+                unmeasured = self._promised_without_figures({id(slot) for slot, _, _ in figures})
                 plans = replica_plans(
                     devices,
                     [f for _, _, f in figures],
@@ -208,7 +206,7 @@ class ResourceGovernor:
                     count=count,
                     vram_per_gpu=vram_per_gpu,
                     min_free=self.min_free_vram or 0,
-                    reserved=promised,
+                    reserved=unmeasured,
                 )
                 plan = plans[-1]
                 if not plan.ever_fits:
@@ -235,7 +233,7 @@ class ResourceGovernor:
                 note = ", ".join(f"GPU {i}: {format_bytes(b)}" for i, b in sorted(earlier.items()))
                 if note:
                     note = f" (free memory counts what earlier replicas will use: {note})"
-                promised = self.promised(snapshot)
+                promised = promised_vram([f for _, _, f in figures], unmeasured)
                 raise E.AdmissionError(
                     f"no room after waiting {timeout:g} s: {plan.reason}{note}",
                     needed_vram=vram_per_gpu,
