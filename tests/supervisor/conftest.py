@@ -4,12 +4,15 @@
 child process left (no stray child, grandchild or zombie). Modules that start
 real children opt in with ``pytestmark = pytest.mark.usefixtures(...)``.
 ``wait_gone`` polls until given pids have exited (a zombie counts as alive
-for that purpose only if ``zombie_ok`` is false).
+for that purpose only if ``zombie_ok`` is false). ``fake_gpus(*totals_mib)``
+writes a fake NVML file with those devices and points ``SUPERVISOR_FAKE_NVML``
+at it (see the README's "The fake NVML backend").
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from sup_helpers import FakeGpus
 
 if importlib.util.find_spec("supervisor") is None:  # pragma: no cover - not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -27,6 +31,21 @@ WaitGone = Callable[..., list[int]]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def fake_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeGpus:
+    def write(*totals_mib: int) -> Path:
+        path = tmp_path / "nvml.json"
+        devices = [
+            {"index": i, "name": f"Fake GPU {i}", "total_mib": total}
+            for i, total in enumerate(totals_mib)
+        ]
+        path.write_text(json.dumps({"devices": devices, "processes": {}}))
+        monkeypatch.setenv("SUPERVISOR_FAKE_NVML", str(path))
+        return path
+
+    return write
 
 
 @pytest.fixture

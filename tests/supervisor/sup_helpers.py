@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -11,6 +12,9 @@ from supervisor import App, RestartPolicy, Supervisor
 from supervisor.request import Request
 
 T = TypeVar("T")
+
+FakeGpus = Callable[..., Path]
+"""The ``fake_gpus`` fixture (conftest.py): ``fake_gpus(*totals_mib)`` -> the NVML file."""
 
 
 def make_supervisor(**overrides: Any) -> Supervisor:

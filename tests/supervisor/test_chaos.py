@@ -11,7 +11,6 @@ test looks for what their interleavings break.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from sup_helpers import FakeGpus
 
 from supervisor import App, RestartPolicy, Supervisor
 from supervisor.errors import SupervisorError
@@ -37,13 +37,8 @@ def anyio_backend() -> str:
 
 
 @pytest.mark.parametrize("seed", range(SEEDS))
-async def test_random_interleavings_end_cleanly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
-) -> None:
-    nvml = tmp_path / "nvml.json"
-    devices = [{"index": i, "name": f"Fake GPU {i}", "total_mib": 16384} for i in (0, 1)]
-    nvml.write_text(json.dumps({"devices": devices, "processes": {}}))
-    monkeypatch.setenv("SUPERVISOR_FAKE_NVML", str(nvml))
+async def test_random_interleavings_end_cleanly(fake_gpus: FakeGpus, seed: int) -> None:
+    fake_gpus(16384, 16384)
     rng = random.Random(seed)
     ends: Counter[str] = Counter()
     async with Supervisor(
@@ -126,16 +121,13 @@ async def test_random_interleavings_end_cleanly(
 
 @pytest.mark.parametrize("seed", range(SEEDS))
 async def test_admission_never_promises_more_vram_than_a_gpu_has(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+    fake_gpus: FakeGpus, seed: int
 ) -> None:
     """Apps with VRAM budgets that do not all fit on one GPU, started, called (so
     that they swap in and out), killed and stopped at random: at every moment the
     budgets of the slots that hold a reservation fit on the GPU."""
     total = 8192 * MIB
-    nvml = tmp_path / "nvml.json"
-    device = {"index": 0, "name": "Fake GPU 0", "total_mib": total // MIB}
-    nvml.write_text(json.dumps({"devices": [device], "processes": {}}))
-    monkeypatch.setenv("SUPERVISOR_FAKE_NVML", str(nvml))
+    fake_gpus(total // MIB)
     rng = random.Random(seed)
     ends: Counter[str] = Counter()
     budgets = {f"app{n}": rng.choice([2048, 3072, 4096, 5120]) * MIB for n in range(4)}

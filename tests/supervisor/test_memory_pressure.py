@@ -7,7 +7,6 @@ would report a real process.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -28,21 +27,6 @@ GIB = 1024 * MIB
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def fake_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    def write(*totals_mib: int) -> Path:
-        path = tmp_path / "nvml.json"
-        devices = [
-            {"index": i, "name": f"Fake GPU {i}", "total_mib": total}
-            for i, total in enumerate(totals_mib)
-        ]
-        path.write_text(json.dumps({"devices": devices, "processes": {}}))
-        monkeypatch.setenv("SUPERVISOR_FAKE_NVML", str(path))
-        return path
-
-    return write
 
 
 def supervisor(**kwargs) -> Supervisor:

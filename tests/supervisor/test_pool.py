@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from sup_helpers import FakeGpus
 
 from supervisor import Supervisor
 
@@ -15,14 +15,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes"
 
 APPS = Path(__file__).resolve().parent.parent / "apps"
 INTROSPECT = APPS / "introspect"
-
-
-@pytest.fixture
-def fake_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "nvml.json"
-    devices = [{"index": i, "name": "Fake GPU", "total_mib": 16384} for i in range(2)]
-    path.write_text(json.dumps({"devices": devices, "processes": {}}))
-    monkeypatch.setenv("SUPERVISOR_FAKE_NVML", str(path))
 
 
 async def pool_filled(sup: Supervisor, key: tuple[str, ...] = ()) -> None:
@@ -36,7 +28,8 @@ async def snapshot(sup: Supervisor, name: str, **options: Any) -> dict[str, Any]
     return dict(await app.run({}))
 
 
-async def test_a_pooled_child_looks_exactly_like_a_fresh_one(fake_gpus: None) -> None:
+async def test_a_pooled_child_looks_exactly_like_a_fresh_one(fake_gpus: FakeGpus) -> None:
+    fake_gpus(16384, 16384)
     options = {"gpus": [1], "env": {"APP_SETTING": "on"}}
     async with Supervisor(pool_size=0) as sup:
         fresh = await snapshot(sup, "fresh", **options)

@@ -4,7 +4,6 @@ failures, the child's environment and GPU pinning, and shutdown."""
 from __future__ import annotations
 
 import gc
-import json
 import os
 import shutil
 import signal
@@ -15,7 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
-from sup_helpers import in_flight, make_supervisor, wait_for
+from sup_helpers import FakeGpus, in_flight, make_supervisor, wait_for
 
 from supervisor import (
     PartialEvent,
@@ -282,14 +281,8 @@ async def test_child_environment_is_an_allowlist(
 
 
 @pytest.fixture
-def fake_nvml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "nvml.json"
-    device = {"name": "Fake GPU", "total_mib": 16384}
-    path.write_text(
-        json.dumps({"devices": [{"index": 0, **device}, {"index": 1, **device}], "processes": {}})
-    )
-    monkeypatch.setenv("SUPERVISOR_FAKE_NVML", str(path))
-    return path
+def fake_nvml(fake_gpus: FakeGpus) -> Path:
+    return fake_gpus(16384, 16384)
 
 
 @pytest.mark.usefixtures("fake_nvml")
