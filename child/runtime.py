@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import traceback
+from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -52,6 +53,7 @@ from protocol import (
 from . import __version__, exit_codes
 from .app_loader import AppLoadError, LoadedApp, load_app
 from .functions import AppFunction
+from .liveness import LivenessWatch
 from .log_capture import PipeForwarder, RequestStream, current_request
 from .metadata import make_metadata
 from .outbox import Outbox
@@ -98,6 +100,11 @@ class ChildRuntime:
         self._status = exit_codes.OK
         self._idle_workers: list[asyncio.Future[Callable[[], Awaitable[None]]]] = []
         self._initial_cwd = os.getcwd()
+        self._inbox: deque[Message] = deque()
+        """Messages read and not yet dispatched, in the order they came."""
+        self._loop_reads = 0
+        self._input_ended = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         os.set_blocking(protocol_in, False)
 
     # -- entry points ---------------------------------------------------------
@@ -113,16 +120,19 @@ class ChildRuntime:
                 self.outbox.send(Error(id=None, error=failure.info))
                 return exit_codes.LOAD_FAILED
         self.outbox.send(self._hello(description))
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        liveness = LivenessWatch(self._in, lambda: self._loop_reads, self._read_from_thread)
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             self._serving = anyio.CancelScope()
             with self._serving:  # cancelled once an unload is complete
                 loop.add_reader(self._in, self._on_readable)
+                liveness.start()
                 try:
                     self._on_readable()  # bytes that came with the hello's answer
                     await self._ended.wait()
                 finally:
+                    liveness.stop()
                     loop.remove_reader(self._in)
             status = self._status
             if self._exit_now is not None:
@@ -148,32 +158,75 @@ class ChildRuntime:
         """
         if self._ended.is_set():
             return
+        self._loop_reads += 1
         try:
-            data: bytes | None = os.read(self._in, READ_SIZE)
-        except BlockingIOError:
-            data = None
-        try:
-            with self.outbox.lock:
-                if data is not None:
-                    self.connection.receive_data(data)
-                messages = list(self.connection.events())
-                release = self.connection.release_due()
-            if release is not None:
-                self.outbox.send(release)  # the blobs were copied out: free their space
-            for message in messages:
-                if isinstance(message, Shutdown):
-                    self._end(exit_codes.OK)
-                    return
-                self._dispatch(message)
-            if data == b"":  # end of input: events() has raised if it cut a message
-                self._end(exit_codes.OK)
+            self._take_input(from_thread=False)
+            self._dispatch_inbox()
         except ProtocolError as exc:
-            self._report_protocol_error(exc)
-            self._end(exit_codes.PROTOCOL_ERROR)
+            self._protocol_failed(exc)
         except Exception:  # e.g. the supervisor closed our stdout: nobody to serve
             self._end(exit_codes.INTERNAL_ERROR)
             with contextlib.suppress(Exception):  # stderr may be that same broken pipe
                 traceback.print_exc()
+
+    def _take_input(self, *, from_thread: bool) -> list[Ping]:
+        """Read what has arrived and queue its messages in the inbox; the pings are
+        returned instead when the liveness thread reads, so that it answers them.
+
+        The read is under the lock too: two readers must feed the connection in
+        the order the bytes came.
+        """
+        pings: list[Ping] = []
+        with self.outbox.lock:
+            if self._input_ended:  # the other reader met the end first
+                return pings
+            try:
+                data: bytes | None = os.read(self._in, READ_SIZE)
+            except BlockingIOError:
+                data = None
+            if data is not None:
+                self.connection.receive_data(data)
+            for message in self.connection.events():
+                if from_thread and isinstance(message, Ping):
+                    pings.append(message)
+                else:
+                    self._inbox.append(message)
+            release = self.connection.release_due()
+            if data == b"":  # end of input: events() has raised if it cut a message
+                self._input_ended = True
+        if release is not None:
+            self.outbox.send(release)  # the blobs were copied out: free their space
+        return pings
+
+    def _dispatch_inbox(self) -> None:
+        while self._inbox and not self._ended.is_set():
+            message = self._inbox.popleft()
+            if isinstance(message, Shutdown):
+                self._end(exit_codes.OK)
+                return
+            self._dispatch(message)
+        if self._input_ended and not self._inbox:
+            self._end(exit_codes.OK)
+
+    def _read_from_thread(self) -> None:
+        """The liveness thread's read, while app code blocks the loop."""
+        if self._input_ended or self._loop is None:
+            return
+        try:
+            pings = self._take_input(from_thread=True)
+            for ping in pings:
+                self.outbox.send(Pong(seq=ping.seq))
+        except ProtocolError as exc:
+            self._loop.call_soon_threadsafe(self._protocol_failed, exc)
+            return
+        except Exception:
+            return  # the loop meets the same trouble on its next read, and handles it
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to hand over
+            self._loop.call_soon_threadsafe(self._on_readable)
+
+    def _protocol_failed(self, exc: ProtocolError) -> None:
+        self._report_protocol_error(exc)
+        self._end(exit_codes.PROTOCOL_ERROR)
 
     def _end(self, status: int) -> None:
         self._status = status

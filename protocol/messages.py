@@ -205,12 +205,13 @@ def encode(message: Message, blobs: BlobWriter | None = None) -> bytes:
     for f in _fields(type(message)):
         value = getattr(message, f.name)
         wire[f.name] = value.to_wire() if f.error_info else value
-    if blobs is not None and message.PAYLOAD is not None:
-        wire[message.PAYLOAD] = externalize(wire[message.PAYLOAD], blobs)
     try:
+        if blobs is not None and message.PAYLOAD is not None:
+            wire[message.PAYLOAD] = externalize(wire[message.PAYLOAD], blobs)
         return msgpack.packb(wire, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(f"cannot encode {message.TYPE} message: {exc}") from exc
+    except (TypeError, ValueError, OverflowError, RecursionError, MemoryError) as exc:
+        # Too deep or too large is the data's fault, like a type msgpack cannot carry.
+        raise TypeError(f"cannot encode {message.TYPE} message: {exc!r}") from exc
 
 
 def decode(payload: bytes | bytearray, blobs: BlobReader | None = None) -> Message:

@@ -3,13 +3,22 @@
 An app has a bounded queue and one or more replica slots that take requests
 from it. ``run`` and ``stream`` put a request on the queue and follow its
 events; a full queue answers at once with ``BusyError`` rather than letting
-latency grow without bound. Setup values travel with each request: a request
-whose values differ from the running child's gets a fresh child, and the new
-values become the app's default.
+latency grow without bound.
+
+Setup values travel with each request. A request without them runs with the
+app's current configuration: the operator's (``start(setup=...)``), or the
+latest values a child was successfully set up with. A request whose values
+differ gets a child set up with them, and they become the current
+configuration only once that setup has succeeded: invalid values fail that
+request alone. With ``lock_setup`` the operator's values are the only ones.
+
+What a caller sends is bounded here (``InputLimits``), and a caller's timeout
+can only shorten the operator's ``run_timeout``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +30,7 @@ import anyio.abc
 
 from . import errors as E
 from .events import Event
+from .input_limits import InputLimits
 from .lifecycle import ChildState
 from .request import Request, config_key
 from .request_queue import RequestQueue
@@ -37,6 +47,9 @@ class App:
         setup: dict[str, Any],
         run_timeout: float | None,
         on_stop: Callable[[App], None] | None = None,
+        *,
+        limits: InputLimits | None = None,
+        lock_setup: bool = False,
     ) -> None:
         self.name = name
         self.app_dir = app_dir
@@ -44,6 +57,11 @@ class App:
         self.setup = dict(setup)
         self._setup_key = config_key(self.setup)
         self.run_timeout = run_timeout
+        self.limits = limits or InputLimits()
+        self.lock_setup = lock_setup
+        """Refuse setup values other than the operator's."""
+        for slot in slots:
+            slot.on_configured = self._configured
         self.started_at = time.monotonic()
         self.cold_start: float | None = None
         """Seconds from ``start()`` to the first ready child."""
@@ -160,24 +178,69 @@ class App:
             raise E.AppStoppedError(f"{self.name} is stopped")
         failed = [s for s in self.slots if s.lifecycle.state is ChildState.FAILED]
         if failed and len(failed) == len(self.slots):
-            raise E.AppFailedError(f"{self.name} failed: {failed[0].failure}")
-        if setup is not None and setup != self.setup:
-            self.setup = dict(setup)
-            self._setup_key = config_key(self.setup)
+            raise failed[0].failed_error()
+        if not isinstance(input, dict):
+            raise E.InputValidationError(f"the input must be a dict, not {type(input).__name__}")
+        self.limits.check(input, "input")
+        config, key = self.setup, self._setup_key
+        if setup is not None:
+            if not isinstance(setup, dict):
+                raise E.InputValidationError(
+                    f"the setup must be a dict, not {type(setup).__name__}"
+                )
+            self.limits.check(setup, "setup")
+            if setup != self.setup:
+                if self.lock_setup:
+                    raise E.InputValidationError(
+                        f"{self.name}: the setup is locked by the operator; "
+                        "send no setup, or the operator's values"
+                    )
+                config = dict(setup)
+                key = config_key(config)
         if request_id is not None and request_id in self._requests:
             raise E.InputValidationError(f"request id {request_id!r} is already in use")
         request = Request(
             function=function,
             input=input,
-            config=self.setup,
+            config=config,
             metadata=dict(metadata or {}),
-            timeout=timeout if timeout is not None else self.run_timeout,
-            config_key=self._setup_key,
+            timeout=self._timeout(timeout),
+            config_key=key,
             on_end=self._forget_request,
         )
         if request_id is not None:
             request.id = request_id
         return request
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        """A caller's timeout, which may shorten the operator's but never lengthen it."""
+        if timeout is None:
+            return self.run_timeout
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            raise E.InputValidationError(
+                f"timeout must be a positive, finite number of seconds, not {timeout!r}"
+            )
+        return timeout if self.run_timeout is None else min(float(timeout), self.run_timeout)
+
+    def _configured(self, config: dict[str, Any], key: str) -> None:
+        """A child was set up with ``config``: it is the current configuration now."""
+        if key != self._setup_key:
+            self.setup, self._setup_key = dict(config), key
+
+    async def restart(self) -> None:
+        """Restart every replica now: a failed one is tried again at once (with a
+        fresh restart budget), a running one gets a fresh child once its requests
+        are done."""
+        if self._stopped:
+            raise E.AppStoppedError(f"{self.name} is stopped")
+        async with anyio.create_task_group() as tasks:
+            for slot in self.slots:
+                tasks.start_soon(slot.restart)
 
     def _take_now(self, request: Request) -> tuple[Slot, LiveChild] | None:
         """A slot that can run the request at once, when none is waiting before it.

@@ -129,6 +129,12 @@ class ProtocolViolationError(SupervisorError):
     type = "protocol"
 
 
+class InternalError(SupervisorError):
+    """A bug in the supervisor failed this request (and only this one); it is logged."""
+
+    type = "internal"
+
+
 _BY_TYPE: dict[ErrorType, type[SupervisorError]] = {
     ErrorType.VALIDATION: InputValidationError,
     ErrorType.SETUP_FAILED: SetupFailedError,

@@ -8,9 +8,13 @@ reason, and a transition the table does not allow is a bug that raises.
     UNLOADED ──start──> STARTING ──hello+load──> SETTING_UP ──setup ok──> READY <──> BUSY
         ^                   │                        │                      │
         └─ setup failed, ───┴──── crash ────> RESTARTING <───── crash ──────┘
-           config change,         (back-off)      │  gave up
-           eviction                               └──────────> FAILED
+           config change,         (back-off)      │  gave up       │
+           eviction                               └──> FAILED ─────┘
+                                          (after the cool-down, or an operator's restart)
     any state ──stop──> STOPPING ──> STOPPED
+
+A kill the supervisor orders (cancel, timeout, budget, out of memory) goes
+through RESTARTING too, but only faults count towards giving up.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ TRANSITIONS: dict[ChildState, frozenset[ChildState]] = {
     S.READY: frozenset({S.BUSY, S.RESTARTING, S.UNLOADED, S.STOPPING}),
     S.BUSY: frozenset({S.READY, S.RESTARTING, S.UNLOADED, S.STOPPING}),
     S.RESTARTING: frozenset({S.STARTING, S.FAILED, S.STOPPING}),
-    S.FAILED: frozenset({S.STOPPING}),
+    S.FAILED: frozenset({S.RESTARTING, S.STOPPING}),
     S.STOPPING: frozenset({S.STOPPED}),
     S.STOPPED: frozenset(),
 }

@@ -63,21 +63,30 @@ class RequestRunner:
                 self.slot.tasks.start_soon(self._serve, request)
 
     async def _serve(self, request: Request) -> None:
+        """Run one queued request to its end. Whatever goes wrong with it is its own
+        failure: an unexpected exception is logged and fails the request, never the
+        slot's task (which would stop the app)."""
         try:
-            for _ in range(UNDELIVERED_RETRIES + 1):
-                try:
-                    child = await self.slot.ensure(request.config, request.config_key)
-                except E.SupervisorError as exc:
-                    request.fail(exc)
-                    return
-                if request.finished or await self.execute(request, child):
-                    return
-                self.slot.logger.info(
-                    "%s: request %s never reached its child; retrying", self.slot.name, request.id
-                )
-            request.fail(E.ChildCrashedError("the request could not be delivered to a live child"))
+            await self._serve_on_a_child(request)
+        except Exception as exc:
+            self.slot.logger.exception("%s: request %s failed", self.slot.name, request.id)
+            request.fail(E.InternalError(f"the request failed inside the supervisor: {exc!r}"))
         finally:
             self._capacity.release()
+
+    async def _serve_on_a_child(self, request: Request) -> None:
+        for _ in range(UNDELIVERED_RETRIES + 1):
+            try:
+                child = await self.slot.ensure(request.config, request.config_key)
+            except E.SupervisorError as exc:
+                request.fail(exc)
+                return
+            if request.finished or await self.execute(request, child):
+                return
+            self.slot.logger.info(
+                "%s: request %s never reached its child; retrying", self.slot.name, request.id
+            )
+        request.fail(E.ChildCrashedError("the request could not be delivered to a live child"))
 
     def try_take(self, request: Request) -> LiveChild | None:
         """The child to run ``request`` on at once, with capacity taken for it; None
@@ -90,6 +99,7 @@ class RequestRunner:
             or child.kill_reason is not None
             or child.retiring
             or child.draining
+            or child.suspect
             or child.dead.is_set()
         ):
             return None

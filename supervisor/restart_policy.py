@@ -4,9 +4,15 @@ The policy sees only the times of recent crashes. The first crash in a quiet
 window restarts at once (recovery should cost no more than a cold start); each
 further crash within ``window`` seconds doubles the delay, up to ``max_delay``;
 more than ``max_restarts`` crashes within the window means the app is broken and
-the supervisor gives up (the app becomes ``failed``). Crashes older than the
-window are forgotten, which is how a child that ran well for a while earns a
-fresh budget.
+the supervisor gives up (the app becomes ``failed``) for ``cooldown`` seconds,
+after which it is tried again with a fresh budget: a broken dependency (a
+model server, a disk) may have come back. Crashes older than the window are
+forgotten, which is how a child that ran well for a while earns a fresh budget.
+
+Only faults are crashes: an exit the supervisor did not order (a crash, the
+kernel's OOM killer, a hung or lying child). A kill the supervisor orders (for
+a cancel, a timeout, a budget, an eviction, a new config) is not the app's
+fault and is never counted, or a client could fail an app at will.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ class Restart:
 @dataclass(frozen=True)
 class GiveUp:
     reason: str
+    retry_after: float
+    """Seconds until the app is tried again."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,8 @@ class RestartPolicy:
     first_delay: float = 0.0
     base_delay: float = 0.1
     max_delay: float = 10.0
+    cooldown: float = 60.0
+    """Seconds a failed app waits before it is tried again."""
 
     def decide(self, crash_times: Sequence[float], now: float) -> Restart | GiveUp:
         """``crash_times`` includes the crash being decided on."""
@@ -39,7 +49,8 @@ class RestartPolicy:
         if len(recent) > self.max_restarts:
             return GiveUp(
                 f"{len(recent)} crashes within {self.window:g} s "
-                f"(the limit is {self.max_restarts} restarts)"
+                f"(the limit is {self.max_restarts} restarts)",
+                self.cooldown,
             )
         if len(recent) <= 1:
             return Restart(self.first_delay)

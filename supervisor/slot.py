@@ -46,6 +46,9 @@ S = ChildState
 
 STANDBY_DELAY = 0.05
 """Seconds between a start and loading the standby, as the pool waits to refill."""
+SUSPECT_AFTER = 1.0
+"""Seconds a pong may take before the child takes no new request: a live child
+answers in well under a millisecond, a busy one within its liveness tick."""
 
 
 @dataclass(frozen=True)
@@ -90,12 +93,40 @@ class LiveChild:
     """A request with other setup values waits for it to be idle: no new request
     may start on it meanwhile, or a steady stream of them would starve that one."""
     kill_reason: E.SupervisorError | None = None
+    fault: bool = False
+    """Its kill was for its own fault (it hung, or broke the protocol), not an order
+    (cancel, timeout, budget): only faults count towards the restart limit."""
     culprit: str | None = None
     """The request whose timeout or cancel got the child killed."""
+    unanswered_since: float | None = None
+    """When the heartbeat ping now waiting for its pong was sent."""
     in_flight: dict[str, Request] = field(default_factory=dict)
     dead: anyio.Event = field(default_factory=anyio.Event)
     last_used: float = field(default_factory=time.monotonic)
     _idle: asyncio.Event | None = None
+    _heard: anyio.Event | None = None
+
+    @property
+    def suspect(self) -> bool:
+        """A heartbeat has waited more than ``SUSPECT_AFTER`` seconds for its pong: no
+        new request goes to the child until it answers or is killed for it."""
+        since = self.unanswered_since
+        return since is not None and time.monotonic() - since > SUSPECT_AFTER
+
+    async def ping(self, timeout: float) -> bool:
+        """Ping the child; True when it answered within ``timeout`` seconds."""
+        self.unanswered_since = time.monotonic()
+        heard = self._heard = anyio.Event()
+        try:
+            return await self.channel.ping(timeout)
+        finally:
+            self.unanswered_since = None
+            heard.set()
+
+    async def wait_heard(self) -> None:
+        """Wait for the heartbeat now in flight to end (answered, or not in time)."""
+        if self._heard is not None:
+            await self._heard.wait()
 
     async def wait_idle(self) -> None:
         """Wait until no request is in flight on this child."""
@@ -145,6 +176,18 @@ class Slot:
         self.crash_times: list[float] = []
         self.last_exit: dict[str, Any] | None = None
         self.failure: str | None = None
+        self.failure_limit: str | None = None
+        self.failed_at: float | None = None
+        self.retry_at: float | None = None
+        """Wall-clock time at which a failed slot is tried again (None: not planned)."""
+        self._retry_scope = anyio.CancelScope()
+        self._last_config: dict[str, Any] = {}
+        """The setup values of the latest start."""
+        self._good_config: dict[str, Any] | None = None
+        """The setup values of the latest successful start: a slot whose start with
+        other values failed goes back to them, and a retry starts with them."""
+        self.on_configured: Callable[[dict[str, Any], str], None] | None = None
+        """Called with setup values (and their key) once a child is set up with them."""
         self._on_change = on_change
         # fast_acquire: an uncontended acquire costs no trip through the event loop.
         self._lock = anyio.Lock(fast_acquire=True)
@@ -204,7 +247,7 @@ class Slot:
             while True:
                 state = self.lifecycle.state
                 if state is S.FAILED:
-                    raise E.AppFailedError(f"{self.name} failed: {self.failure}")
+                    raise self.failed_error()
                 if state in (S.STOPPING, S.STOPPED):
                     raise E.AppStoppedError(f"{self.spec.name} is stopped")
                 child = self.child
@@ -213,6 +256,9 @@ class Slot:
                     await child.dead.wait()
                     continue
                 if child is not None and state in (S.READY, S.BUSY):
+                    if child.suspect:
+                        await child.wait_heard()
+                        continue
                     if child.config_key == key:
                         return child
                     if child.in_flight:
@@ -239,6 +285,7 @@ class Slot:
         if self.lifecycle.state in (S.STOPPING, S.STOPPED):
             raise E.AppStoppedError(f"{self.spec.name} is stopped")
         restarting = self.lifecycle.state is S.RESTARTING
+        self._last_config = config
         self.lifecycle.to(S.STARTING, "restart" if restarting else "")
         child: LiveChild | None = None
         scope = self._start_scope = anyio.CancelScope()
@@ -270,6 +317,9 @@ class Slot:
         assert child is not None
         child.ready = True
         self.child = child
+        self._good_config = config
+        if self.on_configured is not None:
+            self.on_configured(config, key)
         self.lifecycle.to(S.READY, f"pid {child.process.pid}")
         self.evicted = False
         self._refill_pool()
@@ -433,20 +483,32 @@ class Slot:
         if self.stopping:
             pass  # stop() ran meanwhile and has set the slot's state
         elif isinstance(error, E.LoadFailedError):
-            self._fail(error.message, "the app cannot be loaded")
+            self._fail(error.message, "load", self.spec.restart_policy.cooldown)
         elif restarting:
             self._crashed(f"restart failed: {error.message}", "restart_failed")
         else:
             self.lifecycle.to(S.UNLOADED, "start failed")
             self.admitted = False  # the next start is admitted again
+            good = self._good_config
+            if (
+                good is not None
+                and config_key(good) != config_key(self._last_config)
+                and not isinstance(error, E.AdmissionError)
+            ):
+                # Values a caller sent failed: serve the configuration that worked.
+                self.tasks.start_soon(self._restart, good)
         self.changed()
         raise error
 
     async def _call(self, child: LiveChild, message: Load | Setup) -> Any:
         """Send a load or setup request and wait for its outcome."""
         with child.channel.open_inbox(message.id) as inbox:
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            try:
                 await child.channel.send(message)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass  # the inbox ends when the channel closes: reported below
+            except TypeError as exc:  # the values cannot be encoded: the caller's
+                raise E.InputValidationError(f"the {message.TYPE} cannot be sent: {exc}") from None
             async for reply in inbox:
                 if isinstance(reply, Result):
                     return reply.output
@@ -465,11 +527,23 @@ class Slot:
 
     # -- death, restarts, stopping ---------------------------------------------
 
-    def kill(self, child: LiveChild, reason: E.SupervisorError, culprit: str | None = None) -> None:
-        """Kill a child for a reason its requests will be told; the watcher restarts it."""
+    def kill(
+        self,
+        child: LiveChild,
+        reason: E.SupervisorError,
+        culprit: str | None = None,
+        *,
+        fault: bool = False,
+    ) -> None:
+        """Kill a child for a reason its requests will be told; the watcher restarts it.
+
+        ``fault``: the child brought it on itself (it hung, or lied); an order
+        (a cancel, a timeout, a budget) is not counted towards the restart limit.
+        """
         if child.dead.is_set() or child.kill_reason is not None:
             return
         child.kill_reason = reason
+        child.fault = fault
         child.culprit = culprit
         self.tasks.start_soon(child.process.terminate, self.spec.kill_grace)
 
@@ -482,6 +556,7 @@ class Slot:
             child.kill_reason = E.ProtocolViolationError(
                 f"the child broke the protocol: {violation}"
             )
+            child.fault = True
             child.process.kill()
         if child.process.exit_status is None:
             with anyio.move_on_after(self.spec.kill_grace, shield=True):
@@ -515,51 +590,132 @@ class Slot:
                 category = child.kill_reason.type
             else:
                 category = "oom_killed" if status.oom_killed else "crash"
-            self._crashed(self.last_exit["reason"], category)
+            fault = child.kill_reason is None or child.fault
+            self.last_exit["fault"] = fault
+            if fault:
+                self._crashed(self.last_exit["reason"], category)
+            else:
+                self._ordered_restart(self.last_exit["reason"], category)
             if self.lifecycle.state is S.RESTARTING:
                 self.tasks.start_soon(self._restart, child.config)
         self.changed()
 
     async def _heartbeat(self, child: LiveChild) -> None:
-        """Ping an idle child; one that does not answer is hung, and is killed."""
+        """Ping the child, idle or busy (the child answers while app code runs); one
+        that does not answer in time is hung or frozen, and is killed for it."""
         while not child.dead.is_set():
             await anyio.sleep(self.spec.heartbeat_interval)
-            if child.in_flight or child.dead.is_set() or child.retiring:
+            if child.dead.is_set() or child.retiring or child.kill_reason is not None:
                 continue
-            if (
-                not await child.channel.ping(self.spec.heartbeat_timeout)
-                and not child.dead.is_set()
-            ):
-                if child.in_flight or child.retiring:
-                    continue
-                self.kill(
-                    child,
-                    E.ChildCrashedError(
-                        f"no answer to a heartbeat within {self.spec.heartbeat_timeout:g} s"
-                    ),
-                )
+            answered = await child.ping(self.spec.heartbeat_timeout)
+            if answered or child.dead.is_set() or child.retiring:
+                continue
+            self.kill(
+                child,
+                E.ChildCrashedError(
+                    f"the child did not answer a heartbeat within "
+                    f"{self.spec.heartbeat_timeout:g} s (hung or frozen)"
+                ),
+                fault=True,
+            )
 
     def _crashed(self, reason: str, category: str) -> None:
-        """Record a crash and apply the restart policy; ``category`` groups restarts
+        """Record a fault and apply the restart policy; ``category`` groups restarts
         for metrics (``crash``, ``oom_killed``, or the error type a kill was for)."""
         now = time.monotonic()
         self.crash_times = self.spec.restart_policy.prune([*self.crash_times, now], now)
         decision = self.spec.restart_policy.decide(self.crash_times, now)
         if isinstance(decision, GiveUp):
             self.lifecycle.to(S.RESTARTING, reason)
-            self._fail(f"{reason}; {decision.reason}")
+            self._fail(f"{reason}; {decision.reason}", "restarts", decision.retry_after)
             return
         self.restarts += 1
         self.restarts_by_reason[category] += 1
         self._not_before = now + decision.delay
         self.lifecycle.to(S.RESTARTING, f"{reason}; restart in {decision.delay:g} s")
 
-    def _fail(self, failure: str, reason: str | None = None) -> None:
-        """Give up on the slot; its standby has nothing left to stand in for."""
+    def _ordered_restart(self, reason: str, category: str) -> None:
+        """Restart at once after a kill the supervisor ordered: not counted as a crash."""
+        self.restarts += 1
+        self.restarts_by_reason[category] += 1
+        self._not_before = time.monotonic()
+        self.lifecycle.to(S.RESTARTING, f"{reason}; restart now")
+
+    def _fail(self, failure: str, limit: str, retry_after: float | None = None) -> None:
+        """Give up on the slot until ``retry_after`` seconds have passed (or for good
+        when None); its standby has nothing left to stand in for.
+
+        ``limit`` names what gave out: ``restarts`` (too many faults in the
+        policy's window) or ``load`` (the app cannot be imported).
+        """
         self.failure = failure
-        self.lifecycle.to(S.FAILED, reason or failure)
-        if self._tasks is not None and (self.standby is not None or self._standby_loading):
+        self.failure_limit = limit
+        self.failed_at = time.time()
+        self.retry_at = None if retry_after is None else self.failed_at + retry_after
+        self.lifecycle.to(S.FAILED, failure)
+        if self._tasks is None:
+            return
+        if self.standby is not None or self._standby_loading:
             self._tasks.start_soon(self._drop_standby)
+        if retry_after is not None:
+            self._retry_scope.cancel()
+            self._tasks.start_soon(self._retry_after_cooldown, retry_after)
+
+    def failed_error(self) -> E.AppFailedError:
+        """What a request to the failed slot is told: why, and when it is tried again."""
+        retry = ""
+        details: dict[str, Any] = {"limit": self.failure_limit}
+        if self.retry_at is not None:
+            retry_in = max(0.0, self.retry_at - time.time())
+            retry = f"; tried again in {retry_in:.0f} s"
+            details["retry_in"] = retry_in
+        return E.AppFailedError(f"{self.name} failed: {self.failure}{retry}", **details)
+
+    async def _retry_after_cooldown(self, delay: float) -> None:
+        with anyio.CancelScope() as scope:
+            self._retry_scope = scope
+            await anyio.sleep(delay)
+        if not scope.cancel_called and self.lifecycle.state is S.FAILED:
+            self.logger.info("%s: cool-down over; trying again", self.name)
+            await self.retry()
+
+    async def retry(self) -> None:
+        """Clear a failure and start again now, with a fresh restart budget (the
+        cool-down's end, or an operator's restart). Errors are the status's news."""
+        if self.lifecycle.state is not S.FAILED:
+            return
+        self._retry_scope.cancel()
+        self.crash_times = []
+        self.failure = self.failure_limit = None
+        self.failed_at = self.retry_at = None
+        self._not_before = 0.0
+        self.lifecycle.to(S.RESTARTING, "retry after failure")
+        self.changed()
+        config = self._good_config if self._good_config is not None else self._last_config
+        with contextlib.suppress(E.SupervisorError):
+            await self.ensure(config)
+
+    async def restart(self) -> None:
+        """An operator's restart: a failed slot is tried again at once; a running one
+        gets a fresh child once its requests are done."""
+        if self.lifecycle.state is S.FAILED:
+            await self.retry()
+            return
+        config = self._good_config if self._good_config is not None else self._last_config
+        async with self._lock:
+            child = self.child
+            if child is not None and self.lifecycle.state in (S.READY, S.BUSY):
+                config = child.config
+                child.draining = True
+                try:
+                    await child.wait_idle()
+                finally:
+                    child.draining = False
+                if self.child is child:
+                    await self._retire(child, S.UNLOADED, "restarted by the operator")
+        if not self.stopping:
+            with contextlib.suppress(E.SupervisorError):
+                await self.ensure(config)
 
     async def _restart(self, config: dict[str, Any]) -> None:
         with contextlib.suppress(E.SupervisorError):
@@ -604,6 +760,7 @@ class Slot:
         if self.lifecycle.state in (S.STOPPING, S.STOPPED):
             return
         self._start_scope.cancel()
+        self._retry_scope.cancel()
         child = self.child
         if child is not None and self.lifecycle.state in LIVE:
             await self._retire(child, S.STOPPED, "stop")
@@ -639,6 +796,9 @@ class Slot:
             "evicted": self.evicted,
             "last_exit": self.last_exit,
             "failure": self.failure,
+            "failure_limit": self.failure_limit,
+            "failed_at": self.failed_at,
+            "retry_at": self.retry_at,
             "in_flight": len(child.in_flight) if child else 0,
             "uptime": time.monotonic() - child.started_at if child else None,
             "idle_for": time.monotonic() - child.last_used

@@ -26,6 +26,7 @@ from .child_launch import DEFAULT_SHARED_MEMORY
 from .gpu_allocation import AllocationError, allocate_gpus, check_explicit
 from .gpu_backend import DeviceMemory, GpuBackend, open_backend
 from .gpu_monitor import ResourceMonitor
+from .input_limits import InputLimits
 from .pool import ChildPool
 from .resource_governor import ResourceGovernor
 from .restart_policy import RestartPolicy
@@ -142,6 +143,8 @@ class Supervisor:
         ram_budget: int | None = None,
         preload: Sequence[str] | None = None,
         standby: bool = False,
+        lock_setup: bool = False,
+        limits: InputLimits | None = None,
     ) -> App:
         """Start an app and return its handle once every replica is ready.
 
@@ -150,6 +153,9 @@ class Supervisor:
         a ``setup`` instead of a start. It doubles the app's import-time memory, and
         is for apps whose import does not touch the GPU: a standby's memory is not
         counted against the budgets.
+
+        ``lock_setup`` refuses requests whose setup values differ from ``setup``;
+        ``limits`` bounds the nesting and size of inputs and setup values.
         """
         if self._tasks is None:
             raise RuntimeError("use the Supervisor as an async context manager")
@@ -207,6 +213,8 @@ class Supervisor:
                 dict(setup or {}),
                 run_timeout,
                 on_stop=self._forget,
+                limits=limits,
+                lock_setup=lock_setup,
             )
             app.vram_budget = vram
             app.ram_budget = ram_budget if ram_budget is not None else manifest.ram

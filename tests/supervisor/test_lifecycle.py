@@ -38,8 +38,8 @@ def test_every_state_is_reachable_from_unloaded() -> None:
     assert seen == set(ChildState)
 
 
-def test_failed_only_stops() -> None:
-    assert TRANSITIONS[S.FAILED] == frozenset({S.STOPPING})
+def test_failed_is_retried_or_stopped() -> None:
+    assert TRANSITIONS[S.FAILED] == frozenset({S.RESTARTING, S.STOPPING})
 
 
 def test_live_states() -> None:
