@@ -18,15 +18,17 @@ wrong; the codes are the ``ExitCode`` members below and nowhere else.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import enum
 import ipaddress
 import json
 import logging
+import math
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -38,12 +40,16 @@ from . import json_values
 from .app import App
 from .app_config import AppConfigError, read_manifest
 from .events import LogEvent, ProgressEvent, ResultEvent
+from .http_limits import HttpLimits, guarded_protocol
+from .input_limits import InputLimits
 from .log_setup import LOG_FORMATS, configure_logging
 from .supervisor import Supervisor
 
 logger = logging.getLogger("supervisor.cli")
 
 AUTH_TOKEN_ENV = "SUPERVISOR_AUTH_TOKEN"
+SHUTDOWN_MARGIN = 5.0
+"""Seconds past ``--shutdown-timeout`` for the answers of stopped requests to leave."""
 
 
 class ExitCode(enum.IntEnum):
@@ -121,9 +127,25 @@ def positive_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive, finite number")
     return value
+
+
+SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """A byte count: ``1048576``, ``512K``, ``32M``, ``1G`` (binary units; ``iB`` optional)."""
+    cleaned = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = cleaned[-1:] if cleaned[-1:] in SIZE_UNITS else ""
+    try:
+        value = float(cleaned[: len(cleaned) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 32M, got {text!r}") from None
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError("a size must be at least 1 byte")
+    return int(value * SIZE_UNITS[unit])
 
 
 def is_loopback(host: str) -> bool:
@@ -220,6 +242,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         max_concurrency=args.max_concurrency,
                         run_timeout=args.run_timeout,
                         standby=args.standby,
+                        lock_setup=args.lock_setup,
+                        limits=input_limits,
                     )
                     apps[app.name] = app
             except E.SupervisorError as error:
@@ -231,7 +255,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Raised once the supervisor has stopped what did start.
         raise StartupFailed(f"{directory}: {failures[0]}")
 
-    settings = ServerSettings(auth_token=token, allowed_paths=tuple(args.allow_path))
+    input_limits = InputLimits(max_depth=args.max_input_depth, max_values=args.max_input_values)
+    http_limits = HttpLimits(
+        max_body_size=args.max_body_size,
+        max_upload_size=args.max_upload_size,
+        body_timeout=args.body_timeout,
+        header_timeout=args.header_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        max_connections=args.max_connections,
+    )
+    settings = ServerSettings(
+        auth_token=token, allowed_paths=tuple(args.allow_path), limits=http_limits
+    )
     config = uvicorn.Config(
         create_app(start_apps, settings, gpus=lambda: running[-1].gpu_status() if running else []),
         host=args.host,
@@ -239,10 +274,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         lifespan="on",
         ws="none",
-        timeout_graceful_shutdown=args.shutdown_timeout,
+        http=guarded_protocol(http_limits.header_timeout),
+        limit_concurrency=http_limits.max_connections,
+        timeout_keep_alive=http_limits.keep_alive_timeout,
+        # Past --shutdown-timeout the apps are stopped, which answers what still runs
+        # with 503 app_stopped; uvicorn's own deadline only has to let those out.
+        timeout_graceful_shutdown=args.shutdown_timeout + SHUTDOWN_MARGIN,
         access_log=args.access_log,
     )
-    server = uvicorn.Server(config)
+
+    async def stop_apps() -> None:
+        if running:
+            await running[-1].stop_all()
+
+    server = _graceful_server(config, args.shutdown_timeout, stop_apps)
     try:
         anyio.run(_serve, server, backend_options=_loop_options())
     except SystemExit as exc:  # uvicorn's way out when startup fails or it cannot bind
@@ -263,11 +308,42 @@ def _loop_options() -> dict[str, Any]:
     return {"use_uvloop": True}
 
 
+def _graceful_server(config: Any, grace: float, stop_apps: Callable[[], Awaitable[None]]) -> Any:
+    """A uvicorn server that ends the requests still running ``grace`` seconds after
+    a shutdown signal by stopping the apps, so that their clients get a JSON
+    ``app_stopped`` (503) rather than a task cancelled by uvicorn's own deadline."""
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        asked: anyio.Event | None = None
+        loop: asyncio.AbstractEventLoop | None = None
+
+        async def serve(self, sockets: Any = None) -> None:
+            self.loop, self.asked = asyncio.get_running_loop(), anyio.Event()
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._end_stragglers, self.asked)
+                await super().serve(sockets)
+                tasks.cancel_scope.cancel()
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            if self.loop is not None and self.asked is not None:
+                # A signal handler may not touch the loop's state directly.
+                self.loop.call_soon_threadsafe(self.asked.set)
+
+        async def _end_stragglers(self, asked: anyio.Event) -> None:
+            await asked.wait()
+            await anyio.sleep(grace)
+            await stop_apps()
+
+    return GracefulServer(config)
+
+
 async def _serve(server: Any) -> None:
     """Serve until a signal; the signal then means "shut down", not "die"."""
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        server.should_exit = True
+        server.handle_exit(signum, frame)
 
     # uvicorn restores the handlers it found and re-raises the signal it caught
     # once it has shut down; finding ours, that re-raise is harmless and we exit 0.
@@ -456,6 +532,73 @@ def build_parser() -> argparse.ArgumentParser:
         "--access-log",
         action="store_true",
         help="log every HTTP request to stderr (off by default: it costs ~10%% per call)",
+    )
+    serve.add_argument(
+        "--lock-setup",
+        action="store_true",
+        help="refuse requests whose setup values differ from --setup's (or the defaults)",
+    )
+    limits = serve.add_argument_group("limits", "what one client may cost the server")
+    http_defaults, input_defaults = HttpLimits(), InputLimits()
+    limits.add_argument(
+        "--max-body-size",
+        type=parse_size,
+        default=http_defaults.max_body_size,
+        metavar="SIZE",
+        help="largest JSON body (and multipart 'request' part); default 32M",
+    )
+    limits.add_argument(
+        "--max-upload-size",
+        type=parse_size,
+        default=http_defaults.max_upload_size,
+        metavar="SIZE",
+        help="largest multipart body, all uploads of a request together; default 1G",
+    )
+    limits.add_argument(
+        "--max-input-depth",
+        type=positive_int,
+        default=input_defaults.max_depth,
+        metavar="N",
+        help=f"deepest nesting of an input or setup value; default {input_defaults.max_depth}",
+    )
+    limits.add_argument(
+        "--max-input-values",
+        type=positive_int,
+        default=input_defaults.max_values,
+        metavar="N",
+        help=f"most values in one input or setup; default {input_defaults.max_values}",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=http_defaults.max_connections,
+        metavar="N",
+        help=f"connections at once, beyond which the server answers 503; "
+        f"default {http_defaults.max_connections}",
+    )
+    limits.add_argument(
+        "--header-timeout",
+        type=positive_float,
+        default=http_defaults.header_timeout,
+        metavar="SECONDS",
+        help=f"close a connection whose request headers take longer; "
+        f"default {http_defaults.header_timeout:g}",
+    )
+    limits.add_argument(
+        "--body-timeout",
+        type=positive_float,
+        default=http_defaults.body_timeout,
+        metavar="SECONDS",
+        help=f"drop a client that stalls this long while sending its body (408); "
+        f"default {http_defaults.body_timeout:g}",
+    )
+    limits.add_argument(
+        "--keep-alive-timeout",
+        type=positive_int,
+        default=http_defaults.keep_alive_timeout,
+        metavar="SECONDS",
+        help=f"close idle keep-alive connections (whole seconds); "
+        f"default {http_defaults.keep_alive_timeout}",
     )
     serve.set_defaults(handler=cmd_serve, default_level="info")
 

@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ from .http_files import (
     set_at,
     under_any,
 )
+from .http_limits import BodyGuard, BodyRejected, HttpLimits
 from .http_wire import (
     CLIENT_CLOSED,
     BearerAuth,
@@ -98,6 +99,9 @@ class ServerSettings:
     upload_dir: str | Path | None = None
     """Where uploads are kept while their request runs (a temporary directory by default)."""
     max_upload_files: int = 64
+    limits: HttpLimits = field(default_factory=HttpLimits)
+    """Body sizes and slow clients (``http_limits``); nesting depth and value counts
+    are the apps' own (``Supervisor.start(limits=...)``)."""
 
 
 # -- the endpoints ----------------------------------------------------------------
@@ -124,9 +128,11 @@ class HttpApi:
             Route("/run", self.run, methods=run),
             Route("/run/{function}", self.run, methods=run),
             Route("/cancel/{request_id}", self.cancel, methods=cancel),
+            Route("/restart", self.restart, methods=["POST"]),
             Route("/apps/{app}/run", self.run, methods=run),
             Route("/apps/{app}/run/{function}", self.run, methods=run),
             Route("/apps/{app}/cancel/{request_id}", self.cancel, methods=cancel),
+            Route("/apps/{app}/restart", self.restart, methods=["POST"]),
         ]
 
     def app_for(self, request: Request) -> App:
@@ -196,18 +202,34 @@ class HttpApi:
         return response
 
     async def read_body(self, request: Request) -> tuple[Any, Path | None, dict[Loc, Any]]:
-        """The JSON body, and for a multipart one the directory its uploads were saved in."""
+        """The JSON body, and for a multipart one the directory its uploads were saved in.
+
+        Sizes and stalls are bounded by ``BodyGuard``; a large body is parsed in a
+        worker thread, so that it does not hold up every other client.
+        """
+        limits = self.settings.limits
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raw = await request.body()
-            return _parse_json(raw) if raw.strip() else {}, None, {}
+            try:
+                raw = await request.body()
+            except BodyRejected as exc:
+                raise Reject(exc.status, exc.type, exc.message) from None
+            return await self.parse_json(raw) if raw.strip() else {}, None, {}
         upload_dir: Path | None = None
         uploads: dict[Loc, Any] = {}
         try:
-            async with request.form(max_files=self.settings.max_upload_files) as form:
+            async with request.form(
+                max_files=self.settings.max_upload_files, max_part_size=limits.max_body_size
+            ) as form:
                 raw_request = form.get("request")
                 if isinstance(raw_request, UploadFile):
+                    if (raw_request.size or 0) > limits.max_body_size:
+                        raise Reject(
+                            413,
+                            "too_large",
+                            f"the request part is larger than {limits.max_body_size} bytes",
+                        )
                     raw_request = (await raw_request.read()).decode("utf-8", "replace")
-                body = _parse_json((raw_request or "{}").encode())
+                body = await self.parse_json((raw_request or "{}").encode())
                 for index, (name, part) in enumerate(form.multi_items()):
                     if not isinstance(part, UploadFile):
                         continue
@@ -227,10 +249,18 @@ class HttpApi:
         except Reject:
             self.cleanup(upload_dir)
             raise
+        except BodyRejected as exc:
+            self.cleanup(upload_dir)
+            raise Reject(exc.status, exc.type, exc.message) from None
         except HTTPException as exc:
             self.cleanup(upload_dir)
             raise Reject(400, "bad_request", str(exc.detail)) from None
         return body, upload_dir, uploads
+
+    async def parse_json(self, raw: bytes) -> Any:
+        if len(raw) >= self.settings.limits.parse_off_loop:
+            return await anyio.to_thread.run_sync(_parse_json, raw)
+        return _parse_json(raw)
 
     def vet_files(self, app: App, call: Call, uploads: Mapping[Loc, Any]) -> None:
         """Refuse local paths outside the allowed directories, then place the uploads."""
@@ -358,6 +388,19 @@ class HttpApi:
             404, {"type": "not_found", "message": f"no request {request_id!r} in flight"}
         )
 
+    async def restart(self, request: Request) -> Response:
+        """An operator's restart: a failed app is tried again at once, a running one
+        gets fresh children once their requests are done."""
+        try:
+            app = self.app_for(request)
+        except Reject as exc:
+            return exc.response()
+        try:
+            await app.restart()
+        except E.SupervisorError as exc:
+            return error_response(status_for(exc), exc.to_dict())
+        return JSONResponse({"restarted": True, "app": app.name, "status": app.status()})
+
     async def health(self, request: Request) -> Response:
         statuses = {name: app.status() for name, app in self.apps.items()}
         ready = bool(statuses) and all(status.get("available") for status in statuses.values())
@@ -400,9 +443,16 @@ class HttpApi:
 
 def _parse_json(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_no_constant)
     except ValueError as exc:
         raise Reject(400, "bad_request", f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise Reject(400, "bad_request", "the request body is nested too deeply") from None
+
+
+def _no_constant(name: str) -> Any:
+    """JSON has no NaN or Infinity; Python's parser accepts them unless told not to."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _save(part: UploadFile, target: Path) -> None:
@@ -474,7 +524,10 @@ def create_app(
     server = Starlette(
         routes=api.routes(),
         lifespan=lifespan,
-        middleware=[Middleware(BearerAuth, token=settings.auth_token)],
+        middleware=[
+            Middleware(BearerAuth, token=settings.auth_token),
+            Middleware(BodyGuard, limits=settings.limits),
+        ],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
     server.state.api = api

@@ -9,6 +9,7 @@ be read, and tested, without the routes.
 from __future__ import annotations
 
 import hmac
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ STATUS_BY_ERROR: tuple[tuple[type[E.SupervisorError], int], ...] = (
     (E.RequestCancelledError, 409),
     (E.BusyError, 429),
     (E.ProtocolViolationError, 502),
+    (E.InternalError, 500),
 )
 """The first class an error is an instance of gives its status (subclasses come first)."""
 CLIENT_CLOSED = 499
@@ -122,13 +124,20 @@ def parse_call(body: Any, function: str | None) -> Call:
     if not isinstance(stream, bool):
         bad("stream", "must be a boolean")
     request_id = body.get("request_id") or new_request_id()
-    if not isinstance(request_id, str) or not REQUEST_ID.match(request_id):
-        bad("request_id", "must be 1 to 128 letters, digits, '_', '.' or '-'")
+    if (
+        not isinstance(request_id, str)
+        or not REQUEST_ID.match(request_id)
+        or request_id in (".", "..")
+    ):
+        bad("request_id", "must be 1 to 128 letters, digits, '_', '.' or '-', not '.' or '..'")
     timeout = body.get("timeout")
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not math.isfinite(timeout)
+        or timeout <= 0
     ):
-        bad("timeout", "must be a positive number of seconds")
+        bad("timeout", "must be a positive, finite number of seconds")
     if errors:
         raise Reject(422, "validation", "the request body is invalid", errors=errors)
     return Call(name, data, setup, stream, request_id, None if timeout is None else float(timeout))

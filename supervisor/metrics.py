@@ -177,7 +177,7 @@ def _replica_memory(
     memory = replica.get("memory")
     figures: Mapping[str, Any] = memory if isinstance(memory, Mapping) else replica
     measured = _number(figures.get("rss"))
-    if measured is None and isinstance(pid, int):
+    if not measured and isinstance(pid, int):  # no sample yet, or one of a child now gone
         measured = float(tree_rss(pid)) or None
     if measured is not None and pid is not None:
         rss.add_metric([app, slot], measured)
