@@ -93,9 +93,7 @@ def test_an_invalid_setup_does_not_poison_the_app(robust: Server) -> None:
 
 def test_a_clients_timeout_cannot_beat_the_operators(robust: Server) -> None:
     started = time.monotonic()
-    response = robust.client.post(
-        "/run/nap", json={"input": {"seconds": 20}, "timeout": 100_000}
-    )
+    response = robust.client.post("/run/nap", json={"input": {"seconds": 20}, "timeout": 100_000})
     assert response.status_code == 504, response.text
     assert time.monotonic() - started < 15  # the operator's 1 s, not the client's 100,000 s
 
@@ -170,7 +168,7 @@ def test_a_client_stalling_its_body_gets_408(robust: Server) -> None:
     with socket.create_connection(("127.0.0.1", robust.port)) as sock:
         sock.sendall(
             b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 100\r\n\r\n{\"input\": "
+            b'Content-Length: 100\r\n\r\n{"input": '
         )
         answer = read_all(sock, timeout=15)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
@@ -192,9 +190,7 @@ def test_restart_gives_the_app_a_fresh_child(robust: Server) -> None:
 
 
 def test_a_request_cut_by_shutdown_gets_a_json_503(tmp_path: Path) -> None:
-    server = Server(
-        [str(APPS / "robust"), "--shutdown-timeout", "1"], log=tmp_path / "server.log"
-    )
+    server = Server([str(APPS / "robust"), "--shutdown-timeout", "1"], log=tmp_path / "server.log")
     try:
         server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=60) as client:
@@ -231,8 +227,9 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(alphabet=st.characters(codec="utf-8"), max_size=50),
-    lambda children: st.lists(children, max_size=8)
-    | st.dictionaries(st.text(max_size=10), children, max_size=8),
+    lambda children: (
+        st.lists(children, max_size=8) | st.dictionaries(st.text(max_size=10), children, max_size=8)
+    ),
     max_leaves=60,
 )
 bodies = st.one_of(

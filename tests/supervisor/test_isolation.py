@@ -168,8 +168,10 @@ async def test_kills_the_supervisor_orders_do_not_fail_the_app(robust: Path) -> 
             with pytest.raises(RequestTimeoutError):
                 await app.run({"seconds": 30}, function="sync_sleep", timeout=0.2)
             await wait_for(
-                lambda n=killed: app.status()["restarts"] == n  # type: ignore[misc]
-                and app.status()["state"] == "ready"
+                lambda n=killed: (
+                    app.status()["restarts"] == n  # type: ignore[misc]
+                    and app.status()["state"] == "ready"
+                )
             )
         status = app.status()
         assert status["state"] == "ready"
