@@ -28,7 +28,7 @@ import anyio.to_thread
 
 from .eviction_policy import ChildFigures
 from .gpu_backend import DeviceMemory, GpuBackend, GpuSample
-from .process_memory import pids_rss, pids_vram, tree_pids
+from .process_memory import pids_memory, pids_vram, tree_pids
 
 __all__ = ["ChildUsage", "MonitorSnapshot", "OnSample", "ResourceMonitor"]
 
@@ -42,7 +42,8 @@ class ChildUsage:
     key: str
     pid: int
     rss: int
-    """Bytes of host RAM over the tree (0 if the process is gone)."""
+    """Bytes of host RAM over the tree, shared pages counted once (PSS; 0 if the
+    process is gone). Named for the metric and status field it has always fed."""
     vram_by_device: Mapping[int, int]
     """Device index -> bytes over the tree; devices it does not use are absent."""
     sampled_at: float
@@ -165,7 +166,7 @@ class ResourceMonitor:
             children[key] = ChildUsage(
                 key=key,
                 pid=pid,
-                rss=pids_rss(pids),
+                rss=pids_memory(pids),
                 vram_by_device=pids_vram(pids, sample) if sample is not None else {},
                 sampled_at=time.monotonic(),
                 alive=bool(pids),

@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from .process_memory import tree_rss
+from .process_memory import tree_memory
 
 PREFIX = "appvisor"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -107,7 +107,7 @@ class StatusCollector(Collector):
         )
         rss = GaugeMetricFamily(
             f"{PREFIX}_child_rss_bytes",
-            "Host memory of a replica's process tree.",
+            "Host memory of a replica's process tree (PSS: shared pages counted once).",
             labels=["app", "replica"],
         )
         vram = GaugeMetricFamily(
@@ -178,7 +178,7 @@ def _replica_memory(
     figures: Mapping[str, Any] = memory if isinstance(memory, Mapping) else replica
     measured = _number(figures.get("rss"))
     if not measured and isinstance(pid, int):  # no sample yet, or one of a child now gone
-        measured = float(tree_rss(pid)) or None
+        measured = float(tree_memory(pid)) or None
     if measured is not None and pid is not None:
         rss.add_metric([app, slot], measured)
     by_device = figures.get("vram_by_device")

@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from supervisor.gpu_backend import GpuSample
-from supervisor.process_memory import pids_rss, pids_vram, tree_pids, tree_rss, tree_vram
+from supervisor.process_memory import pids_memory, pids_vram, tree_memory, tree_pids, tree_vram
 
 MIB = 1024 * 1024
 
@@ -58,16 +58,16 @@ def test_tree_pids_lists_child_then_descendants(family: tuple[int, int]) -> None
     assert tree_pids(grandchild) == [grandchild]
 
 
-def test_tree_rss_counts_child_and_grandchild(family: tuple[int, int]) -> None:
+def test_tree_memory_counts_child_and_grandchild(family: tuple[int, int]) -> None:
     child, grandchild = family
-    total = tree_rss(child)
-    alone = psutil.Process(child).memory_info().rss
-    below = psutil.Process(grandchild).memory_info().rss
+    total = tree_memory(child)
+    alone = psutil.Process(child).memory_full_info().pss
+    below = psutil.Process(grandchild).memory_full_info().pss
     assert total >= 100 * MIB
     assert alone >= 50 * MIB and below >= 50 * MIB
     assert total > alone + 40 * MIB  # the grandchild's 50 MiB is in there
     assert abs(total - (alone + below)) < 10 * MIB
-    assert pids_rss([child, grandchild]) >= 100 * MIB
+    assert pids_memory([child, grandchild]) >= 100 * MIB
 
 
 def test_tree_vram_sums_over_the_tree(family: tuple[int, int]) -> None:
@@ -95,9 +95,47 @@ def test_vanished_processes_count_as_nothing() -> None:
     pid = gone_pid()
     sample = GpuSample((), {pid: {0: 10}}, 0.0)
     assert tree_pids(pid) == []
-    assert tree_rss(pid) == 0
+    assert tree_memory(pid) == 0
     assert tree_vram(pid, sample) == {}
-    assert pids_rss([pid]) == 0
+    assert pids_memory([pid]) == 0
     # pids_vram trusts the pids it is given; the sample decides what they use
     assert pids_vram([pid], sample) == {0: 10}
     assert pids_vram([], sample) == {}
+
+
+FORKER = textwrap.dedent(
+    """
+    import os, sys
+    data = bytearray(os.urandom(40 * 1024 * 1024))  # resident, and copied on write by none
+    pids = []
+    for _ in range(6):
+        pid = os.fork()
+        if pid == 0:
+            sys.stdin.read()
+            os._exit(0)
+        pids.append(pid)
+    print("ready", flush=True)
+    sys.stdin.read()
+    for pid in pids:
+        os.waitpid(pid, 0)
+    """
+)
+
+
+def test_pages_shared_by_forked_workers_are_counted_once() -> None:
+    """Six forked workers share the parent's 40 MiB: RSS would count it seven times
+    (280 MiB), the tree's PSS about once."""
+    with subprocess.Popen(
+        [sys.executable, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        try:
+            assert proc.stdout.readline() == "ready\n"
+            pids = tree_pids(proc.pid)
+            assert len(pids) == 7
+            rss = sum(psutil.Process(pid).memory_info().rss for pid in pids)
+            assert rss > 250 * MIB
+            assert 40 * MIB <= tree_memory(proc.pid) < 120 * MIB
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=10)
