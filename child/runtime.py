@@ -29,6 +29,7 @@ import pydantic
 from protocol import (
     PROTOCOL_VERSION,
     Cancel,
+    Check,
     Connection,
     Error,
     ErrorInfo,
@@ -142,7 +143,9 @@ class ChildRuntime:
 
     def _hello(self, description: dict[str, Any] | None) -> Hello:
         shared = self.connection.blobs_in is not None and self.connection.blobs_out is not None
-        return Hello(PROTOCOL_VERSION, os.getpid(), __version__, description, shared)
+        return Hello(
+            PROTOCOL_VERSION, os.getpid(), __version__, description, shared, features=["check"]
+        )
 
     def _report_protocol_error(self, exc: ProtocolError) -> None:
         info = ErrorInfo(ErrorType.PROTOCOL, str(exc), exception=type(exc).__name__)
@@ -239,6 +242,8 @@ class ChildRuntime:
             self._answer(
                 message.id, partial(self._load, message.app_dir, message.env, message.describe)
             )
+        elif isinstance(message, Check):
+            self._answer(message.id, partial(self._check, message.config))
         elif isinstance(message, Setup):
             scope = self._runs[message.id] = anyio.CancelScope()
             self._spawn(partial(self._request, message.id, partial(self._setup, message), scope))
@@ -337,6 +342,13 @@ class ChildRuntime:
             return self.app.describe() if describe else None
         except (AppLoadError, OSError) as exc:
             raise RequestFailed(_exception_info(exc, ErrorType.LOAD_FAILED)) from exc
+
+    def _check(self, config: dict[str, Any]) -> None:
+        """Validate setup values as ``setup`` would, without calling the app."""
+        try:
+            self._require_app().setup_args(config, None)
+        except pydantic.ValidationError as exc:
+            raise RequestFailed(_validation_info(exc, "setup config")) from exc
 
     async def _setup(self, message: Setup) -> None:
         app = self._require_app()

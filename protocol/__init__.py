@@ -14,6 +14,7 @@ from .framing import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE, FrameDeco
 from .messages import (
     PROTOCOL_VERSION,
     Cancel,
+    Check,
     Error,
     Hello,
     Load,
@@ -46,6 +47,7 @@ __all__ = [
     "BlobReader",
     "BlobWriter",
     "Cancel",
+    "Check",
     "Connection",
     "Error",
     "ErrorInfo",

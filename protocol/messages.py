@@ -75,6 +75,18 @@ class Run(Message):
 
 
 @dataclass(frozen=True)
+class Check(Message):
+    """Validate setup values against the loaded app's setup model, changing nothing:
+    a supervisor asks the child it has before replacing it with one set up anew."""
+
+    TYPE: ClassVar[str] = "check"
+    TO_CHILD: ClassVar[bool] = True
+    PAYLOAD: ClassVar[str | None] = "config"
+    id: str
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Cancel(Message):
     TYPE: ClassVar[str] = "cancel"
     TO_CHILD: ClassVar[bool] = True
@@ -113,6 +125,9 @@ class Hello(Message):
     """The app description (see PROTOCOL.md), or None for a child with no app yet."""
     shared_memory: bool = False
     """The child mapped the arenas it was given and may send and receive blobs."""
+    features: list[str] = dataclasses.field(default_factory=list)
+    """Optional messages the child understands (``check``); a supervisor sends
+    none that the child did not list."""
 
 
 @dataclass(frozen=True)
@@ -180,15 +195,15 @@ class Release(Message):
     upto: int
 
 
-ToChild = Load | Setup | Run | Cancel | Unload | Shutdown | Ping | Release
+ToChild = Load | Setup | Run | Check | Cancel | Unload | Shutdown | Ping | Release
 ToSupervisor = Hello | Log | Progress | Partial | Result | Error | Unloaded | Pong | Release
-REQUESTS = (Load, Setup, Run)
+REQUESTS = (Load, Setup, Run, Check)
 """Messages that open a request: each gets exactly one terminal Result or Error."""
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        *(Load, Setup, Run, Cancel, Unload, Shutdown, Ping),
+        *(Load, Setup, Run, Check, Cancel, Unload, Shutdown, Ping),
         *(Hello, Log, Progress, Partial, Result, Error, Unloaded, Pong),
         Release,
     )

@@ -8,6 +8,7 @@ setup, run) are tracked separately by id; see ``connection.py``.
     AWAITING_HELLO --hello(app=None)--> EMPTY --load--> LOADING --result--> LOADED
     AWAITING_HELLO --hello(app={..})--> LOADED           LOADING --error---> EMPTY
     LOADED --setup--> SETTING_UP --result--> READY;  SETTING_UP --error--> LOADED
+    LOADED, SETTING_UP, READY --check--> (unchanged)
     any state after hello --unload--> UNLOADING --unloaded--> CLOSED
     any state --shutdown--> CLOSED
 """
@@ -45,6 +46,7 @@ TRANSITIONS: dict[tuple[State, type[m.Message]], State] = {
     (S.EMPTY, m.Load): S.LOADING,
     (S.LOADED, m.Setup): S.SETTING_UP,
     (S.READY, m.Run): S.READY,
+    **{(s, m.Check): s for s in (S.LOADED, S.SETTING_UP, S.READY)},
     **{(s, m.Unload): S.UNLOADING for s in _OPEN if s is not S.UNLOADING},
     **{(s, m.Shutdown): S.CLOSED for s in (S.AWAITING_HELLO, *_OPEN)},
     (S.UNLOADING, m.Unloaded): S.CLOSED,

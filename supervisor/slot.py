@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from protocol import Error, Load, ProtocolError, Result, Setup, Unload
+from protocol import Check, Error, Load, ProtocolError, Result, Setup, Unload
 from protocol import Log as LogMessage
 
 from . import errors as E
@@ -242,7 +242,13 @@ class Slot:
     # -- getting a ready child ------------------------------------------------
 
     async def ensure(self, config: dict[str, Any], key: str | None = None) -> LiveChild:
+        """A ready child set up with ``config``: the current one, or a new one.
+
+        New setup values are first checked by the current child (when it can),
+        so that invalid ones fail their request and leave it serving.
+        """
         key = key or config_key(config)
+        checked = False
         async with self._lock:
             while True:
                 state = self.lifecycle.state
@@ -261,6 +267,10 @@ class Slot:
                         continue
                     if child.config_key == key:
                         return child
+                    if not checked:
+                        checked = True
+                        if not await self._check_config(child, config):
+                            continue  # it died meanwhile: its watcher decides
                     if child.in_flight:
                         # Look again once it is idle: a stop, a crash or an eviction
                         # may have come meanwhile.
@@ -500,7 +510,19 @@ class Slot:
         self.changed()
         raise error
 
-    async def _call(self, child: LiveChild, message: Load | Setup) -> Any:
+    async def _check_config(self, child: LiveChild, config: dict[str, Any]) -> bool:
+        """Have ``child`` validate setup values (``InputValidationError`` if they are
+        invalid); False when the child died before it answered."""
+        hello = child.channel.hello
+        if hello is None or "check" not in hello.features:
+            return True  # a child that cannot check: its replacement's setup will
+        try:
+            await self._call(child, Check(new_request_id(), config))
+        except _StartFailed:
+            return False
+        return True
+
+    async def _call(self, child: LiveChild, message: Load | Setup | Check) -> Any:
         """Send a load or setup request and wait for its outcome."""
         with child.channel.open_inbox(message.id) as inbox:
             try:

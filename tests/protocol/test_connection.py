@@ -376,6 +376,7 @@ def _example(message_type: type[m.Message]) -> m.Message:
         m.Load: m.Load(id="new", app_dir="/a"),
         m.Setup: m.Setup(id="new"),
         m.Run: m.Run(id="new", function="f", input={}),
+        m.Check: m.Check(id="new", config={}),
         m.Cancel: m.Cancel(id="new"),
         m.Unload: m.Unload(),
         m.Shutdown: m.Shutdown(),

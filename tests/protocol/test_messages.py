@@ -36,6 +36,7 @@ SAMPLES: list[m.Message] = [
     m.Load(id="l1", app_dir="/apps/echo", env={"HF_HOME": "/cache", "EMPTY": ""}, describe=False),
     m.Setup(id="s1", config={"model": "tiny", "fp16": True}, metadata={"trace": "abc"}),
     m.Run(id="r1", function="echo", input={"text": "hi", "n": 3}, metadata={"user": 7}),
+    m.Check(id="k1", config={"model": "tiny"}),
     m.Cancel(id="r1"),
     m.Unload(),
     m.Shutdown(),
@@ -72,13 +73,13 @@ def test_samples_cover_every_message_type() -> None:
 
 
 def test_message_types_registry() -> None:
-    assert len(m.MESSAGE_TYPES) == 16
+    assert len(m.MESSAGE_TYPES) == 17
     for name, cls in m.MESSAGE_TYPES.items():
         assert name == cls.TYPE
     to_child = {name for name, cls in m.MESSAGE_TYPES.items() if cls.TO_CHILD}
-    assert to_child == {"load", "setup", "run", "cancel", "unload", "shutdown", "ping"}
+    assert to_child == {"load", "setup", "run", "check", "cancel", "unload", "shutdown", "ping"}
     assert {name for name, cls in m.MESSAGE_TYPES.items() if cls.BOTH_WAYS} == {"release"}
-    assert set(m.REQUESTS) == {m.Load, m.Setup, m.Run}
+    assert set(m.REQUESTS) == {m.Load, m.Setup, m.Run, m.Check}
 
 
 @pytest.mark.parametrize("message", SAMPLES, ids=sample_id)
@@ -236,6 +237,7 @@ def test_required_fields_table() -> None:
             ("load", "id"), ("load", "app_dir"),
             ("setup", "id"),
             ("run", "id"), ("run", "function"), ("run", "input"),
+            ("check", "id"),
             ("cancel", "id"),
             ("ping", "seq"),
             ("hello", "protocol_version"), ("hello", "pid"), ("hello", "runtime_version"),

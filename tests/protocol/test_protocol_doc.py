@@ -65,6 +65,9 @@ def doc_type(annotation: Any) -> str:
     if origin is dict:
         key, value = typing.get_args(annotation)
         return f"map<{doc_type(key)}, {doc_type(value)}>"
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return f"list<{doc_type(item)}>"
     return {str: "str", int: "int", float: "float", bool: "bool", bytes: "bin"}[annotation]
 
 
@@ -101,7 +104,7 @@ def test_summary_table() -> None:
         else "child → supervisor"
         for cls in MESSAGE_CLASSES
     }
-    assert f"{len(MESSAGE_CLASSES)} message types" in DOC.replace("Sixteen", "16")
+    assert f"{len(MESSAGE_CLASSES)} message types" in DOC.replace("Seventeen", "17")
 
 
 @pytest.mark.parametrize("cls", MESSAGE_CLASSES, ids=lambda c: c.TYPE)

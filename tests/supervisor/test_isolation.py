@@ -23,6 +23,7 @@ from supervisor.errors import (
     ChildCrashedError,
     InputValidationError,
     RequestTimeoutError,
+    SetupFailedError,
 )
 from supervisor.input_limits import InputLimits
 
@@ -94,26 +95,30 @@ async def test_too_many_values_are_refused(robust: Path) -> None:
 # -- setup values -------------------------------------------------------------------
 
 
-async def test_an_invalid_setup_leaves_the_current_configuration(robust: Path) -> None:
+async def test_an_invalid_setup_changes_nothing(robust: Path) -> None:
+    """The running child checks the values before anything is replaced."""
     async with make_supervisor() as sup:
         app = await sup.start(robust, setup={"greeting": "Hi"})
-        with pytest.raises(InputValidationError):
+        pid = only_pid(app)
+        with pytest.raises(InputValidationError) as info:
             await app.run({"text": "x"}, setup={"greeting": 5})
+        assert info.value.errors[0]["loc"] == ["greeting"]
         assert app.setup == {"greeting": "Hi"}
-        out = await app.run({"text": "Ada"})
-        assert out["text"] == "Hi, Ada"
-        out = await app.run({"text": "Ada"}, function="run")
-        assert out["text"] == "Hi, Ada"
-        await wait_for(lambda: app.status()["available"])
+        assert app.status()["state"] == "ready"
+        assert await app.run({"text": "Ada"}) == {"text": "Hi, Ada", "pid": pid}
+        assert app.status()["restarts"] == 0
 
 
-async def test_a_slot_goes_back_to_its_good_configuration_by_itself(robust: Path) -> None:
+async def test_a_setup_that_fails_sends_the_slot_back_to_its_good_values(robust: Path) -> None:
+    """Valid values whose setup raises cost a child; the replica then serves the
+    values that worked again, without waiting for a request."""
     async with make_supervisor() as sup:
         app = await sup.start(robust, setup={"greeting": "Hi"})
-        with pytest.raises(InputValidationError):
-            await app.run({"text": "x"}, setup={"greeting": ["not", "text"]})
-        # No request needed: the replica serves the operator's values again.
+        with pytest.raises(SetupFailedError):
+            await app.run({"text": "x"}, setup={"greeting": "explode"})
+        assert app.setup == {"greeting": "Hi"}
         await wait_for(lambda: app.status()["state"] == "ready")
+        assert (await app.run({"text": "Ada"}))["text"] == "Hi, Ada"
 
 
 async def test_a_valid_setup_becomes_the_current_configuration(robust: Path) -> None:

@@ -34,6 +34,8 @@ class SleepOutput(BaseModel):
 
 class App:
     async def setup(self, config: AppSetup) -> None:
+        if config.greeting == "explode":
+            raise RuntimeError("this greeting makes setup fail")
         self.greeting = config.greeting
 
     async def run(self, input_data: TextInput) -> TextOutput:
