@@ -490,22 +490,25 @@ class Slot:
             error = exc
         if not isinstance(error, E.AdmissionError):
             self.evicted = False  # it cannot come back by itself
+        good = self._good_config
+        callers_values = good is not None and config_key(good) != config_key(self._last_config)
         if self.stopping:
             pass  # stop() ran meanwhile and has set the slot's state
         elif isinstance(error, E.LoadFailedError):
             self._fail(error.message, "load", self.spec.restart_policy.cooldown)
-        elif restarting:
+        elif (
+            restarting
+            and not callers_values
+            and not isinstance(error, (E.InputValidationError, E.AdmissionError))
+        ):
+            # The values that worked fail now: the app's fault, counted.
             self._crashed(f"restart failed: {error.message}", "restart_failed")
         else:
             self.lifecycle.to(S.UNLOADED, "start failed")
             self.admitted = False  # the next start is admitted again
-            good = self._good_config
-            if (
-                good is not None
-                and config_key(good) != config_key(self._last_config)
-                and not isinstance(error, E.AdmissionError)
-            ):
+            if callers_values and not isinstance(error, E.AdmissionError):
                 # Values a caller sent failed: serve the configuration that worked.
+                assert good is not None
                 self.tasks.start_soon(self._restart, good)
         self.changed()
         raise error

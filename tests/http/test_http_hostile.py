@@ -268,3 +268,31 @@ def test_generated_hostile_bodies_never_break_the_app(robust: Server, body: byte
     assert robust.client.get("/health").status_code == 200
     check = robust.client.post("/run", json={"input": {"text": "ok"}})
     assert check.status_code == 200, check.text
+
+
+def test_connections_beyond_the_cap_get_503(tmp_path: Path) -> None:
+    server = Server(
+        [str(APPS / "robust"), "--max-connections", "3", "--header-timeout", "30"],
+        log=tmp_path / "server.log",
+    )
+    try:
+        server.wait_ready()
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+        try:
+            time.sleep(0.5)  # let the server accept them
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                refused = client.post("/run", json={"input": {"text": "x"}})
+            assert refused.status_code == 503
+        finally:
+            for sock in idle:
+                sock.close()
+        deadline = time.monotonic() + 10
+        while True:
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                response = client.post("/run", json={"input": {"text": "x"}})
+            if response.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert response.status_code == 200, response.text
+    finally:
+        assert server.stop() == 0, server.logs()

@@ -140,6 +140,26 @@ async def test_a_locked_setup_refuses_other_values(robust: Path) -> None:
         assert out == {"text": "Hi, Ada", "pid": pid}
 
 
+async def test_bad_setup_values_during_a_restart_are_not_the_apps_fault(robust: Path) -> None:
+    """With no child to check them, values sent while the replica restarts are
+    tried by a new child; their failure is the caller's, never counted."""
+    policy = RestartPolicy(max_restarts=1, window=60)
+    async with make_supervisor(restart_policy=policy, cancel_grace=0.3) as sup:
+        app = await sup.start(robust, setup={"greeting": "Hi"})
+        # Its child is killed once the timeout's cancel is ignored; the bad values
+        # wait behind it in the queue and find the replica restarting.
+        doomed = app.submit({"seconds": 30}, function="sync_sleep", timeout=0.3)
+        bad = [app.submit({"text": "x"}, setup={"greeting": 5}) for _ in range(3)]
+        with pytest.raises(RequestTimeoutError):
+            await outcome(doomed)
+        for request in bad:
+            with pytest.raises((InputValidationError, SetupFailedError)):
+                await outcome(request)
+        await wait_for(lambda: app.status()["state"] == "ready")
+        assert (await app.run({"text": "Ada"}))["text"] == "Hi, Ada"
+        assert "restart_failed" not in app.status()["restarts_by_reason"]
+
+
 # -- timeouts belong to the operator ----------------------------------------------
 
 
