@@ -128,7 +128,7 @@ def main() -> None:
         "--port", str(port), "--max-body-size", "64K", "--header-timeout", "1",
         "--body-timeout", "1", "--run-timeout", "2", "--log-level", "info",
     ]  # fmt: skip
-    server_log = tempfile.NamedTemporaryFile("w+", prefix="hostile-load-", suffix=".log")
+    server_log = tempfile.NamedTemporaryFile("w+", prefix="hostile-load-", suffix=".log")  # noqa: SIM115 - read on failure, removed at exit
     server = subprocess.Popen(argv, cwd=ROOT, stdout=server_log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
