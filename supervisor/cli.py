@@ -320,10 +320,17 @@ def _graceful_server(config: Any, grace: float, stop_apps: Callable[[], Awaitabl
 
         async def serve(self, sockets: Any = None) -> None:
             self.loop, self.asked = asyncio.get_running_loop(), anyio.Event()
+            ended: SystemExit | None = None
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._end_stragglers, self.asked)
-                await super().serve(sockets)
-                tasks.cancel_scope.cancel()
+                try:
+                    await super().serve(sockets)
+                except SystemExit as exc:  # uvicorn's failed start: not wrapped in a group
+                    ended = exc
+                finally:
+                    tasks.cancel_scope.cancel()
+            if ended is not None:
+                raise ended
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)
