@@ -25,8 +25,9 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -37,8 +38,10 @@ from . import errors as E
 from . import json_values
 from .app import App
 from .app_config import AppConfigError, read_manifest
+from .app_traceback import for_people
 from .events import LogEvent, ProgressEvent, ResultEvent
 from .log_setup import LOG_FORMATS, configure_logging
+from .startup import AppStart, Startup
 from .supervisor import Supervisor
 
 logger = logging.getLogger("supervisor.cli")
@@ -72,10 +75,6 @@ def exit_code_for(error: BaseException) -> ExitCode:
 
 class UsageError(Exception):
     pass
-
-
-class StartupFailed(Exception):
-    """An app of ``serve`` could not start; the server does not either."""
 
 
 # -- argument values --------------------------------------------------------------
@@ -123,6 +122,13 @@ def positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("cannot be negative")
     return value
 
 
@@ -174,13 +180,25 @@ def _app_dirs(values: Sequence[str]) -> list[Path]:
     return dirs
 
 
-def _report(error: E.SupervisorError) -> None:
-    print(f"error ({error.type}): {error.message}", file=sys.stderr)
+def error_details(error: E.SupervisorError, debug: bool) -> list[tuple[str, str]]:
+    """An error's field errors, traceback (the app's frames only, unless ``debug``) and
+    stderr, as text."""
+    details = []
     for key in ("errors", "traceback", "stderr"):
-        if error.details.get(key):
-            detail = error.details[key]
-            text = json.dumps(detail, indent=2) if not isinstance(detail, str) else detail
-            print(f"{key}:\n{text}", file=sys.stderr)
+        detail = error.details.get(key)
+        if not detail:
+            continue
+        if key == "traceback" and isinstance(detail, str) and not debug:
+            detail = for_people(detail)
+        text = json.dumps(detail, indent=2) if not isinstance(detail, str) else detail
+        details.append((key, text.rstrip("\n")))
+    return details
+
+
+def _report(error: E.SupervisorError, debug: bool = False) -> None:
+    print(f"error ({error.type}): {error.message}", file=sys.stderr)
+    for key, text in error_details(error, debug):
+        print(f"{key}:\n{text}", file=sys.stderr)
 
 
 # -- serve ------------------------------------------------------------------------
@@ -202,36 +220,58 @@ def cmd_serve(args: argparse.Namespace) -> int:
     dirs = _app_dirs(args.app_dirs)
     setups = setups_by_app(args.setup, dirs)
     configure_logging(args.log_format, args.log_level)
-    failures: list[BaseException] = []
+    # Bound before anything starts: a port in use is a usage error, not a model
+    # loaded for nothing.
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        print(f"cannot bind {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    failures: list[E.SupervisorError] = []
     running: list[Supervisor] = []
+    server: Any = None
+
+    def failed(name: str, error: E.SupervisorError) -> None:
+        failures.append(error)
+        logger.error(
+            "cannot start %s: %s (%s)%s",
+            name,
+            error.message,
+            error.type,
+            "".join(f"\n{k}:\n{v}" for k, v in error_details(error, args.debug)),
+        )
+        server.should_exit = True
 
     @contextlib.asynccontextmanager
-    async def start_apps() -> AsyncIterator[Mapping[str, App]]:
-        async with Supervisor() as supervisor:
+    async def start_apps() -> AsyncIterator[Startup]:
+        async with Supervisor() as supervisor, anyio.create_task_group() as tasks:
             running.append(supervisor)
-            apps: dict[str, App] = {}
-            try:
-                for directory in dirs:
-                    app = await supervisor.start(
-                        directory,
-                        setup=setups[directory],
-                        gpus=args.gpus,
-                        replicas=args.replicas,
-                        max_concurrency=args.max_concurrency,
-                        run_timeout=args.run_timeout,
-                        standby=args.standby,
-                    )
-                    apps[app.name] = app
-            except E.SupervisorError as error:
-                failures.append(error)
-                logger.error("cannot start %s: %s (%s)", directory, error.message, error.type)
-            else:
-                yield apps
-                return
-        # Raised once the supervisor has stopped what did start.
-        raise StartupFailed(f"{directory}: {failures[0]}")
 
-    settings = ServerSettings(auth_token=token, allowed_paths=tuple(args.allow_path))
+            def starter(directory: Path) -> Callable[[], Awaitable[App]]:
+                return lambda: supervisor.start(
+                    directory,
+                    setup=setups[directory],
+                    gpus=args.gpus,
+                    replicas=args.replicas,
+                    max_concurrency=args.max_concurrency,
+                    run_timeout=args.run_timeout,
+                    standby=args.standby,
+                )
+
+            startup = Startup(
+                [AppStart(_manifest_name(d), starter(d)) for d in dirs],
+                starting=supervisor.apps.get,
+                on_failure=failed,
+            )
+            tasks.start_soon(startup.run)
+            yield startup
+            tasks.cancel_scope.cancel()
+
+    settings = ServerSettings(
+        auth_token=token,
+        allowed_paths=tuple(args.allow_path),
+        start_wait=args.start_wait,
+    )
     config = uvicorn.Config(
         create_app(start_apps, settings, gpus=lambda: running[-1].gpu_status() if running else []),
         host=args.host,
@@ -244,14 +284,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     server = uvicorn.Server(config)
     try:
-        anyio.run(_serve, server, backend_options=_loop_options())
-    except SystemExit as exc:  # uvicorn's way out when startup fails or it cannot bind
+        anyio.run(_serve, server, sock, backend_options=_loop_options())
+    except SystemExit as exc:  # uvicorn's way out when its startup fails
         if failures:
             return exit_code_for(failures[0])
         return ExitCode.RUNTIME if exc.code else ExitCode.OK
+    finally:
+        sock.close()
     if failures:
         return exit_code_for(failures[0])
     return ExitCode.OK if server.started else ExitCode.RUNTIME
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket for ``serve``, bound before any app starts."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def _loop_options() -> dict[str, Any]:
@@ -263,7 +313,7 @@ def _loop_options() -> dict[str, Any]:
     return {"use_uvloop": True}
 
 
-async def _serve(server: Any) -> None:
+async def _serve(server: Any, sock: socket.socket) -> None:
     """Serve until a signal; the signal then means "shut down", not "die"."""
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -273,7 +323,7 @@ async def _serve(server: Any) -> None:
     # once it has shut down; finding ours, that re-raise is harmless and we exit 0.
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        await server.serve()
+        await server.serve(sockets=[sock])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -297,7 +347,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     except E.SupervisorError as error:
-        _report(error)
+        _report(error, args.debug)
         return exit_code_for(error)
     sys.stdout.write(json_values.dumps(output) + "\n")
     sys.stdout.flush()
@@ -348,7 +398,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
     try:
         description = describe_app(app_dir)
     except E.SupervisorError as exc:
-        _report(exc)
+        _report(exc, args.debug)
         return exit_code_for(exc)
     functions = description.get("functions") or {}
     schema = {
@@ -379,6 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default=None,
         help="logging level (default: info for serve, warning otherwise)",
+    )
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the runtime's own frames in an app's tracebacks (hidden by default)",
     )
     runtime = argparse.ArgumentParser(add_help=False)
     runtime.add_argument(
@@ -456,6 +511,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--access-log",
         action="store_true",
         help="log every HTTP request to stderr (off by default: it costs ~10%% per call)",
+    )
+    serve.add_argument(
+        "--start-wait",
+        type=non_negative_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a request for an app that is still starting waits for it before a "
+        "503 with Retry-After (default 30; 0 answers 503 at once)",
     )
     serve.set_defaults(handler=cmd_serve, default_level="info")
 

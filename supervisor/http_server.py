@@ -5,8 +5,10 @@ the supervisor's business, the status codes, JSON/SSE encoding, body shape and
 auth are ``http_wire``'s, what a file input may name is ``http_files``', the
 schemas come from ``openapi`` and the figures from ``metrics``. ``create_app``
 takes either apps that already run or a factory whose async context yields
-them, entered in the server's lifespan so that the supervisor starts before the
-first request and stops after the last one.
+them (or a ``startup.Startup`` starting them in the background), entered in the
+server's lifespan so that the supervisor starts before the first request and
+stops after the last one. A request for an app still starting waits for it
+(``start_wait``), then gets 503 ``starting`` with ``Retry-After``.
 
 Endpoints (with several apps, ``/run`` and ``/cancel`` live under
 ``/apps/{name}/``; a single app is served at the root as well):
@@ -15,6 +17,8 @@ Endpoints (with several apps, ``/run`` and ``/cancel`` live under
                                   "timeout"?}
     POST /cancel/{request_id}    200 {"cancelled": true} or 404
     GET  /health                 200 when every app is available, else 503
+    GET  /health/live            200 while the process runs (even while apps start)
+    GET  /health/ready           200 when every app is available, else 503 with each state
     GET  /openapi.json, /docs, /metrics, /files/{request_id}/{token}/{filename}
 
 Errors are ``{"error": {"type", "message", ...}}`` with the status that
@@ -67,6 +71,7 @@ from .http_files import (
 )
 from .http_wire import (
     CLIENT_CLOSED,
+    PUBLIC_PATHS,
     BearerAuth,
     Call,
     JSONResponse,
@@ -80,8 +85,10 @@ from .http_wire import (
 from .metrics import GpuFigures, Metrics
 from .openapi import build_openapi, render_docs
 from .request import Request as SubmittedRequest
+from .startup import FAILED, Startup, started
 
-AppsFactory = Callable[[], AbstractAsyncContextManager[Mapping[str, App]]]
+AppsFactory = Callable[[], AbstractAsyncContextManager[Mapping[str, App] | Startup]]
+"""Entered in the lifespan: running apps, or a ``Startup`` starting them in the background."""
 
 QUICK_CALL = 0.05
 """Seconds a call may take before the server starts watching for its client leaving."""
@@ -98,6 +105,21 @@ class ServerSettings:
     upload_dir: str | Path | None = None
     """Where uploads are kept while their request runs (a temporary directory by default)."""
     max_upload_files: int = 64
+    start_wait: float = 30.0
+    """Seconds a request for an app that is still starting waits for it before a 503."""
+    retry_after: int = 5
+    """The ``Retry-After`` seconds of that 503."""
+
+
+class NotReady(Reject):
+    """A request for an app that is not serving yet: 503 with ``Retry-After``."""
+
+    def __init__(self, message: str, retry_after: int, **details: Any) -> None:
+        super().__init__(503, "starting", message, **details)
+        self.retry_after = retry_after
+
+    def response(self) -> Response:
+        return error_response(self.status, self.body, {"Retry-After": str(self.retry_after)})
 
 
 # -- the endpoints ----------------------------------------------------------------
@@ -106,17 +128,24 @@ class ServerSettings:
 class HttpApi:
     def __init__(self, settings: ServerSettings, gpus: GpuFigures | None = None) -> None:
         self.settings = settings
-        self.apps: dict[str, App] = {}
+        self.startup: Startup | None = None
         self.files = FileRegistry(settings.max_served_files)
         self.metrics = Metrics(lambda: self.apps, gpus)
         self.policy = PathPolicy(tuple(Path(p) for p in settings.allowed_paths))
         self.upload_root: Path | None = None
         self.token = settings.auth_token.encode() if settings.auth_token else None
 
+    @property
+    def apps(self) -> dict[str, App]:
+        """The apps serving requests (those still starting are not among them)."""
+        return self.startup.apps if self.startup is not None else {}
+
     def routes(self) -> list[Route]:
         run, cancel = ["POST"], ["POST"]
         return [
             Route("/health", self.health, methods=["GET"]),
+            Route("/health/live", self.live, methods=["GET"]),
+            Route("/health/ready", self.ready, methods=["GET"]),
             Route("/metrics", self.metrics_text, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/docs", self.docs, methods=["GET"]),
@@ -129,20 +158,33 @@ class HttpApi:
             Route("/apps/{app}/cancel/{request_id}", self.cancel, methods=cancel),
         ]
 
-    def app_for(self, request: Request) -> App:
+    async def app_for(self, request: Request) -> App:
+        """The app a request names, waiting (``start_wait``) for one that is starting."""
+        startup = self.startup
+        assert startup is not None, "the server is not started"
         name = request.path_params.get("app")
         if name is None:
-            if len(self.apps) == 1:
-                return next(iter(self.apps.values()))
-            raise Reject(
-                404,
-                "not_found",
-                f"several apps are served: use /apps/{{name}}/...; apps: {sorted(self.apps)}",
-            )
-        app = self.apps.get(name)
-        if app is None:
-            raise Reject(404, "not_found", f"no app named {name!r}; apps: {sorted(self.apps)}")
-        return app
+            if len(startup.starts) != 1:
+                raise Reject(
+                    404,
+                    "not_found",
+                    f"several apps are served: use /apps/{{name}}/...; "
+                    f"apps: {sorted(startup.starts)}",
+                )
+            name = next(iter(startup.starts))
+        if not startup.known(name):
+            raise Reject(404, "not_found", f"no app named {name!r}; apps: {sorted(startup.starts)}")
+        app = await startup.wait_for(name, self.settings.start_wait)
+        if app is not None:
+            return app
+        state = startup.state(name)
+        if state["state"] == FAILED:
+            raise Reject(503, "app_failed", f"{name} could not start", **state)
+        raise NotReady(
+            f"{name} is starting ({state['state']}); retry later",
+            self.settings.retry_after,
+            state=state["state"],
+        )
 
     # -- POST /run ------------------------------------------------------------------
 
@@ -152,7 +194,7 @@ class HttpApi:
         app: App | None = None
         function = request.path_params.get("function") or "run"
         try:
-            app = self.app_for(request)
+            app = await self.app_for(request)
             body, upload_dir, uploads = await self.read_body(request)
             call = parse_call(body, request.path_params.get("function"))
             function = call.function
@@ -345,7 +387,7 @@ class HttpApi:
         request_id = request.path_params["request_id"]
         try:
             apps = (
-                [self.app_for(request)]
+                [await self.app_for(request)]
                 if "app" in request.path_params
                 else list(self.apps.values())
             )
@@ -359,7 +401,12 @@ class HttpApi:
         )
 
     async def health(self, request: Request) -> Response:
-        statuses = {name: app.status() for name, app in self.apps.items()}
+        statuses: dict[str, dict[str, Any]] = {
+            name: app.status() for name, app in self.apps.items()
+        }
+        if self.startup is not None:
+            for name, state in self.startup.states().items():
+                statuses.setdefault(name, state)
         ready = bool(statuses) and all(status.get("available") for status in statuses.values())
         if not authorized(request.headers, self.token):
             # Public when a token is set: readiness only, no pids, paths or exit details.
@@ -369,6 +416,24 @@ class HttpApi:
             }
         body = {"status": "ok" if ready else "unavailable", "apps": statuses}
         return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def live(self, request: Request) -> Response:
+        """200 while the process runs: a liveness probe must not kill a loading server."""
+        return JSONResponse({"status": "live"})
+
+    async def ready(self, request: Request) -> Response:
+        """200 when every app is available, else 503 with each app's state."""
+        states = self.startup.states() if self.startup is not None else {}
+        ready = bool(states) and all(state["available"] for state in states.values())
+        if ready:
+            overall = "ready"
+        elif any(state["state"] == FAILED for state in states.values()):
+            overall = "failed"
+        elif self.startup is not None and not self.startup.finished.is_set():
+            overall = "starting"
+        else:
+            overall = "unavailable"
+        return JSONResponse({"status": overall, "apps": states}, status_code=200 if ready else 503)
 
     async def metrics_text(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
@@ -439,6 +504,11 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return error_response(500, {"type": "internal", "message": f"{type(exc).__name__}: {exc}"})
 
 
+def public_paths() -> frozenset[str]:
+    """Paths that need no token: health checks (probes carry none)."""
+    return PUBLIC_PATHS | {"/health/live", "/health/ready"}
+
+
 def create_app(
     apps: Mapping[str, App] | AppsFactory,
     settings: ServerSettings | None = None,
@@ -446,8 +516,10 @@ def create_app(
 ) -> Starlette:
     """The ASGI app serving ``apps``: a mapping of running apps, or a factory of them.
 
-    A factory is entered in the lifespan: its apps start before the server takes
-    requests, and leaving it (at shutdown, after in-flight requests) stops them.
+    A factory is entered in the lifespan and yields running apps or a ``Startup``
+    that starts them in the background (the server then answers health checks,
+    and requests wait for their app, while they start); leaving it (at shutdown,
+    after in-flight requests) stops them.
     ``gpus``, for ``/metrics``, returns the per-GPU figures of ``Supervisor.status()``.
     """
     settings = settings or ServerSettings()
@@ -462,11 +534,11 @@ def create_app(
         )
         try:
             if isinstance(apps, Mapping):
-                api.apps = dict(apps)
+                api.startup = started(apps)
                 yield
             else:
-                async with apps() as started:
-                    api.apps = dict(started)
+                async with apps() as provided:
+                    api.startup = provided if isinstance(provided, Startup) else started(provided)
                     yield
         finally:
             shutil.rmtree(api.upload_root, ignore_errors=True)
@@ -474,7 +546,7 @@ def create_app(
     server = Starlette(
         routes=api.routes(),
         lifespan=lifespan,
-        middleware=[Middleware(BearerAuth, token=settings.auth_token)],
+        middleware=[Middleware(BearerAuth, token=settings.auth_token, public=public_paths())],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
     server.state.api = api
