@@ -40,7 +40,7 @@ from .app import App
 from .app_config import AppConfigError, read_manifest
 from .app_traceback import for_people
 from .events import LogEvent, ProgressEvent, ResultEvent
-from .log_setup import LOG_FORMATS, configure_logging
+from .log_setup import APP_LOGGER, LOG_FORMATS, configure_logging, log_progress
 from .startup import AppStart, Startup
 from .supervisor import Supervisor
 
@@ -341,7 +341,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         data = {}
     setup = load_json_object(args.setup, "--setup") if args.setup else None
-    configure_logging(args.log_format, args.log_level)
+    configure_logging(args.log_format, args.log_level, timestamps=False)
     try:
         output = anyio.run(_run_once, app_dir, data, setup, args)
     except KeyboardInterrupt:
@@ -366,23 +366,30 @@ async def _run_once(
             if isinstance(event, ResultEvent):
                 output = event.output
             else:
-                _report_event(event, args.log_format == "json")
+                _report_event(app.name, event, args.log_format == "json")
     return output
 
 
-def _report_event(event: Any, as_json: bool) -> None:
-    """An app's log line or progress report, on stderr."""
+def _report_event(app: str, event: Any, as_json: bool) -> None:
+    """An app's log line or progress report, on stderr (text through the app's logger,
+    which prefixes its name and draws progress as a bar on a terminal)."""
+    if not as_json:
+        app_logger = logging.getLogger(f"{APP_LOGGER}.{app}")
+        if isinstance(event, LogEvent):
+            app_logger.info("[%s] %s", event.stream, event.message.rstrip())
+        elif isinstance(event, ProgressEvent):
+            log_progress(app_logger, "run", event)
+        return
     fields: dict[str, Any]
     if isinstance(event, LogEvent):
-        fields = {"event": "log", "stream": event.stream, "message": event.message.rstrip()}
-        text = f"[{event.stream}] {fields['message']}"
+        fields = {"event": "log", "app": app, "stream": event.stream}
+        fields["message"] = event.message.rstrip()
     elif isinstance(event, ProgressEvent):
-        fields = {"event": "progress", "fraction": event.fraction, "message": event.message}
-        percent = "" if event.fraction is None else f" {event.fraction:.0%}"
-        text = f"[progress]{percent} {event.message or ''}".rstrip()
+        fields = {"event": "progress", "app": app, "fraction": event.fraction}
+        fields["message"] = event.message
     else:
         return
-    print(json.dumps(fields) if as_json else text, file=sys.stderr, flush=True)
+    print(json.dumps(fields), file=sys.stderr, flush=True)
 
 
 # -- schema -----------------------------------------------------------------------
@@ -394,7 +401,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from .describe import describe_app
 
     app_dir = _app_dirs([args.app_dir])[0]
-    configure_logging(args.log_format, args.log_level)
+    configure_logging(args.log_format, args.log_level, timestamps=False)
     try:
         description = describe_app(app_dir)
     except E.SupervisorError as exc:
