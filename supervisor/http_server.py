@@ -85,6 +85,7 @@ from .http_wire import (
 from .metrics import GpuFigures, Metrics
 from .openapi import build_openapi, render_docs
 from .request import Request as SubmittedRequest
+from .request_log import failure_record, log_failure
 from .startup import FAILED, Startup, started
 
 AppsFactory = Callable[[], AbstractAsyncContextManager[Mapping[str, App] | Startup]]
@@ -201,8 +202,8 @@ class HttpApi:
             self.vet_files(app, call, uploads)
         except Reject as exc:
             self.cleanup(upload_dir)
-            if app is not None:
-                self.metrics.observe(app.name, function, exc.type, time.monotonic() - started)
+            name = app.name if app is not None else request.path_params.get("app")
+            self.finish(name, function, None, started, (exc.type, exc.status, str(exc)))
             return exc.response()
         headers = {"X-Request-Id": call.request_id}
         if call.stream or "text/event-stream" in request.headers.get("accept", ""):
@@ -212,7 +213,7 @@ class HttpApi:
                 submitted = self.submit(app, call)
             except E.SupervisorError as exc:
                 self.cleanup(upload_dir)
-                self.metrics.observe(app.name, function, exc.type, time.monotonic() - started)
+                self.finish(app.name, function, call.request_id, started, _failure(exc))
                 return error_response(status_for(exc), exc.to_dict(), headers)
             return StreamingResponse(
                 self.events(request, app, call, submitted, started),
@@ -224,18 +225,34 @@ class HttpApi:
             result, error = await self.until_done(request, app, call)
         finally:
             self.cleanup(upload_dir)
+        failure: tuple[str, int, str] | None = None
         if error is not None:
-            outcome, response = (
-                error.type,
-                error_response(status_for(error), error.to_dict(), headers),
-            )
+            failure = _failure(error)
+            response = error_response(status_for(error), error.to_dict(), headers)
         elif result is None:
-            outcome, response = "disconnected", Response(status_code=CLIENT_CLOSED, headers=headers)
+            failure = ("disconnected", CLIENT_CLOSED, "the client went away")
+            response = Response(status_code=CLIENT_CLOSED, headers=headers)
         else:
-            outcome = "ok"
             response = JSONResponse(self.result_body(request, call, result), headers=headers)
-        self.metrics.observe(app.name, call.function, outcome, time.monotonic() - started)
+        self.finish(app.name, call.function, call.request_id, started, failure)
         return response
+
+    def finish(
+        self,
+        app: str | None,
+        function: str,
+        request_id: str | None,
+        started: float,
+        failure: tuple[str, int, str] | None,
+    ) -> None:
+        """Count a request's outcome; log it once if it failed (type, status, message)."""
+        duration = time.monotonic() - started
+        if app is not None and app in self.apps:
+            self.metrics.observe(app, function, failure[0] if failure else "ok", duration)
+        if failure is not None:
+            error_type, status, message = failure
+            record = failure_record(request_id, app, function, error_type, status, duration)
+            log_failure(record, message)
 
     async def read_body(self, request: Request) -> tuple[Any, Path | None, dict[Loc, Any]]:
         """The JSON body, and for a multipart one the directory its uploads were saved in."""
@@ -349,7 +366,7 @@ class HttpApi:
         self, request: Request, app: App, call: Call, submitted: SubmittedRequest, started: float
     ) -> AsyncIterator[bytes]:
         """The Server-Sent Events of one call; the client leaving cancels it."""
-        outcome = "disconnected"
+        failure: tuple[str, int, str] | None = ("disconnected", CLIENT_CLOSED, "the client left")
         try:
             yield sse_event(
                 "start", {"request_id": call.request_id, "app": app.name, "function": call.function}
@@ -373,13 +390,13 @@ class HttpApi:
                             "partial", {"output": self.publish(request, call, event.output)}
                         )
                     elif isinstance(event, ResultEvent):
-                        outcome = "ok"
+                        failure = None
                         yield sse_event("result", self.result_body(request, call, event))
             except E.SupervisorError as exc:
-                outcome = exc.type
+                failure = _failure(exc)
                 yield sse_event("error", {"error": exc.to_dict(), "status": status_for(exc)})
         finally:
-            self.metrics.observe(app.name, call.function, outcome, time.monotonic() - started)
+            self.finish(app.name, call.function, call.request_id, started, failure)
 
     # -- the rest -------------------------------------------------------------------
 
@@ -461,6 +478,10 @@ class HttpApi:
             filename=served.filename,
             content_disposition_type="inline",
         )
+
+
+def _failure(error: E.SupervisorError) -> tuple[str, int, str]:
+    return error.type, status_for(error), error.message
 
 
 def _parse_json(raw: bytes) -> Any:
