@@ -57,6 +57,7 @@ from starlette.routing import Route
 
 from . import errors as E
 from .app import App
+from .docs_page import ASSETS, asset_paths, assets_dir, render_page
 from .events import LogEvent, PartialEvent, ProgressEvent, ResultEvent
 from .http_files import (
     FileRegistry,
@@ -83,7 +84,7 @@ from .http_wire import (
     status_for,
 )
 from .metrics import GpuFigures, Metrics
-from .openapi import build_openapi, render_docs
+from .openapi import build_openapi
 from .request import Request as SubmittedRequest
 from .request_log import failure_record, log_failure
 from .startup import FAILED, Startup, started
@@ -150,6 +151,7 @@ class HttpApi:
             Route("/metrics", self.metrics_text, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/docs", self.docs, methods=["GET"]),
+            Route("/docs/{asset}", self.docs_asset, methods=["GET"]),
             Route("/files/{request_id}/{token}/{filename}", self.download, methods=["GET"]),
             Route("/run", self.run, methods=run),
             Route("/run/{function}", self.run, methods=run),
@@ -456,10 +458,27 @@ class HttpApi:
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(build_openapi(self.apps, auth=self.settings.auth_token is not None))
+        startup = self.startup
+        pending = tuple(n for n in startup.starts if n not in self.apps) if startup else ()
+        document = await anyio.to_thread.run_sync(
+            lambda: build_openapi(
+                self.apps, auth=self.settings.auth_token is not None, pending=pending
+            )
+        )
+        return JSONResponse(document)
 
     async def docs(self, request: Request) -> Response:
-        return HTMLResponse(render_docs(self.apps, auth=self.settings.auth_token is not None))
+        return HTMLResponse(render_page(auth=self.settings.auth_token is not None))
+
+    async def docs_asset(self, request: Request) -> Response:
+        name = request.path_params["asset"]
+        if name not in ASSETS:
+            return error_response(404, {"type": "not_found", "message": f"no asset {name!r}"})
+        return FileResponse(
+            assets_dir() / name,
+            media_type=ASSETS[name],
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
 
     async def download(self, request: Request) -> Response:
         params = request.path_params
@@ -526,8 +545,9 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 def public_paths() -> frozenset[str]:
-    """Paths that need no token: health checks (probes carry none)."""
-    return PUBLIC_PATHS | {"/health/live", "/health/ready"}
+    """Paths that need no token: health checks (probes carry none), and the docs page
+    with its assets (a browser opens them before it can be given the token)."""
+    return PUBLIC_PATHS | {"/health/live", "/health/ready"} | asset_paths()
 
 
 def create_app(
