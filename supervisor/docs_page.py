@@ -7,7 +7,8 @@ OpenAPI 3.1 document); only the files the page needs are served, under
 them; the document and the API do. With ``--auth-token`` the page shows a
 token field above Swagger UI: the token is kept in the tab's session storage,
 sent with the document's request, and handed to Swagger UI's Authorize dialog
-(which the document's bearer scheme enables), so that "Try it out" works.
+(which the document's bearer scheme enables), so that "Try it out" works;
+``#token=...`` in the address fills it in.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ body{margin:0;font-family:system-ui,sans-serif}
 <script>
 const AUTH = __AUTH__;
 const KEY = "appvisor-token";
+if (location.hash.startsWith("#token=")) {
+  sessionStorage.setItem(KEY, decodeURIComponent(location.hash.slice(7)));
+  history.replaceState(null, "", location.pathname);
+}
 const token = () => sessionStorage.getItem(KEY) || "";
 function start() {
   window.ui = SwaggerUIBundle({

@@ -85,9 +85,11 @@ from .http_wire import (
 )
 from .metrics import GpuFigures, Metrics
 from .openapi import build_openapi
+from .recent_logs import RecentLogs
 from .request import Request as SubmittedRequest
 from .request_log import failure_record, log_failure
 from .startup import FAILED, Startup, started
+from .status_page import render_page as render_status_page
 
 AppsFactory = Callable[[], AbstractAsyncContextManager[Mapping[str, App] | Startup]]
 """Entered in the lifespan: running apps, or a ``Startup`` starting them in the background."""
@@ -133,6 +135,8 @@ class HttpApi:
         self.startup: Startup | None = None
         self.files = FileRegistry(settings.max_served_files)
         self.metrics = Metrics(lambda: self.apps, gpus)
+        self.gpus = gpus
+        self.logs = RecentLogs()
         self.policy = PathPolicy(tuple(Path(p) for p in settings.allowed_paths))
         self.upload_root: Path | None = None
         self.token = settings.auth_token.encode() if settings.auth_token else None
@@ -148,6 +152,9 @@ class HttpApi:
             Route("/health", self.health, methods=["GET"]),
             Route("/health/live", self.live, methods=["GET"]),
             Route("/health/ready", self.ready, methods=["GET"]),
+            Route("/", self.status_page, methods=["GET"]),
+            Route("/ui", self.status_page, methods=["GET"]),
+            Route("/status", self.status, methods=["GET"]),
             Route("/metrics", self.metrics_text, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/docs", self.docs, methods=["GET"]),
@@ -454,6 +461,25 @@ class HttpApi:
             overall = "unavailable"
         return JSONResponse({"status": overall, "apps": states}, status_code=200 if ready else 503)
 
+    async def status_page(self, request: Request) -> Response:
+        return HTMLResponse(render_status_page())
+
+    async def status(self, request: Request) -> Response:
+        """What the status page shows: every app (or its start-up state), GPUs, recent logs."""
+        apps: dict[str, dict[str, Any]] = {}
+        states = self.startup.states() if self.startup is not None else {}
+        for name, state in states.items():
+            app = self.apps.get(name)
+            apps[name] = app.status() if app is not None else state
+        ready = bool(apps) and all(status.get("available") for status in apps.values())
+        body = {
+            "ready": ready,
+            "apps": apps,
+            "gpus": list(self.gpus()) if self.gpus is not None else [],
+            "logs": {name: self.logs.recent(name) for name in apps},
+        }
+        return JSONResponse(body)
+
     async def metrics_text(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
 
@@ -545,9 +571,10 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 def public_paths() -> frozenset[str]:
-    """Paths that need no token: health checks (probes carry none), and the docs page
-    with its assets (a browser opens them before it can be given the token)."""
-    return PUBLIC_PATHS | {"/health/live", "/health/ready"} | asset_paths()
+    """Paths that need no token: health checks (probes carry none), and the docs and
+    status pages with their assets (a browser opens them before it can be given the
+    token; what they show comes from endpoints that need it)."""
+    return PUBLIC_PATHS | {"/health/live", "/health/ready", "/", "/ui"} | asset_paths()
 
 
 def create_app(
@@ -573,6 +600,7 @@ def create_app(
         api.upload_root = Path(
             tempfile.mkdtemp(prefix="appvisor-uploads-", dir=settings.upload_dir)
         )
+        api.logs.attach()
         try:
             if isinstance(apps, Mapping):
                 api.startup = started(apps)
@@ -582,6 +610,7 @@ def create_app(
                     api.startup = provided if isinstance(provided, Startup) else started(provided)
                     yield
         finally:
+            api.logs.detach()
             shutil.rmtree(api.upload_root, ignore_errors=True)
 
     server = Starlette(

@@ -1,0 +1,138 @@
+"""The status page and /docs in a real headless browser (Debian's chromium).
+
+``.ci/run`` installs chromium; where it is missing these tests are skipped. The
+page must render its content (a screenshot that is not blank, with the GPU
+bar's three colours) and, once its script ran, hold the apps, their restarts
+with reasons and their recent logs. Set ``APPVISOR_SCREENSHOT_DIR`` to keep the
+screenshots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from http_helpers import APPS, TOKEN, Server
+from PIL import Image
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no chromium on this machine (.ci/run installs Debian's: apt-get install -y chromium)",
+)
+USED, PROMISED, FREE = (207, 34, 46), (212, 167, 44), (45, 164, 78)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("browser")
+    nvml = root / "nvml.json"
+    device = {"index": 0, "name": "Fake GPU", "total_mib": 16384, "reserved_mib": 3072}
+    nvml.write_text(json.dumps({"devices": [device], "processes": {}}))
+    apps = [str(APPS / name) for name in ("gpu_hello", "setup_talks", "http_faults")]
+    server = Server(
+        [*apps, "--auth-token", TOKEN],
+        token=TOKEN,
+        log=root / "server.log",
+        env={"SUPERVISOR_FAKE_NVML": str(nvml)},
+    )
+    try:
+        server.wait_ready()
+        crashed = server.client.post("/apps/http_faults/run/crash", json={"input": {}})
+        assert crashed.status_code == 503, crashed.text
+        deadline = time.monotonic() + 30
+        while server.client.get("/health").status_code != 200:
+            assert time.monotonic() < deadline, server.logs()
+            time.sleep(0.1)
+        yield server
+    finally:
+        server.stop()
+
+
+def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM is not None
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=8000",
+        *args,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def keep(path: Path) -> None:
+    target = os.environ.get("APPVISOR_SCREENSHOT_DIR")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(target) / path.name)
+
+
+def count_near(image: Image.Image, colour: tuple[int, int, int], tolerance: int = 12) -> int:
+    return sum(
+        n
+        for n, pixel in image.getcolors(maxcolors=1 << 22) or []
+        if all(abs(a - b) <= tolerance for a, b in zip(pixel, colour, strict=False))
+    )
+
+
+def test_the_status_page_shows_apps_restarts_gpus_and_logs(server: Server, tmp_path: Path) -> None:
+    dom = chromium(tmp_path, "--dump-dom", f"{server.url}/#token={TOKEN}").stdout
+    for name in ("gpu_hello", "setup_talks", "http_faults"):
+        assert f'data-app="{name}"' in dom, dom[-3000:]
+    assert "[stdout] loading weights" in dom  # the app's setup output
+    assert "setup progress 100% shard 4/4" in dom
+    assert "restarts <b>1</b> (crash x1)" in dom
+    assert "used 3072 MiB · promised 4096 MiB · free 13312 MiB" in dom
+    assert "error=child_crashed status=503" in dom  # the failed request, in its app's logs
+    assert "updated" in dom
+
+
+def test_the_status_page_screenshot_renders_its_content(server: Server, tmp_path: Path) -> None:
+    shot = tmp_path / "status-page.png"
+    chromium(
+        tmp_path, "--window-size=1280,1000", f"--screenshot={shot}", f"{server.url}/#token={TOKEN}"
+    )
+    keep(shot)
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1280, 1000)
+    colours = image.getcolors(maxcolors=1 << 22) or []
+    assert len(colours) > 50  # text and widgets, not a blank page
+    # The GPU bar: used, promised and free, in proportion (3, 4 and 9 GiB of 16).
+    used, promised, free = (count_near(image, c) for c in (USED, PROMISED, FREE))
+    assert used > 1000 and promised > 1000 and free > 1000, (used, promised, free)
+    assert used < promised < free
+
+
+def test_without_the_token_the_page_asks_for_it(server: Server, tmp_path: Path) -> None:
+    assert httpx.get(f"{server.url}/").status_code == 200  # the page itself is public
+    assert httpx.get(f"{server.url}/status").status_code == 401
+    dom = chromium(tmp_path, "--dump-dom", f"{server.url}/").stdout
+    assert "this server needs a token" in dom
+    assert 'data-app="gpu_hello"' not in dom
+
+
+def test_docs_render_every_operation_in_the_browser(server: Server, tmp_path: Path) -> None:
+    dom = chromium(tmp_path, "--dump-dom", f"{server.url}/docs#token={TOKEN}").stdout
+    for path in ("/apps/gpu_hello/run/run", "/apps/http_faults/run/read_file", "/health/ready"):
+        assert f'data-path="{path}"' in dom, path
+    assert "OAS 3.1" in dom
+    shot = tmp_path / "docs.png"
+    chromium(tmp_path, "--window-size=1280,1400", f"--screenshot={shot}", f"{server.url}/docs")
+    keep(shot)
+    assert len(Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 22) or []) > 50
