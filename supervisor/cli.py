@@ -40,6 +40,7 @@ from .app import App
 from .app_config import AppConfigError, read_manifest
 from .app_traceback import for_people
 from .events import LogEvent, ProgressEvent, ResultEvent
+from .input_fields import FieldSyntaxError, apply_fields, split_field, unknown_fields
 from .log_setup import APP_LOGGER, LOG_FORMATS, configure_logging, log_progress
 from .startup import AppStart, Startup
 from .supervisor import Supervisor
@@ -61,6 +62,8 @@ class ExitCode(enum.IntEnum):
     """The app raised, or its setup or import failed."""
     RUNTIME = 5
     """The child crashed, timed out, ran out of memory, or another runtime failure."""
+    INTERRUPTED = 130
+    """Ctrl-C (SIGINT) during ``run``."""
 
 
 def exit_code_for(error: BaseException) -> ExitCode:
@@ -147,22 +150,38 @@ def setups_by_app(
     """Each ``--setup`` is ``JSON|@file`` for every app, or ``NAME=JSON|@file`` for one."""
     shared: dict[str, Any] | None = None
     named: dict[str, dict[str, Any]] = {}
+    served = {n for d in app_dirs for n in (d.name, _manifest_name(d))}
     for value in values:
-        if value.startswith(("{", "@")):
+        if value.lstrip().startswith(("{", "@")):
             shared = load_json_object(value, "--setup")
             continue
         name, sep, rest = value.partition("=")
-        if not sep:
-            raise UsageError(f"--setup: expected JSON, @file or NAME=JSON, got {value!r}")
+        if not sep or name not in served:
+            raise UsageError(
+                f"--setup {value!r}: expected JSON ({setup_hint(value)}), @FILE, or NAME=JSON "
+                f"for one app, NAME being a served app ({', '.join(sorted(served))})"
+            )
         named[name] = load_json_object(rest, f"--setup {name}")
     result: dict[Path, dict[str, Any] | None] = {}
     for directory in app_dirs:
         names = {directory.name, _manifest_name(directory)}
         result[directory] = next((named[n] for n in names if n in named), shared)
-    unknown = set(named) - {n for d in app_dirs for n in (d.name, _manifest_name(d))}
-    if unknown:
-        raise UsageError(f"--setup names no served app: {', '.join(sorted(unknown))}")
     return result
+
+
+def setup_hint(value: str) -> str:
+    """What a ``key=value`` setup was probably meant to be, as JSON."""
+    key, sep, rest = value.partition("=")
+    if sep and key.strip():
+        return "e.g. " + json.dumps({key.strip(): rest})
+    return 'e.g. {"key": "value"}'
+
+
+def load_setup(value: str) -> dict[str, Any]:
+    """``run --setup``: JSON or @FILE (one app, so no NAME=)."""
+    if not value.lstrip().startswith(("{", "@")):
+        raise UsageError(f"--setup {value!r}: expected JSON ({setup_hint(value)}) or @FILE")
+    return load_json_object(value, "--setup")
 
 
 def _manifest_name(directory: Path) -> str:
@@ -336,16 +355,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     app_dir = _app_dirs([args.app_dir])[0]
     if args.input is not None:
         data = load_json_object(args.input, "--input")
-    elif (app_dir / "input.json").is_file():
+    elif args.function == "run" and (app_dir / "input.json").is_file():
         data = load_json_object(f"@{app_dir / 'input.json'}", "input.json")
     else:
         data = {}
-    setup = load_json_object(args.setup, "--setup") if args.setup else None
+    for field in args.fields:
+        try:
+            split_field(field)
+        except FieldSyntaxError as exc:
+            raise UsageError(str(exc)) from None
+    setup = load_setup(args.setup) if args.setup else None
     configure_logging(args.log_format, args.log_level, timestamps=False)
     try:
         output = anyio.run(_run_once, app_dir, data, setup, args)
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
+    except FieldSyntaxError as exc:
+        raise UsageError(str(exc)) from None
     except E.SupervisorError as error:
         _report(error, args.debug)
         return exit_code_for(error)
@@ -362,6 +388,17 @@ async def _run_once(
         app = await supervisor.start(
             app_dir, setup=setup, gpus=args.gpus, run_timeout=args.run_timeout
         )
+        schema = (app.functions.get(args.function) or {}).get("input_schema") or {}
+        data = apply_fields(data, args.fields, schema)
+        for name in unknown_fields(data, schema):
+            known = ", ".join(sorted(schema.get("properties") or {})) or "none"
+            logger.warning(
+                "input field %r is not in the input schema of %s (it takes: %s); "
+                "the app may ignore it",
+                name,
+                args.function,
+                known,
+            )
         async for event in app.stream(data, function=args.function):
             if isinstance(event, ResultEvent):
                 output = event.output
@@ -422,9 +459,23 @@ def cmd_schema(args: argparse.Namespace) -> int:
 # -- the parser -------------------------------------------------------------------
 
 EXIT_CODES_HELP = (
-    "exit codes: 0 success, 2 usage, 3 bad input (validation, unknown function), "
-    "4 app error (exception, setup or import failed), 5 crash, timeout or other runtime failure"
+    "exit codes: 0 success, 2 usage (bad option or value, port in use), 3 bad input "
+    "(validation, unknown function), 4 app error (exception, setup or import failed), "
+    "5 crash, timeout or other runtime failure, 130 interrupted"
 )
+
+
+def version_text() -> str:
+    """``appvisor X.Y.Z (protocol N)``: the package and the wire version it speaks."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from protocol import PROTOCOL_VERSION
+
+    try:
+        package = version("appvisor")
+    except PackageNotFoundError:
+        package = "unknown"
+    return f"%(prog)s {package} (protocol {PROTOCOL_VERSION})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -437,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="logging level (default: info for serve, warning otherwise)",
     )
+    common.add_argument("--version", action="version", version=version_text())
     common.add_argument(
         "--debug",
         action="store_true",
@@ -462,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run inference.sh-style apps, each in a supervised child process.",
         epilog=EXIT_CODES_HELP,
     )
+    parser.add_argument("--version", action="version", version=version_text())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
@@ -543,7 +596,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--input",
         default=None,
         metavar="JSON|@FILE",
-        help="the input (default: APP_DIR/input.json; @- reads stdin)",
+        help="the input (default: APP_DIR/input.json for the run function; @- reads stdin)",
+    )
+    run.add_argument(
+        "-i",
+        dest="fields",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="one input field, typed by the input schema (repeatable; @PATH: a file, for a "
+        "File field its path, else its text); laid over --input (or input.json)",
     )
     run.add_argument("--setup", default=None, metavar="JSON|@FILE", help="setup values")
     run.set_defaults(handler=cmd_run, default_level="warning")
