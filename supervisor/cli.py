@@ -290,6 +290,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         auth_token=token,
         allowed_paths=tuple(args.allow_path),
         start_wait=args.start_wait,
+        sse_keepalive=args.sse_keepalive or None,
     )
     config = uvicorn.Config(
         create_app(start_apps, settings, gpus=lambda: running[-1].gpu_status() if running else []),
@@ -579,6 +580,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a request for an app that is still starting waits for it before a "
         "503 with Retry-After (default 30; 0 answers 503 at once)",
+    )
+    serve.add_argument(
+        "--sse-keepalive",
+        type=non_negative_float,
+        default=15.0,
+        metavar="SECONDS",
+        help="send a ': keep-alive' comment on an event stream silent for this long "
+        "(default 15; 0 never), so that proxies do not cut long waits",
     )
     serve.set_defaults(handler=cmd_serve, default_level="info")
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -58,7 +59,7 @@ from starlette.routing import Route
 from . import errors as E
 from .app import App
 from .docs_page import ASSETS, asset_paths, assets_dir, render_page
-from .events import LogEvent, PartialEvent, ProgressEvent, ResultEvent
+from .events import Event, LogEvent, PartialEvent, ProgressEvent, ResultEvent
 from .http_files import (
     FileRegistry,
     Loc,
@@ -86,6 +87,7 @@ from .http_wire import (
 from .metrics import GpuFigures, Metrics
 from .openapi import build_openapi
 from .recent_logs import RecentLogs
+from .request import Item
 from .request import Request as SubmittedRequest
 from .request_log import failure_record, log_failure
 from .startup import FAILED, Startup, started
@@ -94,6 +96,8 @@ from .status_page import render_page as render_status_page
 AppsFactory = Callable[[], AbstractAsyncContextManager[Mapping[str, App] | Startup]]
 """Entered in the lifespan: running apps, or a ``Startup`` starting them in the background."""
 
+KEEP_ALIVE = b": keep-alive\n\n"
+"""An SSE comment: clients ignore it, proxies see traffic."""
 QUICK_CALL = 0.05
 """Seconds a call may take before the server starts watching for its client leaving."""
 
@@ -113,6 +117,8 @@ class ServerSettings:
     """Seconds a request for an app that is still starting waits for it before a 503."""
     retry_after: int = 5
     """The ``Retry-After`` seconds of that 503."""
+    sse_keepalive: float | None = 15.0
+    """Seconds of silence on an event stream before a ``: keep-alive`` comment (None: never)."""
 
 
 class NotReady(Reject):
@@ -381,8 +387,10 @@ class HttpApi:
                 "start", {"request_id": call.request_id, "app": app.name, "function": call.function}
             )
             try:
-                async for event in app.follow(submitted):
-                    if isinstance(event, LogEvent):
+                async for event in _follow(app, submitted, self.settings.sse_keepalive):
+                    if event is None:
+                        yield KEEP_ALIVE
+                    elif isinstance(event, LogEvent):
                         yield sse_event("log", {"stream": event.stream, "message": event.message})
                     elif isinstance(event, ProgressEvent):
                         yield sse_event(
@@ -523,6 +531,33 @@ class HttpApi:
             filename=served.filename,
             content_disposition_type="inline",
         )
+
+
+async def _follow(
+    app: App, submitted: SubmittedRequest, keepalive: float | None
+) -> AsyncIterator[Event | None]:
+    """A request's events, with None after each ``keepalive`` seconds without one (for a
+    keep-alive comment: proxies cut a silent stream). Raises the request's error; a
+    consumer that leaves before the end cancels the request."""
+    try:
+        while True:
+            item: Item | None = None
+            waited = False
+            with anyio.move_on_after(keepalive if keepalive else math.inf):
+                item = await submitted.next_item()
+                waited = True
+            if not waited:
+                yield None
+                continue
+            if item is None:
+                return
+            if isinstance(item, E.SupervisorError):
+                raise item
+            yield item
+    finally:
+        if not submitted.finished:
+            with anyio.CancelScope(shield=True):
+                await app.cancel(submitted.id)
 
 
 def _failure(error: E.SupervisorError) -> tuple[str, int, str]:
