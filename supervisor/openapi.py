@@ -255,11 +255,22 @@ class RunBody:
                 if "$ref" in self.input_ref
                 else self.input_ref,
                 "setup": self.setup_ref or {"type": "object"},
-                "stream": {"type": "boolean", "description": "Answer with Server-Sent Events"},
-                "request_id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"},
+                "stream": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "Answer with Server-Sent Events",
+                },
+                "request_id": {
+                    "type": "string",
+                    "pattern": "^[A-Za-z0-9_.-]{1,128}$",
+                    "description": "Your id for the request (a random one by default)",
+                    "examples": ["my-request-1"],
+                },
                 "timeout": {
                     "type": "number",
+                    "exclusiveMinimum": 0,
                     "description": "Seconds before the request times out",
+                    "examples": [60],
                 },
             }
         )

@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -136,3 +137,107 @@ def test_docs_render_every_operation_in_the_browser(server: Server, tmp_path: Pa
     chromium(tmp_path, "--window-size=1280,1400", f"--screenshot={shot}", f"{server.url}/docs")
     keep(shot)
     assert len(Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 22) or []) > 50
+
+
+TRY_IT_OUT = """
+(async () => {
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const until = async (find, what) => {
+    for (let i = 0; i < 300; i++) {
+      const found = find();
+      if (found) return found;
+      await sleep(100);
+    }
+    throw new Error("timed out waiting for " + what);
+  };
+  const path = await until(
+    () => document.querySelector('.opblock-summary-path[data-path="__PATH__"]'), "the operation");
+  const block = path.closest(".opblock");
+  block.querySelector(".opblock-summary-control").click();
+  const execute = await until(() => block.querySelector("button.execute"), "Execute");
+  const body = await until(() => block.querySelector("textarea.body-param__text"), "the body");
+  const sent = body.value;
+  execute.click();
+  const live = ".live-responses-table .response";
+  const status = await until(
+    () => block.querySelector(live + " .response-col_status"), "a response");
+  const text = await until(
+    () => block.querySelector(live + " .response-col_description pre"), "its body");
+  return JSON.stringify({sent, status: status.textContent.trim(), body: text.textContent});
+})()
+"""
+
+
+def test_docs_run_a_request_with_the_token(server: Server, tmp_path: Path) -> None:
+    """Swagger UI's "Try it out" on a real page: the example body, the token, the answer."""
+    websocket = pytest.importorskip("websocket")
+    assert CHROMIUM is not None
+    browser = subprocess.Popen(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--remote-debugging-port=0",
+            "--remote-allow-origins=*",
+            f"{server.url}/docs#token={TOKEN}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert browser.stderr is not None
+        port = None
+        deadline = time.monotonic() + 60
+        while port is None and time.monotonic() < deadline:
+            line = browser.stderr.readline()
+            if "DevTools listening on ws://" in line:
+                port = int(line.split("ws://127.0.0.1:")[1].split("/")[0])
+        assert port is not None, "chromium did not open its debugging port"
+        while True:
+            targets = httpx.get(f"http://127.0.0.1:{port}/json").json()
+            pages = [t for t in targets if t["type"] == "page" and "/docs" in t["url"]]
+            if pages or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert pages
+        connection = websocket.create_connection(
+            pages[0]["webSocketDebuggerUrl"], timeout=60, suppress_origin=True
+        )
+        try:
+            expression = TRY_IT_OUT.replace("__PATH__", "/apps/gpu_hello/run/run")
+            for attempt in range(20):  # until the page has finished loading
+                message = _evaluate(connection, attempt + 1, expression)
+                if "Execution context was destroyed" not in json.dumps(message):
+                    break
+                time.sleep(0.25)
+        finally:
+            connection.close()
+    finally:
+        browser.terminate()
+        browser.wait(30)
+    assert "result" in message, message
+    result = message["result"]
+    assert "exceptionDetails" not in result, result
+    outcome = json.loads(result["result"]["value"])
+    sent = json.loads(outcome["sent"])
+    assert sent["input"] == {"name": "GPU"}  # the schema's default, as the example body
+    assert sent["stream"] is False
+    assert outcome["status"] == "200", outcome
+    assert json.loads(outcome["body"])["output"]["greeting"] == "Hello, GPU!"
+
+
+def _evaluate(connection: Any, call: int, expression: str) -> dict[str, Any]:
+    """Run ``expression`` in the page (Chrome DevTools protocol) and return the answer."""
+    params = {"expression": expression, "awaitPromise": True, "returnByValue": True}
+    connection.send(json.dumps({"id": call, "method": "Runtime.evaluate", "params": params}))
+    while True:
+        message: dict[str, Any] = json.loads(connection.recv())
+        if message.get("id") == call:
+            return message
