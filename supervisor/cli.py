@@ -42,6 +42,7 @@ from .app_traceback import for_people
 from .events import LogEvent, ProgressEvent, ResultEvent
 from .input_fields import FieldSyntaxError, apply_fields, split_field, unknown_fields
 from .log_setup import APP_LOGGER, LOG_FORMATS, configure_logging, log_progress
+from .start_display import show_start
 from .startup import AppStart, Startup
 from .supervisor import Supervisor
 
@@ -386,9 +387,20 @@ async def _run_once(
 ) -> Any:
     output: Any = None
     async with Supervisor() as supervisor:
-        app = await supervisor.start(
-            app_dir, setup=setup, gpus=args.gpus, run_timeout=args.run_timeout
-        )
+        failure: E.SupervisorError | None = None
+        async with anyio.create_task_group() as display:  # raises a failure as a group:
+            if args.log_format == "text" and sys.stderr.isatty():
+                name = _manifest_name(app_dir)
+                display.start_soon(show_start, name, supervisor.apps.get, sys.stderr)
+            try:
+                app = await supervisor.start(
+                    app_dir, setup=setup, gpus=args.gpus, run_timeout=args.run_timeout
+                )
+            except E.SupervisorError as exc:  # so it is taken here, and raised as itself
+                failure = exc
+            display.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         schema = (app.functions.get(args.function) or {}).get("input_schema") or {}
         data = apply_fields(data, args.fields, schema)
         for name in unknown_fields(data, schema):

@@ -110,7 +110,7 @@ class ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if self.draw_bars and isinstance(figures, dict):
             self.move_bar(record.name.rsplit(".", 1)[-1], figures)
             return
-        if self.bars:  # print above the bars, not through them
+        if self.draw_bars:  # print above any bar (ours or another's), not through it
             tqdm.write(self.format(record), file=self.stream)
             return
         super().emit(record)

@@ -51,11 +51,12 @@ def test_serve_logs_the_setup_output(tmp_path: Path) -> None:
     assert "setup_talks | setup progress 75% shard 3/4" in logs
 
 
-def test_progress_is_a_bar_on_a_terminal() -> None:
+def run_on_a_terminal(*args: str) -> tuple[int, str, str]:
+    """``python -m supervisor ARGS`` with stderr on a pseudo-terminal: (code, stdout, tty)."""
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     process = subprocess.Popen(
-        [sys.executable, "-m", "supervisor", "run", TALKS],
+        [sys.executable, "-m", "supervisor", *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=terminal,
@@ -72,13 +73,28 @@ def test_progress_is_a_bar_on_a_terminal() -> None:
             break
         seen += chunk
     os.close(controller)
-    text = seen.decode("utf-8", "replace")
-    assert process.returncode == 0, text
+    return process.returncode, stdout.decode(), seen.decode("utf-8", "replace")
+
+
+def test_progress_is_a_bar_on_a_terminal() -> None:
+    code, stdout, text = run_on_a_terminal("run", TALKS)
+    assert code == 0, text
     assert json.loads(stdout) == {"text": ""}
     assert "setup_talks setup: 100%|" in text
     assert "\u2588" in text  # a filled block of the bar
     assert "setup progress 50%" not in text  # a bar, not a line per report
     assert "setup_talks | [stdout] loading weights" in text
+
+
+def test_a_long_start_shows_its_phase_on_a_terminal() -> None:
+    slow = str(APPS / "sup_slow_setup")
+    code, stdout, text = run_on_a_terminal("run", slow, "--setup", '{"seconds": 2}')
+    assert code == 0, text
+    assert json.loads(stdout) == {"text": ""}
+    assert "sup_slow_setup: setting_up" in text
+    # Not on a pipe: there the output stays plain lines.
+    piped = cli("run", slow, "--setup", '{"seconds": 2}')
+    assert "setting_up" not in piped.stderr
 
 
 def test_an_import_error_shows_the_apps_frames_only() -> None:
