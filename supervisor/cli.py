@@ -321,7 +321,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
     """A listening socket for ``serve``, bound before any app starts."""
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     sock = socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
-    sock.set_inheritable(True)
     return sock
 
 

@@ -27,6 +27,8 @@ from .app import App
 logger = logging.getLogger("supervisor.startup")
 
 PENDING = "pending"
+STARTING = "starting"
+UNLOADED = "unloaded"
 FAILED = "failed"
 
 
@@ -110,7 +112,9 @@ class Startup:
         app = self._starting(name)
         if app is None:
             return {"state": PENDING, "available": False}
-        return {"state": app.status()["state"], "available": False}
+        state = app.status()["state"]
+        # Registered, its replicas not spawned yet: that is the start's first step.
+        return {"state": STARTING if state == UNLOADED else state, "available": False}
 
     def states(self) -> dict[str, dict[str, Any]]:
         return {name: self.state(name) for name in self.starts}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 from http_helpers import APPS, Server, cli
 
 SLOW = str(APPS / "sup_slow_setup")
@@ -104,3 +106,23 @@ def test_a_failed_setup_logs_the_apps_traceback_and_exits_4() -> None:
     debug = cli("serve", str(APPS / "sup_setup_fail"), "--port", "0", "--debug", timeout=30)
     assert debug.returncode == 4
     assert "child/runtime.py" in debug.stderr
+
+
+def test_sigterm_while_an_app_sets_up_stops_it_and_exits_0(tmp_path: Path) -> None:
+    server = Server([SLOW, "--setup", '{"seconds": 60}'], log=tmp_path / "server.log")
+    try:
+        wait_live(server)
+        deadline = time.monotonic() + 20
+        while server.client.get("/health/ready").json()["apps"]["sup_slow_setup"]["state"] != (
+            "setting_up"
+        ):
+            assert time.monotonic() < deadline, server.logs()
+            time.sleep(0.05)
+        children = psutil.Process(server.process.pid).children(recursive=True)
+        assert children
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=20) == 0, server.logs()
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive
+    finally:
+        server.stop()

@@ -25,7 +25,10 @@ class FakeApp:
 async def test_states_go_from_pending_through_the_replicas_state_to_ready() -> None:
     gate = anyio.Event()
     first = cast(App, FakeApp("ready", True))
-    starting = {"b": cast(App, FakeApp("setting_up", False))}
+    starting = {
+        "b": cast(App, FakeApp("setting_up", False)),
+        "c": cast(App, FakeApp("unloaded", False)),
+    }
 
     async def start_a() -> App:
         await gate.wait()
@@ -35,11 +38,13 @@ async def test_states_go_from_pending_through_the_replicas_state_to_ready() -> N
         return cast(App, FakeApp("ready", True))
 
     startup = Startup(
-        [AppStart("a", start_a), AppStart("b", start_b)], starting=lambda n: starting.get(n)
+        [AppStart("a", start_a), AppStart("b", start_b), AppStart("c", start_b)],
+        starting=lambda n: starting.get(n),
     )
     assert startup.states() == {
         "a": {"state": "pending", "available": False},
         "b": {"state": "setting_up", "available": False},
+        "c": {"state": "starting", "available": False},  # registered, nothing spawned yet
     }
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(startup.run)
@@ -47,7 +52,7 @@ async def test_states_go_from_pending_through_the_replicas_state_to_ready() -> N
         gate.set()
         assert await startup.wait_for("a", 5) is first
     assert startup.finished.is_set()
-    assert set(startup.apps) == {"a", "b"}
+    assert set(startup.apps) == {"a", "b", "c"}
     assert startup.state("a") == {"state": "ready", "available": True}
 
 
