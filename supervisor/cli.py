@@ -4,12 +4,13 @@
     run APP_DIR                   one request; its output JSON on stdout, logs on stderr
     schema APP_DIR                the app's functions and schemas, without running setup
 
-``serve`` runs uvicorn programmatically in the same event loop as the
-Supervisor, which lives in the server's lifespan: apps start before the port
-takes requests, and on SIGTERM/SIGINT the server stops accepting, lets
-in-flight requests finish (up to ``--shutdown-timeout``), then unloads every
-child and exits 0. A token is required to bind anything but loopback, since
-the server runs code on request.
+``serve`` binds its port first (a port in use is a usage error before any app
+is imported), then runs uvicorn programmatically in the same event loop as the
+Supervisor, which lives in the server's lifespan: the server answers health
+checks at once while the apps start in the background (``startup.Startup``),
+and on SIGTERM/SIGINT it stops accepting, lets in-flight requests finish (up to
+``--shutdown-timeout``), then unloads every child and exits 0. A token is
+required to bind anything but loopback, since the server runs code on request.
 
 ``run`` and ``schema`` are for scripts, so their exit status says what went
 wrong; the codes are the ``ExitCode`` members below and nowhere else.
