@@ -293,6 +293,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allowed_paths=tuple(args.allow_path),
         start_wait=args.start_wait,
         sse_keepalive=args.sse_keepalive or None,
+        debug=args.debug,
     )
     config = uvicorn.Config(
         create_app(start_apps, settings, gpus=lambda: running[-1].gpu_status() if running else []),

@@ -58,6 +58,7 @@ from starlette.routing import Route
 
 from . import errors as E
 from .app import App
+from .app_traceback import for_people
 from .docs_page import ASSETS, asset_paths, assets_dir, render_page
 from .events import Event, LogEvent, PartialEvent, ProgressEvent, ResultEvent
 from .http_files import (
@@ -117,6 +118,8 @@ class ServerSettings:
     """Seconds a request for an app that is still starting waits for it before a 503."""
     retry_after: int = 5
     """The ``Retry-After`` seconds of that 503."""
+    debug: bool = False
+    """Show the runtime's frames in the tracebacks of app errors (hidden by default)."""
     sse_keepalive: float | None = 15.0
     """Seconds of silence on an event stream before a ``: keep-alive`` comment (None: never)."""
 
@@ -229,7 +232,7 @@ class HttpApi:
             except E.SupervisorError as exc:
                 self.cleanup(upload_dir)
                 self.finish(app.name, function, call.request_id, started, _failure(exc))
-                return error_response(status_for(exc), exc.to_dict(), headers)
+                return error_response(status_for(exc), self.error_body(exc), headers)
             return StreamingResponse(
                 self.events(request, app, call, submitted, started),
                 media_type="text/event-stream",
@@ -243,7 +246,7 @@ class HttpApi:
         failure: tuple[str, int, str] | None = None
         if error is not None:
             failure = _failure(error)
-            response = error_response(status_for(error), error.to_dict(), headers)
+            response = error_response(status_for(error), self.error_body(error), headers)
         elif result is None:
             failure = ("disconnected", CLIENT_CLOSED, "the client went away")
             response = Response(status_code=CLIENT_CLOSED, headers=headers)
@@ -251,6 +254,15 @@ class HttpApi:
             response = JSONResponse(self.result_body(request, call, result), headers=headers)
         self.finish(app.name, call.function, call.request_id, started, failure)
         return response
+
+    def error_body(self, error: E.SupervisorError) -> dict[str, Any]:
+        """The error as the client sees it: an app's traceback without the runtime's
+        frames, unless the server runs with ``debug``."""
+        body = error.to_dict()
+        traceback = body.get("traceback")
+        if isinstance(traceback, str) and not self.settings.debug:
+            body["traceback"] = for_people(traceback)
+        return body
 
     def finish(
         self,
@@ -411,7 +423,7 @@ class HttpApi:
                         yield sse_event("result", self.result_body(request, call, event))
             except E.SupervisorError as exc:
                 failure = _failure(exc)
-                yield sse_event("error", {"error": exc.to_dict(), "status": status_for(exc)})
+                yield sse_event("error", {"error": self.error_body(exc), "status": status_for(exc)})
         finally:
             self.finish(app.name, call.function, call.request_id, started, failure)
 
