@@ -58,13 +58,14 @@ class Startup:
         self._on_failure = on_failure
         self.failure: E.SupervisorError | None = None
         self.finished = anyio.Event()
+        self._apps = {start.name: start.app for start in starts if start.app is not None}
 
     async def run(self) -> None:
         """Start every app in order; stop at the first failure."""
         try:
             for start in self.starts.values():
                 try:
-                    start.app = await start.start()
+                    start.app = self._apps[start.name] = await start.start()
                 except E.SupervisorError as error:
                     start.error = self.failure = error
                     if self._on_failure is not None:
@@ -83,8 +84,8 @@ class Startup:
 
     @property
     def apps(self) -> dict[str, App]:
-        """The apps that have started (and serve requests)."""
-        return {name: s.app for name, s in self.starts.items() if s.app is not None}
+        """The apps that have started (and serve requests), in start order; read-only."""
+        return self._apps
 
     def known(self, name: str) -> bool:
         return name in self.starts
