@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 
-from protocol import Connection, Hello, Log, Message, Progress, Run, State
+from protocol import Connection, Hello, Log, Message, Progress, Run, Setup, State
 
 
 class Outbox:
@@ -47,9 +47,9 @@ class Outbox:
             self._write(self.connection.send(Log(id=request, stream=stream, message=text)))
 
     def progress(self, message: Progress) -> bool:
-        """Send progress if its request is a run still open; report whether it was sent."""
+        """Send progress if its request is a run or setup still open; report whether it was sent."""
         with self.lock:
-            if self.connection.requests.get(message.id) is not Run:
+            if self.connection.requests.get(message.id) not in (Run, Setup):
                 return False
             self._write(self.connection.send(message))
             return True

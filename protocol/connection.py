@@ -158,10 +158,12 @@ class Connection:
                 raise error(f"{message.TYPE!r} for unknown request {message.id!r}")
             if self.state is not State.UNLOADING:  # an unload outranks a load or setup ending
                 next_state = REQUEST_OUTCOMES.get((kind, isinstance(message, m.Result)), next_state)
-        elif isinstance(message, (m.Progress, m.Partial)) and (
-            self.requests.get(message.id) is not m.Run
+        elif isinstance(message, m.Progress) and (
+            self.requests.get(message.id) not in (m.Run, m.Setup)
         ):
-            raise error(f"{message.TYPE!r} for {message.id!r}, which is not a running request")
+            raise error(f"'progress' for {message.id!r}, which is not a running run or setup")
+        elif isinstance(message, m.Partial) and self.requests.get(message.id) is not m.Run:
+            raise error(f"'partial' for {message.id!r}, which is not a running request")
         elif (
             isinstance(message, m.Log)
             and message.id is not None

@@ -4,12 +4,13 @@
     run APP_DIR                   one request; its output JSON on stdout, logs on stderr
     schema APP_DIR                the app's functions and schemas, without running setup
 
-``serve`` runs uvicorn programmatically in the same event loop as the
-Supervisor, which lives in the server's lifespan: apps start before the port
-takes requests, and on SIGTERM/SIGINT the server stops accepting, lets
-in-flight requests finish (up to ``--shutdown-timeout``), then unloads every
-child and exits 0. A token is required to bind anything but loopback, since
-the server runs code on request.
+``serve`` binds its port first (a port in use is a usage error before any app
+is imported), then runs uvicorn programmatically in the same event loop as the
+Supervisor, which lives in the server's lifespan: the server answers health
+checks at once while the apps start in the background (``startup.Startup``),
+and on SIGTERM/SIGINT it stops accepting, lets in-flight requests finish (up to
+``--shutdown-timeout``), then unloads every child and exits 0. A token is
+required to bind anything but loopback, since the server runs code on request.
 
 ``run`` and ``schema`` are for scripts, so their exit status says what went
 wrong; the codes are the ``ExitCode`` members below and nowhere else.
@@ -27,8 +28,9 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -39,10 +41,14 @@ from . import errors as E
 from . import json_values
 from .app import App
 from .app_config import AppConfigError, read_manifest
+from .app_traceback import for_people
 from .events import LogEvent, ProgressEvent, ResultEvent
 from .http_limits import HttpLimits, guarded_protocol
+from .input_fields import FieldSyntaxError, apply_fields, split_field, unknown_fields
 from .input_limits import InputLimits
-from .log_setup import LOG_FORMATS, configure_logging
+from .log_setup import APP_LOGGER, LOG_FORMATS, configure_logging, log_progress
+from .start_display import show_start
+from .startup import AppStart, Startup
 from .supervisor import Supervisor
 
 logger = logging.getLogger("supervisor.cli")
@@ -64,6 +70,8 @@ class ExitCode(enum.IntEnum):
     """The app raised, or its setup or import failed."""
     RUNTIME = 5
     """The child crashed, timed out, ran out of memory, or another runtime failure."""
+    INTERRUPTED = 130
+    """Ctrl-C (SIGINT) during ``run``."""
 
 
 def exit_code_for(error: BaseException) -> ExitCode:
@@ -78,10 +86,6 @@ def exit_code_for(error: BaseException) -> ExitCode:
 
 class UsageError(Exception):
     pass
-
-
-class StartupFailed(Exception):
-    """An app of ``serve`` could not start; the server does not either."""
 
 
 # -- argument values --------------------------------------------------------------
@@ -148,6 +152,13 @@ def parse_size(text: str) -> int:
     return int(value * SIZE_UNITS[unit])
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("cannot be negative")
+    return value
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -163,22 +174,38 @@ def setups_by_app(
     """Each ``--setup`` is ``JSON|@file`` for every app, or ``NAME=JSON|@file`` for one."""
     shared: dict[str, Any] | None = None
     named: dict[str, dict[str, Any]] = {}
+    served = {n for d in app_dirs for n in (d.name, _manifest_name(d))}
     for value in values:
-        if value.startswith(("{", "@")):
+        if value.lstrip().startswith(("{", "@")):
             shared = load_json_object(value, "--setup")
             continue
         name, sep, rest = value.partition("=")
-        if not sep:
-            raise UsageError(f"--setup: expected JSON, @file or NAME=JSON, got {value!r}")
+        if not sep or name not in served:
+            raise UsageError(
+                f"--setup {value!r}: expected JSON ({setup_hint(value)}), @FILE, or NAME=JSON "
+                f"for one app, NAME being a served app ({', '.join(sorted(served))})"
+            )
         named[name] = load_json_object(rest, f"--setup {name}")
     result: dict[Path, dict[str, Any] | None] = {}
     for directory in app_dirs:
         names = {directory.name, _manifest_name(directory)}
         result[directory] = next((named[n] for n in names if n in named), shared)
-    unknown = set(named) - {n for d in app_dirs for n in (d.name, _manifest_name(d))}
-    if unknown:
-        raise UsageError(f"--setup names no served app: {', '.join(sorted(unknown))}")
     return result
+
+
+def setup_hint(value: str) -> str:
+    """What a ``key=value`` setup was probably meant to be, as JSON."""
+    key, sep, rest = value.partition("=")
+    if sep and key.strip():
+        return "e.g. " + json.dumps({key.strip(): rest})
+    return 'e.g. {"key": "value"}'
+
+
+def load_setup(value: str) -> dict[str, Any]:
+    """``run --setup``: JSON or @FILE (one app, so no NAME=)."""
+    if not value.lstrip().startswith(("{", "@")):
+        raise UsageError(f"--setup {value!r}: expected JSON ({setup_hint(value)}) or @FILE")
+    return load_json_object(value, "--setup")
 
 
 def _manifest_name(directory: Path) -> str:
@@ -196,13 +223,25 @@ def _app_dirs(values: Sequence[str]) -> list[Path]:
     return dirs
 
 
-def _report(error: E.SupervisorError) -> None:
-    print(f"error ({error.type}): {error.message}", file=sys.stderr)
+def error_details(error: E.SupervisorError, debug: bool) -> list[tuple[str, str]]:
+    """An error's field errors, traceback (the app's frames only, unless ``debug``) and
+    stderr, as text."""
+    details = []
     for key in ("errors", "traceback", "stderr"):
-        if error.details.get(key):
-            detail = error.details[key]
-            text = json.dumps(detail, indent=2) if not isinstance(detail, str) else detail
-            print(f"{key}:\n{text}", file=sys.stderr)
+        detail = error.details.get(key)
+        if not detail:
+            continue
+        if key == "traceback" and isinstance(detail, str) and not debug:
+            detail = for_people(detail)
+        text = json.dumps(detail, indent=2) if not isinstance(detail, str) else detail
+        details.append((key, text.rstrip("\n")))
+    return details
+
+
+def _report(error: E.SupervisorError, debug: bool = False) -> None:
+    print(f"error ({error.type}): {error.message}", file=sys.stderr)
+    for key, text in error_details(error, debug):
+        print(f"{key}:\n{text}", file=sys.stderr)
 
 
 # -- serve ------------------------------------------------------------------------
@@ -224,36 +263,54 @@ def cmd_serve(args: argparse.Namespace) -> int:
     dirs = _app_dirs(args.app_dirs)
     setups = setups_by_app(args.setup, dirs)
     configure_logging(args.log_format, args.log_level)
-    failures: list[BaseException] = []
+    # Bound before anything starts: a port in use is a usage error, not a model
+    # loaded for nothing.
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        print(f"cannot bind {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    failures: list[E.SupervisorError] = []
     running: list[Supervisor] = []
+    server: Any = None
+
+    def failed(name: str, error: E.SupervisorError) -> None:
+        failures.append(error)
+        logger.error(
+            "cannot start %s: %s (%s)%s",
+            name,
+            error.message,
+            error.type,
+            "".join(f"\n{k}:\n{v}" for k, v in error_details(error, args.debug)),
+        )
+        server.should_exit = True
 
     @contextlib.asynccontextmanager
-    async def start_apps() -> AsyncIterator[Mapping[str, App]]:
-        async with Supervisor() as supervisor:
+    async def start_apps() -> AsyncIterator[Startup]:
+        async with Supervisor() as supervisor, anyio.create_task_group() as tasks:
             running.append(supervisor)
-            apps: dict[str, App] = {}
-            try:
-                for directory in dirs:
-                    app = await supervisor.start(
-                        directory,
-                        setup=setups[directory],
-                        gpus=args.gpus,
-                        replicas=args.replicas,
-                        max_concurrency=args.max_concurrency,
-                        run_timeout=args.run_timeout,
-                        standby=args.standby,
-                        lock_setup=args.lock_setup,
-                        limits=input_limits,
-                    )
-                    apps[app.name] = app
-            except E.SupervisorError as error:
-                failures.append(error)
-                logger.error("cannot start %s: %s (%s)", directory, error.message, error.type)
-            else:
-                yield apps
-                return
-        # Raised once the supervisor has stopped what did start.
-        raise StartupFailed(f"{directory}: {failures[0]}")
+
+            def starter(directory: Path) -> Callable[[], Awaitable[App]]:
+                return lambda: supervisor.start(
+                    directory,
+                    setup=setups[directory],
+                    gpus=args.gpus,
+                    replicas=args.replicas,
+                    max_concurrency=args.max_concurrency,
+                    run_timeout=args.run_timeout,
+                    standby=args.standby,
+                    lock_setup=args.lock_setup,
+                    limits=input_limits,
+                )
+
+            startup = Startup(
+                [AppStart(_manifest_name(d), starter(d)) for d in dirs],
+                starting=supervisor.apps.get,
+                on_failure=failed,
+            )
+            tasks.start_soon(startup.run)
+            yield startup
+            tasks.cancel_scope.cancel()
 
     input_limits = InputLimits(max_depth=args.max_input_depth, max_values=args.max_input_values)
     http_limits = HttpLimits(
@@ -265,7 +322,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
     )
     settings = ServerSettings(
-        auth_token=token, allowed_paths=tuple(args.allow_path), limits=http_limits
+        auth_token=token,
+        allowed_paths=tuple(args.allow_path),
+        limits=http_limits,
+        start_wait=args.start_wait,
+        sse_keepalive=args.sse_keepalive or None,
+        debug=args.debug,
     )
     config = uvicorn.Config(
         create_app(start_apps, settings, gpus=lambda: running[-1].gpu_status() if running else []),
@@ -289,14 +351,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     server = _graceful_server(config, args.shutdown_timeout, stop_apps)
     try:
-        anyio.run(_serve, server, backend_options=_loop_options())
-    except SystemExit as exc:  # uvicorn's way out when startup fails or it cannot bind
+        anyio.run(_serve, server, sock, backend_options=_loop_options())
+    except SystemExit as exc:  # uvicorn's way out when its startup fails
         if failures:
             return exit_code_for(failures[0])
         return ExitCode.RUNTIME if exc.code else ExitCode.OK
+    finally:
+        sock.close()
     if failures:
         return exit_code_for(failures[0])
     return ExitCode.OK if server.started else ExitCode.RUNTIME
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket for ``serve``, bound before any app starts."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
+    return sock
 
 
 def _loop_options() -> dict[str, Any]:
@@ -346,7 +417,7 @@ def _graceful_server(config: Any, grace: float, stop_apps: Callable[[], Awaitabl
     return GracefulServer(config)
 
 
-async def _serve(server: Any) -> None:
+async def _serve(server: Any, sock: socket.socket) -> None:
     """Serve until a signal; the signal then means "shut down", not "die"."""
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -356,7 +427,7 @@ async def _serve(server: Any) -> None:
     # once it has shut down; finding ours, that re-raise is harmless and we exit 0.
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        await server.serve()
+        await server.serve(sockets=[sock])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -369,18 +440,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     app_dir = _app_dirs([args.app_dir])[0]
     if args.input is not None:
         data = load_json_object(args.input, "--input")
-    elif (app_dir / "input.json").is_file():
+    elif args.function == "run" and (app_dir / "input.json").is_file():
         data = load_json_object(f"@{app_dir / 'input.json'}", "input.json")
     else:
         data = {}
-    setup = load_json_object(args.setup, "--setup") if args.setup else None
-    configure_logging(args.log_format, args.log_level)
+    for field in args.fields:
+        try:
+            split_field(field)
+        except FieldSyntaxError as exc:
+            raise UsageError(str(exc)) from None
+    setup = load_setup(args.setup) if args.setup else None
+    configure_logging(args.log_format, args.log_level, timestamps=False)
     try:
         output = anyio.run(_run_once, app_dir, data, setup, args)
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
+    except FieldSyntaxError as exc:
+        raise UsageError(str(exc)) from None
     except E.SupervisorError as error:
-        _report(error)
+        _report(error, args.debug)
         return exit_code_for(error)
     sys.stdout.write(json_values.dumps(output) + "\n")
     sys.stdout.flush()
@@ -392,30 +470,59 @@ async def _run_once(
 ) -> Any:
     output: Any = None
     async with Supervisor() as supervisor:
-        app = await supervisor.start(
-            app_dir, setup=setup, gpus=args.gpus, run_timeout=args.run_timeout
-        )
+        failure: E.SupervisorError | None = None
+        async with anyio.create_task_group() as display:  # raises a failure as a group:
+            if args.log_format == "text" and sys.stderr.isatty():
+                name = _manifest_name(app_dir)
+                display.start_soon(show_start, name, supervisor.apps.get, sys.stderr)
+            try:
+                app = await supervisor.start(
+                    app_dir, setup=setup, gpus=args.gpus, run_timeout=args.run_timeout
+                )
+            except E.SupervisorError as exc:  # so it is taken here, and raised as itself
+                failure = exc
+            display.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        schema = (app.functions.get(args.function) or {}).get("input_schema") or {}
+        data = apply_fields(data, args.fields, schema)
+        for name in unknown_fields(data, schema):
+            known = ", ".join(sorted(schema.get("properties") or {})) or "none"
+            logger.warning(
+                "input field %r is not in the input schema of %s (it takes: %s); "
+                "the app may ignore it",
+                name,
+                args.function,
+                known,
+            )
         async for event in app.stream(data, function=args.function):
             if isinstance(event, ResultEvent):
                 output = event.output
             else:
-                _report_event(event, args.log_format == "json")
+                _report_event(app.name, event, args.log_format == "json")
     return output
 
 
-def _report_event(event: Any, as_json: bool) -> None:
-    """An app's log line or progress report, on stderr."""
+def _report_event(app: str, event: Any, as_json: bool) -> None:
+    """An app's log line or progress report, on stderr (text through the app's logger,
+    which prefixes its name and draws progress as a bar on a terminal)."""
+    if not as_json:
+        app_logger = logging.getLogger(f"{APP_LOGGER}.{app}")
+        if isinstance(event, LogEvent):
+            app_logger.info("[%s] %s", event.stream, event.message.rstrip())
+        elif isinstance(event, ProgressEvent):
+            log_progress(app_logger, "run", event)
+        return
     fields: dict[str, Any]
     if isinstance(event, LogEvent):
-        fields = {"event": "log", "stream": event.stream, "message": event.message.rstrip()}
-        text = f"[{event.stream}] {fields['message']}"
+        fields = {"event": "log", "app": app, "stream": event.stream}
+        fields["message"] = event.message.rstrip()
     elif isinstance(event, ProgressEvent):
-        fields = {"event": "progress", "fraction": event.fraction, "message": event.message}
-        percent = "" if event.fraction is None else f" {event.fraction:.0%}"
-        text = f"[progress]{percent} {event.message or ''}".rstrip()
+        fields = {"event": "progress", "app": app, "fraction": event.fraction}
+        fields["message"] = event.message
     else:
         return
-    print(json.dumps(fields) if as_json else text, file=sys.stderr, flush=True)
+    print(json.dumps(fields), file=sys.stderr, flush=True)
 
 
 # -- schema -----------------------------------------------------------------------
@@ -427,11 +534,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from .describe import describe_app
 
     app_dir = _app_dirs([args.app_dir])[0]
-    configure_logging(args.log_format, args.log_level)
+    configure_logging(args.log_format, args.log_level, timestamps=False)
     try:
         description = describe_app(app_dir)
     except E.SupervisorError as exc:
-        _report(exc)
+        _report(exc, args.debug)
         return exit_code_for(exc)
     functions = description.get("functions") or {}
     schema = {
@@ -448,9 +555,23 @@ def cmd_schema(args: argparse.Namespace) -> int:
 # -- the parser -------------------------------------------------------------------
 
 EXIT_CODES_HELP = (
-    "exit codes: 0 success, 2 usage, 3 bad input (validation, unknown function), "
-    "4 app error (exception, setup or import failed), 5 crash, timeout or other runtime failure"
+    "exit codes: 0 success, 2 usage (bad option or value, port in use), 3 bad input "
+    "(validation, unknown function), 4 app error (exception, setup or import failed), "
+    "5 crash, timeout or other runtime failure, 130 interrupted"
 )
+
+
+def version_text() -> str:
+    """``appvisor X.Y.Z (protocol N)``: the package and the wire version it speaks."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from protocol import PROTOCOL_VERSION
+
+    try:
+        package = version("appvisor")
+    except PackageNotFoundError:
+        package = "unknown"
+    return f"%(prog)s {package} (protocol {PROTOCOL_VERSION})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -462,6 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default=None,
         help="logging level (default: info for serve, warning otherwise)",
+    )
+    common.add_argument("--version", action="version", version=version_text())
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the runtime's own frames in an app's tracebacks (hidden by default)",
     )
     runtime = argparse.ArgumentParser(add_help=False)
     runtime.add_argument(
@@ -483,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run inference.sh-style apps, each in a supervised child process.",
         epilog=EXIT_CODES_HELP,
     )
+    parser.add_argument("--version", action="version", version=version_text())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
@@ -607,6 +735,22 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"close idle keep-alive connections (whole seconds); "
         f"default {http_defaults.keep_alive_timeout}",
     )
+    serve.add_argument(
+        "--start-wait",
+        type=non_negative_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a request for an app that is still starting waits for it before a "
+        "503 with Retry-After (default 30; 0 answers 503 at once)",
+    )
+    serve.add_argument(
+        "--sse-keepalive",
+        type=non_negative_float,
+        default=15.0,
+        metavar="SECONDS",
+        help="send a ': keep-alive' comment on an event stream silent for this long "
+        "(default 15; 0 never), so that proxies do not cut long waits",
+    )
     serve.set_defaults(handler=cmd_serve, default_level="info")
 
     run = commands.add_parser(
@@ -623,7 +767,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--input",
         default=None,
         metavar="JSON|@FILE",
-        help="the input (default: APP_DIR/input.json; @- reads stdin)",
+        help="the input (default: APP_DIR/input.json for the run function; @- reads stdin)",
+    )
+    run.add_argument(
+        "-i",
+        dest="fields",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="one input field, typed by the input schema (repeatable; @PATH: a file, for a "
+        "File field its path, else its text); laid over --input (or input.json)",
     )
     run.add_argument("--setup", default=None, metavar="JSON|@FILE", help="setup values")
     run.set_defaults(handler=cmd_run, default_level="warning")

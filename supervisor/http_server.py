@@ -5,8 +5,10 @@ the supervisor's business, the status codes, JSON/SSE encoding, body shape and
 auth are ``http_wire``'s, what a file input may name is ``http_files``', the
 schemas come from ``openapi`` and the figures from ``metrics``. ``create_app``
 takes either apps that already run or a factory whose async context yields
-them, entered in the server's lifespan so that the supervisor starts before the
-first request and stops after the last one.
+them (or a ``startup.Startup`` starting them in the background), entered in the
+server's lifespan so that the supervisor starts before the first request and
+stops after the last one. A request for an app still starting waits for it
+(``start_wait``), then gets 503 ``starting`` with ``Retry-After``.
 
 Endpoints (with several apps, ``/run`` and ``/cancel`` live under
 ``/apps/{name}/``; a single app is served at the root as well):
@@ -15,6 +17,8 @@ Endpoints (with several apps, ``/run`` and ``/cancel`` live under
                                   "timeout"?}
     POST /cancel/{request_id}    200 {"cancelled": true} or 404
     GET  /health                 200 when every app is available, else 503
+    GET  /health/live            200 while the process runs (even while apps start)
+    GET  /health/ready           200 when every app is available, else 503 with each state
     GET  /openapi.json, /docs, /metrics, /files/{request_id}/{token}/{filename}
 
 Errors are ``{"error": {"type", "message", ...}}`` with the status that
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -53,7 +58,9 @@ from starlette.routing import Route
 
 from . import errors as E
 from .app import App
-from .events import LogEvent, PartialEvent, ProgressEvent, ResultEvent
+from .app_traceback import for_people
+from .docs_page import ASSETS, asset_paths, assets_dir, render_page
+from .events import Event, LogEvent, PartialEvent, ProgressEvent, ResultEvent
 from .http_files import (
     FileRegistry,
     Loc,
@@ -68,6 +75,7 @@ from .http_files import (
 from .http_limits import BodyGuard, BodyRejected, HttpLimits
 from .http_wire import (
     CLIENT_CLOSED,
+    PUBLIC_PATHS,
     BearerAuth,
     Call,
     JSONResponse,
@@ -79,11 +87,19 @@ from .http_wire import (
     status_for,
 )
 from .metrics import GpuFigures, Metrics
-from .openapi import build_openapi, render_docs
+from .openapi import build_openapi
+from .recent_logs import RecentLogs
+from .request import Item
 from .request import Request as SubmittedRequest
+from .request_log import failure_record, log_failure
+from .startup import FAILED, Startup, started
+from .status_page import render_page as render_status_page
 
-AppsFactory = Callable[[], AbstractAsyncContextManager[Mapping[str, App]]]
+AppsFactory = Callable[[], AbstractAsyncContextManager[Mapping[str, App] | Startup]]
+"""Entered in the lifespan: running apps, or a ``Startup`` starting them in the background."""
 
+KEEP_ALIVE = b": keep-alive\n\n"
+"""An SSE comment: clients ignore it, proxies see traffic."""
 QUICK_CALL = 0.05
 """Seconds a call may take before the server starts watching for its client leaving."""
 
@@ -102,6 +118,25 @@ class ServerSettings:
     limits: HttpLimits = field(default_factory=HttpLimits)
     """Body sizes and slow clients (``http_limits``); nesting depth and value counts
     are the apps' own (``Supervisor.start(limits=...)``)."""
+    start_wait: float = 30.0
+    """Seconds a request for an app that is still starting waits for it before a 503."""
+    retry_after: int = 5
+    """The ``Retry-After`` seconds of that 503."""
+    debug: bool = False
+    """Show the runtime's frames in the tracebacks of app errors (hidden by default)."""
+    sse_keepalive: float | None = 15.0
+    """Seconds of silence on an event stream before a ``: keep-alive`` comment (None: never)."""
+
+
+class NotReady(Reject):
+    """A request for an app that is not serving yet: 503 with ``Retry-After``."""
+
+    def __init__(self, message: str, retry_after: int, **details: Any) -> None:
+        super().__init__(503, "starting", message, **details)
+        self.retry_after = retry_after
+
+    def response(self) -> Response:
+        return error_response(self.status, self.body, {"Retry-After": str(self.retry_after)})
 
 
 # -- the endpoints ----------------------------------------------------------------
@@ -110,20 +145,33 @@ class ServerSettings:
 class HttpApi:
     def __init__(self, settings: ServerSettings, gpus: GpuFigures | None = None) -> None:
         self.settings = settings
-        self.apps: dict[str, App] = {}
+        self.startup: Startup | None = None
         self.files = FileRegistry(settings.max_served_files)
         self.metrics = Metrics(lambda: self.apps, gpus)
+        self.gpus = gpus
+        self.logs = RecentLogs()
         self.policy = PathPolicy(tuple(Path(p) for p in settings.allowed_paths))
         self.upload_root: Path | None = None
         self.token = settings.auth_token.encode() if settings.auth_token else None
+
+    @property
+    def apps(self) -> dict[str, App]:
+        """The apps serving requests (those still starting are not among them)."""
+        return self.startup.apps if self.startup is not None else {}
 
     def routes(self) -> list[Route]:
         run, cancel = ["POST"], ["POST"]
         return [
             Route("/health", self.health, methods=["GET"]),
+            Route("/health/live", self.live, methods=["GET"]),
+            Route("/health/ready", self.ready, methods=["GET"]),
+            Route("/", self.status_page, methods=["GET"]),
+            Route("/ui", self.status_page, methods=["GET"]),
+            Route("/status", self.status, methods=["GET"]),
             Route("/metrics", self.metrics_text, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/docs", self.docs, methods=["GET"]),
+            Route("/docs/{asset}", self.docs_asset, methods=["GET"]),
             Route("/files/{request_id}/{token}/{filename}", self.download, methods=["GET"]),
             Route("/run", self.run, methods=run),
             Route("/run/{function}", self.run, methods=run),
@@ -135,20 +183,33 @@ class HttpApi:
             Route("/apps/{app}/restart", self.restart, methods=["POST"]),
         ]
 
-    def app_for(self, request: Request) -> App:
+    async def app_for(self, request: Request) -> App:
+        """The app a request names, waiting (``start_wait``) for one that is starting."""
+        startup = self.startup
+        assert startup is not None, "the server is not started"
         name = request.path_params.get("app")
         if name is None:
-            if len(self.apps) == 1:
-                return next(iter(self.apps.values()))
-            raise Reject(
-                404,
-                "not_found",
-                f"several apps are served: use /apps/{{name}}/...; apps: {sorted(self.apps)}",
-            )
-        app = self.apps.get(name)
-        if app is None:
-            raise Reject(404, "not_found", f"no app named {name!r}; apps: {sorted(self.apps)}")
-        return app
+            if len(startup.starts) != 1:
+                raise Reject(
+                    404,
+                    "not_found",
+                    f"several apps are served: use /apps/{{name}}/...; "
+                    f"apps: {sorted(startup.starts)}",
+                )
+            name = next(iter(startup.starts))
+        if not startup.known(name):
+            raise Reject(404, "not_found", f"no app named {name!r}; apps: {sorted(startup.starts)}")
+        app = await startup.wait_for(name, self.settings.start_wait)
+        if app is not None:
+            return app
+        state = startup.state(name)
+        if state["state"] == FAILED:
+            raise Reject(503, "app_failed", f"{name} could not start", **state)
+        raise NotReady(
+            f"{name} is starting ({state['state']}); retry later",
+            self.settings.retry_after,
+            state=state["state"],
+        )
 
     # -- POST /run ------------------------------------------------------------------
 
@@ -158,15 +219,15 @@ class HttpApi:
         app: App | None = None
         function = request.path_params.get("function") or "run"
         try:
-            app = self.app_for(request)
+            app = await self.app_for(request)
             body, upload_dir, uploads = await self.read_body(request)
             call = parse_call(body, request.path_params.get("function"))
             function = call.function
             self.vet_files(app, call, uploads)
         except Reject as exc:
             self.cleanup(upload_dir)
-            if app is not None:
-                self.metrics.observe(app.name, function, exc.type, time.monotonic() - started)
+            name = app.name if app is not None else request.path_params.get("app")
+            self.finish(name, function, None, started, (exc.type, exc.status, str(exc)))
             return exc.response()
         headers = {"X-Request-Id": call.request_id}
         if call.stream or "text/event-stream" in request.headers.get("accept", ""):
@@ -176,8 +237,8 @@ class HttpApi:
                 submitted = self.submit(app, call)
             except E.SupervisorError as exc:
                 self.cleanup(upload_dir)
-                self.metrics.observe(app.name, function, exc.type, time.monotonic() - started)
-                return error_response(status_for(exc), exc.to_dict(), headers)
+                self.finish(app.name, function, call.request_id, started, _failure(exc))
+                return error_response(status_for(exc), self.error_body(exc), headers)
             return StreamingResponse(
                 self.events(request, app, call, submitted, started),
                 media_type="text/event-stream",
@@ -188,18 +249,43 @@ class HttpApi:
             result, error = await self.until_done(request, app, call)
         finally:
             self.cleanup(upload_dir)
+        failure: tuple[str, int, str] | None = None
         if error is not None:
-            outcome, response = (
-                error.type,
-                error_response(status_for(error), error.to_dict(), headers),
-            )
+            failure = _failure(error)
+            response = error_response(status_for(error), self.error_body(error), headers)
         elif result is None:
-            outcome, response = "disconnected", Response(status_code=CLIENT_CLOSED, headers=headers)
+            failure = ("disconnected", CLIENT_CLOSED, "the client went away")
+            response = Response(status_code=CLIENT_CLOSED, headers=headers)
         else:
-            outcome = "ok"
             response = JSONResponse(self.result_body(request, call, result), headers=headers)
-        self.metrics.observe(app.name, call.function, outcome, time.monotonic() - started)
+        self.finish(app.name, call.function, call.request_id, started, failure)
         return response
+
+    def error_body(self, error: E.SupervisorError) -> dict[str, Any]:
+        """The error as the client sees it: an app's traceback without the runtime's
+        frames, unless the server runs with ``debug``."""
+        body = error.to_dict()
+        traceback = body.get("traceback")
+        if isinstance(traceback, str) and not self.settings.debug:
+            body["traceback"] = for_people(traceback)
+        return body
+
+    def finish(
+        self,
+        app: str | None,
+        function: str,
+        request_id: str | None,
+        started: float,
+        failure: tuple[str, int, str] | None,
+    ) -> None:
+        """Count a request's outcome; log it once if it failed (type, status, message)."""
+        duration = time.monotonic() - started
+        if app is not None and app in self.apps:
+            self.metrics.observe(app, function, failure[0] if failure else "ok", duration)
+        if failure is not None:
+            error_type, status, message = failure
+            record = failure_record(request_id, app, function, error_type, status, duration)
+            log_failure(record, message)
 
     async def read_body(self, request: Request) -> tuple[Any, Path | None, dict[Loc, Any]]:
         """The JSON body, and for a multipart one the directory its uploads were saved in.
@@ -337,14 +423,16 @@ class HttpApi:
         self, request: Request, app: App, call: Call, submitted: SubmittedRequest, started: float
     ) -> AsyncIterator[bytes]:
         """The Server-Sent Events of one call; the client leaving cancels it."""
-        outcome = "disconnected"
+        failure: tuple[str, int, str] | None = ("disconnected", CLIENT_CLOSED, "the client left")
         try:
             yield sse_event(
                 "start", {"request_id": call.request_id, "app": app.name, "function": call.function}
             )
             try:
-                async for event in app.follow(submitted):
-                    if isinstance(event, LogEvent):
+                async for event in _follow(app, submitted, self.settings.sse_keepalive):
+                    if event is None:
+                        yield KEEP_ALIVE
+                    elif isinstance(event, LogEvent):
                         yield sse_event("log", {"stream": event.stream, "message": event.message})
                     elif isinstance(event, ProgressEvent):
                         yield sse_event(
@@ -361,13 +449,13 @@ class HttpApi:
                             "partial", {"output": self.publish(request, call, event.output)}
                         )
                     elif isinstance(event, ResultEvent):
-                        outcome = "ok"
+                        failure = None
                         yield sse_event("result", self.result_body(request, call, event))
             except E.SupervisorError as exc:
-                outcome = exc.type
-                yield sse_event("error", {"error": exc.to_dict(), "status": status_for(exc)})
+                failure = _failure(exc)
+                yield sse_event("error", {"error": self.error_body(exc), "status": status_for(exc)})
         finally:
-            self.metrics.observe(app.name, call.function, outcome, time.monotonic() - started)
+            self.finish(app.name, call.function, call.request_id, started, failure)
 
     # -- the rest -------------------------------------------------------------------
 
@@ -375,7 +463,7 @@ class HttpApi:
         request_id = request.path_params["request_id"]
         try:
             apps = (
-                [self.app_for(request)]
+                [await self.app_for(request)]
                 if "app" in request.path_params
                 else list(self.apps.values())
             )
@@ -392,7 +480,7 @@ class HttpApi:
         """An operator's restart: a failed app is tried again at once, a running one
         gets fresh children once their requests are done."""
         try:
-            app = self.app_for(request)
+            app = await self.app_for(request)
         except Reject as exc:
             return exc.response()
         try:
@@ -402,7 +490,12 @@ class HttpApi:
         return JSONResponse({"restarted": True, "app": app.name, "status": app.status()})
 
     async def health(self, request: Request) -> Response:
-        statuses = {name: app.status() for name, app in self.apps.items()}
+        statuses: dict[str, dict[str, Any]] = {
+            name: app.status() for name, app in self.apps.items()
+        }
+        if self.startup is not None:
+            for name, state in self.startup.states().items():
+                statuses.setdefault(name, state)
         ready = bool(statuses) and all(status.get("available") for status in statuses.values())
         if not authorized(request.headers, self.token):
             # Public when a token is set: readiness only, no pids, paths or exit details.
@@ -413,14 +506,68 @@ class HttpApi:
         body = {"status": "ok" if ready else "unavailable", "apps": statuses}
         return JSONResponse(body, status_code=200 if ready else 503)
 
+    async def live(self, request: Request) -> Response:
+        """200 while the process runs: a liveness probe must not kill a loading server."""
+        return JSONResponse({"status": "live"})
+
+    async def ready(self, request: Request) -> Response:
+        """200 when every app is available, else 503 with each app's state."""
+        states = self.startup.states() if self.startup is not None else {}
+        ready = bool(states) and all(state["available"] for state in states.values())
+        if ready:
+            overall = "ready"
+        elif any(state["state"] == FAILED for state in states.values()):
+            overall = "failed"
+        elif self.startup is not None and not self.startup.finished.is_set():
+            overall = "starting"
+        else:
+            overall = "unavailable"
+        return JSONResponse({"status": overall, "apps": states}, status_code=200 if ready else 503)
+
+    async def status_page(self, request: Request) -> Response:
+        return HTMLResponse(render_status_page())
+
+    async def status(self, request: Request) -> Response:
+        """What the status page shows: every app (or its start-up state), GPUs, recent logs."""
+        apps: dict[str, dict[str, Any]] = {}
+        states = self.startup.states() if self.startup is not None else {}
+        for name, state in states.items():
+            app = self.apps.get(name)
+            apps[name] = app.status() if app is not None else state
+        ready = bool(apps) and all(status.get("available") for status in apps.values())
+        body = {
+            "ready": ready,
+            "apps": apps,
+            "gpus": list(self.gpus()) if self.gpus is not None else [],
+            "logs": {name: self.logs.recent(name) for name in apps},
+        }
+        return JSONResponse(body)
+
     async def metrics_text(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(build_openapi(self.apps, auth=self.settings.auth_token is not None))
+        startup = self.startup
+        pending = tuple(n for n in startup.starts if n not in self.apps) if startup else ()
+        document = await anyio.to_thread.run_sync(
+            lambda: build_openapi(
+                self.apps, auth=self.settings.auth_token is not None, pending=pending
+            )
+        )
+        return JSONResponse(document)
 
     async def docs(self, request: Request) -> Response:
-        return HTMLResponse(render_docs(self.apps, auth=self.settings.auth_token is not None))
+        return HTMLResponse(render_page(auth=self.settings.auth_token is not None))
+
+    async def docs_asset(self, request: Request) -> Response:
+        name = request.path_params["asset"]
+        if name not in ASSETS:
+            return error_response(404, {"type": "not_found", "message": f"no asset {name!r}"})
+        return FileResponse(
+            assets_dir() / name,
+            media_type=ASSETS[name],
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
 
     async def download(self, request: Request) -> Response:
         params = request.path_params
@@ -439,6 +586,37 @@ class HttpApi:
             filename=served.filename,
             content_disposition_type="inline",
         )
+
+
+async def _follow(
+    app: App, submitted: SubmittedRequest, keepalive: float | None
+) -> AsyncIterator[Event | None]:
+    """A request's events, with None after each ``keepalive`` seconds without one (for a
+    keep-alive comment: proxies cut a silent stream). Raises the request's error; a
+    consumer that leaves before the end cancels the request."""
+    try:
+        while True:
+            item: Item | None = None
+            waited = False
+            with anyio.move_on_after(keepalive if keepalive else math.inf):
+                item = await submitted.next_item()
+                waited = True
+            if not waited:
+                yield None
+                continue
+            if item is None:
+                return
+            if isinstance(item, E.SupervisorError):
+                raise item
+            yield item
+    finally:
+        if not submitted.finished:
+            with anyio.CancelScope(shield=True):
+                await app.cancel(submitted.id)
+
+
+def _failure(error: E.SupervisorError) -> tuple[str, int, str]:
+    return error.type, status_for(error), error.message
 
 
 def _parse_json(raw: bytes) -> Any:
@@ -489,6 +667,13 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return error_response(500, {"type": "internal", "message": f"{type(exc).__name__}: {exc}"})
 
 
+def public_paths() -> frozenset[str]:
+    """Paths that need no token: health checks (probes carry none), and the docs and
+    status pages with their assets (a browser opens them before it can be given the
+    token; what they show comes from endpoints that need it)."""
+    return PUBLIC_PATHS | {"/health/live", "/health/ready", "/", "/ui"} | asset_paths()
+
+
 def create_app(
     apps: Mapping[str, App] | AppsFactory,
     settings: ServerSettings | None = None,
@@ -496,8 +681,10 @@ def create_app(
 ) -> Starlette:
     """The ASGI app serving ``apps``: a mapping of running apps, or a factory of them.
 
-    A factory is entered in the lifespan: its apps start before the server takes
-    requests, and leaving it (at shutdown, after in-flight requests) stops them.
+    A factory is entered in the lifespan and yields running apps or a ``Startup``
+    that starts them in the background (the server then answers health checks,
+    and requests wait for their app, while they start); leaving it (at shutdown,
+    after in-flight requests) stops them.
     ``gpus``, for ``/metrics``, returns the per-GPU figures of ``Supervisor.status()``.
     """
     settings = settings or ServerSettings()
@@ -510,22 +697,24 @@ def create_app(
         api.upload_root = Path(
             tempfile.mkdtemp(prefix="appvisor-uploads-", dir=settings.upload_dir)
         )
+        api.logs.attach()
         try:
             if isinstance(apps, Mapping):
-                api.apps = dict(apps)
+                api.startup = started(apps)
                 yield
             else:
-                async with apps() as started:
-                    api.apps = dict(started)
+                async with apps() as provided:
+                    api.startup = provided if isinstance(provided, Startup) else started(provided)
                     yield
         finally:
+            api.logs.detach()
             shutil.rmtree(api.upload_root, ignore_errors=True)
 
     server = Starlette(
         routes=api.routes(),
         lifespan=lifespan,
         middleware=[
-            Middleware(BearerAuth, token=settings.auth_token),
+            Middleware(BearerAuth, token=settings.auth_token, public=public_paths()),
             Middleware(BodyGuard, limits=settings.limits),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},

@@ -27,6 +27,7 @@ import anyio.abc
 
 from protocol import Check, Error, Load, ProtocolError, Result, Setup, Unload
 from protocol import Log as LogMessage
+from protocol import Progress as ProgressMessage
 
 from . import errors as E
 from .child_channel import ChildChannel
@@ -35,6 +36,7 @@ from .environment import child_environment
 from .gpu_allocation import gpu_environment
 from .gpu_monitor import ChildUsage
 from .lifecycle import LIVE, ChildState, Lifecycle
+from .log_setup import log_progress
 from .pool import ChildPool, PooledChild, PoolKey, pool_safe
 from .process import ChildProcess, ExitStatus
 from .request import Request, config_key, new_request_id
@@ -541,6 +543,8 @@ class Slot:
                     raise E.from_error_info(reply.error)
                 if isinstance(reply, LogMessage):
                     self.logger.info("[%s] %s", reply.stream, reply.message)
+                elif isinstance(reply, ProgressMessage):
+                    log_progress(self.logger, message.TYPE, reply)
         raise _StartFailed(f"the child died during {message.TYPE}")
 
     def metadata(self) -> dict[str, Any]:

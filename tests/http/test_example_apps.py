@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ def test_stream_example_yields_the_whole_text() -> None:
     assert output["done"] is True
     assert output["tokens"] == 12
     assert len(output["text"].split()) == 12
-    assert "[progress] 100% generating" in result.stderr
+    assert "stream | run progress 100% generating" in result.stderr
 
 
 def test_image_example_makes_a_grayscale_thumbnail() -> None:
@@ -71,3 +73,48 @@ def test_embeddings_example() -> None:
     similar = cosine(vectors[0], vectors[1])
     dissimilar = cosine(vectors[0], vectors[2])
     assert similar > dissimilar + 0.2
+
+
+# Import names whose distribution is named differently.
+DISTRIBUTIONS = {"PIL": "pillow", "sentence_transformers": "sentence-transformers"}
+PROVIDED = {"inferencesh", "pydantic"}
+"""The runtime provides these (pydantic, and a stand-in SDK when inferencesh is missing)."""
+
+
+def _third_party_imports(source: str) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n != "__future__"}
+
+
+def _requirement_names(path: Path) -> set[str]:
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            names.add(line.split(";")[0].split("[")[0].split("=")[0].split(">")[0].split("<")[0])
+    return {n.strip().lower().replace("_", "-") for n in names}
+
+
+@pytest.mark.parametrize("example", ["hello", "stream", "image", "embeddings"])
+def test_each_example_declares_what_it_imports(example: str) -> None:
+    directory = EXAMPLES / example
+    required = _requirement_names(directory / "requirements.txt")
+    for name in _third_party_imports((directory / "inference.py").read_text()):
+        distribution = DISTRIBUTIONS.get(name, name).lower().replace("_", "-")
+        assert distribution in required or name in PROVIDED, (example, name)
+
+
+def test_the_readmes_install_commands_cover_the_examples() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((EXAMPLES.parent / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    examples_extra = {r.split(">")[0].split("=")[0].lower() for r in extras["examples"]}
+    image = _requirement_names(EXAMPLES / "image" / "requirements.txt") - PROVIDED
+    assert image <= examples_extra  # pip install -e '.[examples]' runs examples/image
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    assert "pip install -q -e '.[examples]'" in readme
