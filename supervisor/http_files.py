@@ -15,9 +15,11 @@ client names.
 
 from __future__ import annotations
 
+import copy
 import mimetypes
 import os
 import secrets
+import stat
 import urllib.parse
 import urllib.request
 from collections import OrderedDict
@@ -244,41 +246,84 @@ class FileRegistry:
         return [served.path for served in self._by_token.values()]
 
 
-def is_file_value(value: Any) -> bool:
-    """A File as the child sends it: only File keys, and a local file behind ``path``."""
-    return (
-        isinstance(value, dict)
-        and isinstance(value.get("path"), str)
-        and set(value) <= FILE_KEYS
-        and os.path.isfile(value["path"])
-    )
+DEFAULT_MAX_OUTPUT_FILE = 4 * 2**30
+"""Bytes an output file may have to be published (``ServerSettings.max_output_file_size``)."""
 
 
-def publish_files(value: Any, request_id: str, registry: FileRegistry, base_url: str) -> Any:
-    """``value`` with each output File turned into a download URL of this server.
+def publishable(path: str, max_size: int) -> str | None:
+    """Why the file at ``path`` may not be published, or None when it may.
 
-    The local ``path`` is dropped: it means nothing to a remote client.
+    Only regular files (after following links): never a device, a FIFO or a
+    directory, whose reads would never end or leak more than a file.
     """
-    if is_file_value(value):
-        path = value["path"]
-        filename = safe_filename(value.get("filename") or os.path.basename(path), "file")
-        content_type = value.get("content_type") or mimetypes.guess_type(filename)[0]
-        served = registry.register(request_id, path, filename, content_type)
-        url = (
-            f"{base_url.rstrip('/')}/files/{urllib.parse.quote(request_id)}/{served.token}/"
-            f"{urllib.parse.quote(filename)}"
-        )
-        published: dict[str, Any] = {"uri": url, "filename": filename}
-        if content_type:
-            published["content_type"] = content_type
-        if value.get("size") is not None:
-            published["size"] = value["size"]
-        return published
-    if isinstance(value, dict):
-        return {k: publish_files(v, request_id, registry, base_url) for k, v in value.items()}
-    if isinstance(value, list):
-        return [publish_files(v, request_id, registry, base_url) for v in value]
+    try:
+        info = os.stat(path)
+    except OSError:
+        return "the file does not exist"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_size > max_size:
+        return f"larger than the server's limit of {max_size} bytes"
+    return None
+
+
+def publish_files(
+    schema: Mapping[str, Any] | None,
+    value: Any,
+    request_id: str,
+    registry: FileRegistry,
+    base_url: str,
+    max_size: int = DEFAULT_MAX_OUTPUT_FILE,
+) -> Any:
+    """``value`` with each File of the output ``schema`` turned into a download URL.
+
+    Only the places the function's output schema declares as files are looked
+    at: a dict with a ``path`` elsewhere is plain data and goes back as it is,
+    so an app that echoes its input cannot publish a file the client names. A
+    published File loses its local ``path``, which means nothing to a remote
+    client; one that cannot be published keeps no path either and says why in
+    ``error``.
+    """
+    if not isinstance(schema, Mapping) or value is None:
+        return value
+    locations = file_locations(schema, value)
+    if not locations:
+        return value
+    value = copy.deepcopy(value)
+    for loc in locations:
+        published = _publish_one(get_at(value, loc), request_id, registry, base_url, max_size)
+        if not loc:
+            return published
+        set_at(value, loc, published)
     return value
+
+
+def _publish_one(
+    value: Any, request_id: str, registry: FileRegistry, base_url: str, max_size: int
+) -> Any:
+    if isinstance(value, str) and os.path.isabs(value):
+        value = {"path": value}
+    if not isinstance(value, dict) or not isinstance(value.get("path"), str):
+        return value
+    path = value["path"]
+    kept = {k: v for k, v in value.items() if k in FILE_KEYS and k != "path"}
+    refused = publishable(path, max_size)
+    if refused is not None:
+        kept.pop("uri", None)
+        return {**kept, "error": f"output file not published: {refused}"}
+    filename = safe_filename(value.get("filename") or os.path.basename(path), "file")
+    content_type = value.get("content_type") or mimetypes.guess_type(filename)[0]
+    served = registry.register(request_id, path, filename, content_type)
+    url = (
+        f"{base_url.rstrip('/')}/files/{urllib.parse.quote(request_id)}/{served.token}/"
+        f"{urllib.parse.quote(filename)}"
+    )
+    published: dict[str, Any] = {"uri": url, "filename": filename}
+    if content_type:
+        published["content_type"] = content_type
+    if value.get("size") is not None:
+        published["size"] = value["size"]
+    return published
 
 
 def under_any(path: str, roots: Sequence[Path]) -> bool:

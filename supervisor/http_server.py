@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -55,12 +54,14 @@ from . import errors as E
 from .app import App
 from .events import LogEvent, PartialEvent, ProgressEvent, ResultEvent
 from .http_files import (
+    DEFAULT_MAX_OUTPUT_FILE,
     FileRegistry,
     Loc,
     PathPolicy,
     check_file_inputs,
     parse_field_path,
     publish_files,
+    publishable,
     safe_filename,
     set_at,
     under_any,
@@ -98,6 +99,8 @@ class ServerSettings:
     upload_dir: str | Path | None = None
     """Where uploads are kept while their request runs (a temporary directory by default)."""
     max_upload_files: int = 64
+    max_output_file_size: int = DEFAULT_MAX_OUTPUT_FILE
+    """Bytes an output file may have to be published under ``/files``."""
 
 
 # -- the endpoints ----------------------------------------------------------------
@@ -191,7 +194,7 @@ class HttpApi:
             outcome, response = "disconnected", Response(status_code=CLIENT_CLOSED, headers=headers)
         else:
             outcome = "ok"
-            response = JSONResponse(self.result_body(request, call, result), headers=headers)
+            response = JSONResponse(self.result_body(request, app, call, result), headers=headers)
         self.metrics.observe(app.name, call.function, outcome, time.monotonic() - started)
         return response
 
@@ -293,15 +296,26 @@ class HttpApi:
             request_id=call.request_id,
         )
 
-    def result_body(self, request: Request, call: Call, result: ResultEvent) -> dict[str, Any]:
+    def result_body(
+        self, request: Request, app: App, call: Call, result: ResultEvent
+    ) -> dict[str, Any]:
         return {
-            "output": self.publish(request, call, result.output),
+            "output": self.publish(request, app, call, result.output),
             "request_id": call.request_id,
             "timings": result.timings,
         }
 
-    def publish(self, request: Request, call: Call, output: Any) -> Any:
-        return publish_files(output, call.request_id, self.files, str(request.base_url))
+    def publish(self, request: Request, app: App, call: Call, output: Any) -> Any:
+        """Only what the function's output schema declares as files becomes a URL."""
+        schema = app.functions.get(call.function, {}).get("output_schema")
+        return publish_files(
+            schema,
+            output,
+            call.request_id,
+            self.files,
+            str(request.base_url),
+            self.settings.max_output_file_size,
+        )
 
     async def events(
         self, request: Request, app: App, call: Call, submitted: SubmittedRequest, started: float
@@ -328,11 +342,11 @@ class HttpApi:
                         )
                     elif isinstance(event, PartialEvent):
                         yield sse_event(
-                            "partial", {"output": self.publish(request, call, event.output)}
+                            "partial", {"output": self.publish(request, app, call, event.output)}
                         )
                     elif isinstance(event, ResultEvent):
                         outcome = "ok"
-                        yield sse_event("result", self.result_body(request, call, event))
+                        yield sse_event("result", self.result_body(request, app, call, event))
             except E.SupervisorError as exc:
                 outcome = exc.type
                 yield sse_event("error", {"error": exc.to_dict(), "status": status_for(exc)})
@@ -385,7 +399,7 @@ class HttpApi:
         if (
             served is None
             or served.filename != params["filename"]
-            or not os.path.isfile(served.path)
+            or publishable(served.path, self.settings.max_output_file_size) is not None
         ):
             return error_response(
                 404, {"type": "not_found", "message": "no such file (or it expired)"}
