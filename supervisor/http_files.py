@@ -139,9 +139,12 @@ class PathPolicy:
 
 
 def check_file_inputs(
-    schema: Mapping[str, Any], data: dict[str, Any], policy: PathPolicy
+    schema: Mapping[str, Any], data: dict[str, Any], policy: PathPolicy, where: str = "input"
 ) -> list[dict[str, Any]]:
     """Vet every file value of ``data`` in place; return field errors for the refused ones.
+
+    The same for each place a caller names files: ``where`` is ``"input"`` or
+    ``"setup"``, the first item of each error's ``loc``.
 
     URLs and ``data:`` URIs stay as they are; an allowed local path (or ``file:``
     URL) becomes its real absolute path, since the child resolves relative paths
@@ -165,7 +168,7 @@ def check_file_inputs(
         else:
             continue
         if error is not None:
-            errors.append({"loc": ["input", *loc], "msg": error, "type": "file_not_allowed"})
+            errors.append({"loc": [where, *loc], "msg": error, "type": "file_not_allowed"})
     return errors
 
 

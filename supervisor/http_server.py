@@ -237,16 +237,20 @@ class HttpApi:
 
     def vet_files(self, app: App, call: Call, uploads: Mapping[Loc, Any]) -> None:
         """Refuse local paths outside the allowed directories, then place the uploads."""
+        errors: list[dict[str, Any]] = []
         schema = app.functions.get(call.function, {}).get("input_schema")
         if isinstance(schema, dict):
-            errors = check_file_inputs(schema, call.input, self.policy)
-            if errors:
-                raise Reject(
-                    422,
-                    "validation",
-                    "a file input names a path that is not allowed",
-                    errors=errors,
-                )
+            errors += check_file_inputs(schema, call.input, self.policy)
+        if call.setup is not None and isinstance(app.setup_schema, dict):
+            # Setup values name files as inputs do, under the same policy.
+            errors += check_file_inputs(app.setup_schema, call.setup, self.policy, "setup")
+        if errors:
+            raise Reject(
+                422,
+                "validation",
+                "a file input names a path that is not allowed",
+                errors=errors,
+            )
         for loc, value in uploads.items():
             try:
                 set_at(call.input, loc, value)

@@ -43,3 +43,42 @@ def test_declared_output_files_are_published_and_special_files_are_not(server: S
     assert server.client.get(output["bundle"]["files"][0]["uri"]).text == "inner"
     assert "uri" not in output["bundle"]["note"], "a dict in a plain field stays data"
     assert output["maybe"]["error"] == "output file not published: not a regular file"
+
+
+# -- files in ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        {"weights": "/etc/passwd"},
+        {"weights": {"path": "/etc/passwd"}},
+        {"weights": "file:///etc/passwd"},
+        {"weights": {"uri": "/etc/passwd"}},
+    ],
+)
+def test_setup_files_obey_allow_path(server: Server, setup: dict[str, object]) -> None:
+    response = server.client.post("/run/read", json={"input": {}, "setup": setup})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["errors"][0]["loc"] == ["setup", "weights"]
+    assert "root:" not in response.text
+
+
+def test_setup_and_nested_files_under_allow_path_are_read(server: Server, allowed: Path) -> None:
+    weights = allowed / "weights.bin"
+    weights.write_text("weights")
+    nested = allowed / "nested.txt"
+    nested.write_text("nested")
+    response = server.client.post(
+        "/run/read",
+        json={"input": {"nested": {"files": [str(nested)]}}, "setup": {"weights": str(weights)}},
+    )
+    assert response.status_code == 200, response.text
+    output = response.json()["output"]
+    assert (output["content"], output["setup_content"]) == ("nested", "weights")
+    refused = server.client.post(
+        "/run/read", json={"input": {"nested": {"files": [str(nested), "/etc/passwd"]}}}
+    )
+    assert refused.status_code == 422
+    assert refused.json()["error"]["errors"][0]["loc"] == ["input", "nested", "files", 1]
