@@ -38,6 +38,8 @@ from . import json_values
 from .app import App
 from .app_config import AppConfigError, read_manifest
 from .events import LogEvent, ProgressEvent, ResultEvent
+from .fetch_policy import DEFAULT_MAX_BYTES as DEFAULT_FETCH_MAX_BYTES
+from .fetch_policy import parse_allow
 from .log_setup import LOG_FORMATS, configure_logging
 from .supervisor import Supervisor
 
@@ -231,7 +233,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Raised once the supervisor has stopped what did start.
         raise StartupFailed(f"{directory}: {failures[0]}")
 
-    settings = ServerSettings(auth_token=token, allowed_paths=tuple(args.allow_path))
+    try:
+        parse_allow(args.allow_fetch)
+    except ValueError as exc:
+        print(f"--allow-fetch: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    settings = ServerSettings(
+        auth_token=token,
+        allowed_paths=tuple(args.allow_path),
+        allow_fetch=tuple(args.allow_fetch),
+        fetch_max_bytes=args.fetch_max_bytes,
+    )
     config = uvicorn.Config(
         create_app(start_apps, settings, gpus=lambda: running[-1].gpu_status() if running else []),
         host=args.host,
@@ -444,6 +456,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="DIR",
         help="accept local file paths as inputs under DIR (repeatable)",
+    )
+    serve.add_argument(
+        "--allow-fetch",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]|CIDR",
+        help="let file URLs reach this host or network although it is not public "
+        "(loopback, private, link-local; refused by default) (repeatable)",
+    )
+    serve.add_argument(
+        "--fetch-max-bytes",
+        type=positive_int,
+        default=DEFAULT_FETCH_MAX_BYTES,
+        metavar="BYTES",
+        help="largest file a URL input may fetch (default 1 GiB)",
     )
     serve.add_argument(
         "--shutdown-timeout",

@@ -1,16 +1,19 @@
 """Files across the HTTP boundary: which input fields are files, which local paths
 a client may name, where uploads go, and which output files may be downloaded.
 
-The SDK's ``File`` downloads http(s) URLs and decodes ``data:`` URIs itself, so
-those pass through untouched. A local path is another matter: it would let a
-remote client make the app read any file the server can read, so one is accepted
-only under directories the operator allowed (``--allow-path``). Which input
-fields are files is read from the function's input schema, where the SDK writes
-a ``File`` as ``{"type": "string", "format": "file"}``.
+The SDK's ``File`` decodes ``data:`` URIs itself, so those pass through
+untouched; http(s) URLs are fetched by the server under ``fetch_policy`` (see
+``url_fetch``) and the child gets a local path. A local path from a client
+would let it make the app read any file the server can read, so one is accepted
+only under directories the operator allowed (``--allow-path``), in the input
+and in the setup values alike. Which fields are files is read from the
+function's input schema (and the setup schema), where the SDK writes a ``File``
+as ``{"type": "string", "format": "file"}``.
 
-Downloads are the mirror image: only files an app returned are served, each
+Downloads are the mirror image: only the fields that the function's output
+schema declares as files are served (regular files within a size limit), each
 under an unguessable token kept in a bounded in-memory map, never a path that a
-client names.
+client names; anything else in an output is plain data.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ Loc = tuple[str | int, ...]
 FILE_KEYS = frozenset({"uri", "path", "content_type", "size", "filename"})
 """The keys of a File as the child puts it on the wire."""
 PASS_THROUGH_SCHEMES = frozenset({"http", "https"})
+"""Schemes that pass the path check: the server fetches them itself (``url_fetch``)."""
 MAX_DEPTH = 32
 
 
@@ -190,6 +194,14 @@ def _check_reference(ref: str, policy: PathPolicy, local: bool = False) -> tuple
             "send an http(s) URL, a data: URI or a multipart upload instead"
         )
     return resolved, None
+
+
+def remote_url(value: Any) -> str | None:
+    """The http(s) URL a file value names (a string, or a File's ``uri``), if any."""
+    uri = value.get("uri") if isinstance(value, dict) else value
+    if isinstance(uri, str) and urllib.parse.urlsplit(uri).scheme.lower() in PASS_THROUGH_SCHEMES:
+        return uri
+    return None
 
 
 def safe_filename(name: str | None, fallback: str = "upload") -> str:

@@ -53,15 +53,19 @@ from starlette.routing import Route
 from . import errors as E
 from .app import App
 from .events import LogEvent, PartialEvent, ProgressEvent, ResultEvent
+from .fetch_policy import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, FetchPolicy, parse_allow
 from .http_files import (
     DEFAULT_MAX_OUTPUT_FILE,
     FileRegistry,
     Loc,
     PathPolicy,
     check_file_inputs,
+    file_locations,
+    get_at,
     parse_field_path,
     publish_files,
     publishable,
+    remote_url,
     safe_filename,
     set_at,
     under_any,
@@ -81,6 +85,7 @@ from .http_wire import (
 from .metrics import GpuFigures, Metrics
 from .openapi import build_openapi, render_docs
 from .request import Request as SubmittedRequest
+from .url_fetch import FetchError, UrlFetcher
 
 AppsFactory = Callable[[], AbstractAsyncContextManager[Mapping[str, App]]]
 
@@ -101,6 +106,12 @@ class ServerSettings:
     max_upload_files: int = 64
     max_output_file_size: int = DEFAULT_MAX_OUTPUT_FILE
     """Bytes an output file may have to be published under ``/files``."""
+    allow_fetch: tuple[str, ...] = ()
+    """Hosts (``HOST[:PORT]``) and networks (``CIDR``) that file URLs may reach although
+    they are not public (``fetch_policy``); every public address is allowed."""
+    fetch_max_bytes: int = DEFAULT_MAX_BYTES
+    fetch_timeout: float = DEFAULT_TIMEOUT
+    """Seconds a file URL's fetch may take, redirects included."""
 
 
 # -- the endpoints ----------------------------------------------------------------
@@ -114,6 +125,12 @@ class HttpApi:
         self.metrics = Metrics(lambda: self.apps, gpus)
         self.policy = PathPolicy(tuple(Path(p) for p in settings.allowed_paths))
         self.upload_root: Path | None = None
+        self.fetch_policy = FetchPolicy(
+            parse_allow(settings.allow_fetch),
+            max_bytes=settings.fetch_max_bytes,
+            timeout=settings.fetch_timeout,
+        )
+        self.fetcher: UrlFetcher | None = None
         self.token = settings.auth_token.encode() if settings.auth_token else None
 
     def routes(self) -> list[Route]:
@@ -160,6 +177,7 @@ class HttpApi:
             call = parse_call(body, request.path_params.get("function"))
             function = call.function
             self.vet_files(app, call, uploads)
+            upload_dir = await self.fetch_remote(app, call, upload_dir)
         except Reject as exc:
             self.cleanup(upload_dir)
             if app is not None:
@@ -256,6 +274,51 @@ class HttpApi:
                 set_at(call.input, loc, value)
             except KeyError as exc:
                 raise Reject(422, "validation", str(exc.args[0])) from None
+
+    async def fetch_remote(self, app: App, call: Call, upload_dir: Path | None) -> Path | None:
+        """Fetch every http(s) file value here, under the fetch policy, and hand the child
+        a local path instead: the request's directory (made when needed) gets a link to
+        each input's file; a setup value's file stays where the cache keeps it."""
+        wanted: list[tuple[str, dict[str, Any], Loc, str]] = []
+        places = [("input", call.input, app.functions.get(call.function, {}).get("input_schema"))]
+        if call.setup is not None:
+            places.append(("setup", call.setup, app.setup_schema))
+        for where, data, schema in places:
+            if isinstance(schema, dict):
+                for loc in file_locations(schema, data):
+                    url = remote_url(get_at(data, loc))
+                    if url is not None:
+                        wanted.append((where, data, loc, url))
+        if not wanted:
+            return upload_dir
+        assert self.fetcher is not None and self.upload_root is not None, "not started"
+        made = upload_dir is None
+        directory = (
+            Path(tempfile.mkdtemp(dir=self.upload_root)) if upload_dir is None else upload_dir
+        )
+        errors: list[dict[str, Any]] = []
+        for where, data, loc, url in wanted:
+            try:
+                fetched = await self.fetcher.fetch(url, pin=where == "setup")
+            except FetchError as exc:
+                errors.append({"loc": [where, *loc], "msg": str(exc), "type": exc.kind})
+                continue
+            path = fetched.path if where == "setup" else self.fetcher.link_into(fetched, directory)
+            old = get_at(data, loc)
+            value = (
+                {k: v for k, v in old.items() if k not in ("uri", "path")}
+                if isinstance(old, dict)
+                else {}
+            )
+            value["path"] = str(path)
+            if fetched.content_type and "content_type" not in value:
+                value["content_type"] = fetched.content_type
+            set_at(data, loc, value)
+        if errors:
+            if made:
+                self.cleanup(directory)
+            raise Reject(422, "validation", "a file input could not be fetched", errors=errors)
+        return directory
 
     def cleanup(self, upload_dir: Path | None) -> None:
         """Remove a request's uploads, unless the app returned one of them as an output."""
@@ -478,6 +541,7 @@ def create_app(
         api.upload_root = Path(
             tempfile.mkdtemp(prefix="appvisor-uploads-", dir=settings.upload_dir)
         )
+        api.fetcher = UrlFetcher(api.fetch_policy, api.upload_root / "fetched")
         try:
             if isinstance(apps, Mapping):
                 api.apps = dict(apps)
@@ -487,6 +551,7 @@ def create_app(
                     api.apps = dict(started)
                     yield
         finally:
+            await api.fetcher.aclose()
             shutil.rmtree(api.upload_root, ignore_errors=True)
 
     server = Starlette(

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fetch_server import FetchServer, fetch_server
 from http_helpers import APPS, Server, running
 
 APP = str(APPS / "security")
@@ -18,9 +19,18 @@ def allowed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, allowed: Path) -> Iterator[Server]:
+def remote() -> Iterator[FetchServer]:
+    with fetch_server() as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, allowed: Path, remote: FetchServer
+) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("security-server") / "server.log"
-    with running([APP, "--allow-path", str(allowed)], log=log) as started:
+    args = [APP, "--allow-path", str(allowed), "--allow-fetch", f"127.0.0.1:{remote.port}"]
+    with running(args, log=log) as started:
         yield started
 
 
@@ -82,3 +92,41 @@ def test_setup_and_nested_files_under_allow_path_are_read(server: Server, allowe
     )
     assert refused.status_code == 422
     assert refused.json()["error"]["errors"][0]["loc"] == ["input", "nested", "files", 1]
+
+
+# -- fetches ------------------------------------------------------------------------
+
+
+def test_file_urls_are_fetched_by_the_server(server: Server, remote: FetchServer) -> None:
+    url = f"{remote.url}/file/input.txt"
+    weights = f"{remote.url}/file/weights.bin"
+    for _ in range(2):
+        response = server.client.post(
+            "/run/read", json={"input": {"file": url}, "setup": {"weights": weights}}
+        )
+        assert response.status_code == 200, response.text
+        output = response.json()["output"]
+        assert output["content"] == "content of input.txt"
+        assert output["setup_content"] == "content of weights.bin"
+        assert output["path"].startswith("/") and output["path"].endswith("input.txt")
+    assert remote.hits["/file/input.txt"] == 1, "the second request is served from the cache"
+    assert remote.hits["/file/weights.bin"] == 1
+
+
+def test_internal_urls_and_redirects_to_them_are_refused(
+    server: Server, remote: FetchServer
+) -> None:
+    internal = f"{server.url}/metrics"
+    for url in [
+        internal,
+        f"{remote.url}/redirect?to={internal}",
+        f"http://localhost:{server.port}/",
+    ]:
+        response = server.client.post("/run/read", json={"input": {"file": url}})
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]["errors"][0]
+        assert (error["loc"], error["type"]) == (["input", "file"], "fetch_refused")
+        assert "appvisor_" not in response.text
+    setup = server.client.post("/run/read", json={"input": {}, "setup": {"weights": internal}})
+    assert setup.status_code == 422
+    assert setup.json()["error"]["errors"][0]["loc"] == ["setup", "weights"]
