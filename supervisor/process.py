@@ -89,6 +89,10 @@ class ChildProcess:
         self._process = process
         self.name = name
         self.pid = process.pid
+        """The process spawned: the reaper of the app's processes (``child.reaper``), whose
+        group and tree hold them all; signals and memory figures start here."""
+        self.app_pid = process.pid
+        """The process that runs the app (its ``hello`` says which), for reports."""
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._oom_kills_at_start = oom_kill_count()
         self._signalled = False

@@ -270,7 +270,7 @@ class Slot:
         assert child is not None
         child.ready = True
         self.child = child
-        self.lifecycle.to(S.READY, f"pid {child.process.pid}")
+        self.lifecycle.to(S.READY, f"pid {child.process.app_pid}")
         self.evicted = False
         self._refill_pool()
         self.tasks.start_soon(self._heartbeat, child)
@@ -333,7 +333,7 @@ class Slot:
         if child is None or child.dead.is_set() or child.channel.closed.is_set():
             return None
         child.config, child.config_key, child.started_at = config, key, time.monotonic()
-        self.logger.info("%s: setting up standby pid %d", self.name, child.process.pid)
+        self.logger.info("%s: setting up standby pid %d", self.name, child.process.app_pid)
         return child
 
     async def _keep_standby(self) -> None:
@@ -367,14 +367,14 @@ class Slot:
             await self._terminate(child)
             return
         self.standby = child
-        self.logger.info("%s: standby pid %d loaded", self.name, child.process.pid)
+        self.logger.info("%s: standby pid %d loaded", self.name, child.process.app_pid)
 
     def _standby_died(self, child: LiveChild, status: ExitStatus) -> None:
         """Replace a standby that died, once per start: one that keeps dying would
         otherwise cost a spawn and an import over and over."""
         self.standby = None
         self.logger.warning(
-            "%s: standby pid %d died (%s)", self.name, child.process.pid, status.describe()
+            "%s: standby pid %d died (%s)", self.name, child.process.app_pid, status.describe()
         )
         if not self._standby_replaced and self.child is not None and not self.stopping:
             self._standby_replaced = True
@@ -508,7 +508,7 @@ class Slot:
             self.logger.warning(
                 "%s: child pid %d stopped: %s",
                 self.name,
-                child.process.pid,
+                child.process.app_pid,
                 self.last_exit["reason"],
             )
             if child.kill_reason is not None:
@@ -579,7 +579,9 @@ class Slot:
         with anyio.move_on_after(self.spec.unload_timeout, shield=True):
             await child.process.wait()
         if child.process.exit_status is None:
-            self.logger.warning("%s: pid %d did not unload in time", self.name, child.process.pid)
+            self.logger.warning(
+                "%s: pid %d did not unload in time", self.name, child.process.app_pid
+            )
         with anyio.CancelScope(shield=True):
             await child.process.terminate(self.spec.kill_grace)  # reaps; kills leftovers
         self.changed()
@@ -630,8 +632,8 @@ class Slot:
             "slot": self.index,
             "state": self.lifecycle.state.value,
             "state_reason": self.lifecycle.reason,
-            "pid": child.process.pid if child else None,
-            "standby_pid": self.standby.process.pid if self.standby else None,
+            "pid": child.process.app_pid if child else None,
+            "standby_pid": self.standby.process.app_pid if self.standby else None,
             "gpus": list(self.gpus),
             "restarts": self.restarts,
             "restarts_by_reason": dict(self.restarts_by_reason),

@@ -115,7 +115,11 @@ class App(BaseApp):
         """Start a process that detaches from the child: double fork + setsid, or a new session."""
         if input_data.how == "setsid":
             out = subprocess.run(
-                [sys.executable, "-c", DETACH], capture_output=True, text=True, check=True
+                [sys.executable, "-c", DETACH],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                check=True,
             )
             return SpawnOutput(pids=[int(out.stdout.split()[0])])
         process = subprocess.Popen(

@@ -1,0 +1,119 @@
+"""Every process an app starts ends with its child, however it detached.
+
+The security test app starts real detached processes (``setsid`` and a double
+fork, or ``Popen(start_new_session=True)``) that would sleep for ten minutes;
+each test ends the child one way (its SIGKILL, its own exit, the app's stop, the
+supervisor's SIGKILL) and polls until none of them runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import WaitGone
+from sup_helpers import make_supervisor, wait_for
+
+APP = Path(__file__).resolve().parents[1] / "apps" / "security"
+HOWS = ["setsid", "session"]
+GONE_WITHIN = 10.0
+"""Generous: the bound is for a loaded machine, not a promise of speed."""
+
+
+async def _spawn(app: Any) -> list[int]:
+    pids: list[int] = []
+    for how in HOWS:
+        pids += (await app.run({"how": how}, function="spawn"))["pids"]
+    return pids
+
+
+def _kill_quietly(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[int]]:
+    """Pids to kill after the test, whatever it found."""
+    pids: list[int] = []
+    yield pids
+    _kill_quietly(pids)
+
+
+@pytest.mark.anyio
+async def test_detached_processes_die_with_a_sigkilled_child(
+    spawned: list[int], wait_gone: WaitGone
+) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(APP)
+        spawned += await _spawn(app)
+        assert wait_gone(spawned, timeout=0.5) == spawned, "they run before the kill"
+        child = app.status()["pids"][0]
+        os.kill(child, signal.SIGKILL)
+        assert wait_gone(spawned, timeout=GONE_WITHIN) == []
+        await wait_for(lambda: app.status()["state"] == "ready" and app.status()["pids"] != [child])
+
+
+@pytest.mark.anyio
+async def test_detached_processes_die_when_the_app_stops(
+    spawned: list[int], wait_gone: WaitGone
+) -> None:
+    async with make_supervisor() as sup:
+        app = await sup.start(APP)
+        spawned += await _spawn(app)
+        await app.stop()
+        assert wait_gone(spawned, timeout=GONE_WITHIN) == []
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import anyio
+    from supervisor import Supervisor
+
+    async def main() -> None:
+        async with Supervisor(gpu_backend=None, pool_size=0) as sup:
+            app = await sup.start(sys.argv[1])
+            pids = []
+            for how in ("setsid", "session"):
+                pids += (await app.run({"how": how}, function="spawn"))["pids"]
+            print(json.dumps({"pids": pids, "children": app.status()["pids"]}), flush=True)
+            await anyio.sleep(600)
+
+    anyio.run(main)
+    """
+)
+
+
+def test_detached_processes_die_with_a_sigkilled_supervisor(
+    tmp_path: Path, spawned: list[int], wait_gone: WaitGone
+) -> None:
+    script = tmp_path / "supervise.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(APP)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        spawned += info["pids"] + info["children"]
+        assert wait_gone(spawned, timeout=0.5) == spawned
+        proc.kill()
+        proc.wait()
+        assert wait_gone(spawned, timeout=GONE_WITHIN) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
