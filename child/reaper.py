@@ -29,10 +29,14 @@ import os
 import resource
 import signal
 import sys
+import time
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 PARENT_PID_ENV = "SUPERVISOR_PARENT_PID"
+CGROUPS_ENV = "APPVISOR_CGROUPS"
+CGROUP_WAIT = 10.0
+EXIT_NO_CGROUP = 71
 
 
 class _SupervisorDied(Exception):
@@ -47,9 +51,30 @@ def _prctl(option: int, value: int) -> bool:
         return False
 
 
+def wait_for_cgroups() -> None:
+    """Wait until the supervisor has moved this process into its cgroups, if it made any.
+
+    Before this returns nothing else runs, so nothing can start outside them.
+    """
+    wanted = {name for name in os.environ.pop(CGROUPS_ENV, "").split(";") if name}
+    deadline = time.monotonic() + CGROUP_WAIT
+    while wanted:
+        with open("/proc/self/cgroup") as own:
+            wanted -= {line.rstrip("\n").split(":", 2)[-1] for line in own}
+        if not wanted:
+            return
+        if time.monotonic() > deadline:
+            print(f"the supervisor did not move this child into {sorted(wanted)}", file=sys.stderr)
+            os._exit(EXIT_NO_CGROUP)
+        time.sleep(0.001)
+
+
 def split_off_runtime() -> None:
     """Fork the runtime and stay here as its reaper; returns only in the runtime."""
-    if not sys.platform.startswith("linux") or not _prctl(PR_SET_CHILD_SUBREAPER, 1):
+    if not sys.platform.startswith("linux"):
+        return
+    wait_for_cgroups()
+    if not _prctl(PR_SET_CHILD_SUBREAPER, 1):
         return
     reaper = os.getpid()
     runtime = os.fork()

@@ -31,6 +31,7 @@ from protocol import Log as LogMessage
 from . import errors as E
 from .child_channel import ChildChannel
 from .child_launch import DEFAULT_SHARED_MEMORY, launch_child
+from .confinement import Confinement
 from .environment import child_environment
 from .gpu_allocation import gpu_environment
 from .gpu_monitor import ChildUsage
@@ -65,6 +66,8 @@ class SlotSpec:
     heartbeat_timeout: float = 30.0
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     python: str = sys.executable
+    confinement: Confinement | None = None
+    """Cgroups and the child user (``confinement``); None: the child's subreaper only."""
     preload: tuple[str, ...] = ()
     """Modules a child imports before its handshake (and the pool key it is taken by)."""
     shared_memory: int = DEFAULT_SHARED_MEMORY
@@ -303,6 +306,7 @@ class Slot:
                 logger=self.logger,
                 shared_memory=self.spec.shared_memory,
                 prewarm=prewarm,
+                confinement=self.spec.confinement,
             )
             load_env = {}
             self.tasks.start_soon(channel.read_loop)

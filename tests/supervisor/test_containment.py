@@ -23,7 +23,30 @@ import pytest
 from conftest import WaitGone
 from sup_helpers import make_supervisor, wait_for
 
+from supervisor import errors as E
+from supervisor.cgroups import CgroupHost
+
 APP = Path(__file__).resolve().parents[1] / "apps" / "security"
+MEM_APP = Path(__file__).resolve().parents[1] / "apps" / "mem_gpu"
+MIB = 2**20
+
+
+def _cgroups_here() -> CgroupHost | None:
+    host = CgroupHost.probe()
+    if host is not None:
+        host.close()
+    return host
+
+
+CGROUPS = _cgroups_here()
+needs_cgroups = pytest.mark.skipif(
+    CGROUPS is None,
+    reason="this process cannot make cgroups here (needs root and a writable hierarchy)",
+)
+MECHANISMS = [
+    pytest.param("subreaper", id="subreaper"),
+    pytest.param("cgroup", id="cgroup", marks=needs_cgroups),
+]
 HOWS = ["setsid", "session"]
 GONE_WITHIN = 10.0
 """Generous: the bound is for a loaded machine, not a promise of speed."""
@@ -51,10 +74,12 @@ def spawned() -> Iterator[list[int]]:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("containment", MECHANISMS)
 async def test_detached_processes_die_with_a_sigkilled_child(
-    spawned: list[int], wait_gone: WaitGone
+    spawned: list[int], wait_gone: WaitGone, containment: str
 ) -> None:
-    async with make_supervisor() as sup:
+    async with make_supervisor(containment=containment) as sup:
+        assert sup.status()["containment"]["mechanism"] == containment
         app = await sup.start(APP)
         spawned += await _spawn(app)
         assert wait_gone(spawned, timeout=0.5) == spawned, "they run before the kill"
@@ -65,10 +90,11 @@ async def test_detached_processes_die_with_a_sigkilled_child(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("containment", MECHANISMS)
 async def test_detached_processes_die_when_the_app_stops(
-    spawned: list[int], wait_gone: WaitGone
+    spawned: list[int], wait_gone: WaitGone, containment: str
 ) -> None:
-    async with make_supervisor() as sup:
+    async with make_supervisor(containment=containment) as sup:
         app = await sup.start(APP)
         spawned += await _spawn(app)
         await app.stop()
@@ -82,7 +108,7 @@ SCRIPT = textwrap.dedent(
     from supervisor import Supervisor
 
     async def main() -> None:
-        async with Supervisor(gpu_backend=None, pool_size=0) as sup:
+        async with Supervisor(gpu_backend=None, pool_size=0, containment=sys.argv[2]) as sup:
             app = await sup.start(sys.argv[1])
             pids = []
             for how in ("setsid", "session"):
@@ -95,13 +121,14 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.parametrize("containment", MECHANISMS)
 def test_detached_processes_die_with_a_sigkilled_supervisor(
-    tmp_path: Path, spawned: list[int], wait_gone: WaitGone
+    tmp_path: Path, spawned: list[int], wait_gone: WaitGone, containment: str
 ) -> None:
     script = tmp_path / "supervise.py"
     script.write_text(SCRIPT)
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(APP)], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(script), str(APP), containment], stdout=subprocess.PIPE, text=True
     )
     try:
         assert proc.stdout is not None
@@ -117,3 +144,31 @@ def test_detached_processes_die_with_a_sigkilled_supervisor(
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("containment", MECHANISMS)
+async def test_a_child_that_exits_by_itself_takes_its_detached_processes(
+    spawned: list[int], wait_gone: WaitGone, containment: str
+) -> None:
+    async with make_supervisor(containment=containment) as sup:
+        app = await sup.start(APP)
+        spawned += await _spawn(app)
+        with pytest.raises(E.ChildCrashedError):
+            await app.run({"how": "exit"}, function="spawn")
+        assert wait_gone(spawned, timeout=GONE_WITHIN) == []
+
+
+@needs_cgroups
+@pytest.mark.anyio
+async def test_the_ram_budget_is_a_hard_limit_in_a_cgroup() -> None:
+    """The kernel stops the allocation at the budget, long before the sampler's grace."""
+    async with make_supervisor(containment="cgroup", budget_grace=600) as sup:
+        app = await sup.start(MEM_APP, ram_budget=200 * MIB)
+        child = app.status()["pids"][0]
+        assert "/appvisor-" in Path(f"/proc/{child}/cgroup").read_text()
+        with pytest.raises(E.BudgetExceededError) as caught:
+            await app.run({"hold_mib": 400})
+        assert caught.value.details["oom_killed"] is True
+        assert caught.value.details["limit"] == 200 * MIB
+        assert "hard limit" in caught.value.message

@@ -113,6 +113,8 @@ class App(BaseApp):
 
     def spawn(self, input_data: SpawnInput) -> SpawnOutput:
         """Start a process that detaches from the child: double fork + setsid, or a new session."""
+        if input_data.how == "exit":
+            os._exit(3)
         if input_data.how == "setsid":
             out = subprocess.run(
                 [sys.executable, "-c", DETACH],
