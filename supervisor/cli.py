@@ -37,6 +37,9 @@ from . import errors as E
 from . import json_values
 from .app import App
 from .app_config import AppConfigError, read_manifest
+from .confinement import MODES as CONTAINMENT_MODES
+from .confinement import Confinement, ConfinementError
+from .environment import child_environment
 from .events import LogEvent, ProgressEvent, ResultEvent
 from .fetch_policy import DEFAULT_MAX_BYTES as DEFAULT_FETCH_MAX_BYTES
 from .fetch_policy import parse_allow
@@ -193,13 +196,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .http_server import ServerSettings, create_app
 
-    token = args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or None
+    try:
+        token = _auth_token(args)
+    except OSError as exc:
+        print(f"--auth-token-file: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
     if token is None and not is_loopback(args.host):
         print(
             f"refusing to serve on {args.host!r} without authentication: a non-loopback address "
             f"needs --auth-token or {AUTH_TOKEN_ENV}",
             file=sys.stderr,
         )
+        return ExitCode.USAGE
+    try:
+        Confinement(args.containment, args.child_user).check_interpreter(
+            sys.executable, child_environment({}, cuda_visible_devices="")
+        )
+    except ConfinementError as exc:
+        print(f"cannot confine the children: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     dirs = _app_dirs(args.app_dirs)
     setups = setups_by_app(args.setup, dirs)
@@ -209,7 +223,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     @contextlib.asynccontextmanager
     async def start_apps() -> AsyncIterator[Mapping[str, App]]:
-        async with Supervisor() as supervisor:
+        async with Supervisor(
+            containment=args.containment, child_user=args.child_user
+        ) as supervisor:
             running.append(supervisor)
             apps: dict[str, App] = {}
             try:
@@ -264,6 +280,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if failures:
         return exit_code_for(failures[0])
     return ExitCode.OK if server.started else ExitCode.RUNTIME
+
+
+def _auth_token(args: argparse.Namespace) -> str | None:
+    """The token from a file, the environment or (with a warning) the command line."""
+    if args.auth_token_file is not None:
+        return Path(args.auth_token_file).read_text().strip() or None
+    if args.auth_token:
+        print(
+            "warning: --auth-token is visible to every local user in the process list; "
+            f"use --auth-token-file or ${AUTH_TOKEN_ENV}",
+            file=sys.stderr,
+        )
+        return str(args.auth_token)
+    return os.environ.get(AUTH_TOKEN_ENV) or None
 
 
 def _loop_options() -> dict[str, Any]:
@@ -449,6 +479,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="require 'Authorization: Bearer TOKEN' (all but /health); "
         "required for a non-loopback --host",
+    )
+    serve.add_argument(
+        "--auth-token-file",
+        default=None,
+        metavar="PATH",
+        help="read the auth token from PATH (keeps it off the command line)",
+    )
+    serve.add_argument(
+        "--child-user",
+        default=None,
+        metavar="NAME",
+        help="run the apps' children as this unprivileged user (needs root; see Security)",
+    )
+    serve.add_argument(
+        "--containment",
+        choices=CONTAINMENT_MODES,
+        default="auto",
+        help="what holds each child's processes: a cgroup where the host allows it, "
+        "else the child's subreaper (auto, the default); cgroup fails without cgroups",
     )
     serve.add_argument(
         "--allow-path",

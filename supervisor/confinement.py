@@ -7,12 +7,12 @@ everywhere on Linux and is in place under a cgroup as well.
 
 With a child user (``serve --child-user``, ``Supervisor(child_user=...)``),
 children run as that unprivileged user instead of the supervisor's: the
-interpreter is started through ``prlimit`` (core dumps off, a file descriptor
-limit) and ``setpriv`` (the user's uid and gid, no supplementary groups, no new
-privileges), both from util-linux, so the interpreter itself is executed as the
-user and never runs as root. That user must be able to read the interpreter,
-its packages and the app; ``check_interpreter`` says so clearly before any app
-starts.
+interpreter is started through ``setpriv`` (the user's uid and gid, no
+supplementary groups, no capabilities, no new privileges) and then ``prlimit``
+(core dumps off, a file descriptor limit), both from util-linux, so the
+interpreter itself is executed as the user and never runs as root. That user
+must be able to read the interpreter, its packages and the app;
+``check_interpreter`` says so clearly before any app starts.
 
 This is not a container: the child still sees the host's file system (what its
 user may read), network and process list.
@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import resource
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -128,20 +129,33 @@ class Confinement:
         return self.cgroups.create(label)
 
     def command(self, argv: Sequence[str]) -> list[str]:
-        """``argv`` as it is executed: through prlimit and setpriv with a child user."""
+        """``argv`` as it is executed: through setpriv, then prlimit, with a child user.
+
+        prlimit runs as the user already, without capabilities, so that the
+        interpreter is looked up and executed with the user's rights only (setpriv
+        itself still executes with root's, which would hide an unreadable one).
+        """
         if self.user is None or self._tools is None:
             return list(argv)
         prlimit, setpriv = self._tools
-        files = self.max_open_files
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        files = (
+            self.max_open_files
+            if hard == resource.RLIM_INFINITY
+            else min(self.max_open_files, hard)
+        )
         return [
-            prlimit,
-            "--core=0:0",
-            f"--nofile={files}:{files}",
             setpriv,
             f"--reuid={self.user.uid}",
             f"--regid={self.user.gid}",
             "--clear-groups",
             "--no-new-privs",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+            prlimit,
+            "--core=0:0",
+            f"--nofile={files}:{files}",
             "--",
             *argv,
         ]

@@ -29,6 +29,7 @@ from .environment import child_environment
 from .gpu_allocation import AllocationError, allocate_gpus, check_explicit
 from .gpu_backend import DeviceMemory, GpuBackend, open_backend
 from .gpu_monitor import ResourceMonitor
+from .non_dumpable import is_dumpable, make_non_dumpable
 from .pool import ChildPool
 from .resource_governor import ResourceGovernor
 from .restart_policy import RestartPolicy
@@ -59,6 +60,7 @@ class Supervisor:
         containment: str = "auto",
         child_user: str | None = None,
         max_open_files: int = DEFAULT_MAX_OPEN_FILES,
+        dumpable: bool = False,
     ) -> None:
         """``shared_memory``: bytes of shared memory per child and direction that
         large byte strings travel through instead of the pipe (0 turns it off).
@@ -68,10 +70,13 @@ class Supervisor:
         (fail to start without cgroups) or ``subreaper``. ``child_user`` runs the
         children as that unprivileged user (the supervisor must be root), with no new
         privileges, no core dumps and at most ``max_open_files`` descriptors.
+        Unless ``dumpable``, the process is made non-dumpable (``non_dumpable``) so
+        that children of the same user cannot read its environment or memory.
         """
         if shared_memory < 0:
             raise ValueError("shared_memory must be at least 0")
         self.confinement = Confinement(containment, child_user, max_open_files)
+        self.dumpable = dumpable
         self.shared_memory = shared_memory
         self._backend_choice = gpu_backend
         self.gpu_backend: GpuBackend | None = None
@@ -95,6 +100,8 @@ class Supervisor:
     # -- context --------------------------------------------------------------
 
     async def __aenter__(self) -> Supervisor:
+        if not self.dumpable and not make_non_dumpable():
+            logger.warning("cannot make the supervisor non-dumpable on this platform")
         try:
             self.confinement.open()
             self.confinement.check_interpreter(
@@ -402,5 +409,5 @@ class Supervisor:
             "gpus": self.gpu_status(),
             "sampled_at": snapshot.taken_at if snapshot else None,
             "pool": self.pool.status(),
-            "containment": self.confinement.status(),
+            "containment": {**self.confinement.status(), "supervisor_dumpable": is_dumpable()},
         }

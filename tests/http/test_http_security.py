@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fetch_server import FetchServer, fetch_server
-from http_helpers import APPS, Server, running
+from http_helpers import APPS, Server, cli, running
 
 APP = str(APPS / "security")
 
@@ -130,3 +131,32 @@ def test_internal_urls_and_redirects_to_them_are_refused(
     setup = server.client.post("/run/read", json={"input": {}, "setup": {"weights": internal}})
     assert setup.status_code == 422
     assert setup.json()["error"]["errors"][0]["loc"] == ["setup", "weights"]
+
+
+# -- the token and the child user on the command line ---------------------------------
+
+
+def test_the_token_can_come_from_a_file_and_stays_off_the_command_line(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token-456\n")
+    log = tmp_path / "server.log"
+    args = [APP, "--auth-token-file", str(token_file)]
+    with running(args, token="file-token-456", log=log) as started:
+        assert started.client.post("/run", json={"input": {}}).status_code == 200
+        assert httpx.post(f"{started.url}/run", json={"input": {}}).status_code == 401
+        cmdline = Path(f"/proc/{started.process.pid}/cmdline").read_bytes()
+        assert b"file-token-456" not in cmdline
+    assert "warning: --auth-token" not in log.read_text()
+
+
+def test_a_token_on_the_command_line_is_warned_about(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    with running([APP, "--auth-token", "argv-token"], token="argv-token", log=log):
+        pass
+    assert "warning: --auth-token is visible to every local user" in log.read_text()
+
+
+def test_an_unknown_child_user_is_a_usage_error() -> None:
+    done = cli("serve", APP, "--child-user", "no-such-user-here")
+    assert done.returncode == 2
+    assert "no user named 'no-such-user-here'" in done.stderr

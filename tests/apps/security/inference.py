@@ -57,6 +57,16 @@ class SpawnOutput(BaseAppOutput):
     pids: list[int]
 
 
+class WhoAmIOutput(BaseAppOutput):
+    uid: int
+    gid: int
+    groups: list[int]
+    core_limit: list[int]
+    open_files_limit: list[int]
+    no_new_privs: str
+    cap_eff: str
+
+
 class ProcInput(BaseAppInput):
     entry: str = "environ"
 
@@ -131,6 +141,22 @@ class App(BaseApp):
             stderr=subprocess.DEVNULL,
         )
         return SpawnOutput(pids=[process.pid])
+
+    async def whoami(self, input_data: EchoInput) -> WhoAmIOutput:
+        """Who the child runs as, and under which limits."""
+        import resource
+
+        status = Path("/proc/self/status").read_text().splitlines()
+        flags = [line.split()[1] for line in status if line.startswith("NoNewPrivs")]
+        return WhoAmIOutput(
+            uid=os.getuid(),
+            gid=os.getgid(),
+            groups=os.getgroups(),
+            core_limit=list(resource.getrlimit(resource.RLIMIT_CORE)),
+            open_files_limit=list(resource.getrlimit(resource.RLIMIT_NOFILE)),
+            no_new_privs=flags[0] if flags else "",
+            cap_eff=next((line.split()[1] for line in status if line.startswith("CapEff")), ""),
+        )
 
     async def proc(self, input_data: ProcInput) -> ProcOutput:
         """Read /proc/<supervisor>/<entry>: its environment or command line."""
