@@ -238,7 +238,7 @@ class HttpApi:
                         raise Reject(422, "validation", str(exc)) from None
                     if upload_dir is None:
                         assert self.upload_root is not None, "the server is not started"
-                        upload_dir = Path(tempfile.mkdtemp(dir=self.upload_root))
+                        upload_dir = _request_dir(self.upload_root)
                     target = upload_dir / f"{index}-{safe_filename(part.filename)}"
                     await anyio.to_thread.run_sync(_save, part, target)
                     value: dict[str, Any] = {"path": str(target)}
@@ -293,9 +293,7 @@ class HttpApi:
             return upload_dir
         assert self.fetcher is not None and self.upload_root is not None, "not started"
         made = upload_dir is None
-        directory = (
-            Path(tempfile.mkdtemp(dir=self.upload_root)) if upload_dir is None else upload_dir
-        )
+        directory = _request_dir(self.upload_root) if upload_dir is None else upload_dir
         errors: list[dict[str, Any]] = []
         for where, data, loc, url in wanted:
             try:
@@ -486,10 +484,20 @@ def _parse_json(raw: bytes) -> Any:
         raise Reject(400, "bad_request", f"the request body is not valid JSON: {exc}") from None
 
 
+def _request_dir(root: Path) -> Path:
+    """A request's directory for its uploads and fetched files: searchable but not
+    listable by others, so that children running as another user (``--child-user``)
+    can open the files they are given by name, and nobody can list them."""
+    directory = Path(tempfile.mkdtemp(dir=root))
+    directory.chmod(0o711)
+    return directory
+
+
 def _save(part: UploadFile, target: Path) -> None:
     part.file.seek(0)
     with open(target, "wb") as out:
         shutil.copyfileobj(part.file, out, 1 << 20)
+    target.chmod(0o644)
 
 
 async def _outcome(
@@ -541,6 +549,7 @@ def create_app(
         api.upload_root = Path(
             tempfile.mkdtemp(prefix="appvisor-uploads-", dir=settings.upload_dir)
         )
+        api.upload_root.chmod(0o711)
         api.fetcher = UrlFetcher(api.fetch_policy, api.upload_root / "fetched")
         try:
             if isinstance(apps, Mapping):

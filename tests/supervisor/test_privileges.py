@@ -174,3 +174,56 @@ def test_unknown_and_root_child_users_are_refused() -> None:
         Supervisor(child_user="no-such-user-here")
     with pytest.raises(ConfinementError, match="root"):
         Supervisor(child_user="root")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serve_with_a_child_user_takes_uploads_and_keeps_its_secrets(tmp_path: Path) -> None:
+    import time
+
+    import httpx
+
+    port = _free_port()
+    log = (tmp_path / "server.log").open("w")
+    command = [SYSTEM_PYTHON, "-m", "supervisor", "serve", str(APP), "--child-user", "nobody"]
+    server = subprocess.Popen(
+        [*command, "--port", str(port)],
+        env={"PYTHONPATH": PYTHONPATH, "PATH": os.environ.get("PATH", ""), "SECRET": SECRET},
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while server.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert server.poll() is None, (tmp_path / "server.log").read_text()
+        upload = httpx.post(
+            f"{url}/run/read",
+            data={"request": json.dumps({"input": {}})},
+            files={"file": ("note.txt", b"uploaded bytes", "text/plain")},
+            timeout=30,
+        )
+        assert upload.status_code == 200, upload.text
+        assert upload.json()["output"]["content"] == "uploaded bytes"
+        environ = httpx.post(f"{url}/run/proc", json={"input": {}}, timeout=30)
+        assert environ.json()["output"]["outcome"] == "PermissionError"
+        assert SECRET not in environ.text
+        health = httpx.get(f"{url}/health", timeout=5).json()
+        assert health["status"] == "ok"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+    assert "children run as 'nobody'" in (tmp_path / "server.log").read_text()
