@@ -651,7 +651,15 @@ class Slot:
             if child and not child.in_flight
             else None,
             "memory": _usage_dict(self.usage) if child else None,
+            "cgroup_memory": _cgroup_memory(child.process) if child else None,
         }
+
+
+def _cgroup_memory(process: ChildProcess) -> dict[str, Any] | None:
+    """Exact figures of the child's cgroup (all its processes), where it has one."""
+    if process.cgroup is None:
+        return None
+    return {"current": process.memory_usage(), "limit": process.memory_limit}
 
 
 def _usage_dict(usage: ChildUsage | None) -> dict[str, Any] | None:

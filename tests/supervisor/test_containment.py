@@ -167,6 +167,8 @@ async def test_the_ram_budget_is_a_hard_limit_in_a_cgroup() -> None:
         app = await sup.start(MEM_APP, ram_budget=200 * MIB)
         child = app.status()["pids"][0]
         assert "/appvisor-" in Path(f"/proc/{child}/cgroup").read_text()
+        exact = app.status()["replicas"][0]["cgroup_memory"]
+        assert exact["limit"] == 200 * MIB and 0 < exact["current"] < 200 * MIB
         with pytest.raises(E.BudgetExceededError) as caught:
             await app.run({"hold_mib": 400})
         assert caught.value.details["oom_killed"] is True
