@@ -190,3 +190,45 @@ def test_the_cache_is_bounded_and_pinned_entries_stay(server: FetchServer, tmp_p
     assert len(fetcher) == 2
     assert pinned.exists() and c.exists()
     assert not a.exists() and not b.exists()
+
+
+def _resolving(monkeypatch: pytest.MonkeyPatch, names: dict[str, list[str]]) -> None:
+    """Make ``anyio.getaddrinfo`` answer ``names`` (host -> addresses) and nothing else."""
+    import socket
+
+    async def getaddrinfo(host: str, port: int, **_: object) -> list[tuple[object, ...]]:
+        if host not in names:
+            raise socket.gaierror(socket.EAI_NONAME, "unknown")
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)) for address in names[host]
+        ]
+
+    monkeypatch.setattr(anyio, "getaddrinfo", getaddrinfo)
+
+
+def test_every_address_of_a_name_is_checked(
+    server: FetchServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _resolving(monkeypatch, {"mixed.test": ["93.184.216.34", "10.0.0.7"]})
+    error = _error(UrlFetcher(FetchPolicy(), tmp_path), "http://mixed.test/x")
+    assert error.kind == "fetch_refused" and "private" in str(error)
+
+
+def test_the_connection_goes_to_the_checked_address_with_the_name_as_host(
+    server: FetchServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``rebind.test`` exists only in the patched resolver: had the client resolved the
+    name again (where a rebinding DNS server could answer differently), it would fail."""
+    _resolving(monkeypatch, {"rebind.test": ["127.0.0.1"]})
+    seen: list[str] = []
+    original = server.RequestHandlerClass.do_GET  # type: ignore[attr-defined]
+
+    def record(handler: object) -> None:
+        seen.append(handler.headers["Host"])  # type: ignore[attr-defined]
+        original(handler)
+
+    monkeypatch.setattr(server.RequestHandlerClass, "do_GET", record)
+    fetcher = UrlFetcher(FetchPolicy(parse_allow([f"rebind.test:{server.port}"])), tmp_path)
+    path = _fetch(fetcher, f"http://rebind.test:{server.port}/file/r.txt")
+    assert path.read_text() == "content of r.txt"
+    assert seen == [f"rebind.test:{server.port}"]
