@@ -132,6 +132,7 @@ def test_a_redirect_to_another_loopback_port_is_refused(
     assert error.kind == "fetch_refused", error
     assert server.hits["/redirect"] == 1
     assert other.hits["/file/secret"] == 0
+    fetcher = UrlFetcher(FetchPolicy(parse_allow([f"127.0.0.1:{server.port}"])), tmp_path)
     to_file = _error(fetcher, f"{server.url}/redirect?to=file:///etc/passwd")
     assert to_file.kind == "fetch_refused" and "only http(s)" in str(to_file)
 
