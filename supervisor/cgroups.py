@@ -8,7 +8,7 @@ the group at the limit, instead of a sampler seconds later) and count the
 group's memory exactly.
 
 ``CgroupHost.probe`` reads which hierarchies are mounted and where this process
-sits in each, and tries to make a directory ``appvisor-<pid>`` under its own
+sits in each, and tries to make a directory ``appvisor-<pid>-<n>`` under its own
 group in each one; only those that work are used (a v2 hierarchy with
 ``cgroup.kill`` or a v1 freezer/pids/memory one for membership and killing, v1
 ``memory`` or v2 with the memory controller for the limit). Directories left by
@@ -22,6 +22,7 @@ so nothing the app starts can be outside.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -35,6 +36,8 @@ logger = logging.getLogger("supervisor.cgroups")
 CGROUPS_ENV = "APPVISOR_CGROUPS"
 """The groups (as ``/proc/self/cgroup`` names them, ``;``-separated) the child waits to be in."""
 PREFIX = "appvisor-"
+_instances = itertools.count(1)
+"""Each supervisor in a process has its own directories: ``appvisor-<pid>-<n>``."""
 MEMBERSHIP_V1 = ("freezer", "pids", "memory")
 
 
@@ -45,7 +48,7 @@ class Hierarchy:
     kind: str
     """``v2``, or the v1 controller: ``memory``, ``pids``, ``freezer``."""
     base: Path
-    """This supervisor's directory in it (``.../appvisor-<pid>``)."""
+    """This supervisor's directory in it (``.../appvisor-<pid>-<n>``)."""
     name: str
     """``base`` as ``/proc/<pid>/cgroup`` names it."""
 
@@ -84,6 +87,7 @@ class CgroupHost:
                 for controller in parts[1].split(",") if parts[1] else ["v2"]:
                     places[controller] = parts[2]
         host = cls()
+        instance = next(_instances)
         for line in mount_lines:
             fields = line.split()
             if len(fields) < 4 or fields[2] not in ("cgroup", "cgroup2"):
@@ -94,7 +98,7 @@ class CgroupHost:
                 kinds = [k for k in fields[3].split(",") if k in MEMBERSHIP_V1]
             for kind in kinds:
                 if kind in places and all(h.kind != kind for h in host.hierarchies):
-                    hierarchy = _make_base(kind, Path(fields[1]), places[kind])
+                    hierarchy = _make_base(kind, Path(fields[1]), places[kind], instance)
                     if hierarchy is not None:
                         host.hierarchies.append(hierarchy)
         if not any(h.can_kill or h.kind in MEMBERSHIP_V1 for h in host.hierarchies):
@@ -206,14 +210,14 @@ class ChildCgroup:
         return removed
 
 
-def _make_base(kind: str, mount: Path, own: str) -> Hierarchy | None:
+def _make_base(kind: str, mount: Path, own: str, instance: int) -> Hierarchy | None:
     parent = mount / own.lstrip("/")
     if not parent.is_dir():
         return None
     _remove_stale(parent)
-    base = parent / f"{PREFIX}{os.getpid()}"
+    base = parent / f"{PREFIX}{os.getpid()}-{instance}"
     try:
-        base.mkdir(exist_ok=True)
+        base.mkdir()
         if not os.access(base / "cgroup.procs", os.W_OK):
             raise PermissionError(f"{base / 'cgroup.procs'} is not writable")
         if kind == "v2" and "memory" in _read(base / "cgroup.controllers"):
@@ -231,7 +235,7 @@ def _remove_stale(parent: Path) -> None:
     """Remove the directories of supervisors that are gone (after killing what is left)."""
     with contextlib.suppress(OSError):
         for entry in parent.iterdir():
-            pid = entry.name.removeprefix(PREFIX)
+            pid = entry.name.removeprefix(PREFIX).split("-")[0]
             if entry.name.startswith(PREFIX) and pid.isdigit() and not _alive(int(pid)):
                 _remove_tree(entry)
 

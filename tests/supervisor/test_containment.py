@@ -174,3 +174,17 @@ async def test_the_ram_budget_is_a_hard_limit_in_a_cgroup() -> None:
         assert caught.value.details["oom_killed"] is True
         assert caught.value.details["limit"] == 200 * MIB
         assert "hard limit" in caught.value.message
+
+
+@needs_cgroups
+@pytest.mark.anyio
+async def test_two_supervisors_in_one_process_keep_their_own_groups(
+    spawned: list[int], wait_gone: WaitGone
+) -> None:
+    async with make_supervisor(containment="cgroup") as first:
+        app = await first.start(APP)
+        spawned += await _spawn(app)
+        async with make_supervisor(containment="cgroup") as second:
+            await second.start(APP, name="second")
+        assert wait_gone(spawned, timeout=0.5) == spawned, "the second one's exit spared them"
+        assert (await app.run({"data": {"a": 1}}))["data"] == {"a": 1}
