@@ -104,6 +104,11 @@ class CgroupHost:
         if not any(h.can_kill or h.kind in MEMBERSHIP_V1 for h in host.hierarchies):
             host.close()
             return None
+        if any(h.can_kill for h in host.hierarchies):
+            # The kernel kills a v2 group whole: v1 freezer and pids add nothing.
+            spare = [h for h in host.hierarchies if h.kind in ("freezer", "pids")]
+            CgroupHost(spare).close()
+            host.hierarchies = [h for h in host.hierarchies if h not in spare]
         return host
 
     @property

@@ -188,3 +188,45 @@ async def test_two_supervisors_in_one_process_keep_their_own_groups(
             await second.start(APP, name="second")
         assert wait_gone(spawned, timeout=0.5) == spawned, "the second one's exit spared them"
         assert (await app.run({"data": {"a": 1}}))["data"] == {"a": 1}
+
+
+FORK_LATER = """
+import os, sys, time
+time.sleep(0.5)
+for _ in range(3):
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.write(1, f"{os.getpid()}\\n".encode())  # one write: lines do not interleave
+            time.sleep(600)
+        os._exit(0)
+time.sleep(600)
+"""
+
+
+@needs_cgroups
+def test_a_v1_group_without_cgroup_kill_is_emptied_member_by_member(
+    spawned: list[int], wait_gone: WaitGone
+) -> None:
+    host = CgroupHost.probe()
+    assert host is not None
+    v1 = [h for h in host.hierarchies if h.kind != "v2"]
+    if not v1:
+        host.close()
+        pytest.skip("no usable cgroup v1 hierarchy here")
+    host.hierarchies = v1
+    try:
+        group = host.create("v1-test")
+        proc = subprocess.Popen(
+            [sys.executable, "-c", FORK_LATER], stdout=subprocess.PIPE, text=True
+        )
+        group.add(proc.pid)
+        assert proc.stdout is not None
+        spawned += [proc.pid, *(int(proc.stdout.readline()) for _ in range(3))]
+        assert set(spawned) <= set(group.pids())
+        assert group.remove()
+        proc.wait()
+        proc.stdout.close()
+        assert wait_gone(spawned, timeout=GONE_WITHIN) == []
+    finally:
+        host.close()
