@@ -3,8 +3,12 @@
 No policy lives here (when to restart, whom to evict): this module only does
 what it is told, reliably. The child runs in its own session, so its process
 group holds it and whatever it spawned; termination signals the group, then
-SIGKILLs the group and any descendant that left it. Waiting is shielded from
-cancellation, so a child is always reaped and never left a zombie.
+SIGKILLs the group and any descendant that left it. The process spawned is the
+child's reaper (``child.reaper``), whose tree keeps even the processes that
+detached; where the host allows, the child also has its own cgroup
+(``confinement``), which is killed whole and removed once the child is reaped.
+Waiting is shielded from cancellation, so a child is always reaped and never
+left a zombie.
 """
 
 from __future__ import annotations
