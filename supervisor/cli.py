@@ -209,7 +209,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return ExitCode.USAGE
     try:
-        Confinement(args.containment, args.child_user).check_interpreter(
+        confinement = Confinement(args.containment, args.child_user)
+        confinement.check_interpreter(
             sys.executable, child_environment({}, cuda_visible_devices="")
         )
     except ConfinementError as exc:
@@ -259,6 +260,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allowed_paths=tuple(args.allow_path),
         allow_fetch=tuple(args.allow_fetch),
         fetch_max_bytes=args.fetch_max_bytes,
+        output_file_owner=confinement.user.uid if confinement.user else None,
     )
     config = uvicorn.Config(
         create_app(start_apps, settings, gpus=lambda: running[-1].gpu_status() if running else []),

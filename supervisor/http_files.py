@@ -265,11 +265,14 @@ DEFAULT_MAX_OUTPUT_FILE = 4 * 2**30
 """Bytes an output file may have to be published (``ServerSettings.max_output_file_size``)."""
 
 
-def publishable(path: str, max_size: int) -> str | None:
+def publishable(path: str, max_size: int, owner: int | None = None) -> str | None:
     """Why the file at ``path`` may not be published, or None when it may.
 
     Only regular files (after following links): never a device, a FIFO or a
-    directory, whose reads would never end or leak more than a file.
+    directory, whose reads would never end or leak more than a file. With
+    ``owner`` (the uid children run as, ``--child-user``), only files that user
+    owns: the server reads with more rights than the app, which must not borrow
+    them to publish what it could not read itself.
     """
     try:
         info = os.stat(path)
@@ -277,6 +280,8 @@ def publishable(path: str, max_size: int) -> str | None:
         return "the file does not exist"
     if not stat.S_ISREG(info.st_mode):
         return "not a regular file"
+    if owner is not None and info.st_uid != owner:
+        return "not owned by the user the app runs as"
     if info.st_size > max_size:
         return f"larger than the server's limit of {max_size} bytes"
     return None
@@ -289,6 +294,7 @@ def publish_files(
     registry: FileRegistry,
     base_url: str,
     max_size: int = DEFAULT_MAX_OUTPUT_FILE,
+    owner: int | None = None,
 ) -> Any:
     """``value`` with each File of the output ``schema`` turned into a download URL.
 
@@ -297,7 +303,7 @@ def publish_files(
     so an app that echoes its input cannot publish a file the client names. A
     published File loses its local ``path``, which means nothing to a remote
     client; one that cannot be published keeps no path either and says why in
-    ``error``.
+    ``error``. ``owner``: see ``publishable``.
     """
     if not isinstance(schema, Mapping) or value is None:
         return value
@@ -306,7 +312,9 @@ def publish_files(
         return value
     value = copy.deepcopy(value)
     for loc in locations:
-        published = _publish_one(get_at(value, loc), request_id, registry, base_url, max_size)
+        published = _publish_one(
+            get_at(value, loc), request_id, registry, base_url, max_size, owner
+        )
         if not loc:
             return published
         set_at(value, loc, published)
@@ -314,7 +322,12 @@ def publish_files(
 
 
 def _publish_one(
-    value: Any, request_id: str, registry: FileRegistry, base_url: str, max_size: int
+    value: Any,
+    request_id: str,
+    registry: FileRegistry,
+    base_url: str,
+    max_size: int,
+    owner: int | None,
 ) -> Any:
     if isinstance(value, str) and os.path.isabs(value):
         value = {"path": value}
@@ -322,7 +335,7 @@ def _publish_one(
         return value
     path = value["path"]
     kept = {k: v for k, v in value.items() if k in FILE_KEYS and k != "path"}
-    refused = publishable(path, max_size)
+    refused = publishable(path, max_size, owner)
     if refused is not None:
         kept.pop("uri", None)
         return {**kept, "error": f"output file not published: {refused}"}

@@ -106,6 +106,9 @@ class ServerSettings:
     max_upload_files: int = 64
     max_output_file_size: int = DEFAULT_MAX_OUTPUT_FILE
     """Bytes an output file may have to be published under ``/files``."""
+    output_file_owner: int | None = None
+    """With children running as another user: its uid, the only owner of files that
+    may be published (``serve --child-user`` sets it)."""
     allow_fetch: tuple[str, ...] = ()
     """Hosts (``HOST[:PORT]``) and networks (``CIDR``) that file URLs may reach although
     they are not public (``fetch_policy``); every public address is allowed."""
@@ -380,6 +383,7 @@ class HttpApi:
             self.files,
             str(request.base_url),
             self.settings.max_output_file_size,
+            self.settings.output_file_owner,
         )
 
     async def events(
@@ -464,7 +468,10 @@ class HttpApi:
         if (
             served is None
             or served.filename != params["filename"]
-            or publishable(served.path, self.settings.max_output_file_size) is not None
+            or publishable(
+                served.path, self.settings.max_output_file_size, self.settings.output_file_owner
+            )
+            is not None
         ):
             return error_response(
                 404, {"type": "not_found", "message": "no such file (or it expired)"}

@@ -82,3 +82,29 @@ def test_a_link_to_a_regular_file_is_served_as_that_file(tmp_path: Path) -> None
     link.symlink_to(real)
     published = _publish(_schema(out=FILE), {"out": {"path": str(link)}})
     assert published["out"]["uri"].endswith("/link.txt")
+
+
+def test_with_a_child_user_only_its_own_files_are_published(tmp_path: Path) -> None:
+    """The server reads as root: an app running as another user must not publish
+    what that user could not read (here, files this test's user owns)."""
+    mine = tmp_path / "mine.txt"
+    mine.write_text("x")
+    link = tmp_path / "link.txt"
+    link.symlink_to(mine)
+    other_uid = os.getuid() + 1
+    schema = _schema(a=FILE, b=FILE)
+    published = publish_files(
+        schema,
+        {"a": {"path": str(mine)}, "b": {"path": str(link)}},
+        "r",
+        FileRegistry(),
+        BASE,
+        100,
+        other_uid,
+    )
+    for key in ("a", "b"):
+        assert (
+            published[key]["error"]
+            == "output file not published: not owned by the user the app runs as"
+        )
+    assert "uri" in _publish(schema, {"a": {"path": str(mine)}})["a"]

@@ -217,6 +217,13 @@ def test_serve_with_a_child_user_takes_uploads_and_keeps_its_secrets(tmp_path: P
         )
         assert upload.status_code == 200, upload.text
         assert upload.json()["output"]["content"] == "uploaded bytes"
+        shadow = httpx.post(f"{url}/run/make", json={"input": {"special": "/etc/shadow"}})
+        assert shadow.status_code == 200, shadow.text
+        output = shadow.json()["output"]
+        refused = output["maybe"]["error"]
+        assert refused == "output file not published: not owned by the user the app runs as"
+        assert "uri" not in output["maybe"]
+        assert httpx.get(output["main"]["uri"]).text == "main", "its own files are served"
         environ = httpx.post(f"{url}/run/proc", json={"input": {}}, timeout=30)
         assert environ.json()["output"]["outcome"] == "PermissionError"
         assert SECRET not in environ.text
