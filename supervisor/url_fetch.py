@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import socket
+import ssl
 import time
 import urllib.parse
 from collections import OrderedDict
@@ -82,7 +83,10 @@ class UrlFetcher:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         cache_entries: int = DEFAULT_CACHE_ENTRIES,
         cache_age: float = DEFAULT_CACHE_AGE,
+        verify: ssl.SSLContext | None = None,
     ) -> None:
+        """``verify``: the TLS context that checks servers (default: the system's CAs,
+        or ``$SSL_CERT_FILE``/``$SSL_CERT_DIR``; the environment's proxies are not used)."""
         self.policy = policy
         self.cache_dir = Path(cache_dir)
         self.cache_bytes = cache_bytes
@@ -91,7 +95,10 @@ class UrlFetcher:
         self._cache: OrderedDict[str, Fetched] = OrderedDict()
         self._locks: dict[str, anyio.Lock] = {}
         self._client = httpx.AsyncClient(
-            trust_env=False, follow_redirects=False, timeout=policy.timeout
+            trust_env=False,
+            follow_redirects=False,
+            timeout=policy.timeout,
+            verify=verify or _default_tls(),
         )
 
     async def aclose(self) -> None:
@@ -244,6 +251,13 @@ class UrlFetcher:
         entry = self._cache.pop(url)
         with contextlib.suppress(OSError):
             shutil.rmtree(entry.path.parent)
+
+
+def _default_tls() -> ssl.SSLContext | bool:
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if cafile or capath:
+        return ssl.create_default_context(cafile=cafile, capath=capath)
+    return True
 
 
 def _too_large(url: str, limit: int) -> FetchError:

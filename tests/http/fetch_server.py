@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -62,6 +63,7 @@ class FetchServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.hits: collections.Counter[str] = collections.Counter()
+        self.sni: list[str | None] = []
 
     @property
     def url(self) -> str:
@@ -73,8 +75,12 @@ class FetchServer(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def fetch_server() -> Iterator[FetchServer]:
+def fetch_server(tls: ssl.SSLContext | None = None) -> Iterator[FetchServer]:
+    """The server in a thread; with ``tls``, it speaks HTTPS and records the SNI names."""
     server = FetchServer()
+    if tls is not None:
+        tls.sni_callback = lambda _sock, name, _ctx: server.sni.append(name)
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -235,3 +235,44 @@ def test_the_connection_goes_to_the_checked_address_with_the_name_as_host(
     path = _fetch(fetcher, f"http://rebind.test:{server.port}/file/r.txt")
     assert path.read_text() == "content of r.txt"
     assert seen == [f"rebind.test:{server.port}"]
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    names = ["-subj", "/CN=tls.test", "-addext", "subjectAltName=DNS:tls.test"]
+    subprocess.run(
+        [*request, "-keyout", str(key), "-out", str(cert), *names],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_https_is_verified_against_the_name_while_connecting_to_the_checked_address(
+    tls_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssl
+
+    cert, key = tls_files
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    client_tls = ssl.create_default_context(cafile=str(cert))
+    _resolving(monkeypatch, {"tls.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+    with fetch_server(server_tls) as tls_server:
+        port = tls_server.port
+        policy = FetchPolicy(parse_allow([f"tls.test:{port}", f"other.test:{port}"]))
+        fetcher = UrlFetcher(policy, tmp_path / "a", verify=client_tls)
+        path = _fetch(fetcher, f"https://tls.test:{port}/file/t.txt")
+        assert path.read_text() == "content of t.txt"
+        assert tls_server.sni == ["tls.test"]
+        mismatch = UrlFetcher(policy, tmp_path / "b", verify=client_tls)
+        error = _error(mismatch, f"https://other.test:{port}/file/t.txt")
+        assert error.kind == "fetch_failed"
+        assert tls_server.hits["/file/t.txt"] == 1
