@@ -1,8 +1,10 @@
 """``python -m child [--preload MOD[,MOD...]] [--shared-memory IN,OUT] [--prewarm] [APP_DIR]``:
 serve one app over stdio.
 
-The order matters: die with the parent, then take the protocol streams away
-from fds 0 and 1, and only then import anything that could run app code.
+The order matters: die with the parent, leave this process behind as the reaper
+of whatever the app starts (``child.reaper``; the runtime goes on in a fork),
+then take the protocol streams away from fds 0 and 1, and only then import
+anything that could run app code.
 ``--preload`` imports modules (numpy, torch, ...) before the handshake, so that a
 pre-started child pays for them before it is needed. ``--shared-memory`` names
 the inherited descriptors of the two arenas (to the child, from the child) that
@@ -17,13 +19,14 @@ import os
 import sys
 from typing import Any
 
-from child.parent_death import die_with_parent, start_group_watchdog
+from child.parent_death import die_with_parent
+from child.reaper import split_off_runtime
 from child.stdio_guard import take_over_stdio
 
 
 def main() -> None:
     die_with_parent()
-    start_group_watchdog()
+    split_off_runtime()
     stdio = take_over_stdio()
 
     import faulthandler

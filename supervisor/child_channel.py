@@ -73,6 +73,7 @@ class ChildChannel:
             kwargs["blobs_out"] = BlobWriter(arenas[0])
             kwargs["blobs_in"] = BlobReader(arenas[1])
         self.connection = Connection("supervisor", **kwargs)
+        self.process = child
         self._fds: tuple[int, int] | None = child.take_protocol_fds()
         self._reader: asyncio.ReadTransport | None = None
         self._writer: asyncio.WriteTransport | None = None
@@ -181,6 +182,7 @@ class ChildChannel:
     def _route(self, message: Message) -> None:
         if isinstance(message, Hello):
             self.hello = message
+            self.process.app_pid = message.pid
             self._hello_event.set()
         elif isinstance(message, Pong):
             event = self._pongs.pop(message.seq, None)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from protocol.shared_memory import create_arena
 
 from .child_channel import ChildChannel
+from .confinement import Confinement
 from .process import ChildProcess
 
 DEFAULT_SHARED_MEMORY = 256 * 2**20
@@ -29,6 +30,7 @@ async def launch_child(
     logger: logging.Logger,
     shared_memory: int = DEFAULT_SHARED_MEMORY,
     prewarm: bool = False,
+    confinement: Confinement | None = None,
 ) -> tuple[ChildProcess, ChildChannel]:
     """Spawn ``python -m child`` with no app yet or to load later, and its channel.
 
@@ -50,7 +52,9 @@ async def launch_child(
                 fds.append(fd)
                 mappings.append(mapping)
             argv += ["--shared-memory", ",".join(map(str, fds))]
-        process = await ChildProcess.spawn(argv, env=env, cwd=cwd, name=name, pass_fds=fds)
+        process = await ChildProcess.spawn(
+            argv, env=env, cwd=cwd, name=name, pass_fds=fds, confinement=confinement
+        )
     finally:
         for fd in fds:
             os.close(fd)  # the mappings keep the memory; the child has its own descriptors

@@ -42,7 +42,12 @@ from . import json_values
 from .app import App
 from .app_config import AppConfigError, read_manifest
 from .app_traceback import for_people
+from .confinement import MODES as CONTAINMENT_MODES
+from .confinement import Confinement, ConfinementError
+from .environment import child_environment
 from .events import LogEvent, ProgressEvent, ResultEvent
+from .fetch_policy import DEFAULT_MAX_BYTES as DEFAULT_FETCH_MAX_BYTES
+from .fetch_policy import parse_allow
 from .http_limits import HttpLimits, guarded_protocol
 from .input_fields import FieldSyntaxError, apply_fields, split_field, unknown_fields
 from .input_limits import InputLimits
@@ -252,13 +257,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .http_server import ServerSettings, create_app
 
-    token = args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or None
+    try:
+        token = _auth_token(args)
+    except OSError as exc:
+        print(f"--auth-token-file: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
     if token is None and not is_loopback(args.host):
         print(
             f"refusing to serve on {args.host!r} without authentication: a non-loopback address "
             f"needs --auth-token or {AUTH_TOKEN_ENV}",
             file=sys.stderr,
         )
+        return ExitCode.USAGE
+    try:
+        confinement = Confinement(args.containment, args.child_user)
+        confinement.check_interpreter(
+            sys.executable, child_environment({}, cuda_visible_devices="")
+        )
+    except ConfinementError as exc:
+        print(f"cannot confine the children: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    try:
+        parse_allow(args.allow_fetch)
+    except ValueError as exc:
+        print(f"--allow-fetch: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     dirs = _app_dirs(args.app_dirs)
     setups = setups_by_app(args.setup, dirs)
@@ -287,7 +309,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     @contextlib.asynccontextmanager
     async def start_apps() -> AsyncIterator[Startup]:
-        async with Supervisor() as supervisor, anyio.create_task_group() as tasks:
+        async with (
+            Supervisor(containment=args.containment, child_user=args.child_user) as supervisor,
+            anyio.create_task_group() as tasks,
+        ):
             running.append(supervisor)
 
             def starter(directory: Path) -> Callable[[], Awaitable[App]]:
@@ -325,6 +350,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         auth_token=token,
         allowed_paths=tuple(args.allow_path),
         limits=http_limits,
+        allow_fetch=tuple(args.allow_fetch),
+        fetch_max_bytes=args.fetch_max_bytes,
+        output_file_owner=confinement.user.uid if confinement.user else None,
         start_wait=args.start_wait,
         sse_keepalive=args.sse_keepalive or None,
         debug=args.debug,
@@ -368,6 +396,20 @@ def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     sock = socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
     return sock
+
+
+def _auth_token(args: argparse.Namespace) -> str | None:
+    """The token from a file, the environment or (with a warning) the command line."""
+    if args.auth_token_file is not None:
+        return Path(args.auth_token_file).read_text().strip() or None
+    if args.auth_token:
+        print(
+            "warning: --auth-token is visible to every local user in the process list; "
+            f"use --auth-token-file or ${AUTH_TOKEN_ENV}",
+            file=sys.stderr,
+        )
+        return str(args.auth_token)
+    return os.environ.get(AUTH_TOKEN_ENV) or None
 
 
 def _loop_options() -> dict[str, Any]:
@@ -650,11 +692,45 @@ def build_parser() -> argparse.ArgumentParser:
         "required for a non-loopback --host",
     )
     serve.add_argument(
+        "--auth-token-file",
+        default=None,
+        metavar="PATH",
+        help="read the auth token from PATH (keeps it off the command line)",
+    )
+    serve.add_argument(
+        "--child-user",
+        default=None,
+        metavar="NAME",
+        help="run the apps' children as this unprivileged user (needs root; see Security)",
+    )
+    serve.add_argument(
+        "--containment",
+        choices=CONTAINMENT_MODES,
+        default="auto",
+        help="what holds each child's processes: a cgroup where the host allows it, "
+        "else the child's subreaper (auto, the default); cgroup fails without cgroups",
+    )
+    serve.add_argument(
         "--allow-path",
         action="append",
         default=[],
         metavar="DIR",
         help="accept local file paths as inputs under DIR (repeatable)",
+    )
+    serve.add_argument(
+        "--allow-fetch",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]|CIDR",
+        help="let file URLs reach this host or network although it is not public "
+        "(loopback, private, link-local; refused by default) (repeatable)",
+    )
+    serve.add_argument(
+        "--fetch-max-bytes",
+        type=positive_int,
+        default=DEFAULT_FETCH_MAX_BYTES,
+        metavar="BYTES",
+        help="largest file a URL input may fetch (default 1 GiB)",
     )
     serve.add_argument(
         "--shutdown-timeout",

@@ -1,23 +1,28 @@
 """Files across the HTTP boundary: which input fields are files, which local paths
 a client may name, where uploads go, and which output files may be downloaded.
 
-The SDK's ``File`` downloads http(s) URLs and decodes ``data:`` URIs itself, so
-those pass through untouched. A local path is another matter: it would let a
-remote client make the app read any file the server can read, so one is accepted
-only under directories the operator allowed (``--allow-path``). Which input
-fields are files is read from the function's input schema, where the SDK writes
-a ``File`` as ``{"type": "string", "format": "file"}``.
+The SDK's ``File`` decodes ``data:`` URIs itself, so those pass through
+untouched; http(s) URLs are fetched by the server under ``fetch_policy`` (see
+``url_fetch``) and the child gets a local path. A local path from a client
+would let it make the app read any file the server can read, so one is accepted
+only under directories the operator allowed (``--allow-path``), in the input
+and in the setup values alike. Which fields are files is read from the
+function's input schema (and the setup schema), where the SDK writes a ``File``
+as ``{"type": "string", "format": "file"}``.
 
-Downloads are the mirror image: only files an app returned are served, each
+Downloads are the mirror image: only the fields that the function's output
+schema declares as files are served (regular files within a size limit), each
 under an unguessable token kept in a bounded in-memory map, never a path that a
-client names.
+client names; anything else in an output is plain data.
 """
 
 from __future__ import annotations
 
+import copy
 import mimetypes
 import os
 import secrets
+import stat
 import urllib.parse
 import urllib.request
 from collections import OrderedDict
@@ -31,6 +36,7 @@ Loc = tuple[str | int, ...]
 FILE_KEYS = frozenset({"uri", "path", "content_type", "size", "filename"})
 """The keys of a File as the child puts it on the wire."""
 PASS_THROUGH_SCHEMES = frozenset({"http", "https"})
+"""Schemes that pass the path check: the server fetches them itself (``url_fetch``)."""
 MAX_DEPTH = 32
 
 
@@ -137,9 +143,12 @@ class PathPolicy:
 
 
 def check_file_inputs(
-    schema: Mapping[str, Any], data: dict[str, Any], policy: PathPolicy
+    schema: Mapping[str, Any], data: dict[str, Any], policy: PathPolicy, where: str = "input"
 ) -> list[dict[str, Any]]:
     """Vet every file value of ``data`` in place; return field errors for the refused ones.
+
+    The same for each place a caller names files: ``where`` is ``"input"`` or
+    ``"setup"``, the first item of each error's ``loc``.
 
     URLs and ``data:`` URIs stay as they are; an allowed local path (or ``file:``
     URL) becomes its real absolute path, since the child resolves relative paths
@@ -163,7 +172,7 @@ def check_file_inputs(
         else:
             continue
         if error is not None:
-            errors.append({"loc": ["input", *loc], "msg": error, "type": "file_not_allowed"})
+            errors.append({"loc": [where, *loc], "msg": error, "type": "file_not_allowed"})
     return errors
 
 
@@ -185,6 +194,14 @@ def _check_reference(ref: str, policy: PathPolicy, local: bool = False) -> tuple
             "send an http(s) URL, a data: URI or a multipart upload instead"
         )
     return resolved, None
+
+
+def remote_url(value: Any) -> str | None:
+    """The http(s) URL a file value names (a string, or a File's ``uri``), if any."""
+    uri = value.get("uri") if isinstance(value, dict) else value
+    if isinstance(uri, str) and urllib.parse.urlsplit(uri).scheme.lower() in PASS_THROUGH_SCHEMES:
+        return uri
+    return None
 
 
 def safe_filename(name: str | None, fallback: str = "upload") -> str:
@@ -244,41 +261,97 @@ class FileRegistry:
         return [served.path for served in self._by_token.values()]
 
 
-def is_file_value(value: Any) -> bool:
-    """A File as the child sends it: only File keys, and a local file behind ``path``."""
-    return (
-        isinstance(value, dict)
-        and isinstance(value.get("path"), str)
-        and set(value) <= FILE_KEYS
-        and os.path.isfile(value["path"])
-    )
+DEFAULT_MAX_OUTPUT_FILE = 4 * 2**30
+"""Bytes an output file may have to be published (``ServerSettings.max_output_file_size``)."""
 
 
-def publish_files(value: Any, request_id: str, registry: FileRegistry, base_url: str) -> Any:
-    """``value`` with each output File turned into a download URL of this server.
+def publishable(path: str, max_size: int, owner: int | None = None) -> str | None:
+    """Why the file at ``path`` may not be published, or None when it may.
 
-    The local ``path`` is dropped: it means nothing to a remote client.
+    Only regular files (after following links): never a device, a FIFO or a
+    directory, whose reads would never end or leak more than a file. With
+    ``owner`` (the uid children run as, ``--child-user``), only files that user
+    owns: the server reads with more rights than the app, which must not borrow
+    them to publish what it could not read itself.
     """
-    if is_file_value(value):
-        path = value["path"]
-        filename = safe_filename(value.get("filename") or os.path.basename(path), "file")
-        content_type = value.get("content_type") or mimetypes.guess_type(filename)[0]
-        served = registry.register(request_id, path, filename, content_type)
-        url = (
-            f"{base_url.rstrip('/')}/files/{urllib.parse.quote(request_id)}/{served.token}/"
-            f"{urllib.parse.quote(filename)}"
+    try:
+        info = os.stat(path)
+    except OSError:
+        return "the file does not exist"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if owner is not None and info.st_uid != owner:
+        return "not owned by the user the app runs as"
+    if info.st_size > max_size:
+        return f"larger than the server's limit of {max_size} bytes"
+    return None
+
+
+def publish_files(
+    schema: Mapping[str, Any] | None,
+    value: Any,
+    request_id: str,
+    registry: FileRegistry,
+    base_url: str,
+    max_size: int = DEFAULT_MAX_OUTPUT_FILE,
+    owner: int | None = None,
+) -> Any:
+    """``value`` with each File of the output ``schema`` turned into a download URL.
+
+    Only the places the function's output schema declares as files are looked
+    at: a dict with a ``path`` elsewhere is plain data and goes back as it is,
+    so an app that echoes its input cannot publish a file the client names. A
+    published File loses its local ``path``, which means nothing to a remote
+    client; one that cannot be published keeps no path either and says why in
+    ``error``. ``owner``: see ``publishable``.
+    """
+    if not isinstance(schema, Mapping) or value is None:
+        return value
+    locations = file_locations(schema, value)
+    if not locations:
+        return value
+    value = copy.deepcopy(value)
+    for loc in locations:
+        published = _publish_one(
+            get_at(value, loc), request_id, registry, base_url, max_size, owner
         )
-        published: dict[str, Any] = {"uri": url, "filename": filename}
-        if content_type:
-            published["content_type"] = content_type
-        if value.get("size") is not None:
-            published["size"] = value["size"]
-        return published
-    if isinstance(value, dict):
-        return {k: publish_files(v, request_id, registry, base_url) for k, v in value.items()}
-    if isinstance(value, list):
-        return [publish_files(v, request_id, registry, base_url) for v in value]
+        if not loc:
+            return published
+        set_at(value, loc, published)
     return value
+
+
+def _publish_one(
+    value: Any,
+    request_id: str,
+    registry: FileRegistry,
+    base_url: str,
+    max_size: int,
+    owner: int | None,
+) -> Any:
+    if isinstance(value, str) and os.path.isabs(value):
+        value = {"path": value}
+    if not isinstance(value, dict) or not isinstance(value.get("path"), str):
+        return value
+    path = value["path"]
+    kept = {k: v for k, v in value.items() if k in FILE_KEYS and k != "path"}
+    refused = publishable(path, max_size, owner)
+    if refused is not None:
+        kept.pop("uri", None)
+        return {**kept, "error": f"output file not published: {refused}"}
+    filename = safe_filename(value.get("filename") or os.path.basename(path), "file")
+    content_type = value.get("content_type") or mimetypes.guess_type(filename)[0]
+    served = registry.register(request_id, path, filename, content_type)
+    url = (
+        f"{base_url.rstrip('/')}/files/{urllib.parse.quote(request_id)}/{served.token}/"
+        f"{urllib.parse.quote(filename)}"
+    )
+    published: dict[str, Any] = {"uri": url, "filename": filename}
+    if content_type:
+        published["content_type"] = content_type
+    if value.get("size") is not None:
+        published["size"] = value["size"]
+    return published
 
 
 def under_any(path: str, roots: Sequence[Path]) -> bool:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -61,13 +60,19 @@ from .app import App
 from .app_traceback import for_people
 from .docs_page import ASSETS, asset_paths, assets_dir, render_page
 from .events import Event, LogEvent, PartialEvent, ProgressEvent, ResultEvent
+from .fetch_policy import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, FetchPolicy, parse_allow
 from .http_files import (
+    DEFAULT_MAX_OUTPUT_FILE,
     FileRegistry,
     Loc,
     PathPolicy,
     check_file_inputs,
+    file_locations,
+    get_at,
     parse_field_path,
     publish_files,
+    publishable,
+    remote_url,
     safe_filename,
     set_at,
     under_any,
@@ -94,6 +99,7 @@ from .request import Request as SubmittedRequest
 from .request_log import failure_record, log_failure
 from .startup import FAILED, Startup, started
 from .status_page import render_page as render_status_page
+from .url_fetch import FetchError, UrlFetcher
 
 AppsFactory = Callable[[], AbstractAsyncContextManager[Mapping[str, App] | Startup]]
 """Entered in the lifespan: running apps, or a ``Startup`` starting them in the background."""
@@ -126,6 +132,17 @@ class ServerSettings:
     """Show the runtime's frames in the tracebacks of app errors (hidden by default)."""
     sse_keepalive: float | None = 15.0
     """Seconds of silence on an event stream before a ``: keep-alive`` comment (None: never)."""
+    max_output_file_size: int = DEFAULT_MAX_OUTPUT_FILE
+    """Bytes an output file may have to be published under ``/files``."""
+    output_file_owner: int | None = None
+    """With children running as another user: its uid, the only owner of files that
+    may be published (``serve --child-user`` sets it)."""
+    allow_fetch: tuple[str, ...] = ()
+    """Hosts (``HOST[:PORT]``) and networks (``CIDR``) that file URLs may reach although
+    they are not public (``fetch_policy``); every public address is allowed."""
+    fetch_max_bytes: int = DEFAULT_MAX_BYTES
+    fetch_timeout: float = DEFAULT_TIMEOUT
+    """Seconds a file URL's fetch may take, redirects included."""
 
 
 class NotReady(Reject):
@@ -152,6 +169,12 @@ class HttpApi:
         self.logs = RecentLogs()
         self.policy = PathPolicy(tuple(Path(p) for p in settings.allowed_paths))
         self.upload_root: Path | None = None
+        self.fetch_policy = FetchPolicy(
+            parse_allow(settings.allow_fetch),
+            max_bytes=settings.fetch_max_bytes,
+            timeout=settings.fetch_timeout,
+        )
+        self.fetcher: UrlFetcher | None = None
         self.token = settings.auth_token.encode() if settings.auth_token else None
 
     @property
@@ -224,6 +247,7 @@ class HttpApi:
             call = parse_call(body, request.path_params.get("function"))
             function = call.function
             self.vet_files(app, call, uploads)
+            upload_dir = await self.fetch_remote(app, call, upload_dir)
         except Reject as exc:
             self.cleanup(upload_dir)
             name = app.name if app is not None else request.path_params.get("app")
@@ -257,7 +281,7 @@ class HttpApi:
             failure = ("disconnected", CLIENT_CLOSED, "the client went away")
             response = Response(status_code=CLIENT_CLOSED, headers=headers)
         else:
-            response = JSONResponse(self.result_body(request, call, result), headers=headers)
+            response = JSONResponse(self.result_body(request, app, call, result), headers=headers)
         self.finish(app.name, call.function, call.request_id, started, failure)
         return response
 
@@ -325,7 +349,7 @@ class HttpApi:
                         raise Reject(422, "validation", str(exc)) from None
                     if upload_dir is None:
                         assert self.upload_root is not None, "the server is not started"
-                        upload_dir = Path(tempfile.mkdtemp(dir=self.upload_root))
+                        upload_dir = _request_dir(self.upload_root)
                     target = upload_dir / f"{index}-{safe_filename(part.filename)}"
                     await anyio.to_thread.run_sync(_save, part, target)
                     value: dict[str, Any] = {"path": str(target)}
@@ -350,21 +374,68 @@ class HttpApi:
 
     def vet_files(self, app: App, call: Call, uploads: Mapping[Loc, Any]) -> None:
         """Refuse local paths outside the allowed directories, then place the uploads."""
+        errors: list[dict[str, Any]] = []
         schema = app.functions.get(call.function, {}).get("input_schema")
         if isinstance(schema, dict):
-            errors = check_file_inputs(schema, call.input, self.policy)
-            if errors:
-                raise Reject(
-                    422,
-                    "validation",
-                    "a file input names a path that is not allowed",
-                    errors=errors,
-                )
+            errors += check_file_inputs(schema, call.input, self.policy)
+        if call.setup is not None and isinstance(app.setup_schema, dict):
+            # Setup values name files as inputs do, under the same policy.
+            errors += check_file_inputs(app.setup_schema, call.setup, self.policy, "setup")
+        if errors:
+            raise Reject(
+                422,
+                "validation",
+                "a file input names a path that is not allowed",
+                errors=errors,
+            )
         for loc, value in uploads.items():
             try:
                 set_at(call.input, loc, value)
             except KeyError as exc:
                 raise Reject(422, "validation", str(exc.args[0])) from None
+
+    async def fetch_remote(self, app: App, call: Call, upload_dir: Path | None) -> Path | None:
+        """Fetch every http(s) file value here, under the fetch policy, and hand the child
+        a local path instead: the request's directory (made when needed) gets a link to
+        each input's file; a setup value's file stays where the cache keeps it."""
+        wanted: list[tuple[str, dict[str, Any], Loc, str]] = []
+        places = [("input", call.input, app.functions.get(call.function, {}).get("input_schema"))]
+        if call.setup is not None:
+            places.append(("setup", call.setup, app.setup_schema))
+        for where, data, schema in places:
+            if isinstance(schema, dict):
+                for loc in file_locations(schema, data):
+                    url = remote_url(get_at(data, loc))
+                    if url is not None:
+                        wanted.append((where, data, loc, url))
+        if not wanted:
+            return upload_dir
+        assert self.fetcher is not None and self.upload_root is not None, "not started"
+        made = upload_dir is None
+        directory = _request_dir(self.upload_root) if upload_dir is None else upload_dir
+        errors: list[dict[str, Any]] = []
+        for where, data, loc, url in wanted:
+            try:
+                fetched = await self.fetcher.fetch(url, pin=where == "setup")
+            except FetchError as exc:
+                errors.append({"loc": [where, *loc], "msg": str(exc), "type": exc.kind})
+                continue
+            path = fetched.path if where == "setup" else self.fetcher.link_into(fetched, directory)
+            old = get_at(data, loc)
+            value = (
+                {k: v for k, v in old.items() if k not in ("uri", "path")}
+                if isinstance(old, dict)
+                else {}
+            )
+            value["path"] = str(path)
+            if fetched.content_type and "content_type" not in value:
+                value["content_type"] = fetched.content_type
+            set_at(data, loc, value)
+        if errors:
+            if made:
+                self.cleanup(directory)
+            raise Reject(422, "validation", "a file input could not be fetched", errors=errors)
+        return directory
 
     def cleanup(self, upload_dir: Path | None) -> None:
         """Remove a request's uploads, unless the app returned one of them as an output."""
@@ -409,15 +480,27 @@ class HttpApi:
             request_id=call.request_id,
         )
 
-    def result_body(self, request: Request, call: Call, result: ResultEvent) -> dict[str, Any]:
+    def result_body(
+        self, request: Request, app: App, call: Call, result: ResultEvent
+    ) -> dict[str, Any]:
         return {
-            "output": self.publish(request, call, result.output),
+            "output": self.publish(request, app, call, result.output),
             "request_id": call.request_id,
             "timings": result.timings,
         }
 
-    def publish(self, request: Request, call: Call, output: Any) -> Any:
-        return publish_files(output, call.request_id, self.files, str(request.base_url))
+    def publish(self, request: Request, app: App, call: Call, output: Any) -> Any:
+        """Only what the function's output schema declares as files becomes a URL."""
+        schema = app.functions.get(call.function, {}).get("output_schema")
+        return publish_files(
+            schema,
+            output,
+            call.request_id,
+            self.files,
+            str(request.base_url),
+            self.settings.max_output_file_size,
+            self.settings.output_file_owner,
+        )
 
     async def events(
         self, request: Request, app: App, call: Call, submitted: SubmittedRequest, started: float
@@ -446,11 +529,11 @@ class HttpApi:
                         )
                     elif isinstance(event, PartialEvent):
                         yield sse_event(
-                            "partial", {"output": self.publish(request, call, event.output)}
+                            "partial", {"output": self.publish(request, app, call, event.output)}
                         )
                     elif isinstance(event, ResultEvent):
                         failure = None
-                        yield sse_event("result", self.result_body(request, call, event))
+                        yield sse_event("result", self.result_body(request, app, call, event))
             except E.SupervisorError as exc:
                 failure = _failure(exc)
                 yield sse_event("error", {"error": self.error_body(exc), "status": status_for(exc)})
@@ -575,7 +658,10 @@ class HttpApi:
         if (
             served is None
             or served.filename != params["filename"]
-            or not os.path.isfile(served.path)
+            or publishable(
+                served.path, self.settings.max_output_file_size, self.settings.output_file_owner
+            )
+            is not None
         ):
             return error_response(
                 404, {"type": "not_found", "message": "no such file (or it expired)"}
@@ -633,10 +719,20 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+def _request_dir(root: Path) -> Path:
+    """A request's directory for its uploads and fetched files: searchable but not
+    listable by others, so that children running as another user (``--child-user``)
+    can open the files they are given by name, and nobody can list them."""
+    directory = Path(tempfile.mkdtemp(dir=root))
+    directory.chmod(0o711)
+    return directory
+
+
 def _save(part: UploadFile, target: Path) -> None:
     part.file.seek(0)
     with open(target, "wb") as out:
         shutil.copyfileobj(part.file, out, 1 << 20)
+    target.chmod(0o644)
 
 
 async def _outcome(
@@ -698,6 +794,8 @@ def create_app(
             tempfile.mkdtemp(prefix="appvisor-uploads-", dir=settings.upload_dir)
         )
         api.logs.attach()
+        api.upload_root.chmod(0o711)
+        api.fetcher = UrlFetcher(api.fetch_policy, api.upload_root / "fetched")
         try:
             if isinstance(apps, Mapping):
                 api.startup = started(apps)
@@ -708,6 +806,7 @@ def create_app(
                     yield
         finally:
             api.logs.detach()
+            await api.fetcher.aclose()
             shutil.rmtree(api.upload_root, ignore_errors=True)
 
     server = Starlette(

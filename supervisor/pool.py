@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ import anyio.abc
 
 from .child_channel import ChildChannel
 from .child_launch import DEFAULT_SHARED_MEMORY, launch_child
+from .confinement import Confinement
 from .environment import child_environment
 from .process import ChildProcess
 
@@ -67,6 +69,8 @@ class ChildPool:
         self.size = size
         self.shared_memory = shared_memory
         self.default_key = PoolKey(sys.executable, tuple(preload))
+        self.confinement: Confinement | None = None
+        """Set by the supervisor: its children's cgroups and user."""
         self._idle: dict[PoolKey, list[PooledChild]] = {}
         self._wanted: set[PoolKey] = {self.default_key} if size > 0 else set()
         self._refill = anyio.Event()
@@ -113,6 +117,7 @@ class ChildPool:
     ) -> None:
         """Keep ``size`` idle children per wanted key, until cancelled."""
         self._workdir = tempfile.TemporaryDirectory(prefix="supervisor-pool-")
+        os.chmod(self._workdir.name, 0o711)  # a child user must be able to start there
         try:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
@@ -149,6 +154,7 @@ class ChildPool:
                 logger=logger,
                 shared_memory=self.shared_memory,
                 prewarm=True,
+                confinement=self.confinement,
             )
         except OSError as exc:
             logger.warning("cannot pre-start a child: %s", exc)

@@ -3,8 +3,12 @@
 No policy lives here (when to restart, whom to evict): this module only does
 what it is told, reliably. The child runs in its own session, so its process
 group holds it and whatever it spawned; termination signals the group, then
-SIGKILLs the group and any descendant that left it. Waiting is shielded from
-cancellation, so a child is always reaped and never left a zombie.
+SIGKILLs the group and any descendant that left it. The process spawned is the
+child's reaper (``child.reaper``), whose tree keeps even the processes that
+detached; where the host allows, the child also has its own cgroup
+(``confinement``), which is killed whole and removed once the child is reaped.
+Waiting is shielded from cancellation, so a child is always reaped and never
+left a zombie.
 """
 
 from __future__ import annotations
@@ -19,7 +23,11 @@ from dataclasses import dataclass
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import psutil
+
+from .cgroups import ChildCgroup
+from .confinement import Confinement
 
 logger = logging.getLogger("supervisor.process")
 STDERR_TAIL_LINES = 50
@@ -32,11 +40,20 @@ class ExitStatus:
     code: int | None
     signal: int | None
     oom_killed: bool = False
+    memory_limit: int | None = None
+    """The hard RAM limit (the child's cgroup) that the OOM killer enforced, if so."""
 
     @classmethod
-    def from_returncode(cls, returncode: int, oom_killed: bool = False) -> ExitStatus:
+    def from_returncode(
+        cls, returncode: int, oom_killed: bool = False, memory_limit: int | None = None
+    ) -> ExitStatus:
         if returncode < 0:
-            return cls(code=None, signal=-returncode, oom_killed=oom_killed)
+            return cls(
+                code=None,
+                signal=-returncode,
+                oom_killed=oom_killed,
+                memory_limit=memory_limit if oom_killed else None,
+            )
         return cls(code=returncode, signal=None)
 
     @property
@@ -53,7 +70,10 @@ class ExitStatus:
             return f"exited with code {self.code}"
         text = f"was killed by {self.signal_name}"
         if self.oom_killed:
-            text += " (the kernel's OOM killer)"
+            text += " (the kernel's OOM killer"
+            if self.memory_limit is not None:
+                text += f", at its hard RAM limit of {self.memory_limit} bytes"
+            text += ")"
         return text
 
     def to_dict(self) -> dict[str, object]:
@@ -61,6 +81,7 @@ class ExitStatus:
             "exit_code": self.code,
             "signal": self.signal_name,
             "oom_killed": self.oom_killed,
+            **({"memory_limit": self.memory_limit} if self.memory_limit is not None else {}),
         }
 
 
@@ -85,10 +106,17 @@ class ChildProcess:
         name: str,
         protocol_fds: tuple[int, int] | None = None,
         stderr_fd: int | None = None,
+        cgroup: ChildCgroup | None = None,
     ) -> None:
         self._process = process
+        self.cgroup = cgroup
+        """The child's own cgroup, where the host allows them (``confinement``)."""
         self.name = name
         self.pid = process.pid
+        """The process spawned: the reaper of the app's processes (``child.reaper``), whose
+        group and tree hold them all; signals and memory figures start here."""
+        self.app_pid = process.pid
+        """The process that runs the app (its ``hello`` says which), for reports."""
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._oom_kills_at_start = oom_kill_count()
         self._signalled = False
@@ -110,9 +138,14 @@ class ChildProcess:
         cwd: str,
         name: str,
         pass_fds: Sequence[int] = (),
+        confinement: Confinement | None = None,
     ) -> ChildProcess:
         """Start ``argv`` with its stdin and stdout on two new pipes, whose other
-        ends the caller takes with :meth:`take_protocol_fds`."""
+        ends the caller takes with :meth:`take_protocol_fds`; ``confinement`` gives
+        it a cgroup (it waits to be moved there) and its user."""
+        cgroup = confinement.new_cgroup(name) if confinement else None
+        if confinement is not None:
+            argv, env = confinement.command(argv), confinement.environment(env, cgroup)
         to_child_read, to_child_write = os.pipe()
         from_child_read, from_child_write = os.pipe()
         stderr_read, stderr_write = os.pipe()
@@ -134,12 +167,23 @@ class ChildProcess:
         except BaseException:
             for fd in (to_child_write, from_child_read, stderr_read):
                 os.close(fd)
+            if cgroup is not None:
+                cgroup.remove()
             raise
         finally:
             for fd in (to_child_read, from_child_write, stderr_write):
                 os.close(fd)
         logger.debug("%s: spawned pid %d", name, process.pid)
-        return cls(process, name, (from_child_read, to_child_write), stderr_read)
+        child = cls(process, name, (from_child_read, to_child_write), stderr_read, cgroup)
+        if cgroup is not None:
+            try:
+                cgroup.add(process.pid)
+            except OSError:
+                child.kill()
+                await child.wait()
+                child.close_pipes()
+                raise
+        return child
 
     def take_protocol_fds(self) -> tuple[int, int]:
         """The supervisor's ends of the protocol pipes (read from the child, write
@@ -186,13 +230,21 @@ class ChildProcess:
         if self._status is None:
             with anyio.CancelScope(shield=True):
                 returncode = await self._process.wait()
-            oom = (
-                returncode == -signal.SIGKILL
-                and not self._signalled
-                and self._oom_kills_at_start >= 0
-                and oom_kill_count() > self._oom_kills_at_start
+                group_ooms = self.cgroup.oom_kills() if self.cgroup is not None else 0
+                if self.cgroup is not None:
+                    # Whatever the reaper left, the group holds; then it goes.
+                    await anyio.to_thread.run_sync(self.cgroup.remove)
+            oom = returncode == -signal.SIGKILL and (
+                group_ooms > 0
+                or (
+                    not self._signalled
+                    and self._oom_kills_at_start >= 0
+                    and oom_kill_count() > self._oom_kills_at_start
+                )
             )
-            self._status = ExitStatus.from_returncode(returncode, oom_killed=oom)
+            self._status = ExitStatus.from_returncode(
+                returncode, oom_killed=oom, memory_limit=self.memory_limit if group_ooms else None
+            )
             logger.debug("%s: pid %d %s", self.name, self.pid, self._status.describe())
         return self._status
 
@@ -208,6 +260,26 @@ class ChildProcess:
 
     def kill(self) -> None:
         self.signal_group(signal.SIGKILL)
+        if self.cgroup is not None:
+            self.cgroup.kill()
+
+    @property
+    def memory_limit(self) -> int | None:
+        return self.cgroup.memory_limit if self.cgroup is not None else None
+
+    def limit_memory(self, limit: int | None) -> bool:
+        """A hard limit on the memory of the child and all it started; False without one."""
+        if self.cgroup is None or limit is None:
+            return False
+        try:
+            return self.cgroup.limit_memory(limit)
+        except OSError as exc:
+            logger.warning("%s: cannot set a memory limit: %s", self.name, exc)
+            return False
+
+    def memory_usage(self) -> int | None:
+        """The exact memory of the child's group, where it has one."""
+        return self.cgroup.memory_usage() if self.cgroup is not None else None
 
     async def terminate(self, grace: float) -> ExitStatus:
         """SIGTERM the group, wait up to ``grace`` seconds, then SIGKILL; always reaps."""

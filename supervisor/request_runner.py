@@ -330,6 +330,15 @@ class RequestRunner:
             )
         if child.channel.fatal_error is not None:
             return E.ProtocolViolationError(child.channel.fatal_error.error.message, **details)
+        if status is not None and status.memory_limit is not None:
+            return E.BudgetExceededError(  # the kernel enforced the RAM budget (a cgroup)
+                f"the child reached its RAM budget of {status.memory_limit} bytes (a hard "
+                f"limit) while running {request.function!r} and was killed",
+                **details,
+                budget="ram",
+                used=status.memory_limit,
+                limit=status.memory_limit,
+            )
         what = status.describe() if status else "died"
         return E.ChildCrashedError(
             f"the child {what} while running {request.function!r}", **details

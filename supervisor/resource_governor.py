@@ -59,6 +59,9 @@ class ResourceGovernor:
         child = slot.child
         if child is not None and not child.dead.is_set():
             self.monitor.register(slot.name, child.process.pid)
+            ram = next((ram for s, _, ram in self._slots() if s is slot), None)
+            if ram and child.process.memory_limit != ram:
+                child.process.limit_memory(ram)  # hard, where the child has a cgroup
         else:
             self.monitor.unregister(slot.name)
 

@@ -32,6 +32,7 @@ from protocol import Progress as ProgressMessage
 from . import errors as E
 from .child_channel import ChildChannel
 from .child_launch import DEFAULT_SHARED_MEMORY, launch_child
+from .confinement import Confinement
 from .environment import child_environment
 from .gpu_allocation import gpu_environment
 from .gpu_monitor import ChildUsage
@@ -70,6 +71,8 @@ class SlotSpec:
     heartbeat_timeout: float = 30.0
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     python: str = sys.executable
+    confinement: Confinement | None = None
+    """Cgroups and the child user (``confinement``); None: the child's subreaper only."""
     preload: tuple[str, ...] = ()
     """Modules a child imports before its handshake (and the pool key it is taken by)."""
     shared_memory: int = DEFAULT_SHARED_MEMORY
@@ -332,7 +335,7 @@ class Slot:
         self._good_config = config
         if self.on_configured is not None:
             self.on_configured(config, key)
-        self.lifecycle.to(S.READY, f"pid {child.process.pid}")
+        self.lifecycle.to(S.READY, f"pid {child.process.app_pid}")
         self.evicted = False
         self._refill_pool()
         self.tasks.start_soon(self._heartbeat, child)
@@ -365,6 +368,7 @@ class Slot:
                 logger=self.logger,
                 shared_memory=self.spec.shared_memory,
                 prewarm=prewarm,
+                confinement=self.spec.confinement,
             )
             load_env = {}
             self.tasks.start_soon(channel.read_loop)
@@ -395,7 +399,7 @@ class Slot:
         if child is None or child.dead.is_set() or child.channel.closed.is_set():
             return None
         child.config, child.config_key, child.started_at = config, key, time.monotonic()
-        self.logger.info("%s: setting up standby pid %d", self.name, child.process.pid)
+        self.logger.info("%s: setting up standby pid %d", self.name, child.process.app_pid)
         return child
 
     async def _keep_standby(self) -> None:
@@ -429,14 +433,14 @@ class Slot:
             await self._terminate(child)
             return
         self.standby = child
-        self.logger.info("%s: standby pid %d loaded", self.name, child.process.pid)
+        self.logger.info("%s: standby pid %d loaded", self.name, child.process.app_pid)
 
     def _standby_died(self, child: LiveChild, status: ExitStatus) -> None:
         """Replace a standby that died, once per start: one that keeps dying would
         otherwise cost a spawn and an import over and over."""
         self.standby = None
         self.logger.warning(
-            "%s: standby pid %d died (%s)", self.name, child.process.pid, status.describe()
+            "%s: standby pid %d died (%s)", self.name, child.process.app_pid, status.describe()
         )
         if not self._standby_replaced and self.child is not None and not self.stopping:
             self._standby_replaced = True
@@ -612,7 +616,7 @@ class Slot:
             self.logger.warning(
                 "%s: child pid %d stopped: %s",
                 self.name,
-                child.process.pid,
+                child.process.app_pid,
                 self.last_exit["reason"],
             )
             if child.kill_reason is not None:
@@ -764,7 +768,9 @@ class Slot:
         with anyio.move_on_after(self.spec.unload_timeout, shield=True):
             await child.process.wait()
         if child.process.exit_status is None:
-            self.logger.warning("%s: pid %d did not unload in time", self.name, child.process.pid)
+            self.logger.warning(
+                "%s: pid %d did not unload in time", self.name, child.process.app_pid
+            )
         with anyio.CancelScope(shield=True):
             await child.process.terminate(self.spec.kill_grace)  # reaps; kills leftovers
         self.changed()
@@ -816,8 +822,8 @@ class Slot:
             "slot": self.index,
             "state": self.lifecycle.state.value,
             "state_reason": self.lifecycle.reason,
-            "pid": child.process.pid if child else None,
-            "standby_pid": self.standby.process.pid if self.standby else None,
+            "pid": child.process.app_pid if child else None,
+            "standby_pid": self.standby.process.app_pid if self.standby else None,
             "gpus": list(self.gpus),
             "restarts": self.restarts,
             "restarts_by_reason": dict(self.restarts_by_reason),
@@ -834,7 +840,15 @@ class Slot:
             if child and not child.in_flight
             else None,
             "memory": _usage_dict(self.usage) if child else None,
+            "cgroup_memory": _cgroup_memory(child.process) if child else None,
         }
+
+
+def _cgroup_memory(process: ChildProcess) -> dict[str, Any] | None:
+    """Exact figures of the child's cgroup (all its processes), where it has one."""
+    if process.cgroup is None:
+        return None
+    return {"current": process.memory_usage(), "limit": process.memory_limit}
 
 
 def _usage_dict(usage: ChildUsage | None) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ slots and returns once every replica is ready.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -23,10 +24,13 @@ from . import errors as E
 from .app import App
 from .app_config import AppConfigError, open_app_dir
 from .child_launch import DEFAULT_SHARED_MEMORY
+from .confinement import DEFAULT_MAX_OPEN_FILES, Confinement, ConfinementError
+from .environment import child_environment
 from .gpu_allocation import AllocationError, allocate_gpus, check_explicit
 from .gpu_backend import DeviceMemory, GpuBackend, open_backend
 from .gpu_monitor import ResourceMonitor
 from .input_limits import InputLimits
+from .non_dumpable import is_dumpable, make_non_dumpable
 from .pool import ChildPool
 from .resource_governor import ResourceGovernor
 from .restart_policy import RestartPolicy
@@ -54,11 +58,26 @@ class Supervisor:
         pool_size: int = 1,
         pool_preload: Sequence[str] = (),
         shared_memory: int = DEFAULT_SHARED_MEMORY,
+        containment: str = "auto",
+        child_user: str | None = None,
+        max_open_files: int = DEFAULT_MAX_OPEN_FILES,
+        dumpable: bool = False,
     ) -> None:
         """``shared_memory``: bytes of shared memory per child and direction that
-        large byte strings travel through instead of the pipe (0 turns it off)."""
+        large byte strings travel through instead of the pipe (0 turns it off).
+
+        ``containment``: ``auto`` (a cgroup per child where the host allows it, with a
+        hard limit at the app's RAM budget, else the child's subreaper), ``cgroup``
+        (fail to start without cgroups) or ``subreaper``. ``child_user`` runs the
+        children as that unprivileged user (the supervisor must be root), with no new
+        privileges, no core dumps and at most ``max_open_files`` descriptors.
+        Unless ``dumpable``, the process is made non-dumpable (``non_dumpable``) so
+        that children of the same user cannot read its environment or memory.
+        """
         if shared_memory < 0:
             raise ValueError("shared_memory must be at least 0")
+        self.confinement = Confinement(containment, child_user, max_open_files)
+        self.dumpable = dumpable
         self.shared_memory = shared_memory
         self._backend_choice = gpu_backend
         self.gpu_backend: GpuBackend | None = None
@@ -74,6 +93,7 @@ class Supervisor:
         self.apps: dict[str, App] = {}
         self.pool = ChildPool(pool_size, pool_preload, shared_memory=shared_memory)
         """Pre-started children; ``pool_size=0`` turns it off."""
+        self.pool.confinement = self.confinement
         self.monitor: ResourceMonitor | None = None
         self.governor: ResourceGovernor | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
@@ -81,6 +101,16 @@ class Supervisor:
     # -- context --------------------------------------------------------------
 
     async def __aenter__(self) -> Supervisor:
+        if not self.dumpable and not make_non_dumpable():
+            logger.warning("cannot make the supervisor non-dumpable on this platform")
+        try:
+            self.confinement.open()
+            self.confinement.check_interpreter(
+                sys.executable, child_environment({}, cuda_visible_devices="")
+            )
+        except ConfinementError as exc:
+            self.confinement.close()
+            raise E.LoadFailedError(str(exc)) from exc
         if self._backend_choice == "auto":
             self.gpu_backend = open_backend()
         elif not isinstance(self._backend_choice, str):
@@ -117,6 +147,7 @@ class Supervisor:
             await self._task_group.__aexit__(None, None, None)
             if self.gpu_backend is not None:
                 self.gpu_backend.close()
+            self.confinement.close()
         return None
 
     async def stop_all(self) -> None:
@@ -184,6 +215,7 @@ class Supervisor:
             preload=tuple(self.pool.default_key.preload if preload is None else preload),
             shared_memory=self.shared_memory,
             standby=standby,
+            confinement=self.confinement,
         )
         vram = vram_budget if vram_budget is not None else manifest.vram
         app: App | None = None
@@ -385,4 +417,5 @@ class Supervisor:
             "gpus": self.gpu_status(),
             "sampled_at": snapshot.taken_at if snapshot else None,
             "pool": self.pool.status(),
+            "containment": {**self.confinement.status(), "supervisor_dumpable": is_dumpable()},
         }

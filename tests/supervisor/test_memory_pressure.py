@@ -260,7 +260,8 @@ async def test_ram_budget_stops_a_memory_hungry_child() -> None:
         with pytest.raises(E.BudgetExceededError) as caught:
             await app.run({"hold_mib": 600, "sleep": 30})
         assert caught.value.details["budget"] == "ram"
-        assert caught.value.details["used"] > 300 * MIB
+        # At the budget where the kernel enforces it (a cgroup), over it where sampled.
+        assert caught.value.details["used"] >= 300 * MIB
         after = await app.run({})
         assert after["pid"] != before["pid"]
         assert "RAM" in app.status()["last_exit"]["reason"]

@@ -1,0 +1,232 @@
+"""Every process an app starts ends with its child, however it detached.
+
+The security test app starts real detached processes (``setsid`` and a double
+fork, or ``Popen(start_new_session=True)``) that would sleep for ten minutes;
+each test ends the child one way (its SIGKILL, its own exit, the app's stop, the
+supervisor's SIGKILL) and polls until none of them runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import WaitGone
+from sup_helpers import make_supervisor, wait_for
+
+from supervisor import errors as E
+from supervisor.cgroups import CgroupHost
+
+APP = Path(__file__).resolve().parents[1] / "apps" / "security"
+MEM_APP = Path(__file__).resolve().parents[1] / "apps" / "mem_gpu"
+MIB = 2**20
+
+
+def _cgroups_here() -> CgroupHost | None:
+    host = CgroupHost.probe()
+    if host is not None:
+        host.close()
+    return host
+
+
+CGROUPS = _cgroups_here()
+needs_cgroups = pytest.mark.skipif(
+    CGROUPS is None,
+    reason="this process cannot make cgroups here (needs root and a writable hierarchy)",
+)
+MECHANISMS = [
+    pytest.param("subreaper", id="subreaper"),
+    pytest.param("cgroup", id="cgroup", marks=needs_cgroups),
+]
+HOWS = ["setsid", "session"]
+GONE_WITHIN = 10.0
+"""Generous: the bound is for a loaded machine, not a promise of speed."""
+
+
+async def _spawn(app: Any) -> list[int]:
+    pids: list[int] = []
+    for how in HOWS:
+        pids += (await app.run({"how": how}, function="spawn"))["pids"]
+    return pids
+
+
+def _kill_quietly(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[int]]:
+    """Pids to kill after the test, whatever it found."""
+    pids: list[int] = []
+    yield pids
+    _kill_quietly(pids)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("containment", MECHANISMS)
+async def test_detached_processes_die_with_a_sigkilled_child(
+    spawned: list[int], wait_gone: WaitGone, containment: str
+) -> None:
+    async with make_supervisor(containment=containment) as sup:
+        assert sup.status()["containment"]["mechanism"] == containment
+        app = await sup.start(APP)
+        spawned += await _spawn(app)
+        assert wait_gone(spawned, timeout=0.5) == spawned, "they run before the kill"
+        child = app.status()["pids"][0]
+        os.kill(child, signal.SIGKILL)
+        assert wait_gone(spawned, timeout=GONE_WITHIN) == []
+        await wait_for(lambda: app.status()["state"] == "ready" and app.status()["pids"] != [child])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("containment", MECHANISMS)
+async def test_detached_processes_die_when_the_app_stops(
+    spawned: list[int], wait_gone: WaitGone, containment: str
+) -> None:
+    async with make_supervisor(containment=containment) as sup:
+        app = await sup.start(APP)
+        spawned += await _spawn(app)
+        await app.stop()
+        assert wait_gone(spawned, timeout=GONE_WITHIN) == []
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import anyio
+    from supervisor import Supervisor
+
+    async def main() -> None:
+        async with Supervisor(gpu_backend=None, pool_size=0, containment=sys.argv[2]) as sup:
+            app = await sup.start(sys.argv[1])
+            pids = []
+            for how in ("setsid", "session"):
+                pids += (await app.run({"how": how}, function="spawn"))["pids"]
+            print(json.dumps({"pids": pids, "children": app.status()["pids"]}), flush=True)
+            await anyio.sleep(600)
+
+    anyio.run(main)
+    """
+)
+
+
+@pytest.mark.parametrize("containment", MECHANISMS)
+def test_detached_processes_die_with_a_sigkilled_supervisor(
+    tmp_path: Path, spawned: list[int], wait_gone: WaitGone, containment: str
+) -> None:
+    script = tmp_path / "supervise.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(APP), containment], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        spawned += info["pids"] + info["children"]
+        assert wait_gone(spawned, timeout=0.5) == spawned
+        proc.kill()
+        proc.wait()
+        assert wait_gone(spawned, timeout=GONE_WITHIN) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("containment", MECHANISMS)
+async def test_a_child_that_exits_by_itself_takes_its_detached_processes(
+    spawned: list[int], wait_gone: WaitGone, containment: str
+) -> None:
+    async with make_supervisor(containment=containment) as sup:
+        app = await sup.start(APP)
+        spawned += await _spawn(app)
+        with pytest.raises(E.ChildCrashedError):
+            await app.run({"how": "exit"}, function="spawn")
+        assert wait_gone(spawned, timeout=GONE_WITHIN) == []
+
+
+@needs_cgroups
+@pytest.mark.anyio
+async def test_the_ram_budget_is_a_hard_limit_in_a_cgroup() -> None:
+    """The kernel stops the allocation at the budget, long before the sampler's grace."""
+    async with make_supervisor(containment="cgroup", budget_grace=600) as sup:
+        app = await sup.start(MEM_APP, ram_budget=200 * MIB)
+        child = app.status()["pids"][0]
+        assert "/appvisor-" in Path(f"/proc/{child}/cgroup").read_text()
+        exact = app.status()["replicas"][0]["cgroup_memory"]
+        assert exact["limit"] == 200 * MIB and 0 < exact["current"] < 200 * MIB
+        with pytest.raises(E.BudgetExceededError) as caught:
+            await app.run({"hold_mib": 400})
+        assert caught.value.details["oom_killed"] is True
+        assert caught.value.details["limit"] == 200 * MIB
+        assert "hard limit" in caught.value.message
+
+
+@needs_cgroups
+@pytest.mark.anyio
+async def test_two_supervisors_in_one_process_keep_their_own_groups(
+    spawned: list[int], wait_gone: WaitGone
+) -> None:
+    async with make_supervisor(containment="cgroup") as first:
+        app = await first.start(APP)
+        spawned += await _spawn(app)
+        async with make_supervisor(containment="cgroup") as second:
+            await second.start(APP, name="second")
+        assert wait_gone(spawned, timeout=0.5) == spawned, "the second one's exit spared them"
+        assert (await app.run({"data": {"a": 1}}))["data"] == {"a": 1}
+
+
+FORK_LATER = """
+import os, sys, time
+time.sleep(0.5)
+for _ in range(3):
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.write(1, f"{os.getpid()}\\n".encode())  # one write: lines do not interleave
+            time.sleep(600)
+        os._exit(0)
+time.sleep(600)
+"""
+
+
+@needs_cgroups
+def test_a_v1_group_without_cgroup_kill_is_emptied_member_by_member(
+    spawned: list[int], wait_gone: WaitGone
+) -> None:
+    host = CgroupHost.probe()
+    assert host is not None
+    v1 = [h for h in host.hierarchies if h.kind != "v2"]
+    if not v1:
+        host.close()
+        pytest.skip("no usable cgroup v1 hierarchy here")
+    host.hierarchies = v1
+    try:
+        group = host.create("v1-test")
+        proc = subprocess.Popen(
+            [sys.executable, "-c", FORK_LATER], stdout=subprocess.PIPE, text=True
+        )
+        group.add(proc.pid)
+        assert proc.stdout is not None
+        spawned += [proc.pid, *(int(proc.stdout.readline()) for _ in range(3))]
+        assert set(spawned) <= set(group.pids())
+        assert group.remove()
+        proc.wait()
+        proc.stdout.close()
+        assert wait_gone(spawned, timeout=GONE_WITHIN) == []
+    finally:
+        host.close()
