@@ -37,6 +37,7 @@ from . import errors as E
 from . import json_values
 from .app import App
 from .app_config import AppConfigError, read_manifest
+from .app_secrets import read_secrets_file
 from .events import LogEvent, ProgressEvent, ResultEvent
 from .log_setup import LOG_FORMATS, configure_logging
 from .supervisor import Supervisor
@@ -61,6 +62,8 @@ class ExitCode(enum.IntEnum):
 
 
 def exit_code_for(error: BaseException) -> ExitCode:
+    if isinstance(error, E.MissingSecretError):
+        return ExitCode.USAGE
     if isinstance(error, (E.InputValidationError, E.UnknownFunctionError)):
         return ExitCode.BAD_INPUT
     if isinstance(error, E.OutOfMemoryError):
@@ -159,6 +162,24 @@ def setups_by_app(
     return result
 
 
+def secrets_from_args(args: argparse.Namespace) -> dict[str, str]:
+    """Secret values by key: the host's environment (``--secrets-from-env``), then
+    each ``--secrets-file``, then each ``--secret``, later ones winning. Each app
+    takes only the keys it declares."""
+    values: dict[str, str] = dict(os.environ) if args.secrets_from_env else {}
+    for path in args.secrets_file:
+        try:
+            values.update(read_secrets_file(path))
+        except OSError as exc:
+            raise UsageError(f"--secrets-file: {exc}") from None
+    for item in args.secret:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError("--secret: expected KEY=VALUE")  # the value is never echoed
+        values[key] = value
+    return values
+
+
 def _manifest_name(directory: Path) -> str:
     try:
         return read_manifest(directory.resolve()).name
@@ -201,6 +222,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return ExitCode.USAGE
     dirs = _app_dirs(args.app_dirs)
     setups = setups_by_app(args.setup, dirs)
+    secrets = secrets_from_args(args)
     configure_logging(args.log_format, args.log_level)
     failures: list[BaseException] = []
     running: list[Supervisor] = []
@@ -220,6 +242,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         max_concurrency=args.max_concurrency,
                         run_timeout=args.run_timeout,
                         standby=args.standby,
+                        secrets=secrets,
                     )
                     apps[app.name] = app
             except E.SupervisorError as error:
@@ -291,9 +314,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         data = {}
     setup = load_json_object(args.setup, "--setup") if args.setup else None
+    secrets = secrets_from_args(args)
     configure_logging(args.log_format, args.log_level)
     try:
-        output = anyio.run(_run_once, app_dir, data, setup, args)
+        output = anyio.run(_run_once, app_dir, data, setup, secrets, args)
     except KeyboardInterrupt:
         return 130
     except E.SupervisorError as error:
@@ -305,12 +329,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _run_once(
-    app_dir: Path, data: dict[str, Any], setup: dict[str, Any] | None, args: argparse.Namespace
+    app_dir: Path,
+    data: dict[str, Any],
+    setup: dict[str, Any] | None,
+    secrets: dict[str, str],
+    args: argparse.Namespace,
 ) -> Any:
     output: Any = None
     async with Supervisor() as supervisor:
         app = await supervisor.start(
-            app_dir, setup=setup, gpus=args.gpus, run_timeout=args.run_timeout
+            app_dir, setup=setup, gpus=args.gpus, run_timeout=args.run_timeout, secrets=secrets
         )
         async for event in app.stream(data, function=args.function):
             if isinstance(event, ResultEvent):
@@ -393,6 +421,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SECONDS",
         help="fail a request that runs longer than this",
+    )
+    runtime.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a value for a secret the app declares in inf.yml (repeatable; visible to other "
+        "users in the process list: prefer --secrets-file or --secrets-from-env)",
+    )
+    runtime.add_argument(
+        "--secrets-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="secret values in dotenv format (KEY=VALUE lines; repeatable)",
+    )
+    runtime.add_argument(
+        "--secrets-from-env",
+        action="store_true",
+        help="take each declared secret from the host's variable of the same name",
     )
 
     parser = argparse.ArgumentParser(

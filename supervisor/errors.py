@@ -123,6 +123,13 @@ class AdmissionError(SupervisorError):
     type = "admission"
 
 
+class MissingSecretError(SupervisorError):
+    """A secret the app declares as required was not given; ``missing`` lists
+    each key with its description. Raised before any child starts."""
+
+    type = "missing_secret"
+
+
 class ProtocolViolationError(SupervisorError):
     """The child broke the protocol; it has been killed."""
 

@@ -69,6 +69,8 @@ class SlotSpec:
     """Modules a child imports before its handshake (and the pool key it is taken by)."""
     shared_memory: int = DEFAULT_SHARED_MEMORY
     """Bytes of each of a child's two arenas (0: none)."""
+    mask: Callable[[str], str] | None = None
+    """Hides the app's secret values in its children's logs and errors."""
     standby: bool = False
     """Keep a spare child with the app loaded (not set up), which the next start of
     the slot sets up instead of starting a child: a restart costs a setup."""
@@ -293,6 +295,7 @@ class Slot:
             process, channel, load_env = pooled.process, pooled.channel, env
             process.name = self.name
             channel.logger = self.logger
+            process.mask = channel.mask = self.spec.mask
         else:
             process, channel = await launch_child(
                 self.spec.python,
@@ -303,6 +306,7 @@ class Slot:
                 logger=self.logger,
                 shared_memory=self.spec.shared_memory,
                 prewarm=prewarm,
+                mask=self.spec.mask,
             )
             load_env = {}
             self.tasks.start_soon(channel.read_loop)

@@ -22,6 +22,7 @@ import anyio.abc
 from . import errors as E
 from .app import App
 from .app_config import AppConfigError, open_app_dir
+from .app_secrets import SecretMask, resolve_secrets
 from .child_launch import DEFAULT_SHARED_MEMORY
 from .gpu_allocation import AllocationError, allocate_gpus, check_explicit
 from .gpu_backend import DeviceMemory, GpuBackend, open_backend
@@ -142,6 +143,7 @@ class Supervisor:
         ram_budget: int | None = None,
         preload: Sequence[str] | None = None,
         standby: bool = False,
+        secrets: Mapping[str, str] | None = None,
     ) -> App:
         """Start an app and return its handle once every replica is ready.
 
@@ -150,6 +152,11 @@ class Supervisor:
         a ``setup`` instead of a start. It doubles the app's import-time memory, and
         is for apps whose import does not touch the GPU: a standby's memory is not
         counted against the budgets.
+
+        ``secrets`` holds values for the keys the app declares under ``secrets:``
+        and ``integrations:`` in ``inf.yml``; only those reach its children, and a
+        required one missing is ``MissingSecretError`` before any child starts.
+        Other keys are ignored, so one mapping can serve several apps.
         """
         if self._tasks is None:
             raise RuntimeError("use the Supervisor as an async context manager")
@@ -163,10 +170,13 @@ class Supervisor:
             raise E.InputValidationError(f"an app named {app_name!r} is already running")
         if replicas < 1 or max_concurrency < 1:
             raise ValueError("replicas and max_concurrency must be at least 1")
+        secret_values = resolve_secrets(manifest.secrets, secrets or {}, app_name)
+        mask = SecretMask(secret_values.values())
         spec = SlotSpec(
             app_dir=directory,
             name=app_name,
-            env={**manifest.env, **(env or {})},
+            env={**manifest.env, **(env or {}), **secret_values},
+            mask=mask if mask else None,
             max_concurrency=max_concurrency,
             setup_timeout=setup_timeout,
             run_timeout=run_timeout,
