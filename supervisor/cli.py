@@ -38,6 +38,7 @@ from . import json_values
 from .app import App
 from .app_config import AppConfigError, read_manifest
 from .app_secrets import read_secrets_file
+from .env_cache import ENV_CACHE_VAR, EnvCache
 from .events import LogEvent, ProgressEvent, ResultEvent
 from .log_setup import LOG_FORMATS, configure_logging
 from .supervisor import Supervisor
@@ -64,6 +65,8 @@ class ExitCode(enum.IntEnum):
 def exit_code_for(error: BaseException) -> ExitCode:
     if isinstance(error, E.MissingSecretError):
         return ExitCode.USAGE
+    if isinstance(error, E.EnvironmentFailedError):
+        return ExitCode.APP_ERROR
     if isinstance(error, (E.InputValidationError, E.UnknownFunctionError)):
         return ExitCode.BAD_INPUT
     if isinstance(error, E.OutOfMemoryError):
@@ -180,6 +183,15 @@ def secrets_from_args(args: argparse.Namespace) -> dict[str, str]:
     return values
 
 
+def supervisor_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``Supervisor`` options that ``serve`` and ``run`` share."""
+    return {
+        "app_envs": not args.no_app_env,
+        "env_cache": args.env_cache,
+        "allow_host_python": args.allow_host_python,
+    }
+
+
 def _manifest_name(directory: Path) -> str:
     try:
         return read_manifest(directory.resolve()).name
@@ -197,7 +209,7 @@ def _app_dirs(values: Sequence[str]) -> list[Path]:
 
 def _report(error: E.SupervisorError) -> None:
     print(f"error ({error.type}): {error.message}", file=sys.stderr)
-    for key in ("errors", "traceback", "stderr"):
+    for key in ("errors", "traceback", "stderr", "requirement", "installer_output"):
         if error.details.get(key):
             detail = error.details[key]
             text = json.dumps(detail, indent=2) if not isinstance(detail, str) else detail
@@ -224,12 +236,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setups = setups_by_app(args.setup, dirs)
     secrets = secrets_from_args(args)
     configure_logging(args.log_format, args.log_level)
+    _show_env_progress()
     failures: list[BaseException] = []
     running: list[Supervisor] = []
 
     @contextlib.asynccontextmanager
     async def start_apps() -> AsyncIterator[Mapping[str, App]]:
-        async with Supervisor() as supervisor:
+        async with Supervisor(**supervisor_options(args)) as supervisor:
             running.append(supervisor)
             apps: dict[str, App] = {}
             try:
@@ -316,6 +329,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup = load_json_object(args.setup, "--setup") if args.setup else None
     secrets = secrets_from_args(args)
     configure_logging(args.log_format, args.log_level)
+    _show_env_progress()
     try:
         output = anyio.run(_run_once, app_dir, data, setup, secrets, args)
     except KeyboardInterrupt:
@@ -336,7 +350,7 @@ async def _run_once(
     args: argparse.Namespace,
 ) -> Any:
     output: Any = None
-    async with Supervisor() as supervisor:
+    async with Supervisor(**supervisor_options(args)) as supervisor:
         app = await supervisor.start(
             app_dir, setup=setup, gpus=args.gpus, run_timeout=args.run_timeout, secrets=secrets
         )
@@ -346,6 +360,13 @@ async def _run_once(
             else:
                 _report_event(event, args.log_format == "json")
     return output
+
+
+def _show_env_progress() -> None:
+    """Building an environment takes minutes: its progress shows whatever the level."""
+    env_logger = logging.getLogger("supervisor.env")
+    if env_logger.getEffectiveLevel() > logging.INFO:
+        env_logger.setLevel(logging.INFO)
 
 
 def _report_event(event: Any, as_json: bool) -> None:
@@ -387,6 +408,23 @@ def cmd_schema(args: argparse.Namespace) -> int:
         "setup_schema": description.get("setup_schema"),
     }
     sys.stdout.write(json.dumps(schema, indent=2, ensure_ascii=False) + "\n")
+    return ExitCode.OK
+
+
+# -- env --------------------------------------------------------------------------
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    configure_logging(args.log_format, args.log_level)
+    cache = EnvCache(args.env_cache)
+    if args.env_command == "list":
+        for record in cache.records():
+            sys.stdout.write(json.dumps(record.to_dict()) + "\n")
+        return ExitCode.OK
+    removed = cache.prune(older_than=args.older_than * 86400)
+    for record in removed:
+        print(f"removed {record.path} ({record.size / 2**20:.1f} MiB)", file=sys.stderr)
+    print(f"{len(removed)} environment(s) removed from {cache.root}", file=sys.stderr)
     return ExitCode.OK
 
 
@@ -436,6 +474,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="FILE",
         help="secret values in dotenv format (KEY=VALUE lines; repeatable)",
+    )
+    runtime.add_argument(
+        "--no-app-env",
+        action="store_true",
+        help="run every app on this interpreter, ignoring requirements files (development)",
+    )
+    runtime.add_argument(
+        "--env-cache",
+        default=None,
+        metavar="DIR",
+        help=f"where app environments are kept (default ${ENV_CACHE_VAR} or "
+        "~/.cache/appvisor/envs)",
+    )
+    runtime.add_argument(
+        "--allow-host-python",
+        action="store_true",
+        help="run an app whose kernel: names a Python that is not installed on this "
+        "interpreter's version instead (with a warning)",
     )
     runtime.add_argument(
         "--secrets-from-env",
@@ -536,6 +592,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("app_dir", metavar="APP_DIR")
     schema.set_defaults(handler=cmd_schema, default_level="warning")
+
+    env = commands.add_parser(
+        "env",
+        parents=[common],
+        help="list or remove the apps' cached environments",
+        description="Apps with a requirements file run in environments kept under a cache "
+        "directory, one per requirements, interpreter and runtime version. 'list' prints one "
+        "JSON object per environment; 'prune' removes them (not those being built). Do not "
+        "prune environments that a running supervisor uses.",
+    )
+    env.add_argument("env_command", choices=("list", "prune"))
+    env.add_argument("--env-cache", default=None, metavar="DIR", help="the cache directory")
+    env.add_argument(
+        "--older-than",
+        type=float,
+        default=0.0,
+        metavar="DAYS",
+        help="prune only environments not used for this many days (default: all)",
+    )
+    env.set_defaults(handler=cmd_env, default_level="warning")
     return parser
 
 

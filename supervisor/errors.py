@@ -130,6 +130,19 @@ class MissingSecretError(SupervisorError):
     type = "missing_secret"
 
 
+class EnvironmentFailedError(SupervisorError):
+    """The app's environment could not be built: ``requirement`` is the one the
+    installer failed on (when it can be told), ``installer_output`` its last lines."""
+
+    type = "environment_failed"
+
+
+class InterpreterMissingError(EnvironmentFailedError):
+    """No interpreter of the Python version the app's ``kernel:`` names was found."""
+
+    type = "interpreter_missing"
+
+
 class ProtocolViolationError(SupervisorError):
     """The child broke the protocol; it has been killed."""
 

@@ -289,6 +289,7 @@ class Slot:
         env = child_environment(
             {**self.spec.env, **gpu_environment(self.gpus)},
             cuda_visible_devices=",".join(str(g) for g in self.gpus),
+            python=self.spec.python,
         )
         pooled = self._from_pool()
         if pooled is not None:

@@ -21,9 +21,12 @@ import anyio.abc
 
 from . import errors as E
 from .app import App
-from .app_config import AppConfigError, open_app_dir
+from .app_config import AppConfigError, AppManifest, open_app_dir
+from .app_interpreter import AppInterpreter, app_interpreter
 from .app_secrets import SecretMask, resolve_secrets
 from .child_launch import DEFAULT_SHARED_MEMORY
+from .env_cache import EnvCache
+from .env_spec import EnvSpec
 from .gpu_allocation import AllocationError, allocate_gpus, check_explicit
 from .gpu_backend import DeviceMemory, GpuBackend, open_backend
 from .gpu_monitor import ResourceMonitor
@@ -33,6 +36,7 @@ from .restart_policy import RestartPolicy
 from .slot import Slot, SlotSpec
 
 logger = logging.getLogger("supervisor")
+env_logger = logging.getLogger("supervisor.env")
 
 DEFAULT_QUEUE_SIZE = 256
 
@@ -54,9 +58,19 @@ class Supervisor:
         pool_size: int = 1,
         pool_preload: Sequence[str] = (),
         shared_memory: int = DEFAULT_SHARED_MEMORY,
+        app_envs: bool = True,
+        env_cache: EnvCache | str | Path | None = None,
+        allow_host_python: bool = False,
     ) -> None:
         """``shared_memory``: bytes of shared memory per child and direction that
-        large byte strings travel through instead of the pipe (0 turns it off)."""
+        large byte strings travel through instead of the pipe (0 turns it off).
+
+        ``app_envs``: an app with a requirements file runs in its own environment,
+        kept under ``env_cache`` (a directory, default ``$APPVISOR_ENV_CACHE`` or
+        ``~/.cache/appvisor/envs``); False runs every app on this interpreter.
+        ``allow_host_python``: an app whose ``kernel:`` names a Python that is not
+        installed runs on this one's version, with a warning, instead of failing.
+        """
         if shared_memory < 0:
             raise ValueError("shared_memory must be at least 0")
         self.shared_memory = shared_memory
@@ -77,6 +91,12 @@ class Supervisor:
         self.monitor: ResourceMonitor | None = None
         self.governor: ResourceGovernor | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
+        self.env_cache: EnvCache | None = None
+        if app_envs:
+            self.env_cache = env_cache if isinstance(env_cache, EnvCache) else EnvCache(env_cache)
+        self.allow_host_python = allow_host_python
+        self.installing: dict[str, dict[str, Any]] = {}
+        """Apps whose environment is being built, by name: their status until started."""
 
     # -- context --------------------------------------------------------------
 
@@ -166,15 +186,17 @@ class Supervisor:
         except AppConfigError as exc:
             raise E.LoadFailedError(str(exc)) from exc
         app_name = name or manifest.name
-        if app_name in self.apps:
+        if app_name in self.apps or app_name in self.installing:
             raise E.InputValidationError(f"an app named {app_name!r} is already running")
         if replicas < 1 or max_concurrency < 1:
             raise ValueError("replicas and max_concurrency must be at least 1")
         secret_values = resolve_secrets(manifest.secrets, secrets or {}, app_name)
         mask = SecretMask(secret_values.values())
+        interpreter = await self._interpreter(directory, manifest, app_name)
         spec = SlotSpec(
             app_dir=directory,
             name=app_name,
+            python=interpreter.python,
             env={**manifest.env, **(env or {}), **secret_values},
             mask=mask if mask else None,
             max_concurrency=max_concurrency,
@@ -220,6 +242,8 @@ class Supervisor:
             )
             app.vram_budget = vram
             app.ram_budget = ram_budget if ram_budget is not None else manifest.ram
+            app.environment = interpreter.info
+            app.warnings = list(interpreter.warnings)
             self.apps[app_name] = app
 
         await self._place(app_name, replicas, gpus, manifest.gpu_count, vram, register)
@@ -235,6 +259,46 @@ class Supervisor:
         app.cold_start = time.monotonic() - started
         logger.info("%s ready in %.3f s on %d replica(s)", app_name, app.cold_start, replicas)
         return app
+
+    async def _interpreter(
+        self, directory: Path, manifest: AppManifest, app_name: str
+    ) -> AppInterpreter:
+        """The app's interpreter; while its environment is built, the app shows in
+        ``status()`` as ``installing``, with the installer's latest line."""
+        entry: dict[str, Any] = {}
+
+        def building(spec: EnvSpec) -> None:
+            entry.update(
+                name=app_name,
+                app_dir=str(directory),
+                state="installing",
+                ready=False,
+                available=False,
+                environment={
+                    "env": spec.key,
+                    "requirements": spec.requirements.name,
+                    "python_version": spec.python.version,
+                },
+                progress=None,
+            )
+            self.installing[app_name] = entry
+
+        def progress(line: str) -> None:
+            env_logger.info("%s: %s", app_name, line)
+            entry["progress"] = line
+
+        try:
+            return await app_interpreter(
+                directory,
+                manifest,
+                cache=self.env_cache,
+                allow_host_python=self.allow_host_python,
+                on_build=building,
+                on_progress=progress,
+            )
+        finally:
+            if self.installing.get(app_name) is entry:
+                del self.installing[app_name]
 
     @staticmethod
     async def _start_slots(slots: Sequence[Slot], setup: dict[str, Any]) -> None:
@@ -383,7 +447,10 @@ class Supervisor:
     def status(self) -> dict[str, Any]:
         snapshot = self.monitor.latest if self.monitor else None
         return {
-            "apps": {name: app.status() for name, app in self.apps.items()},
+            "apps": {
+                **{name: dict(entry) for name, entry in self.installing.items()},
+                **{name: app.status() for name, app in self.apps.items()},
+            },
             "gpus": self.gpu_status(),
             "sampled_at": snapshot.taken_at if snapshot else None,
             "pool": self.pool.status(),
