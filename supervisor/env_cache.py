@@ -8,7 +8,9 @@ sharing the cache do too. A directory without its marker is a build that died
 half-way, and is removed and built again.
 
 The installer is ``uv`` when it can be found (the ``uv`` package ships its
-binary), else ``pip``; see benchmarks/README.md for why. Both read their usual
+binary), else ``pip``; see benchmarks/README.md for why. Bytecode is compiled
+at install time (pip does it anyway; uv is told to), as every child start would
+otherwise compile its imports again where ``PYTHONDONTWRITEBYTECODE`` is set. Both read their usual
 settings from the environment (``UV_INDEX_URL``, ``UV_FIND_LINKS``,
 ``PIP_INDEX_URL``, ...): with uv, the ``PIP_`` index and find-links settings are
 passed on as their ``UV_`` twins when those are not set, so one offline mirror
@@ -167,9 +169,11 @@ class EnvCache:
         app_dir = spec.requirements.parent  # relative paths in the file resolve from there
         if self.installer == "uv":
             assert self._uv is not None
+            uv = self._uv
+            install = [uv, "pip", "install", "--compile-bytecode", "--python", python]
             return [
-                ([self._uv, "venv", "--quiet", "--python", spec.python.path, str(path)], self.root),
-                ([self._uv, "pip", "install", "--python", python, *requirements], app_dir),
+                ([uv, "venv", "--quiet", "--python", spec.python.path, str(path)], self.root),
+                ([*install, *requirements], app_dir),
             ]
         return [
             ([spec.python.path, "-m", "venv", str(path)], self.root),
