@@ -41,6 +41,7 @@ from .app_secrets import read_secrets_file
 from .env_cache import ENV_CACHE_VAR, EnvCache
 from .events import LogEvent, ProgressEvent, ResultEvent
 from .log_setup import LOG_FORMATS, configure_logging
+from .output_files import keep_output_files
 from .supervisor import Supervisor
 
 logger = logging.getLogger("supervisor.cli")
@@ -189,6 +190,7 @@ def supervisor_options(args: argparse.Namespace) -> dict[str, Any]:
         "app_envs": not args.no_app_env,
         "env_cache": args.env_cache,
         "allow_host_python": args.allow_host_python,
+        "strict": args.strict,
     }
 
 
@@ -359,6 +361,12 @@ async def _run_once(
                 output = event.output
             else:
                 _report_event(event, args.log_format == "json")
+        # Before the app unloads: its unload may delete them.
+        schema = app.functions.get(args.function, {}).get("output_schema")
+        try:
+            output = keep_output_files(output, schema, Path(args.output_dir))
+        except OSError as exc:
+            raise E.SupervisorError(f"cannot keep the output files: {exc}") from exc
     return output
 
 
@@ -494,6 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
         "interpreter's version instead (with a warning)",
     )
     runtime.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail a start for what is otherwise a warning: packages.txt entries not "
+        "installed, GPUs declared on a machine without",
+    )
+    runtime.add_argument(
         "--secrets-from-env",
         action="store_true",
         help="take each declared secret from the host's variable of the same name",
@@ -580,6 +594,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the input (default: APP_DIR/input.json; @- reads stdin)",
     )
     run.add_argument("--setup", default=None, metavar="JSON|@FILE", help="setup values")
+    run.add_argument(
+        "--output-dir",
+        default=".",
+        metavar="DIR",
+        help="where output files are copied before the app unloads (default: the current "
+        "directory); the printed output names the copies",
+    )
     run.set_defaults(handler=cmd_run, default_level="warning")
 
     schema = commands.add_parser(

@@ -143,6 +143,13 @@ class InterpreterMissingError(EnvironmentFailedError):
     type = "interpreter_missing"
 
 
+class MissingSystemPackagesError(EnvironmentFailedError):
+    """With ``strict``: system packages the app lists in ``packages.txt`` are not
+    installed (``missing``)."""
+
+    type = "missing_system_packages"
+
+
 class ProtocolViolationError(SupervisorError):
     """The child broke the protocol; it has been killed."""
 

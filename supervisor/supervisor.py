@@ -34,6 +34,7 @@ from .pool import ChildPool
 from .resource_governor import ResourceGovernor
 from .restart_policy import RestartPolicy
 from .slot import Slot, SlotSpec
+from .system_packages import listed_packages, missing_packages
 
 logger = logging.getLogger("supervisor")
 env_logger = logging.getLogger("supervisor.env")
@@ -61,6 +62,7 @@ class Supervisor:
         app_envs: bool = True,
         env_cache: EnvCache | str | Path | None = None,
         allow_host_python: bool = False,
+        strict: bool = False,
     ) -> None:
         """``shared_memory``: bytes of shared memory per child and direction that
         large byte strings travel through instead of the pipe (0 turns it off).
@@ -95,6 +97,7 @@ class Supervisor:
         if app_envs:
             self.env_cache = env_cache if isinstance(env_cache, EnvCache) else EnvCache(env_cache)
         self.allow_host_python = allow_host_python
+        self.strict = strict
         self.installing: dict[str, dict[str, Any]] = {}
         """Apps whose environment is being built, by name: their status until started."""
 
@@ -192,6 +195,7 @@ class Supervisor:
             raise ValueError("replicas and max_concurrency must be at least 1")
         secret_values = resolve_secrets(manifest.secrets, secrets or {}, app_name)
         mask = SecretMask(secret_values.values())
+        machine_warnings = await self._check_machine(directory, manifest, app_name, gpus)
         interpreter = await self._interpreter(directory, manifest, app_name)
         spec = SlotSpec(
             app_dir=directory,
@@ -243,7 +247,7 @@ class Supervisor:
             app.vram_budget = vram
             app.ram_budget = ram_budget if ram_budget is not None else manifest.ram
             app.environment = interpreter.info
-            app.warnings = list(interpreter.warnings)
+            app.warnings = [*machine_warnings, *interpreter.warnings]
             self.apps[app_name] = app
 
         await self._place(app_name, replicas, gpus, manifest.gpu_count, vram, register)
@@ -259,6 +263,37 @@ class Supervisor:
         app.cold_start = time.monotonic() - started
         logger.info("%s ready in %.3f s on %d replica(s)", app_name, app.cold_start, replicas)
         return app
+
+    async def _check_machine(
+        self,
+        directory: Path,
+        manifest: AppManifest,
+        app_name: str,
+        gpus: int | Sequence[int] | None,
+    ) -> list[str]:
+        """What the app declares and this machine lacks: warnings, or with ``strict``
+        the error. Only checked, never installed."""
+        warnings = []
+        missing = await anyio.to_thread.run_sync(missing_packages, listed_packages(directory))
+        if missing:
+            text = (
+                f"packages.txt lists {', '.join(missing)}, not installed on this machine "
+                "(system packages are not installed by the runtime)"
+            )
+            if self.strict:
+                raise E.MissingSystemPackagesError(f"{app_name}: {text}", missing=missing)
+            warnings.append(text)
+        if manifest.gpu_count and gpus is None and not await self._devices():
+            text = (
+                f"inf.yml declares {manifest.gpu_count} GPU(s), but this machine has none: "
+                "running without"
+            )
+            if self.strict:
+                raise E.AdmissionError(f"{app_name}: {text}")
+            warnings.append(text)
+        for warning in warnings:
+            logger.warning("%s: %s", app_name, warning)
+        return warnings
 
     async def _interpreter(
         self, directory: Path, manifest: AppManifest, app_name: str

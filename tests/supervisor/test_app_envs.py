@@ -104,6 +104,9 @@ async def test_a_second_app_of_the_same_environment_is_served_from_the_pool(
         first_out, second_out = await app.run({}), await other.run({})
     assert second_out["prefix"] == first_out["prefix"]
     assert second_out["versions"]["six"] == "1.17.0"
+    # Installed with its bytecode: no child start compiles the environment again.
+    site = next(Path(first_out["prefix"]).glob("lib/python3.*/site-packages"))
+    assert list((site / "__pycache__").glob("six.cpython-*.pyc"))
 
 
 async def test_concurrent_starts_build_one_environment_once(
