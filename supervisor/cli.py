@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import enum
+import functools
 import ipaddress
 import json
 import logging
@@ -36,7 +37,8 @@ import anyio
 from . import errors as E
 from . import json_values
 from .app import App
-from .app_config import AppConfigError, read_manifest
+from .app_config import AppConfigError, open_app_dir, read_manifest
+from .app_interpreter import app_interpreter
 from .app_secrets import read_secrets_file
 from .env_cache import ENV_CACHE_VAR, EnvCache
 from .events import LogEvent, ProgressEvent, ResultEvent
@@ -397,13 +399,35 @@ def _report_event(event: Any, as_json: bool) -> None:
 FUNCTION_KEYS = ("description", "input_schema", "output_schema", "streaming")
 
 
+def _schema_interpreter(app_dir: Path, args: argparse.Namespace) -> str:
+    """The interpreter the app would run on (its environment built if needed)."""
+    if args.no_app_env:
+        return sys.executable
+    try:
+        directory, manifest = open_app_dir(app_dir)
+    except AppConfigError as exc:
+        raise E.LoadFailedError(str(exc)) from exc
+    choice = anyio.run(
+        functools.partial(
+            app_interpreter,
+            directory,
+            manifest,
+            cache=EnvCache(args.env_cache),
+            allow_host_python=args.allow_host_python,
+            on_progress=lambda line: logging.getLogger("supervisor.env").info("%s", line),
+        )
+    )
+    return choice.python
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from .describe import describe_app
 
     app_dir = _app_dirs([args.app_dir])[0]
     configure_logging(args.log_format, args.log_level)
+    _show_env_progress()
     try:
-        description = describe_app(app_dir)
+        description = describe_app(app_dir, python=_schema_interpreter(app_dir, args))
     except E.SupervisorError as exc:
         _report(exc)
         return exit_code_for(exc)
@@ -484,24 +508,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="secret values in dotenv format (KEY=VALUE lines; repeatable)",
     )
     runtime.add_argument(
-        "--no-app-env",
-        action="store_true",
-        help="run every app on this interpreter, ignoring requirements files (development)",
-    )
-    runtime.add_argument(
-        "--env-cache",
-        default=None,
-        metavar="DIR",
-        help=f"where app environments are kept (default ${ENV_CACHE_VAR} or "
-        "~/.cache/appvisor/envs)",
-    )
-    runtime.add_argument(
-        "--allow-host-python",
-        action="store_true",
-        help="run an app whose kernel: names a Python that is not installed on this "
-        "interpreter's version instead (with a warning)",
-    )
-    runtime.add_argument(
         "--strict",
         action="store_true",
         help="fail a start for what is otherwise a warning: packages.txt entries not "
@@ -513,6 +519,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="take each declared secret from the host's variable of the same name",
     )
 
+    app_env = argparse.ArgumentParser(add_help=False)
+    app_env.add_argument(
+        "--no-app-env",
+        action="store_true",
+        help="run every app on this interpreter, ignoring requirements files (development)",
+    )
+    app_env.add_argument(
+        "--env-cache",
+        default=None,
+        metavar="DIR",
+        help=f"where app environments are kept (default ${ENV_CACHE_VAR} or "
+        "~/.cache/appvisor/envs)",
+    )
+    app_env.add_argument(
+        "--allow-host-python",
+        action="store_true",
+        help="run an app whose kernel: names a Python that is not installed on this "
+        "interpreter's version instead (with a warning)",
+    )
     parser = argparse.ArgumentParser(
         prog="appvisor",
         description="Run inference.sh-style apps, each in a supervised child process.",
@@ -522,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve",
-        parents=[common, runtime],
+        parents=[common, runtime, app_env],
         help="serve apps over HTTP",
         description="Serve one or more apps over HTTP. With several, each lives under "
         "/apps/{name}/; a single app is also served at the root. Endpoints: POST /run, "
@@ -579,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        parents=[common, runtime],
+        parents=[common, runtime, app_env],
         help="run one request and print its output",
         description="Start the app, run one request and print its output as JSON on stdout "
         "(and nothing else); logs go to stderr.",
@@ -605,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser(
         "schema",
-        parents=[common],
+        parents=[common, app_env],
         help="print the app's functions and schemas",
         description="Print {name, functions: {NAME: {description, input_schema, output_schema, "
         "streaming}}, setup_schema} as JSON. The app is imported in a child; setup does not run.",

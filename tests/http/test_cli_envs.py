@@ -35,6 +35,13 @@ def test_run_builds_the_environment_with_progress_then_reuses_it(tmp_path: Path)
     assert json.loads(first.stdout)["prefix"] == listed[0]["path"]
     host = cli("run", app, "--env-cache", cache, "--no-app-env")
     assert json.loads(host.stdout)["prefix"] == sys.prefix
+    # schema imports the app in its environment too (where "six" is).
+    inference = Path(app) / "inference.py"
+    inference.write_text("import six  # only in the app's environment\n" + inference.read_text())
+    schema = cli("schema", app, "--env-cache", cache)
+    assert schema.returncode == ExitCode.OK, schema.stderr
+    assert "run" in json.loads(schema.stdout)["functions"]
+    assert cli("schema", app, "--no-app-env").returncode == ExitCode.APP_ERROR
     pruned = cli("env", "prune", "--env-cache", cache)
     assert "1 environment(s) removed" in pruned.stderr
     assert cli("env", "list", "--env-cache", cache).stdout == ""

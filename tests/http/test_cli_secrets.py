@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from http_helpers import APPS, cli
+from http_helpers import APPS, cli, running
 
 from supervisor.cli import ExitCode
 
@@ -48,3 +48,23 @@ def test_malformed_secret_options_are_usage_errors(tmp_path: Path) -> None:
     missing = cli("run", APP, "--secrets-file", str(tmp_path / "none.env"))
     assert missing.returncode == ExitCode.USAGE
     assert "no such secrets file" in missing.stderr
+
+
+def test_serve_keeps_secret_values_out_of_health_metrics_errors_and_logs(tmp_path: Path) -> None:
+    env_file = tmp_path / "app.env"
+    env_file.write_text(f"SERVICE_API_KEY={KEY}\n")
+    log = tmp_path / "serve.log"
+    with running([APP, "--secrets-file", str(env_file), "--log-level", "debug"], log=log) as server:
+        assert server.client.post("/run", json={"input": {}}).json()["output"]["key_length"] == len(
+            KEY
+        )
+        failed = server.client.post("/run", json={"input": {"leak": True}})
+        assert failed.status_code == 500
+        assert "refused key ********" in failed.text
+        streamed = server.client.post("/run", json={"input": {"leak": True}, "stream": True})
+        assert "using key ********" in streamed.text
+        texts = [failed.text, streamed.text]
+        texts += [server.client.get(p).text for p in ("/health", "/metrics", "/openapi.json")]
+    texts.append(log.read_text())
+    for text in texts:
+        assert KEY not in text
