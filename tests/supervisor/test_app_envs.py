@@ -196,3 +196,52 @@ async def test_without_app_envs_the_supervisor_interpreter_runs_the_app(
         assert app.status()["environment"] == {"python": sys.executable, "env": None}
     assert output["prefix"] == sys.prefix
     assert list(tmp_path.iterdir()) == []  # nothing built
+
+
+class SlowInstaller(EnvCache):
+    """Builds by running a shell line that says it started, then waits."""
+
+    def _commands(self, spec: Any, path: Path) -> list[tuple[list[str], Path]]:
+        script = f"mkdir -p '{path}/bin' && echo started && exec sleep 60"
+        return [(["sh", "-c", script], self.root)]
+
+
+async def test_a_cancelled_build_leaves_no_process_and_no_half_environment(
+    tmp_path: Path,
+) -> None:
+    app_dir = make_app(tmp_path / "apps", "slow", requirements="six==1.17.0\n")
+    spec = env_spec(app_dir, host_interpreter())
+    assert spec is not None
+    cache = SlowInstaller(tmp_path / "envs")
+    started = anyio.Event()
+
+    def progress(line: str) -> None:
+        if line == "started":
+            started.set()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(cache.ensure, spec, progress)
+        with anyio.fail_after(30):
+            await started.wait()
+        assert (tmp_path / "envs" / spec.key).is_dir()
+        tasks.cancel_scope.cancel()
+    assert not (tmp_path / "envs" / spec.key).exists()
+    assert cache.builds == 0
+
+
+async def test_a_half_built_environment_is_built_again(tmp_path: Path, env_root: Path) -> None:
+    lock = NEW_LOCK.replace("six==1.17.0\n", "six==1.16.0\n")  # a key of its own
+    app_dir = make_app(tmp_path, "rebuilt", lock=lock)
+    spec = env_spec(app_dir, host_interpreter())
+    assert spec is not None
+    leftover = env_root / spec.key
+    (leftover / "bin").mkdir(parents=True)
+    (leftover / "junk").write_text("from a build that died")
+    lines: list[str] = []
+    cache = EnvCache(env_root)
+    python = await cache.ensure(spec, lines.append)
+    assert cache.builds == 1
+    assert not (leftover / "junk").exists()
+    assert python == str(leftover / "bin" / "python")
+    assert any("unfinished build" in line for line in lines)
+    assert await cache.ensure(spec) == python and cache.builds == 1  # now it is ready
