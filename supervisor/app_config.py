@@ -63,9 +63,18 @@ def read_manifest(app_dir: Path) -> AppManifest:
         gpu_count=count,
         vram=_optional_int(gpu.get("vram"), path, "resources.gpu.vram"),
         ram=_optional_int(resources.get("ram"), path, "resources.ram"),
-        kernel=str(data["kernel"]).strip() or None if data.get("kernel") is not None else None,
+        kernel=_kernel(data.get("kernel")),
         secrets=_secrets(data, path),
     )
+
+
+def _kernel(value: Any) -> str | None:
+    """The kernel as written; YAML reads an unquoted ``3.10`` as the number 3.1."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        return "3.10" if value == 3.1 else str(value)
+    return str(value).strip() or None
 
 
 def _secrets(data: Mapping[str, Any], path: Path) -> tuple[DeclaredSecret, ...]:

@@ -251,9 +251,9 @@ class EnvCache:
                 shutil.rmtree(record.path, ignore_errors=True)
                 removed.append(record)
             finally:
+                # The lock file stays: one removed while another process opens it
+                # would let two processes hold "the" lock at once.
                 lock.release()
-                with contextlib.suppress(OSError):
-                    (self.root / f"{record.key}.lock").unlink()
         return removed
 
 
