@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from supervisor.app_secrets import (
     resolve_secrets,
 )
 from supervisor.events import LogEvent
+from supervisor.process import ChildProcess
 
 APPS = Path(__file__).resolve().parent.parent / "apps"
 SECRETS_APP = APPS / "secrets"
@@ -139,3 +142,24 @@ async def test_printed_and_raised_secret_values_are_masked(
     assert f"refused key {MASK}" in error
     for text in (*logs, error, status, caplog.text):
         assert KEY not in text
+
+
+@pytest.mark.anyio
+@pytestmark_processes
+async def test_what_a_child_writes_to_its_raw_stderr_is_masked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its original stderr (a fatal report before the runtime captures output)."""
+    caplog.set_level(logging.DEBUG)
+    script = f"import sys; sys.stderr.write('fatal: key {KEY} rejected\\n')"
+    process = await ChildProcess.spawn(
+        [sys.executable, "-c", script], env=dict(os.environ), cwd=".", name="raw"
+    )
+    for fd in process.take_protocol_fds():
+        os.close(fd)
+    process.mask = SecretMask([KEY])
+    await process.read_stderr()
+    await process.wait()
+    process.close_pipes()
+    assert list(process.stderr_tail) == [f"fatal: key {MASK} rejected"]
+    assert KEY not in caplog.text
