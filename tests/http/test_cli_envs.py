@@ -7,12 +7,15 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from http_helpers import REPO, cli
 
 from supervisor.cli import ExitCode
 
 sys.path.insert(0, str(REPO / "tests" / "supervisor"))
 from env_apps import make_app
+
+pytestmark = pytest.mark.timeout(600)  # a cold package cache downloads the runtime's wheels
 
 LOCK = "six==1.17.0\nPyYAML==6.0.3\n"
 
