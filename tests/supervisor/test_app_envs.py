@@ -245,3 +245,28 @@ async def test_a_half_built_environment_is_built_again(tmp_path: Path, env_root:
     assert python == str(leftover / "bin" / "python")
     assert any("unfinished build" in line for line in lines)
     assert await cache.ensure(spec) == python and cache.builds == 1  # now it is ready
+
+
+async def test_offline_builds_come_from_the_installers_cache(
+    env_root: Path, apps_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``UV_OFFLINE`` (the installer's own setting) reaches it: with the wheels
+    cached (the "new" environment), a build needs no index."""
+    cache = EnvCache(env_root)
+    if cache.installer != "uv":
+        pytest.skip("uv is not installed")
+    new = env_spec(make_app(apps_root, "new-again", lock=NEW_LOCK), host_interpreter())
+    assert new is not None
+    await cache.ensure(new)  # the wheels are in uv's cache from here on
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    # The same packages, written so that the environment is another one.
+    twin = make_app(apps_root, "offline-twin", lock=NEW_LOCK + "six==1.17.0\n")
+    spec = env_spec(twin, host_interpreter())
+    assert spec is not None and spec.key != new.key
+    assert (await cache.ensure(spec)).startswith(str(env_root / spec.key))
+    absent = make_app(apps_root, "offline-absent", requirements="appvisor-never-cached==1.0\n")
+    absent_spec = env_spec(absent, host_interpreter())
+    assert absent_spec is not None
+    with pytest.raises(errors.EnvironmentFailedError) as caught:
+        await cache.ensure(absent_spec)
+    assert caught.value.details["requirement"] == "appvisor-never-cached==1.0"
