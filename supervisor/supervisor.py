@@ -274,7 +274,8 @@ class Supervisor:
         """What the app declares and this machine lacks: warnings, or with ``strict``
         the error. Only checked, never installed."""
         warnings = []
-        missing = await anyio.to_thread.run_sync(missing_packages, listed_packages(directory))
+        listed = listed_packages(directory)
+        missing = await anyio.to_thread.run_sync(missing_packages, listed) if listed else []
         if missing:
             text = (
                 f"packages.txt lists {', '.join(missing)}, not installed on this machine "
