@@ -74,6 +74,10 @@ class App:
         self.description: dict[str, Any] = {}
         self.vram_budget: int | None = None
         self.ram_budget: int | None = None
+        self.environment: dict[str, Any] | None = None
+        """The interpreter and (when it has requirements) the environment it runs in."""
+        self.warnings: list[str] = []
+        """What the start found amiss without failing (missing system packages, no GPU)."""
 
     # -- the public API -------------------------------------------------------
 
@@ -307,6 +311,8 @@ class App:
             "uptime": time.monotonic() - self.started_at,
             "cold_start": self.cold_start,
             "queued": len(self._queue),
+            "environment": self.environment,
+            "warnings": list(self.warnings),
             "replicas": slots,
         }
 

@@ -1,7 +1,8 @@
 """What an app directory declares about itself in ``inf.yml``.
 
-Only the keys the supervisor acts on are read: ``name``, ``env`` and
-``resources`` (GPU count, VRAM per GPU and RAM, in bytes). A missing file means
+Only the keys the supervisor acts on are read: ``name``, ``env``,
+``resources`` (GPU count, VRAM per GPU and RAM, in bytes), ``kernel`` (the
+Python version) and the declared ``secrets`` and ``integrations``. A missing file means
 defaults; a malformed one is an error that names the file, so that a typo does
 not silently run an app without its limits.
 """
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .app_secrets import DeclaredSecret
 
 NO_GPU_TYPES = frozenset({"none", "apple"})
 
@@ -31,6 +34,10 @@ class AppManifest:
     """Bytes of VRAM the app needs on each of its GPUs."""
     ram: int | None = None
     """Bytes of host memory the app may use."""
+    kernel: str | None = None
+    """The interpreter the app was written for, as written (``python-3.11``, ``3.12``)."""
+    secrets: tuple[DeclaredSecret, ...] = ()
+    """``secrets:`` then ``integrations:``, each key once."""
 
 
 def read_manifest(app_dir: Path) -> AppManifest:
@@ -56,7 +63,41 @@ def read_manifest(app_dir: Path) -> AppManifest:
         gpu_count=count,
         vram=_optional_int(gpu.get("vram"), path, "resources.gpu.vram"),
         ram=_optional_int(resources.get("ram"), path, "resources.ram"),
+        kernel=_kernel(data.get("kernel")),
+        secrets=_secrets(data, path),
     )
+
+
+def _kernel(value: Any) -> str | None:
+    """The kernel as written; YAML reads an unquoted ``3.10`` as the number 3.1."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        return "3.10" if value == 3.1 else str(value)
+    return str(value).strip() or None
+
+
+def _secrets(data: Mapping[str, Any], path: Path) -> tuple[DeclaredSecret, ...]:
+    found: dict[str, DeclaredSecret] = {}
+    for section in ("secrets", "integrations"):
+        entries = data.get(section) or []
+        if not isinstance(entries, list):
+            raise AppConfigError(f"{path}: {section} must be a list")
+        for i, entry in enumerate(entries):
+            if isinstance(entry, str):
+                entry = {"key": entry}
+            if not isinstance(entry, Mapping) or not entry.get("key"):
+                raise AppConfigError(f"{path}: {section}[{i}] must be a mapping with a key")
+            key = str(entry["key"])
+            found.setdefault(
+                key,
+                DeclaredSecret(
+                    key=key,
+                    description=str(entry.get("description") or ""),
+                    optional=bool(entry.get("optional", False)),
+                ),
+            )
+    return tuple(found.values())
 
 
 def _mapping(value: Any, path: Path, key: str) -> Mapping[str, Any]:

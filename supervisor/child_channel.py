@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -96,6 +97,8 @@ class ChildChannel:
         """Why the channel closed: end of stream, or the protocol violation."""
         self.fatal_error: Error | None = None
         """An ``error`` with no id: the child's last word before exiting."""
+        self.mask: Callable[[str], str] | None = None
+        """Hides secret values in the child's logs and errors before anyone sees them."""
 
     # -- the pipes --------------------------------------------------------------
 
@@ -180,6 +183,8 @@ class ChildChannel:
         self._writer.writelines(self.connection.send(message))
 
     def _route(self, message: Message) -> None:
+        if self.mask is not None and isinstance(message, (Log, Error)):
+            message = _masked(message, self.mask)
         if isinstance(message, Hello):
             self.hello = message
             self.process.app_pid = message.pid
@@ -277,6 +282,20 @@ class ChildChannel:
             await event.wait()
         self._pongs.pop(seq, None)
         return event.is_set() and not self.closed.is_set()
+
+
+def _masked(message: Log | Error, mask: Callable[[str], str]) -> Log | Error:
+    if isinstance(message, Log):
+        return dataclasses.replace(message, message=mask(message.message))
+    info = message.error
+    return dataclasses.replace(
+        message,
+        error=dataclasses.replace(
+            info,
+            message=mask(info.message),
+            traceback=mask(info.traceback) if info.traceback else info.traceback,
+        ),
+    )
 
 
 class _Pipe(asyncio.Protocol):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from protocol.shared_memory import create_arena
 
@@ -31,12 +31,14 @@ async def launch_child(
     shared_memory: int = DEFAULT_SHARED_MEMORY,
     prewarm: bool = False,
     confinement: Confinement | None = None,
+    mask: Callable[[str], str] | None = None,
 ) -> tuple[ChildProcess, ChildChannel]:
     """Spawn ``python -m child`` with no app yet or to load later, and its channel.
 
     ``shared_memory`` is the size of each of the two arenas (0: none, every
     byte goes through the pipe). ``prewarm``: the child pays first-use costs
-    before its hello, for a pooled child that nothing waits for yet.
+    before its hello, for a pooled child that nothing waits for yet. ``mask``
+    hides secret values in what the child logs and reports.
     """
     argv = [python, "-m", "child"]
     if preload:
@@ -59,4 +61,6 @@ async def launch_child(
         for fd in fds:
             os.close(fd)  # the mappings keep the memory; the child has its own descriptors
     arenas = (mappings[0], mappings[1]) if mappings else None
-    return process, ChildChannel(process, logger, arenas=arenas)
+    channel = ChildChannel(process, logger, arenas=arenas)
+    process.mask = channel.mask = mask
+    return process, channel

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import enum
+import functools
 import ipaddress
 import json
 import logging
@@ -40,10 +41,13 @@ import anyio
 from . import errors as E
 from . import json_values
 from .app import App
-from .app_config import AppConfigError, read_manifest
+from .app_config import AppConfigError, open_app_dir, read_manifest
+from .app_interpreter import app_interpreter
+from .app_secrets import read_secrets_file
 from .app_traceback import for_people
 from .confinement import MODES as CONTAINMENT_MODES
 from .confinement import Confinement, ConfinementError
+from .env_cache import ENV_CACHE_VAR, EnvCache
 from .environment import child_environment
 from .events import LogEvent, ProgressEvent, ResultEvent
 from .fetch_policy import DEFAULT_MAX_BYTES as DEFAULT_FETCH_MAX_BYTES
@@ -52,6 +56,7 @@ from .http_limits import HttpLimits, guarded_protocol
 from .input_fields import FieldSyntaxError, apply_fields, split_field, unknown_fields
 from .input_limits import InputLimits
 from .log_setup import APP_LOGGER, LOG_FORMATS, configure_logging, log_progress
+from .output_files import keep_output_files
 from .start_display import show_start
 from .startup import AppStart, Startup
 from .supervisor import Supervisor
@@ -80,6 +85,10 @@ class ExitCode(enum.IntEnum):
 
 
 def exit_code_for(error: BaseException) -> ExitCode:
+    if isinstance(error, E.MissingSecretError):
+        return ExitCode.USAGE
+    if isinstance(error, E.EnvironmentFailedError):
+        return ExitCode.APP_ERROR
     if isinstance(error, (E.InputValidationError, E.UnknownFunctionError)):
         return ExitCode.BAD_INPUT
     if isinstance(error, E.OutOfMemoryError):
@@ -213,6 +222,34 @@ def load_setup(value: str) -> dict[str, Any]:
     return load_json_object(value, "--setup")
 
 
+def secrets_from_args(args: argparse.Namespace) -> dict[str, str]:
+    """Secret values by key: the host's environment (``--secrets-from-env``), then
+    each ``--secrets-file``, then each ``--secret``, later ones winning. Each app
+    takes only the keys it declares."""
+    values: dict[str, str] = dict(os.environ) if args.secrets_from_env else {}
+    for path in args.secrets_file:
+        try:
+            values.update(read_secrets_file(path))
+        except OSError as exc:
+            raise UsageError(f"--secrets-file: {exc}") from None
+    for item in args.secret:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError("--secret: expected KEY=VALUE")  # the value is never echoed
+        values[key] = value
+    return values
+
+
+def supervisor_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``Supervisor`` options that ``serve`` and ``run`` share."""
+    return {
+        "app_envs": not args.no_app_env,
+        "env_cache": args.env_cache,
+        "allow_host_python": args.allow_host_python,
+        "strict": args.strict,
+    }
+
+
 def _manifest_name(directory: Path) -> str:
     try:
         return read_manifest(directory.resolve()).name
@@ -232,7 +269,7 @@ def error_details(error: E.SupervisorError, debug: bool) -> list[tuple[str, str]
     """An error's field errors, traceback (the app's frames only, unless ``debug``) and
     stderr, as text."""
     details = []
-    for key in ("errors", "traceback", "stderr"):
+    for key in ("errors", "traceback", "stderr", "requirement", "installer_output"):
         detail = error.details.get(key)
         if not detail:
             continue
@@ -284,6 +321,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return ExitCode.USAGE
     dirs = _app_dirs(args.app_dirs)
     setups = setups_by_app(args.setup, dirs)
+    secrets = secrets_from_args(args)
     configure_logging(args.log_format, args.log_level)
     # Bound before anything starts: a port in use is a usage error, not a model
     # loaded for nothing.
@@ -292,6 +330,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"cannot bind {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return ExitCode.USAGE
+    _show_env_progress()
     failures: list[E.SupervisorError] = []
     running: list[Supervisor] = []
     server: Any = None
@@ -310,7 +349,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     @contextlib.asynccontextmanager
     async def start_apps() -> AsyncIterator[Startup]:
         async with (
-            Supervisor(containment=args.containment, child_user=args.child_user) as supervisor,
+            Supervisor(
+                containment=args.containment,
+                child_user=args.child_user,
+                **supervisor_options(args),
+            ) as supervisor,
             anyio.create_task_group() as tasks,
         ):
             running.append(supervisor)
@@ -326,6 +369,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     standby=args.standby,
                     lock_setup=args.lock_setup,
                     limits=input_limits,
+                    secrets=secrets,
                 )
 
             startup = Startup(
@@ -492,9 +536,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         except FieldSyntaxError as exc:
             raise UsageError(str(exc)) from None
     setup = load_setup(args.setup) if args.setup else None
+    secrets = secrets_from_args(args)
     configure_logging(args.log_format, args.log_level, timestamps=False)
+    _show_env_progress()
     try:
-        output = anyio.run(_run_once, app_dir, data, setup, args)
+        output = anyio.run(_run_once, app_dir, data, setup, secrets, args)
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
     except FieldSyntaxError as exc:
@@ -508,10 +554,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _run_once(
-    app_dir: Path, data: dict[str, Any], setup: dict[str, Any] | None, args: argparse.Namespace
+    app_dir: Path,
+    data: dict[str, Any],
+    setup: dict[str, Any] | None,
+    secrets: dict[str, str],
+    args: argparse.Namespace,
 ) -> Any:
     output: Any = None
-    async with Supervisor() as supervisor:
+    async with Supervisor(**supervisor_options(args)) as supervisor:
         failure: E.SupervisorError | None = None
         async with anyio.create_task_group() as display:  # raises a failure as a group:
             if args.log_format == "text" and sys.stderr.isatty():
@@ -519,7 +569,11 @@ async def _run_once(
                 display.start_soon(show_start, name, supervisor.apps.get, sys.stderr)
             try:
                 app = await supervisor.start(
-                    app_dir, setup=setup, gpus=args.gpus, run_timeout=args.run_timeout
+                    app_dir,
+                    setup=setup,
+                    gpus=args.gpus,
+                    run_timeout=args.run_timeout,
+                    secrets=secrets,
                 )
             except E.SupervisorError as exc:  # so it is taken here, and raised as itself
                 failure = exc
@@ -542,7 +596,20 @@ async def _run_once(
                 output = event.output
             else:
                 _report_event(app.name, event, args.log_format == "json")
+        # Before the app unloads: its unload may delete them.
+        schema = app.functions.get(args.function, {}).get("output_schema")
+        try:
+            output = keep_output_files(output, schema, Path(args.output_dir))
+        except OSError as exc:
+            raise E.SupervisorError(f"cannot keep the output files: {exc}") from exc
     return output
+
+
+def _show_env_progress() -> None:
+    """Building an environment takes minutes: its progress shows whatever the level."""
+    env_logger = logging.getLogger("supervisor.env")
+    if env_logger.getEffectiveLevel() > logging.INFO:
+        env_logger.setLevel(logging.INFO)
 
 
 def _report_event(app: str, event: Any, as_json: bool) -> None:
@@ -572,13 +639,35 @@ def _report_event(app: str, event: Any, as_json: bool) -> None:
 FUNCTION_KEYS = ("description", "input_schema", "output_schema", "streaming")
 
 
+def _schema_interpreter(app_dir: Path, args: argparse.Namespace) -> str:
+    """The interpreter the app would run on (its environment built if needed)."""
+    if args.no_app_env:
+        return sys.executable
+    try:
+        directory, manifest = open_app_dir(app_dir)
+    except AppConfigError as exc:
+        raise E.LoadFailedError(str(exc)) from exc
+    choice = anyio.run(
+        functools.partial(
+            app_interpreter,
+            directory,
+            manifest,
+            cache=EnvCache(args.env_cache),
+            allow_host_python=args.allow_host_python,
+            on_progress=lambda line: logging.getLogger("supervisor.env").info("%s", line),
+        )
+    )
+    return choice.python
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from .describe import describe_app
 
     app_dir = _app_dirs([args.app_dir])[0]
     configure_logging(args.log_format, args.log_level, timestamps=False)
+    _show_env_progress()
     try:
-        description = describe_app(app_dir)
+        description = describe_app(app_dir, python=_schema_interpreter(app_dir, args))
     except E.SupervisorError as exc:
         _report(exc, args.debug)
         return exit_code_for(exc)
@@ -591,6 +680,23 @@ def cmd_schema(args: argparse.Namespace) -> int:
         "setup_schema": description.get("setup_schema"),
     }
     sys.stdout.write(json.dumps(schema, indent=2, ensure_ascii=False) + "\n")
+    return ExitCode.OK
+
+
+# -- env --------------------------------------------------------------------------
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    configure_logging(args.log_format, args.log_level)
+    cache = EnvCache(args.env_cache)
+    if args.env_command == "list":
+        for record in cache.records():
+            sys.stdout.write(json.dumps(record.to_dict()) + "\n")
+        return ExitCode.OK
+    removed = cache.prune(older_than=args.older_than * 86400)
+    for record in removed:
+        print(f"removed {record.path} ({record.size / 2**20:.1f} MiB)", file=sys.stderr)
+    print(f"{len(removed)} environment(s) removed from {cache.root}", file=sys.stderr)
     return ExitCode.OK
 
 
@@ -646,7 +752,52 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="fail a request that runs longer than this",
     )
+    runtime.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a value for a secret the app declares in inf.yml (repeatable; visible to other "
+        "users in the process list: prefer --secrets-file or --secrets-from-env)",
+    )
+    runtime.add_argument(
+        "--secrets-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="secret values in dotenv format (KEY=VALUE lines; repeatable)",
+    )
+    runtime.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail a start for what is otherwise a warning: packages.txt entries not "
+        "installed, GPUs declared on a machine without",
+    )
+    runtime.add_argument(
+        "--secrets-from-env",
+        action="store_true",
+        help="take each declared secret from the host's variable of the same name",
+    )
 
+    app_env = argparse.ArgumentParser(add_help=False)
+    app_env.add_argument(
+        "--no-app-env",
+        action="store_true",
+        help="run every app on this interpreter, ignoring requirements files (development)",
+    )
+    app_env.add_argument(
+        "--env-cache",
+        default=None,
+        metavar="DIR",
+        help=f"where app environments are kept (default ${ENV_CACHE_VAR} or "
+        "~/.cache/appvisor/envs)",
+    )
+    app_env.add_argument(
+        "--allow-host-python",
+        action="store_true",
+        help="run an app whose kernel: names a Python that is not installed on this "
+        "interpreter's version instead (with a warning)",
+    )
     parser = argparse.ArgumentParser(
         prog="appvisor",
         description="Run inference.sh-style apps, each in a supervised child process.",
@@ -657,7 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve",
-        parents=[common, runtime],
+        parents=[common, runtime, app_env],
         help="serve apps over HTTP",
         description="Serve one or more apps over HTTP. With several, each lives under "
         "/apps/{name}/; a single app is also served at the root. Endpoints: POST /run, "
@@ -831,7 +982,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        parents=[common, runtime],
+        parents=[common, runtime, app_env],
         help="run one request and print its output",
         description="Start the app, run one request and print its output as JSON on stdout "
         "(and nothing else); logs go to stderr.",
@@ -855,11 +1006,18 @@ def build_parser() -> argparse.ArgumentParser:
         "File field its path, else its text); laid over --input (or input.json)",
     )
     run.add_argument("--setup", default=None, metavar="JSON|@FILE", help="setup values")
+    run.add_argument(
+        "--output-dir",
+        default=".",
+        metavar="DIR",
+        help="where output files are copied before the app unloads (default: the current "
+        "directory); the printed output names the copies",
+    )
     run.set_defaults(handler=cmd_run, default_level="warning")
 
     schema = commands.add_parser(
         "schema",
-        parents=[common],
+        parents=[common, app_env],
         help="print the app's functions and schemas",
         description="Print {name, functions: {NAME: {description, input_schema, output_schema, "
         "streaming}}, setup_schema} as JSON. The app is imported in a child; setup does not run.",
@@ -867,6 +1025,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("app_dir", metavar="APP_DIR")
     schema.set_defaults(handler=cmd_schema, default_level="warning")
+
+    env = commands.add_parser(
+        "env",
+        parents=[common],
+        help="list or remove the apps' cached environments",
+        description="Apps with a requirements file run in environments kept under a cache "
+        "directory, one per requirements, interpreter and runtime version. 'list' prints one "
+        "JSON object per environment; 'prune' removes them (not those being built). Do not "
+        "prune environments that a running supervisor uses.",
+    )
+    env.add_argument("env_command", choices=("list", "prune"))
+    env.add_argument("--env-cache", default=None, metavar="DIR", help="the cache directory")
+    env.add_argument(
+        "--older-than",
+        type=float,
+        default=0.0,
+        metavar="DAYS",
+        help="prune only environments not used for this many days (default: all)",
+    )
+    env.set_defaults(handler=cmd_env, default_level="warning")
     return parser
 
 

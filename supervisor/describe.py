@@ -38,7 +38,7 @@ def describe_app(
         directory, manifest = open_app_dir(app_dir)
     except AppConfigError as exc:
         raise E.LoadFailedError(str(exc)) from exc
-    env = child_environment(manifest.env, cuda_visible_devices="")
+    env = child_environment(manifest.env, cuda_visible_devices="", python=python)
     process = subprocess.Popen(
         [python, "-m", "child", str(directory)],
         cwd=directory,

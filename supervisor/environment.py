@@ -14,6 +14,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from .env_cache import runtime_path
+
 ALLOWED = frozenset(
     {
         "PATH",
@@ -78,7 +80,10 @@ def child_environment(
     *,
     cuda_visible_devices: str,
     host: Mapping[str, str] | None = None,
+    python: str | None = None,
 ) -> dict[str, str]:
+    """``python``: the child's interpreter; one of an app's own environments gets
+    that environment's runtime path instead of the supervisor's project root."""
     host = os.environ if host is None else host
     env = {
         key: value
@@ -86,8 +91,17 @@ def child_environment(
         if key in ALLOWED or key.startswith(ALLOWED_PREFIXES)
     }
     env.update(app_env)
-    # The runtime's own packages must be importable even from a source checkout.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, env.get("PYTHONPATH")) if p)
+    runtime = runtime_path(python) if python else None
+    if runtime is None:
+        # The runtime's own packages must be importable even from a source checkout.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, env.get("PYTHONPATH")) if p)
+    else:
+        # An app's own environment: only the runtime's links, never the host's
+        # site-packages (they would shadow the app's pins), and its bin/ first on PATH.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (runtime, app_env.get("PYTHONPATH")) if p)
+        env_dir = str(Path(python or "").parent.parent)
+        env["VIRTUAL_ENV"] = env_dir
+        env["PATH"] = os.pathsep.join(p for p in (f"{env_dir}/bin", env.get("PATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices
     env[PARENT_PID] = str(os.getpid())

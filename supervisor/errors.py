@@ -123,6 +123,33 @@ class AdmissionError(SupervisorError):
     type = "admission"
 
 
+class MissingSecretError(SupervisorError):
+    """A secret the app declares as required was not given; ``missing`` lists
+    each key with its description. Raised before any child starts."""
+
+    type = "missing_secret"
+
+
+class EnvironmentFailedError(SupervisorError):
+    """The app's environment could not be built: ``requirement`` is the one the
+    installer failed on (when it can be told), ``installer_output`` its last lines."""
+
+    type = "environment_failed"
+
+
+class InterpreterMissingError(EnvironmentFailedError):
+    """No interpreter of the Python version the app's ``kernel:`` names was found."""
+
+    type = "interpreter_missing"
+
+
+class MissingSystemPackagesError(EnvironmentFailedError):
+    """With ``strict``: system packages the app lists in ``packages.txt`` are not
+    installed (``missing``)."""
+
+    type = "missing_system_packages"
+
+
 class ProtocolViolationError(SupervisorError):
     """The child broke the protocol; it has been killed."""
 

@@ -58,6 +58,12 @@ class PooledChild:
     channel: ChildChannel
 
 
+def _describe(key: PoolKey, default: PoolKey) -> str:
+    """A pool key for status: its preloads, and its interpreter unless it is the default."""
+    preload = ",".join(key.preload) or "(none)"
+    return preload if key.python == default.python else f"{key.python}:{preload}"
+
+
 REFILL_DELAY = 0.05
 """Seconds between a start taking a pooled child and the pool spawning its replacement."""
 
@@ -104,10 +110,14 @@ class ChildPool:
         """Idle children pre-started for this interpreter with these preloads."""
         return len(self._idle.get(PoolKey(self.default_key.python, preload), []))
 
+    def idle_count_for(self, python: str) -> int:
+        """Idle children pre-started for this interpreter (an app environment's), any preloads."""
+        return sum(len(v) for k, v in self._idle.items() if k.python == python)
+
     def status(self) -> dict[str, object]:
         return {
             "size": self.size,
-            "idle": {",".join(k.preload) or "(none)": len(v) for k, v in self._idle.items()},
+            "idle": {_describe(k, self.default_key): len(v) for k, v in self._idle.items()},
             "spawned": self.spawned,
             "handed_out": self.handed_out,
         }
@@ -142,7 +152,7 @@ class ChildPool:
 
     async def _spawn(self, key: PoolKey) -> bool:
         assert self._tasks is not None and self._workdir is not None
-        env = child_environment({}, cuda_visible_devices="")
+        env = child_environment({}, cuda_visible_devices="", python=key.python)
         name = f"pool[{self.spawned}]"
         try:
             process, channel = await launch_child(

@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -118,6 +118,8 @@ class ChildProcess:
         self.app_pid = process.pid
         """The process that runs the app (its ``hello`` says which), for reports."""
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self.mask: Callable[[str], str] | None = None
+        """Hides secret values in what the child writes to stderr, before it is kept."""
         self._oom_kills_at_start = oom_kill_count()
         self._signalled = False
         self._descendants_seen: dict[int, psutil.Process] = {}
@@ -217,13 +219,16 @@ class ChildProcess:
                     break
                 *lines, pending = (pending + chunk).split(b"\n")
                 for line in lines:
-                    text = line.decode("utf-8", "replace")
+                    text = self._masked(line.decode("utf-8", "replace"))
                     self.stderr_tail.append(text)
                     logger.warning("%s stderr: %s", self.name, text)
         finally:
             os.close(fd)
         if pending:
-            self.stderr_tail.append(pending.decode("utf-8", "replace"))
+            self.stderr_tail.append(self._masked(pending.decode("utf-8", "replace")))
+
+    def _masked(self, text: str) -> str:
+        return text if self.mask is None else self.mask(text)
 
     async def wait(self) -> ExitStatus:
         """Wait for the child to exit and reap it. Not cancellable: never leaves a zombie."""

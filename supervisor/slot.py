@@ -77,6 +77,8 @@ class SlotSpec:
     """Modules a child imports before its handshake (and the pool key it is taken by)."""
     shared_memory: int = DEFAULT_SHARED_MEMORY
     """Bytes of each of a child's two arenas (0: none)."""
+    mask: Callable[[str], str] | None = None
+    """Hides the app's secret values in its children's logs and errors."""
     standby: bool = False
     """Keep a spare child with the app loaded (not set up), which the next start of
     the slot sets up instead of starting a child: a restart costs a setup."""
@@ -352,12 +354,14 @@ class Slot:
         env = child_environment(
             {**self.spec.env, **gpu_environment(self.gpus)},
             cuda_visible_devices=",".join(str(g) for g in self.gpus),
+            python=self.spec.python,
         )
         pooled = self._from_pool()
         if pooled is not None:
             process, channel, load_env = pooled.process, pooled.channel, env
             process.name = self.name
             channel.logger = self.logger
+            process.mask = channel.mask = self.spec.mask
         else:
             process, channel = await launch_child(
                 self.spec.python,
@@ -369,6 +373,7 @@ class Slot:
                 shared_memory=self.spec.shared_memory,
                 prewarm=prewarm,
                 confinement=self.spec.confinement,
+                mask=self.spec.mask,
             )
             load_env = {}
             self.tasks.start_soon(channel.read_loop)

@@ -22,9 +22,13 @@ import anyio.abc
 
 from . import errors as E
 from .app import App
-from .app_config import AppConfigError, open_app_dir
+from .app_config import AppConfigError, AppManifest, open_app_dir
+from .app_interpreter import AppInterpreter, app_interpreter
+from .app_secrets import SecretMask, resolve_secrets
 from .child_launch import DEFAULT_SHARED_MEMORY
 from .confinement import DEFAULT_MAX_OPEN_FILES, Confinement, ConfinementError
+from .env_cache import EnvCache
+from .env_spec import EnvSpec
 from .environment import child_environment
 from .gpu_allocation import AllocationError, allocate_gpus, check_explicit
 from .gpu_backend import DeviceMemory, GpuBackend, open_backend
@@ -35,8 +39,10 @@ from .pool import ChildPool
 from .resource_governor import ResourceGovernor
 from .restart_policy import RestartPolicy
 from .slot import Slot, SlotSpec
+from .system_packages import listed_packages, missing_packages
 
 logger = logging.getLogger("supervisor")
+env_logger = logging.getLogger("supervisor.env")
 
 DEFAULT_QUEUE_SIZE = 256
 
@@ -62,6 +68,10 @@ class Supervisor:
         child_user: str | None = None,
         max_open_files: int = DEFAULT_MAX_OPEN_FILES,
         dumpable: bool = False,
+        app_envs: bool = True,
+        env_cache: EnvCache | str | Path | None = None,
+        allow_host_python: bool = False,
+        strict: bool = False,
     ) -> None:
         """``shared_memory``: bytes of shared memory per child and direction that
         large byte strings travel through instead of the pipe (0 turns it off).
@@ -73,6 +83,11 @@ class Supervisor:
         privileges, no core dumps and at most ``max_open_files`` descriptors.
         Unless ``dumpable``, the process is made non-dumpable (``non_dumpable``) so
         that children of the same user cannot read its environment or memory.
+        ``app_envs``: an app with a requirements file runs in its own environment,
+        kept under ``env_cache`` (a directory, default ``$APPVISOR_ENV_CACHE`` or
+        ``~/.cache/appvisor/envs``); False runs every app on this interpreter.
+        ``allow_host_python``: an app whose ``kernel:`` names a Python that is not
+        installed runs on this one's version, with a warning, instead of failing.
         """
         if shared_memory < 0:
             raise ValueError("shared_memory must be at least 0")
@@ -97,6 +112,13 @@ class Supervisor:
         self.monitor: ResourceMonitor | None = None
         self.governor: ResourceGovernor | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
+        self.env_cache: EnvCache | None = None
+        if app_envs:
+            self.env_cache = env_cache if isinstance(env_cache, EnvCache) else EnvCache(env_cache)
+        self.allow_host_python = allow_host_python
+        self.strict = strict
+        self.installing: dict[str, dict[str, Any]] = {}
+        """Apps whose environment is being built, by name: their status until started."""
 
     # -- context --------------------------------------------------------------
 
@@ -176,6 +198,7 @@ class Supervisor:
         standby: bool = False,
         lock_setup: bool = False,
         limits: InputLimits | None = None,
+        secrets: Mapping[str, str] | None = None,
     ) -> App:
         """Start an app and return its handle once every replica is ready.
 
@@ -187,6 +210,10 @@ class Supervisor:
 
         ``lock_setup`` refuses requests whose setup values differ from ``setup``;
         ``limits`` bounds the nesting and size of inputs and setup values.
+        ``secrets`` holds values for the keys the app declares under ``secrets:``
+        and ``integrations:`` in ``inf.yml``; only those reach its children, and a
+        required one missing is ``MissingSecretError`` before any child starts.
+        Other keys are ignored, so one mapping can serve several apps.
         """
         if self._tasks is None:
             raise RuntimeError("use the Supervisor as an async context manager")
@@ -196,14 +223,20 @@ class Supervisor:
         except AppConfigError as exc:
             raise E.LoadFailedError(str(exc)) from exc
         app_name = name or manifest.name
-        if app_name in self.apps:
+        if app_name in self.apps or app_name in self.installing:
             raise E.InputValidationError(f"an app named {app_name!r} is already running")
         if replicas < 1 or max_concurrency < 1:
             raise ValueError("replicas and max_concurrency must be at least 1")
+        secret_values = resolve_secrets(manifest.secrets, secrets or {}, app_name)
+        mask = SecretMask(secret_values.values())
+        machine_warnings = await self._check_machine(directory, manifest, app_name, gpus)
+        interpreter = await self._interpreter(directory, manifest, app_name)
         spec = SlotSpec(
             app_dir=directory,
             name=app_name,
-            env={**manifest.env, **(env or {})},
+            python=interpreter.python,
+            env={**manifest.env, **(env or {}), **secret_values},
+            mask=mask if mask else None,
             max_concurrency=max_concurrency,
             setup_timeout=setup_timeout,
             run_timeout=run_timeout,
@@ -250,6 +283,8 @@ class Supervisor:
             )
             app.vram_budget = vram
             app.ram_budget = ram_budget if ram_budget is not None else manifest.ram
+            app.environment = interpreter.info
+            app.warnings = [*machine_warnings, *interpreter.warnings]
             self.apps[app_name] = app
 
         await self._place(app_name, replicas, gpus, manifest.gpu_count, vram, register)
@@ -265,6 +300,78 @@ class Supervisor:
         app.cold_start = time.monotonic() - started
         logger.info("%s ready in %.3f s on %d replica(s)", app_name, app.cold_start, replicas)
         return app
+
+    async def _check_machine(
+        self,
+        directory: Path,
+        manifest: AppManifest,
+        app_name: str,
+        gpus: int | Sequence[int] | None,
+    ) -> list[str]:
+        """What the app declares and this machine lacks: warnings, or with ``strict``
+        the error. Only checked, never installed."""
+        warnings = []
+        listed = listed_packages(directory)
+        missing = await anyio.to_thread.run_sync(missing_packages, listed) if listed else []
+        if missing:
+            text = (
+                f"packages.txt lists {', '.join(missing)}, not installed on this machine "
+                "(system packages are not installed by the runtime)"
+            )
+            if self.strict:
+                raise E.MissingSystemPackagesError(f"{app_name}: {text}", missing=missing)
+            warnings.append(text)
+        if manifest.gpu_count and gpus is None and not await self._devices():
+            text = (
+                f"inf.yml declares {manifest.gpu_count} GPU(s), but this machine has none: "
+                "running without"
+            )
+            if self.strict:
+                raise E.AdmissionError(f"{app_name}: {text}")
+            warnings.append(text)
+        for warning in warnings:
+            logger.warning("%s: %s", app_name, warning)
+        return warnings
+
+    async def _interpreter(
+        self, directory: Path, manifest: AppManifest, app_name: str
+    ) -> AppInterpreter:
+        """The app's interpreter; while its environment is built, the app shows in
+        ``status()`` as ``installing``, with the installer's latest line."""
+        entry: dict[str, Any] = {}
+
+        def building(spec: EnvSpec) -> None:
+            entry.update(
+                name=app_name,
+                app_dir=str(directory),
+                state="installing",
+                ready=False,
+                available=False,
+                environment={
+                    "env": spec.key,
+                    "requirements": spec.requirements.name,
+                    "python_version": spec.python.version,
+                },
+                progress=None,
+            )
+            self.installing[app_name] = entry
+
+        def progress(line: str) -> None:
+            env_logger.info("%s: %s", app_name, line)
+            entry["progress"] = line
+
+        try:
+            return await app_interpreter(
+                directory,
+                manifest,
+                cache=self.env_cache,
+                allow_host_python=self.allow_host_python,
+                on_build=building,
+                on_progress=progress,
+            )
+        finally:
+            if self.installing.get(app_name) is entry:
+                del self.installing[app_name]
 
     @staticmethod
     async def _start_slots(slots: Sequence[Slot], setup: dict[str, Any]) -> None:
@@ -413,7 +520,10 @@ class Supervisor:
     def status(self) -> dict[str, Any]:
         snapshot = self.monitor.latest if self.monitor else None
         return {
-            "apps": {name: app.status() for name, app in self.apps.items()},
+            "apps": {
+                **{name: dict(entry) for name, entry in self.installing.items()},
+                **{name: app.status() for name, app in self.apps.items()},
+            },
             "gpus": self.gpu_status(),
             "sampled_at": snapshot.taken_at if snapshot else None,
             "pool": self.pool.status(),

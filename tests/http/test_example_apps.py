@@ -23,17 +23,21 @@ def test_stream_example_yields_the_whole_text() -> None:
     assert "stream | run progress 100% generating" in result.stderr
 
 
-def test_image_example_makes_a_grayscale_thumbnail() -> None:
+def test_image_example_makes_a_grayscale_thumbnail(tmp_path: Path) -> None:
     sample = EXAMPLES / "image" / "sample.png"
     assert sample.stat().st_size < 10_000
-    result = cli("run", str(EXAMPLES / "image"))
+    result = cli("run", str(EXAMPLES / "image"), "--output-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     output = json.loads(result.stdout)
     assert output["image"]["content_type"] == "image/png"
     assert (output["width"], output["height"]) == (32, 24)
-    # ``run`` prints local paths; the child's temporary directory is gone after unload,
-    # so only the reported metadata can be checked here (HTTP tests download the file).
-    assert Path(output["image"]["path"]).name.endswith(".png")
+    # The app's unload deletes its own copy: ``run`` printed the one it kept.
+    kept = Path(output["image"]["path"])
+    assert kept.parent == tmp_path and kept.name.endswith(".png")
+    from PIL import Image
+
+    with Image.open(kept) as image:
+        assert (image.size, image.mode) == ((32, 24), "L")
 
 
 def test_example_inputs_are_valid_json() -> None:

@@ -125,3 +125,19 @@ def test_bad_values_are_errors_naming_the_key(tmp_path: Path, text: str, what: s
         read_manifest(tmp_path)
     assert what in str(info.value)
     assert str(tmp_path / "inf.yml") in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("line", "kernel"),
+    [
+        ("kernel: python-3.11", "python-3.11"),
+        ('kernel: "3.10"', "3.10"),
+        ("kernel: 3.10", "3.10"),  # YAML's 3.1
+        ("kernel: 3.12", "3.12"),
+        ("kernel:", None),
+        ('kernel: ""', None),
+        ("name: x", None),
+    ],
+)
+def test_kernel_is_read_as_written(tmp_path: Path, line: str, kernel: str | None) -> None:
+    assert read_manifest(write(tmp_path, line + "\n")).kernel == kernel
