@@ -10,6 +10,7 @@ which is then a warning.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Callable
@@ -17,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from . import errors as E
 from .app_config import AppManifest
 from .env_cache import EnvCache
-from .env_spec import EnvSpec, env_spec
+from .env_spec import EnvSpec, env_spec, requirements_file
 from .interpreters import find_interpreter, host_interpreter, requested_version
 
 logger = logging.getLogger("supervisor.env")
@@ -44,6 +47,14 @@ def plan_environment(
         version = requested_version(manifest.kernel)
     except ValueError as exc:
         raise E.LoadFailedError(f"{directory / 'inf.yml'}: {exc}") from exc
+    if requirements_file(directory) is None:
+        # No environment to build: the fast path, whatever the kernel asks for.
+        if version is None or version == host.minor:
+            return None, []
+        return None, [
+            f"kernel {manifest.kernel!r} asks for Python {version}, but the app has no "
+            f"requirements file: running on the supervisor's Python {host.version}"
+        ]
     warnings: list[str] = []
     interpreter = find_interpreter(version) if version else host
     if interpreter is None:
@@ -62,11 +73,6 @@ def plan_environment(
         )
         interpreter = host
     spec = env_spec(directory, interpreter)
-    if spec is None and interpreter.minor != host.minor:
-        warnings.append(
-            f"kernel {manifest.kernel!r} asks for Python {version}, but the app has no "
-            f"requirements file: running on the supervisor's Python {host.version}"
-        )
     return spec, warnings
 
 
@@ -85,7 +91,15 @@ async def app_interpreter(
     """
     if cache is None:
         return AppInterpreter(sys.executable, {"python": sys.executable, "env": None})
-    spec, warnings = plan_environment(directory, manifest, allow_host_python=allow_host_python)
+    spec: EnvSpec | None = None
+    warnings: list[str] = []
+    # The fast path needs no worker thread; looking for an interpreter runs some.
+    if manifest.kernel is not None or requirements_file(directory) is not None:
+        spec, warnings = await anyio.to_thread.run_sync(
+            functools.partial(
+                plan_environment, directory, manifest, allow_host_python=allow_host_python
+            )
+        )
     for warning in warnings:
         logger.warning("%s: %s", manifest.name, warning)
     if spec is None:

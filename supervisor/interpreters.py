@@ -12,7 +12,6 @@ every candidate is asked its version before it is used.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import shutil
@@ -59,15 +58,21 @@ def host_interpreter() -> Interpreter:
     return Interpreter(base, ".".join(map(str, sys.version_info[:3])))
 
 
-@functools.lru_cache(maxsize=32)
+_found: dict[str, Interpreter] = {}
+"""Interpreters found so far; one not found is looked for again next time."""
+
+
 def find_interpreter(version: str) -> Interpreter | None:
     """The first working interpreter for ``version`` (``3.10``), or None."""
     host = host_interpreter()
     if host.minor == version:
         return host
+    if version in _found:
+        return _found[version]
     for candidate in _candidates(version):
         found = probe(candidate)
         if found is not None and found.minor == version:
+            _found[version] = found
             return found
     return None
 

@@ -9,6 +9,9 @@ from pathlib import Path
 import filelock
 import pytest
 
+from supervisor import errors
+from supervisor.app_config import read_manifest
+from supervisor.app_interpreter import plan_environment
 from supervisor.env_cache import MARKER, RUNTIME_DIR, EnvCache, runtime_path
 from supervisor.env_spec import (
     RUNTIME_REQUIREMENTS,
@@ -172,3 +175,38 @@ def test_prune_removes_old_and_unfinished_environments_only(tmp_path: Path) -> N
     assert removed == {"py3.11-old", "py3.11-broken"}
     assert {r.key for r in cache.records()} == {"py3.11-used", "py3.11-building"}
     assert {r.key for r in cache.prune()} == {"py3.11-used", "py3.11-building"}
+
+
+def _app(tmp_path: Path, kernel: str | None, requirements: str | None = None) -> Path:
+    (tmp_path / "inf.yml").write_text(f"name: k\nkernel: {kernel}\n" if kernel else "name: k\n")
+    if requirements is not None:
+        (tmp_path / "requirements.txt").write_text(requirements)
+    return tmp_path
+
+
+def test_without_requirements_the_kernel_only_warns(tmp_path: Path) -> None:
+    host = host_interpreter()
+    for kernel in (None, f"python-{host.minor}"):
+        app = _app(tmp_path, kernel)
+        assert plan_environment(app, read_manifest(app), allow_host_python=False) == (None, [])
+    app = _app(tmp_path, "python-3.4")  # not installed: still the fast path
+    spec, warnings = plan_environment(app, read_manifest(app), allow_host_python=False)
+    assert spec is None
+    assert len(warnings) == 1 and "no requirements file" in warnings[0]
+
+
+def test_with_requirements_a_missing_python_fails_unless_the_host_may_stand_in(
+    tmp_path: Path,
+) -> None:
+    app = _app(tmp_path, "python-3.4", requirements="six\n")
+    with pytest.raises(errors.InterpreterMissingError, match=r"Python 3\.4"):
+        plan_environment(app, read_manifest(app), allow_host_python=False)
+    spec, warnings = plan_environment(app, read_manifest(app), allow_host_python=True)
+    assert spec is not None and spec.python == host_interpreter()
+    assert len(warnings) == 1 and "not installed" in warnings[0]
+
+
+def test_an_unreadable_kernel_is_load_failed(tmp_path: Path) -> None:
+    app = _app(tmp_path, "python-latest", requirements="six\n")
+    with pytest.raises(errors.LoadFailedError, match="python-latest"):
+        plan_environment(app, read_manifest(app), allow_host_python=True)
