@@ -41,7 +41,7 @@ def test_run_builds_the_environment_with_progress_then_reuses_it(tmp_path: Path)
     # schema imports the app in its environment too, where tomli_w is (the host's
     # test environment has six, through openapi-spec-validator, but not tomli_w).
     inference = Path(app) / "inference.py"
-    inference.write_text("import tomli_w  # only in the app's environment\n" + inference.read_text())
+    inference.write_text("import tomli_w  # only in the environment\n" + inference.read_text())
     schema = cli("schema", app, "--env-cache", cache)
     assert schema.returncode == ExitCode.OK, schema.stderr
     assert "run" in json.loads(schema.stdout)["functions"]
