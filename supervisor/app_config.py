@@ -1,6 +1,7 @@
 """What an app directory declares about itself in ``inf.yml``.
 
-Only the keys the supervisor acts on are read: ``name``, ``env`` and
+Only the keys the supervisor acts on are read: ``name``, ``env``, ``kernel``
+(which also chooses the child runtime, with the entry point present) and
 ``resources`` (GPU count, VRAM per GPU and RAM, in bytes). A missing file means
 defaults; a malformed one is an error that names the file, so that a typo does
 not silently run an app without its limits.
@@ -9,7 +10,7 @@ not silently run an app without its limits.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ class AppManifest:
     """Bytes of VRAM the app needs on each of its GPUs."""
     ram: int | None = None
     """Bytes of host memory the app may use."""
+    kernel: str | None = None
+    """``kernel:`` of inf.yml, e.g. ``python-3.11`` or ``node-22``."""
+    runtime: str = "python"
+    """Which child runtime serves it: ``python`` (inference.py) or ``node`` (inference.js)."""
 
 
 def read_manifest(app_dir: Path) -> AppManifest:
@@ -56,6 +61,7 @@ def read_manifest(app_dir: Path) -> AppManifest:
         gpu_count=count,
         vram=_optional_int(gpu.get("vram"), path, "resources.gpu.vram"),
         ram=_optional_int(resources.get("ram"), path, "resources.ram"),
+        kernel=None if data.get("kernel") in (None, "") else str(data["kernel"]),
     )
 
 
@@ -77,10 +83,32 @@ def _optional_int(value: Any, path: Path, key: str) -> int | None:
     return None if value in (None, 0) else _int(value, path, key)
 
 
+NODE_ENTRY_POINTS = ("inference.js", "src/inference.js")
+
+
+def choose_runtime(app_dir: Path, kernel: str | None) -> str:
+    """``node`` for an app with an ``inference.js`` (at the root or under ``src/``)
+    and no ``inference.py``, or whose ``kernel:`` is ``node-*``; else ``python``.
+    ``AppConfigError`` when the entry point that runtime needs is missing."""
+    has_python = (app_dir / "inference.py").is_file()
+    has_node = any((app_dir / entry).is_file() for entry in NODE_ENTRY_POINTS)
+    wants_node = (kernel or "").strip().lower().startswith("node")
+    if wants_node and not has_node:
+        raise AppConfigError(f"{app_dir}: kernel {kernel!r} needs inference.js or src/inference.js")
+    if wants_node or (has_node and not has_python):
+        return "node"
+    if not has_python:
+        raise AppConfigError(
+            f"{app_dir} is not an app directory (no inference.py, inference.js or src/inference.js)"
+        )
+    return "python"
+
+
 def open_app_dir(app_dir: str | Path) -> tuple[Path, AppManifest]:
     """Resolve an app directory and read its manifest; ``AppConfigError`` if it is
     no app directory or its ``inf.yml`` is malformed."""
     directory = Path(app_dir).resolve()
-    if not (directory / "inference.py").is_file():
-        raise AppConfigError(f"{directory} is not an app directory (no inference.py)")
-    return directory, read_manifest(directory)
+    if not directory.is_dir():
+        raise AppConfigError(f"{directory} is not an app directory (not a directory)")
+    manifest = read_manifest(directory)
+    return directory, replace(manifest, runtime=choose_runtime(directory, manifest.kernel))

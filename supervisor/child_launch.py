@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 from protocol.shared_memory import create_arena
 
@@ -29,13 +30,21 @@ async def launch_child(
     logger: logging.Logger,
     shared_memory: int = DEFAULT_SHARED_MEMORY,
     prewarm: bool = False,
+    runtime: str = "python",
 ) -> tuple[ChildProcess, ChildChannel]:
     """Spawn ``python -m child`` with no app yet or to load later, and its channel.
 
     ``shared_memory`` is the size of each of the two arenas (0: none, every
     byte goes through the pipe). ``prewarm``: the child pays first-use costs
     before its hello, for a pooled child that nothing waits for yet.
+    ``runtime="node"``: ``python`` is a node executable, and the child is the
+    JavaScript runtime (``node_command``), which takes no arenas or preloads.
     """
+    if runtime == "node":
+        process = await ChildProcess.spawn_with_captured_stdio(
+            partial(node_command, python, None), env=env, cwd=cwd, name=name
+        )
+        return process, ChildChannel(process, logger, arenas=None)
     argv = [python, "-m", "child"]
     if preload:
         argv += ["--preload", ",".join(preload)]
@@ -56,3 +65,21 @@ async def launch_child(
             os.close(fd)  # the mappings keep the memory; the child has its own descriptors
     arenas = (mappings[0], mappings[1]) if mappings else None
     return process, ChildChannel(process, logger, arenas=arenas)
+
+
+def node_command(
+    node: str,
+    app_dir: str | None,
+    protocol_out: int,
+    capture_stdout: int,
+    capture_stderr: int,
+    stderr: int,
+) -> list[str]:
+    """The JavaScript child's command line, for the descriptors it was given
+    (``ChildProcess.spawn_with_captured_stdio``); with ``app_dir`` it loads that
+    app before its hello."""
+    from .node_runtime import child_runtime_dir
+
+    fds = f"0,{protocol_out},{capture_stdout},{capture_stderr},{stderr}"
+    argv = [node, str(child_runtime_dir() / "main.js"), "--fds", fds]
+    return argv if app_dir is None else [*argv, app_dir]

@@ -129,6 +129,13 @@ class ProtocolViolationError(SupervisorError):
     type = "protocol"
 
 
+class EnvironmentFailedError(SetupFailedError):
+    """The app's environment could not be made: its runtime is missing or too old, or
+    installing its dependencies failed (``output`` holds the installer's last lines)."""
+
+    type = "environment_failed"
+
+
 _BY_TYPE: dict[ErrorType, type[SupervisorError]] = {
     ErrorType.VALIDATION: InputValidationError,
     ErrorType.SETUP_FAILED: SetupFailedError,

@@ -10,7 +10,9 @@ and is never returned to the pool, so nothing leaks between apps.
 
 It is used only where that is indistinguishable from a fresh start: not when
 the app's environment sets variables read at interpreter or library start-up
-(``PYTHON*``, ``LD_*``, allocator and thread-pool settings).
+(``PYTHON*``, ``NODE_*``, ``LD_*``, allocator and thread-pool settings).
+Node.js apps get pre-started node children of their own, keyed apart by
+``PoolKey.runtime``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from .process import ChildProcess
 
 logger = logging.getLogger("supervisor.pool")
 
-INTERPRETER_ENV_PREFIXES = ("PYTHON", "LD_", "MALLOC")
+INTERPRETER_ENV_PREFIXES = ("PYTHON", "LD_", "MALLOC", "NODE_", "UV_")
 """Read when the interpreter starts: a pre-started child has already read them."""
 LIBRARY_ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_", "GOMP_", "KMP_")
 """Read when a numerical library loads: they matter only if the pool preloaded one."""
@@ -47,7 +49,9 @@ def pool_safe(app_env: Mapping[str, str], preload: Sequence[str] = ()) -> bool:
 @dataclass(frozen=True)
 class PoolKey:
     python: str
+    """The interpreter: python, or node for ``runtime="node"``."""
     preload: tuple[str, ...] = ()
+    runtime: str = "python"
 
 
 @dataclass(eq=False)
@@ -103,7 +107,7 @@ class ChildPool:
     def status(self) -> dict[str, object]:
         return {
             "size": self.size,
-            "idle": {",".join(k.preload) or "(none)": len(v) for k, v in self._idle.items()},
+            "idle": {_label(k): len(v) for k, v in self._idle.items()},
             "spawned": self.spawned,
             "handed_out": self.handed_out,
         }
@@ -147,8 +151,9 @@ class ChildPool:
                 cwd=self._workdir.name,
                 name=name,
                 logger=logger,
-                shared_memory=self.shared_memory,
+                shared_memory=self.shared_memory if key.runtime == "python" else 0,
                 prewarm=True,
+                runtime=key.runtime,
             )
         except OSError as exc:
             logger.warning("cannot pre-start a child: %s", exc)
@@ -191,3 +196,9 @@ class ChildPool:
         async with anyio.create_task_group() as tasks:
             for pooled in idle:
                 tasks.start_soon(self._discard, pooled.process)
+
+
+def _label(key: PoolKey) -> str:
+    """How ``status()`` names a key: its preloads, and node children apart."""
+    label = ",".join(key.preload) or "(none)"
+    return label if key.runtime == "python" else f"{key.runtime}:{label}"

@@ -69,6 +69,9 @@ class SlotSpec:
     """Modules a child imports before its handshake (and the pool key it is taken by)."""
     shared_memory: int = DEFAULT_SHARED_MEMORY
     """Bytes of each of a child's two arenas (0: none)."""
+    node: str | None = None
+    """The node executable, for a Node.js app: its children run the JavaScript
+    runtime (``child/node/``) instead of ``python -m child``."""
     standby: bool = False
     """Keep a spare child with the app loaded (not set up), which the next start of
     the slot sets up instead of starting a child: a restart costs a setup."""
@@ -295,7 +298,7 @@ class Slot:
             channel.logger = self.logger
         else:
             process, channel = await launch_child(
-                self.spec.python,
+                self.spec.node or self.spec.python,
                 self.spec.preload,
                 env=env,
                 cwd=str(self.spec.app_dir),
@@ -303,6 +306,7 @@ class Slot:
                 logger=self.logger,
                 shared_memory=self.spec.shared_memory,
                 prewarm=prewarm,
+                runtime="python" if self.spec.node is None else "node",
             )
             load_env = {}
             self.tasks.start_soon(channel.read_loop)
@@ -396,6 +400,8 @@ class Slot:
     def _from_pool(self) -> PooledChild | None:
         if self.pool is None or not pool_safe(self.spec.env, self.spec.preload):
             return None
+        if self.spec.node is not None:
+            return self.pool.take(PoolKey(self.spec.node, runtime="node"))
         return self.pool.take(PoolKey(self.spec.python, self.spec.preload))
 
     def _refill_pool(self) -> None:

@@ -26,6 +26,7 @@ from .child_launch import DEFAULT_SHARED_MEMORY
 from .gpu_allocation import AllocationError, allocate_gpus, check_explicit
 from .gpu_backend import DeviceMemory, GpuBackend, open_backend
 from .gpu_monitor import ResourceMonitor
+from .node_runtime import NodeApp, prepare_node_app
 from .pool import ChildPool
 from .resource_governor import ResourceGovernor
 from .restart_policy import RestartPolicy
@@ -163,10 +164,13 @@ class Supervisor:
             raise E.InputValidationError(f"an app named {app_name!r} is already running")
         if replicas < 1 or max_concurrency < 1:
             raise ValueError("replicas and max_concurrency must be at least 1")
+        node: NodeApp | None = None
+        if manifest.runtime == "node":
+            node = await anyio.to_thread.run_sync(prepare_node_app, directory, manifest)
         spec = SlotSpec(
             app_dir=directory,
             name=app_name,
-            env={**manifest.env, **(env or {})},
+            env={**manifest.env, **(env or {}), **(node.env if node else {})},
             max_concurrency=max_concurrency,
             setup_timeout=setup_timeout,
             run_timeout=run_timeout,
@@ -178,6 +182,7 @@ class Supervisor:
             preload=tuple(self.pool.default_key.preload if preload is None else preload),
             shared_memory=self.shared_memory,
             standby=standby,
+            node=node.node if node else None,
         )
         vram = vram_budget if vram_budget is not None else manifest.vram
         app: App | None = None
