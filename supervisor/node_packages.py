@@ -142,7 +142,7 @@ def _run_logged(argv: list[str], cwd: Path, logger: logging.Logger, what: str) -
     if process.returncode != 0:
         detail = "\n".join(tail)
         raise E.EnvironmentFailedError(
-            f"cannot install {what}: {' '.join(argv[1:3])} exited with {process.returncode}"
+            f"cannot install {what}: npm {argv[1]} exited with {process.returncode}"
             + (f":\n{detail}" if detail else ""),
             output=detail,
         )

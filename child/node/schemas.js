@@ -92,6 +92,7 @@ export function toJsonSchema(schema) {
   }
   const json = zodToJsonSchema(schema, {
     $refStrategy: "none",
+    removeAdditionalStrategy: "strict",
     effectStrategy: "input",
     override: (d) => {
       if (d[FILE_SCHEMA_MARKER] || (d.typeName === "ZodObject" && isFileSchema({ _def: d }))) {
