@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 APPS = REPO / "tests" / "apps"
 if importlib.util.find_spec("supervisor") is None:  # pragma: no cover - not installed
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "http"))  # http_helpers, for the serve tests
 
 from supervisor.app_config import open_app_dir  # noqa: E402
 from supervisor.child_launch import node_command  # noqa: E402
