@@ -81,5 +81,7 @@ def node_command(
     from .node_runtime import child_runtime_dir
 
     fds = f"0,{protocol_out},{capture_stdout},{capture_stderr},{stderr}"
-    argv = [node, str(child_runtime_dir() / "main.js"), "--fds", fds]
+    # --preserve-symlinks: the app is imported through a link that sits next to its
+    # installed packages (node_packages.app_link), and must resolve from there.
+    argv = [node, "--preserve-symlinks", str(child_runtime_dir() / "main.js"), "--fds", fds]
     return argv if app_dir is None else [*argv, app_dir]

@@ -23,13 +23,21 @@ from pathlib import Path
 
 from . import errors as E
 from .app_config import AppManifest
-from .node_packages import PACKAGE_DIR_ENV, app_packages, cache_root, install_packages
+from .node_packages import (
+    APP_LINK_ENV,
+    PACKAGE_DIR_ENV,
+    app_link,
+    app_packages,
+    cache_root,
+    install_packages,
+)
 
 logger = logging.getLogger("supervisor.node")
 
 CHILD_SOURCE = Path(__file__).resolve().parent.parent / "child" / "node"
-MINIMUM_VERSION = (20, 6, 0)
-"""The oldest node the child runtime runs on (``module.register`` for its resolver)."""
+MINIMUM_VERSION = (18, 0, 0)
+"""The oldest node the child runtime supports (worker threads, AsyncLocalStorage, and
+its dependencies' own floor)."""
 ALLOW_OLDER_ENV = "APPVISOR_ALLOW_OLDER_NODE"
 """Set to 1 to run an app on a node older than its ``kernel: node-N`` asks, with a warning."""
 NODE_ENV = "APPVISOR_NODE"
@@ -119,7 +127,8 @@ class NodeApp:
     node: str
     version: Version
     env: dict[str, str]
-    """Variables its children need: where its installed packages are."""
+    """Variables its children need: where its installed packages are, and the link
+    to the app through which they are found."""
 
 
 def prepare_node_app(app_dir: Path, manifest: AppManifest) -> NodeApp:
@@ -131,5 +140,7 @@ def prepare_node_app(app_dir: Path, manifest: AppManifest) -> NodeApp:
     packages = app_packages(
         app_dir, version[0], logging.getLogger(f"supervisor.app.{manifest.name}")
     )
-    env = {PACKAGE_DIR_ENV: str(packages)} if packages is not None else {}
+    if packages is None:
+        return NodeApp(node, version, {})
+    env = {PACKAGE_DIR_ENV: str(packages), APP_LINK_ENV: str(app_link(packages, app_dir))}
     return NodeApp(node, version, env)

@@ -122,12 +122,15 @@ class ChildPool:
                 self._tasks = tasks
                 task_status.started()
                 while True:
+                    # A fresh event before spawning, not after: a start that asks
+                    # for a refill (or for another key) while a spawn is under way
+                    # is then not lost.
+                    refill = self._refill = anyio.Event()
                     for key in list(self._wanted):
                         while len(self._idle.setdefault(key, [])) < self.size:
                             if not await self._spawn(key):
                                 break
-                    self._refill = anyio.Event()
-                    await self._refill.wait()
+                    await refill.wait()
                     # Spawning forks this process and then keeps a core busy for a
                     # while: let the start that took a child serve its first
                     # requests first.

@@ -26,9 +26,10 @@ export function findEntry(appDir) {
   throw new LoadError(`${appDir} has no ${ENTRY_POINTS.slice(0, 2).join(" or ")}`);
 }
 
-export async function loadApp(appDir) {
+/** Import the app of `appDir`, through `importDir` (the same directory, or a link to it). */
+export async function loadApp(appDir, importDir = appDir) {
   const entry = findEntry(appDir);
-  const module = await import(pathToFileURL(entry).href);
+  const module = await import(pathToFileURL(path.join(importDir, path.relative(appDir, entry))).href);
   const AppClass = module.App ?? module.default;
   if (typeof AppClass !== "function") {
     throw new LoadError(`${entry} exports no class App`);

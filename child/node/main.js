@@ -17,7 +17,6 @@
 
 import fs from "node:fs";
 import { AsyncLocalStorage } from "node:async_hooks";
-import { register } from "node:module";
 import path from "node:path";
 import { Worker } from "node:worker_threads";
 
@@ -242,7 +241,20 @@ function manifestName(dir) {
   }
 }
 
-let resolverRegistered = false;
+/**
+ * Where to import the app from: the link to it next to its installed packages
+ * (APPVISOR_NODE_APP_LINK, made by supervisor/node_packages.py), so that its bare
+ * imports find them (node runs with --preserve-symlinks); else the directory itself.
+ */
+function importPath(directory) {
+  const link = process.env.APPVISOR_NODE_APP_LINK;
+  try {
+    if (link && fs.realpathSync(link) === fs.realpathSync(directory)) return link;
+  } catch {
+    // a stale or missing link: import from the directory
+  }
+  return directory;
+}
 
 async function load(appDir, env) {
   if (env && Object.keys(env).length > 0) {
@@ -256,13 +268,8 @@ async function load(appDir, env) {
   } catch (error) {
     throw new RequestFailed({ type: "load_failed", message: `cannot enter ${directory}: ${error.message}` });
   }
-  const packageDir = process.env.APPVISOR_NODE_PACKAGE_DIR;
-  if (packageDir && !resolverRegistered) {
-    register(new URL("./resolve_hooks.js", import.meta.url), { data: { packageDir } });
-    resolverRegistered = true;
-  }
   try {
-    app = await loadApp(directory);
+    app = await loadApp(directory, importPath(directory));
   } catch (error) {
     const info = errorInfo(error, "load_failed");
     if (error instanceof LoadError) delete info.traceback;

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import psutil
 import pytest
-from conftest import APPS
+from node_helpers import APPS
 
 from supervisor import RestartPolicy, Supervisor
 from supervisor import errors as E

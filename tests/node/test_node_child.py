@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import APPS, NodeChildDriver, SpawnNode
+from node_helpers import APPS, NodeChildDriver, SpawnNode
 
 from protocol import Error, Hello, Log, Partial, Progress, Result
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import APPS
 from http_helpers import EXAMPLES, Server, cli, running, sse_events
+from node_helpers import APPS
 
 HTML = EXAMPLES / "node-html"
 
