@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,26 @@ async def test_cancel_of_a_busy_loop_ends_the_request_and_the_app_recovers() -> 
         with pytest.raises(E.RequestCancelledError):
             await request.result()
         assert (await app.run({"text": "ok"}, function="reverse"))["text"] == "ko"
+
+
+async def test_a_run_timeout_on_a_busy_loop_restarts_the_child() -> None:
+    async with supervisor() as sup:
+        app = await sup.start(KITCHEN, run_timeout=1.0)
+        first = (await app.run({}, function="env"))["pid"]
+        with pytest.raises(E.RequestTimeoutError):
+            await app.run({}, function="spin")
+        assert (await app.run({}, function="env"))["pid"] != first
+
+
+async def test_replicas_are_separate_node_children() -> None:
+    async with supervisor() as sup:
+        app = await sup.start(KITCHEN, replicas=2)
+        async with anyio.create_task_group() as tasks:
+            for _ in range(2):
+                tasks.start_soon(partial(app.run, {"seconds": 0.3}, function="spin"))
+        pids = app.status()["pids"]
+        assert len(set(pids)) == 2
+        assert all("main.js" in " ".join(psutil.Process(pid).cmdline()) for pid in pids)
 
 
 async def test_a_spinning_child_still_answers_heartbeats() -> None:
