@@ -116,6 +116,14 @@ def test_setup_config_is_validated_and_setup_may_be_retried(spawn_node: SpawnNod
     assert isinstance(result, Result)
 
 
+def test_messages_larger_than_a_frame_cross_both_ways(spawn_node: SpawnNode) -> None:
+    """Section 3: 17 MiB each way, split into 16 MiB frames by both senders."""
+    driver = ready(spawn_node)
+    text = "ab" * (17 * 2**19)
+    _, result = driver.run("reverse", {"text": text})
+    assert isinstance(result, Result) and result.output["text"] == text[::-1]
+
+
 def test_pings_are_answered_while_app_code_spins(spawn_node: SpawnNode) -> None:
     """Section 10.5: the I/O runs on a worker thread that a CPU-bound loop cannot block."""
     driver = ready(spawn_node)
