@@ -12,8 +12,8 @@ a Zod schema), interleaved round by round so that machine noise hits both alike:
   in the pool (the pool refills between rounds);
 * ``no-op call``: ``app.run()`` round trip, p50 and p99 over ``--calls`` calls.
 
-Baselines in the same run: ``node -e 0`` and ``node -e 'import("zod")'`` (what a
-node child cannot avoid), ``python -c pass``. The Node app's npm packages are
+Baselines in the same run: ``python -c pass``, ``node -e 0`` and node importing
+zod (what a node child of this app cannot avoid). The Node app's npm packages are
 installed before timing starts (they are cached; see supervisor/node_packages.py).
 """
 
@@ -127,12 +127,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from supervisor.app_config import open_app_dir
     from supervisor.node_runtime import prepare_node_app
 
-    prepare_node_app(*open_app_dir(APPS["node"]))
+    packages = prepare_node_app(*open_app_dir(APPS["node"])).env["APPVISOR_NODE_PACKAGE_DIR"]
     info = machine_info()
     print(machine_line(info))
     base: dict[str, Callable[[], list[float]]] = {
         "`python -c pass`": lambda: time_command([sys.executable, "-c", "pass"], runs),
         "`node -e 0`": lambda: time_command([node, "-e", "0"], runs),
+        "`node` importing zod (what node_noop imports)": lambda: time_command(
+            [node, "--input-type=module", "-e", 'await import("zod")'], runs, cwd=Path(packages)
+        ),
     }
     baselines = {name: fn() for name, fn in base.items()}
     results = anyio.run(measure, runs, count)
