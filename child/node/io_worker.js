@@ -57,6 +57,9 @@ function send(message) {
     if (message.type === "log") message = { ...message, id: null };
     else return; // the request ended (cancelled): its late events are dropped
   }
+  if ((message.type === "progress" || message.type === "partial") && connection.open.get(id) !== "run") {
+    return; // progress of a setup (say) has no place in the protocol
+  }
   if ((message.type === "result" || message.type === "error") && id != null) {
     for (const capture of captures) capture.drain();
   }

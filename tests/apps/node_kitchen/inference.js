@@ -46,7 +46,8 @@ export const EnvInput = z.object({});
 export const EnvOutput = z.object({ pid: z.number(), cwd: z.string(), value: z.string().optional() });
 
 export class App {
-  async setup(config) {
+  async setup(config, metadata) {
+    metadata.progress(0.5, "progress is for runs: the runtime drops this one");
     this.greeting = config.greeting;
     this.marker = config.marker;
     console.log(`setup with ${this.greeting}`);
