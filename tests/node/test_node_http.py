@@ -89,6 +89,15 @@ def test_openapi_and_docs_list_the_node_functions(server: Server) -> None:
     assert "node-html" in docs and "Stream the words of a text" in docs
 
 
+def test_the_example_runs_as_its_input_json_says() -> None:
+    result = cli("run", str(HTML))
+    assert result.returncode == 0, result.stderr
+    card = json.loads(result.stdout)["card"]
+    assert card["content_type"] == "text/html"
+    assert "Hello, Ada!" in Path(card["path"]).read_text()
+    assert "[progress] 50% rendering" in result.stderr
+
+
 def test_cli_run_and_schema(tmp_path: Path) -> None:
     result = cli("run", str(HTML), "--function", "reverse", "--input", '{"text": "abc"}')
     assert result.returncode == 0, result.stderr
