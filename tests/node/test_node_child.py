@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
+import pytest
 from node_helpers import APPS, NodeChildDriver, SpawnNode
 
 from protocol import Error, Hello, Log, Partial, Progress, Result
@@ -181,6 +183,31 @@ def test_protocol_error_is_reported_then_exit_76(spawn_node: SpawnNode) -> None:
     notice = driver.expect(Error)
     assert notice.id is None and notice.error.type.value == "protocol"
     assert "unknown message type 'pang'" in notice.error.message
+    assert driver.wait() == 76
+
+
+@pytest.mark.parametrize(
+    ("payload", "complaint"),
+    [
+        (msgpack.packb({"type": "ping", "seq": True}), "ping.seq must be int, got bool"),
+        (msgpack.packb({"type": "run", "id": "r"}), "run message lacks field 'function'"),
+        (msgpack.packb({"type": "ping", "seq": 1, 7: 0}), "map keys must be str"),
+        (msgpack.packb({"type": "pong", "seq": 1}), "pong may not be sent by the supervisor"),
+        (msgpack.packb({"type": "setup", "id": "s"}), "setup is not allowed in state empty"),
+        (msgpack.packb([1, 2]), "must be a msgpack map"),
+        (b"\xc1", "invalid msgpack"),
+    ],
+)
+def test_malformed_messages_are_protocol_errors(
+    spawn_node: SpawnNode, payload: bytes, complaint: str
+) -> None:
+    """Sections 4 and 8: wrong types, missing fields, non-str keys, wrong direction
+    or state and invalid msgpack each end the child with a nil-id protocol error."""
+    driver = spawn_node()
+    driver.hello()
+    driver.write_raw(struct.pack(">I", len(payload)) + payload)
+    notice = driver.expect(Error)
+    assert notice.id is None and complaint in notice.error.message
     assert driver.wait() == 76
 
 
