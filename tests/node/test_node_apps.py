@@ -18,7 +18,7 @@ import psutil
 import pytest
 from node_helpers import APPS
 
-from supervisor import RestartPolicy, Supervisor
+from supervisor import RestartPolicy, Supervisor, node_runtime
 from supervisor import errors as E
 from supervisor.describe import describe_app
 from supervisor.events import LogEvent, PartialEvent, ResultEvent
@@ -311,3 +311,23 @@ def test_identical_manifests_share_one_installation(kitchen_env: dict[str, str])
             str(app_packages(Path(copy), major, logging.getLogger("t")))
             == (kitchen_env[PACKAGE_DIR_ENV])
         )
+
+
+def test_the_runtime_installs_its_own_packages_into_the_cache_when_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkout (or an installed package) without child/node/node_modules gets a
+    cached copy of the runtime with its locked packages; the source is not written."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for path in node_runtime.CHILD_SOURCE.iterdir():
+        if path.is_file():
+            shutil.copy(path, source / path.name)
+    monkeypatch.setattr(node_runtime, "CHILD_SOURCE", source)
+    monkeypatch.setenv("APPVISOR_CACHE_DIR", str(tmp_path / "cache"))
+    runtime = node_runtime.child_runtime_dir()
+    assert runtime.parent == tmp_path / "cache" / "node-child"
+    assert (runtime / "node_modules" / "@msgpack" / "msgpack").is_dir()
+    assert (runtime / "main.js").read_bytes() == (source / "main.js").read_bytes()
+    assert not (source / "node_modules").exists()
+    assert node_runtime.child_runtime_dir() == runtime  # the second call finds it
