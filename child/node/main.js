@@ -67,7 +67,11 @@ function privateCopy(fd, flags) {
 const { fds, appDir: startApp } = parseArgs(process.argv.slice(2));
 const { O_RDONLY, O_WRONLY, O_NONBLOCK } = fs.constants;
 const protocolIn = privateCopy(fds[0], O_RDONLY | O_NONBLOCK);
-if (protocolIn !== fds[0] && fds[0] === 0) fs.openSync("/dev/null", O_RDONLY); // takes fd 0
+if (protocolIn !== fds[0] && fds[0] === 0) {
+  // The lowest free descriptor is 0 again: whatever reads stdin now reads nothing.
+  const devnull = fs.openSync("/dev/null", O_RDONLY);
+  if (devnull !== 0) fs.closeSync(devnull);
+}
 const protocolOut = privateCopy(fds[1], O_WRONLY);
 const captureStdout = privateCopy(fds[2], O_RDONLY | O_NONBLOCK);
 const captureStderr = privateCopy(fds[3], O_RDONLY | O_NONBLOCK);

@@ -250,4 +250,6 @@ def test_subprocesses_inherit_no_protocol_descriptor(spawn_node: SpawnNode) -> N
             flags[fd] = int(info.read().split("flags:")[1].split()[0], 8)
     inherited = [fd for fd, f in flags.items() if fd > 2 and not f & 0o2000000]
     assert inherited == [], inherited
+    # and stdin, which a subprocess with stdio "inherit" gets, no longer carries frames
+    assert os.readlink(f"/proc/{driver.pid}/fd/0") == "/dev/null"
     os.kill(driver.pid, signal.SIGKILL)
