@@ -107,6 +107,9 @@ function receive(chunk) {
   }
 }
 
+const drainBuffer = Buffer.alloc(READ_SIZE);
+const EMPTY = Buffer.alloc(0);
+
 /** One capture pipe: lines of fd-level output, as log messages. */
 class Capture {
   constructor(fd, stream) {
@@ -139,18 +142,23 @@ class Capture {
 
   /** Forward every byte written so far (the socket reads the pipe without blocking). */
   drain() {
-    const buffer = Buffer.alloc(READ_SIZE);
-    for (;;) {
-      let n;
-      try {
-        n = fs.readSync(this.fd, buffer, 0, READ_SIZE, null);
-      } catch {
-        break; // EAGAIN: the pipe is empty
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0; // the EAGAIN that ends every drain needs no stack
+    try {
+      for (;;) {
+        let n;
+        try {
+          n = fs.readSync(this.fd, drainBuffer, 0, READ_SIZE, null);
+        } catch {
+          break; // EAGAIN: the pipe is empty
+        }
+        if (n <= 0) break;
+        this.take(drainBuffer.subarray(0, n));
       }
-      if (n <= 0) break;
-      this.take(buffer.subarray(0, n));
+    } finally {
+      Error.stackTraceLimit = limit;
     }
-    this.take(Buffer.alloc(0), true);
+    if (this.pending) this.take(EMPTY, true);
   }
 }
 
