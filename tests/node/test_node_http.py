@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -113,3 +114,12 @@ def test_cli_run_and_schema(tmp_path: Path) -> None:
         "run", str(APPS / "node_kitchen"), "--function", "crash", "--input", '{"how": "exit"}'
     )
     assert crash.returncode == 5
+
+
+def test_an_environment_failure_is_exit_code_4(tmp_path: Path) -> None:
+    app_dir = tmp_path / "future"
+    shutil.copytree(APPS / "node_kitchen", app_dir)
+    (app_dir / "inf.yml").write_text("name: future\nkernel: node-99\n")
+    result = cli("run", str(app_dir), "--function", "reverse", "--input", '{"text": "a"}')
+    assert result.returncode == 4
+    assert "environment_failed" in result.stderr and "node-99" in result.stderr
