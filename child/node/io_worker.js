@@ -29,6 +29,7 @@ const { protocolIn, protocolOut, captureStdout, captureStderr, parentPid } = wor
 const connection = new Connection();
 const frames = new FrameDecoder();
 let pendingPings = [];
+let beforeHello = [];
 let exiting = false;
 
 function write(message) {
@@ -52,6 +53,10 @@ function write(message) {
 
 function send(message) {
   if (exiting || connection.state === "closed") return;
+  if (connection.state === "awaiting_hello" && message.type === "log") {
+    beforeHello.push(message); // output of an app imported before the hello: after it
+    return;
+  }
   const id = message.id;
   if (id != null && !connection.isOpen(id)) {
     if (message.type === "log") message = { ...message, id: null };
@@ -66,7 +71,9 @@ function send(message) {
   write(message);
   if (message.type === "hello") {
     for (const seq of pendingPings) write({ type: "pong", seq });
+    for (const log of beforeHello) write(log);
     pendingPings = [];
+    beforeHello = [];
   }
 }
 
@@ -136,7 +143,7 @@ class Capture {
     }
     const id = connection.singleOpen();
     for (const line of lines) {
-      write({ type: "log", id, stream: this.stream, message: line });
+      send({ type: "log", id, stream: this.stream, message: line });
     }
   }
 

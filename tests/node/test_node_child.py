@@ -5,6 +5,7 @@ document asks of a child (section numbers in the docstrings)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import struct
 import time
@@ -40,6 +41,28 @@ def test_hello_describes_the_app_it_was_started_with(spawn_node: SpawnNode) -> N
     assert set(functions) == {"run", "reverse", "count", "noisy", "crash", "spin", "env"}
     assert functions["count"]["streaming"] is True and functions["run"]["streaming"] is False
     assert hello.app["setup_schema"]["properties"]["greeting"]["default"] == "Hello"
+
+
+def test_output_while_importing_comes_after_hello(
+    spawn_node: SpawnNode, tmp_path: Path, kitchen_env: dict[str, str]
+) -> None:
+    """Section 10.1: hello is the first message, even when the app prints as it is
+    imported (at the JavaScript level and on fd 1); its output follows as logs."""
+    shutil.copy(APPS / "node_kitchen" / "inference.js", tmp_path / "kitchen.js")
+    (tmp_path / "inference.js").write_text(
+        'import fs from "node:fs";\n'
+        'console.log("importing");\n'
+        'fs.writeSync(1, "importing, on fd 1\\n");\n'
+        'export * from "./kitchen.js";\n'
+    )
+    (tmp_path / "package.json").write_text('{"type": "module"}')
+    packages = Path(kitchen_env["APPVISOR_NODE_PACKAGE_DIR"])
+    (tmp_path / "node_modules").symlink_to(packages / "node_modules")
+    driver = spawn_node(str(tmp_path))
+    hello = driver.hello()
+    assert hello.app is not None
+    logs = {driver.expect(Log).message, driver.expect(Log).message}
+    assert logs == {"importing", "importing, on fd 1"}
 
 
 def test_ping_before_hello_is_answered_after_it(spawn_node: SpawnNode) -> None:
