@@ -12,6 +12,7 @@ The version rule is a pure function (``check_version``); the rest is mechanism.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -85,6 +86,24 @@ def find_node(kernel: str | None, env: dict[str, str] | None = None) -> tuple[st
             f"this is a Node.js app ({kernel or 'inference.js'}) but no node executable was found "
             f"on PATH (or in ${NODE_ENV})"
         )
+    version = _version_of(os.path.abspath(node), _mtime(node))
+    warning = check_version(version, kernel, environ.get(ALLOW_OLDER_ENV, "") not in ("", "0"))
+    if warning:
+        logger.warning("%s", warning)
+    return os.path.abspath(node), version
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return -1
+
+
+@functools.lru_cache(maxsize=16)
+def _version_of(node: str, mtime: int) -> Version:
+    """``node --version``, asked once per executable (and again if it is replaced):
+    running node costs tens of milliseconds of every start."""
     try:
         out = subprocess.run(
             [node, "--version"], capture_output=True, text=True, timeout=30, check=True
@@ -94,10 +113,7 @@ def find_node(kernel: str | None, env: dict[str, str] | None = None) -> tuple[st
     version = parse_version(out)
     if version is None:
         raise E.EnvironmentFailedError(f"{node} --version printed {out.strip()!r}, not a version")
-    warning = check_version(version, kernel, environ.get(ALLOW_OLDER_ENV, "") not in ("", "0"))
-    if warning:
-        logger.warning("%s", warning)
-    return os.path.abspath(node), version
+    return version
 
 
 def child_runtime_dir() -> Path:
