@@ -35,7 +35,7 @@ export class App {
     let image = "";
     if (input.photo) {
       const photo = await File.from(input.photo);
-      const data = fs.readFileSync(photo.path).toString("base64");
+      const data = fs.readFileSync(await photo.getPath()).toString("base64"); // downloads a URL
       image = `<img src="data:${photo.contentType ?? "image/png"};base64,${data}">`;
     }
     metadata.progress(0.5, "rendering");

@@ -4,9 +4,14 @@ cancel of a busy loop, liveness while app code spins, the pool, bad manifests.""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import http.server
+import json
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -48,6 +53,21 @@ def no_leftover_processes(kitchen_env: dict[str, str]) -> Iterator[None]:
             break
         time.sleep(0.05)
     assert not left, [p.cmdline() for p in left]
+
+
+@contextlib.contextmanager
+def serving(directory: Path) -> Iterator[str]:
+    """A local HTTP server for ``directory``'s files, for URL inputs."""
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def supervisor(**options: Any) -> Supervisor:
@@ -110,13 +130,19 @@ async def test_files_in_and_out_with_the_real_sdk(tmp_path: Path) -> None:
     doc = tmp_path / "doc.txt"
     doc.write_text("four")
     async with supervisor() as sup:
-        app = await sup.start(KITCHEN, setup={"greeting": "Hi"})
+        cache = {"FILE_CACHE_DIR": str(tmp_path / "downloads")}
+        app = await sup.start(KITCHEN, setup={"greeting": "Hi"}, env=cache)
         out = await app.run({"name": "Ada", "image": str(image), "doc": str(doc)})
         assert out["greeting"] == "Hi, Ada!"
         assert out["image_size"] == 123 and out["doc_size"] == 4
         assert set(out["file"]) == {"path", "content_type", "size", "filename"}
         assert out["file"]["content_type"] == "text/plain"
         assert Path(out["file"]["path"]).read_text() == "Hi, Ada!"
+        data_uri = "data:application/octet-stream;base64," + base64.b64encode(b"12345").decode()
+        assert (await app.run({"name": "Bo", "image": data_uri}))["image_size"] == 5
+        with serving(tmp_path) as base_url:
+            downloaded = await app.run({"name": "Cy", "image": f"{base_url}/image.bin"})
+        assert downloaded["image_size"] == 123
         zod3 = await sup.start(ZOD3)
         echoed = await zod3.run(
             {"text": "t", "flag": True, "tags": [], "mode": "b", "image": str(image)}
@@ -250,6 +276,28 @@ async def test_pooled_node_children_serve_restarts(kitchen_env: dict[str, str]) 
         out = await app.run({}, function="env")
         assert sup.pool.handed_out == handed + 1
         assert out["value"] == "from start" and out["cwd"] == str(KITCHEN)
+
+
+async def test_a_vram_budget_restarts_a_node_child_over_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GPU placement and VRAM budgets follow the child's pid, whatever its runtime
+    (the fake NVML backend reports the usage the test writes for that pid)."""
+    nvml = tmp_path / "nvml.json"
+    devices = [{"index": 0, "name": "Fake GPU 0", "total_mib": 16384}]
+    nvml.write_text(json.dumps({"devices": devices, "processes": {}}))
+    monkeypatch.setenv("SUPERVISOR_FAKE_NVML", str(nvml))
+    async with supervisor(gpu_backend="auto", budget_grace=0.3, monitor_interval=0.1) as sup:
+        app = await sup.start(KITCHEN, gpus=1, vram_budget=2 * 2**30)
+        first = await app.run({}, function="env")
+        assert first["gpus"] == "0"
+        usage = {str(first["pid"]): {"0": 4096}}
+        nvml.write_text(json.dumps({"devices": devices, "processes": usage}))
+        with anyio.fail_after(20):
+            while app.status()["restarts"] < 1:
+                await anyio.sleep(0.05)
+        assert "VRAM" in app.status()["last_exit"]["reason"]
+        assert (await app.run({}, function="env"))["pid"] != first["pid"]
 
 
 # -- manifests and environments ----------------------------------------------------------

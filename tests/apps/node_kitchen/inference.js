@@ -43,7 +43,12 @@ export const SpinInput = z.object({ seconds: z.number().optional() });
 export const SpinOutput = z.object({ spun: z.number() });
 
 export const EnvInput = z.object({});
-export const EnvOutput = z.object({ pid: z.number(), cwd: z.string(), value: z.string().optional() });
+export const EnvOutput = z.object({
+  pid: z.number(),
+  cwd: z.string(),
+  value: z.string().optional(),
+  gpus: z.string().optional(),
+});
 
 export class App {
   async setup(config, metadata) {
@@ -59,8 +64,9 @@ export class App {
     const out = path.join(os.tmpdir(), `kitchen-${process.pid}.txt`);
     fs.writeFileSync(out, greeting);
     const result = { greeting, file: File.fromPath(out) };
-    if (input.image) result.image_size = fs.statSync((await File.from(input.image)).path).size;
-    if (input.doc) result.doc_size = fs.statSync((await File.from(input.doc)).path).size;
+    // File.from() copies a File (a URL's stays lazy); getPath() downloads or decodes it.
+    if (input.image) result.image_size = fs.statSync(await (await File.from(input.image)).getPath()).size;
+    if (input.doc) result.doc_size = fs.statSync(await (await File.from(input.doc)).getPath()).size;
     return result;
   }
 
@@ -105,7 +111,8 @@ export class App {
   }
 
   async env() {
-    return { pid: process.pid, cwd: process.cwd(), value: process.env.KITCHEN_VALUE };
+    const env = process.env;
+    return { pid: process.pid, cwd: process.cwd(), value: env.KITCHEN_VALUE, gpus: env.CUDA_VISIBLE_DEVICES };
   }
 
   async unload() {
