@@ -113,6 +113,7 @@ def test_functions_are_the_input_output_pairs() -> None:
         "reverse",
         "count",
         "noisy",
+        "chatter",
         "crash",
         "spin",
         "env",

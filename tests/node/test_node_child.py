@@ -38,7 +38,16 @@ def test_hello_describes_the_app_it_was_started_with(spawn_node: SpawnNode) -> N
     assert hello.pid == driver.pid and hello.shared_memory is False
     assert hello.app is not None and hello.app["name"] == "kitchen"
     functions = hello.app["functions"]
-    assert set(functions) == {"run", "reverse", "count", "noisy", "crash", "spin", "env"}
+    assert set(functions) == {
+        "run",
+        "reverse",
+        "count",
+        "noisy",
+        "chatter",
+        "crash",
+        "spin",
+        "env",
+    }
     assert functions["count"]["streaming"] is True and functions["run"]["streaming"] is False
     assert hello.app["setup_schema"]["properties"]["greeting"]["default"] == "Hello"
 
@@ -106,6 +115,20 @@ def test_output_written_any_way_is_a_log_of_its_request(spawn_node: SpawnNode) -
         ("stdout", "subprocess: x"),
         ("stderr", "subprocess stderr: x"),
     }
+
+
+def test_concurrent_requests_each_get_their_own_output(spawn_node: SpawnNode) -> None:
+    """Two runs interleaving their console.log lines across awaits: each line is a
+    log of the request whose code printed it."""
+    driver = ready(spawn_node)
+    first = driver.start_run("chatter", {"tag": "a", "n": 20})
+    second = driver.start_run("chatter", {"tag": "b", "n": 20})
+    done = driver.collect(first, second)
+    for request, tag in ((first, "a"), (second, "b")):
+        events, result = done[request]
+        assert isinstance(result, Result), result
+        lines = [e.message for e in events if isinstance(e, Log)]
+        assert lines == [f"{tag} {i}" for i in range(20)]
 
 
 def test_streaming_function_sends_partials_then_the_last_as_result(spawn_node: SpawnNode) -> None:

@@ -36,6 +36,9 @@ export const CountOutput = z.object({ i: z.number() });
 export const NoisyInput = z.object({ text: z.string() });
 export const NoisyOutput = z.object({ ok: z.boolean() });
 
+export const ChatterInput = z.object({ tag: z.string(), n: z.number() });
+export const ChatterOutput = z.object({ said: z.number() });
+
 export const CrashInput = z.object({ how: z.enum(["exit", "throw", "sigkill", "reject"]) });
 export const CrashOutput = z.object({});
 
@@ -89,6 +92,14 @@ export class App {
     execSync(`echo "subprocess: ${input.text}"`, { stdio: "inherit" });
     execSync(`echo "subprocess stderr: ${input.text}" >&2`, { stdio: "inherit" });
     return { ok: true };
+  }
+
+  async chatter(input) {
+    for (let i = 0; i < input.n; i++) {
+      console.log(`${input.tag} ${i}`);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    return { said: input.n };
   }
 
   async crash(input) {
