@@ -20,9 +20,6 @@ import { AsyncLocalStorage } from "node:async_hooks";
 import path from "node:path";
 import { Worker } from "node:worker_threads";
 
-import { LoadError, describeApp, loadApp } from "./app_loader.js";
-import { adaptFiles } from "./schemas.js";
-import { toWire } from "./wire_values.js";
 
 const RUNTIME_VERSION = `appvisor-node-child 0.1.0 (node ${process.version})`;
 const MAX_LINE = 64 * 1024;
@@ -89,6 +86,17 @@ process.on("uncaughtException", (error) => {
   reportFatal(`uncaught exception in the app: ${error?.stack ?? error}`);
   process.exit(1);
 });
+
+// Imported only now: a failure to import them (a broken install) is reported on
+// the fatal channel, where fd 2 would lose it (nothing reads the capture pipe yet).
+let modules;
+try {
+  modules = await Promise.all([import("./app_loader.js"), import("./schemas.js"), import("./wire_values.js")]);
+} catch (error) {
+  reportFatal(`the JavaScript child runtime cannot start: ${error?.stack ?? error}`);
+  process.exit(70);
+}
+const [{ LoadError, describeApp, loadApp }, { adaptFiles }, { toWire }] = modules;
 
 // -- the I/O worker ------------------------------------------------------------
 

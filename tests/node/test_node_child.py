@@ -17,6 +17,7 @@ import pytest
 from node_helpers import APPS, NodeChildDriver, SpawnNode
 
 from protocol import Error, Hello, Log, Partial, Progress, Result
+from supervisor import node_runtime
 
 KITCHEN = str(APPS / "node_kitchen")
 
@@ -282,6 +283,23 @@ def test_uncaught_exception_reaches_the_fatal_channel(spawn_node: SpawnNode) -> 
     stderr = driver.stderr_at_exit()
     assert driver.proc.returncode == 1
     assert "thrown outside any request" in stderr
+
+
+def test_a_broken_runtime_says_why_on_the_fatal_channel(
+    spawn_node: SpawnNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing reads fd 2 before the runtime is up: a runtime that cannot import its
+    own modules reports it where the supervisor reads (its stderr tail), exit 70."""
+    broken = tmp_path / "node"
+    shutil.copytree(node_runtime.CHILD_SOURCE, broken, symlinks=True)
+    (broken / "wire_values.js").write_text("export const toWire = ;\n")
+    monkeypatch.setattr(node_runtime, "CHILD_SOURCE", broken)
+    driver = spawn_node()
+    with pytest.raises(EOFError):
+        driver.hello()
+    stderr = driver.stderr_at_exit()
+    assert driver.proc.returncode == 70
+    assert "cannot start" in stderr and "SyntaxError" in stderr
 
 
 def test_subprocesses_inherit_no_protocol_descriptor(spawn_node: SpawnNode) -> None:
