@@ -114,6 +114,7 @@ def test_functions_are_the_input_output_pairs() -> None:
         "count",
         "noisy",
         "chatter",
+        "hold",
         "crash",
         "spin",
         "env",

@@ -45,6 +45,7 @@ def test_hello_describes_the_app_it_was_started_with(spawn_node: SpawnNode) -> N
         "count",
         "noisy",
         "chatter",
+        "hold",
         "crash",
         "spin",
         "env",
@@ -196,6 +197,21 @@ def test_cancel_of_an_awaiting_request_answers_cancelled(spawn_node: SpawnNode) 
     assert 0 < len(events) < 1000
     _, after = driver.run("reverse", {"text": "ab"})
     assert isinstance(after, Result) and after.output == {"text": "ba"}
+
+
+def test_cancel_aborts_the_requests_signal(spawn_node: SpawnNode, tmp_path: Path) -> None:
+    driver = ready(spawn_node)
+    marker = tmp_path / "aborted"
+    request = driver.start_run("hold", {"marker": str(marker)})
+    time.sleep(0.3)
+    assert not marker.exists()
+    driver.cancel(request)
+    _, result = driver.collect(request)[request]
+    assert isinstance(result, Error) and result.error.type.value == "cancelled"
+    deadline = time.monotonic() + 10
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert marker.read_text() == "aborted"
 
 
 def test_unload_calls_the_hook_then_exits_0(spawn_node: SpawnNode, tmp_path: Path) -> None:

@@ -39,6 +39,9 @@ export const NoisyOutput = z.object({ ok: z.boolean() });
 export const ChatterInput = z.object({ tag: z.string(), n: z.number() });
 export const ChatterOutput = z.object({ said: z.number() });
 
+export const HoldInput = z.object({ marker: z.string() });
+export const HoldOutput = z.object({});
+
 export const CrashInput = z.object({ how: z.enum(["exit", "throw", "sigkill", "reject"]) });
 export const CrashOutput = z.object({});
 
@@ -100,6 +103,12 @@ export class App {
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
     return { said: input.n };
+  }
+
+  async hold(input, metadata) {
+    await new Promise((resolve) => metadata.signal.addEventListener("abort", resolve));
+    fs.writeFileSync(input.marker, "aborted");
+    return {};
   }
 
   async crash(input) {
