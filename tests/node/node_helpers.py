@@ -90,9 +90,8 @@ class NodeChildDriver(ChildDriver):  # type: ignore[misc, valid-type]
             env=env,
             cwd=REPO,
         )
-        for fd in (out_write, fatal_write, capture_out_read, capture_out_write):
-            os.close(fd)
-        for fd in (capture_err_read, capture_err_write):
+        theirs = (out_write, fatal_write, capture_out_read, capture_out_write)
+        for fd in (*theirs, capture_err_read, capture_err_write):
             os.close(fd)
         proc.stdout = os.fdopen(out_read, "rb")
         proc.stderr = os.fdopen(fatal_read, "rb")
