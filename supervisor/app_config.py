@@ -2,7 +2,8 @@
 
 Only the keys the supervisor acts on are read: ``name``, ``env``,
 ``resources`` (GPU count, VRAM per GPU and RAM, in bytes), ``kernel`` (the
-Python version) and the declared ``secrets`` and ``integrations``. A missing file means
+Python version, or ``node-*``, which with the entry point present chooses the
+child runtime) and the declared ``secrets`` and ``integrations``. A missing file means
 defaults; a malformed one is an error that names the file, so that a typo does
 not silently run an app without its limits.
 """
@@ -10,7 +11,7 @@ not silently run an app without its limits.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,11 @@ class AppManifest:
     ram: int | None = None
     """Bytes of host memory the app may use."""
     kernel: str | None = None
-    """The interpreter the app was written for, as written (``python-3.11``, ``3.12``)."""
+    """``kernel:`` as written, e.g. ``python-3.11``, ``3.12`` or ``node-22``."""
     secrets: tuple[DeclaredSecret, ...] = ()
     """``secrets:`` then ``integrations:``, each key once."""
+    runtime: str = "python"
+    """Which child runtime serves it: ``python`` (inference.py) or ``node`` (inference.js)."""
 
 
 def read_manifest(app_dir: Path) -> AppManifest:
@@ -118,10 +121,32 @@ def _optional_int(value: Any, path: Path, key: str) -> int | None:
     return None if value in (None, 0) else _int(value, path, key)
 
 
+NODE_ENTRY_POINTS = ("inference.js", "src/inference.js")
+
+
+def choose_runtime(app_dir: Path, kernel: str | None) -> str:
+    """``node`` for an app with an ``inference.js`` (at the root or under ``src/``)
+    and no ``inference.py``, or whose ``kernel:`` is ``node-*``; else ``python``.
+    ``AppConfigError`` when the entry point that runtime needs is missing."""
+    has_python = (app_dir / "inference.py").is_file()
+    has_node = any((app_dir / entry).is_file() for entry in NODE_ENTRY_POINTS)
+    wants_node = (kernel or "").strip().lower().startswith("node")
+    if wants_node and not has_node:
+        raise AppConfigError(f"{app_dir}: kernel {kernel!r} needs inference.js or src/inference.js")
+    if wants_node or (has_node and not has_python):
+        return "node"
+    if not has_python:
+        raise AppConfigError(
+            f"{app_dir} is not an app directory (no inference.py, inference.js or src/inference.js)"
+        )
+    return "python"
+
+
 def open_app_dir(app_dir: str | Path) -> tuple[Path, AppManifest]:
     """Resolve an app directory and read its manifest; ``AppConfigError`` if it is
     no app directory or its ``inf.yml`` is malformed."""
     directory = Path(app_dir).resolve()
-    if not (directory / "inference.py").is_file():
-        raise AppConfigError(f"{directory} is not an app directory (no inference.py)")
-    return directory, read_manifest(directory)
+    if not directory.is_dir():
+        raise AppConfigError(f"{directory} is not an app directory (not a directory)")
+    manifest = read_manifest(directory)
+    return directory, replace(manifest, runtime=choose_runtime(directory, manifest.kernel))

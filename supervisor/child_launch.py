@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 from protocol.shared_memory import create_arena
 
@@ -32,6 +33,7 @@ async def launch_child(
     prewarm: bool = False,
     confinement: Confinement | None = None,
     mask: Callable[[str], str] | None = None,
+    runtime: str = "python",
 ) -> tuple[ChildProcess, ChildChannel]:
     """Spawn ``python -m child`` with no app yet or to load later, and its channel.
 
@@ -39,7 +41,16 @@ async def launch_child(
     byte goes through the pipe). ``prewarm``: the child pays first-use costs
     before its hello, for a pooled child that nothing waits for yet. ``mask``
     hides secret values in what the child logs and reports.
+    ``runtime="node"``: ``python`` is a node executable, and the child is the
+    JavaScript runtime (``node_command``), which takes no arenas or preloads.
     """
+    if runtime == "node":
+        process = await ChildProcess.spawn_with_captured_stdio(
+            partial(node_command, python, None), env=env, cwd=cwd, name=name
+        )
+        channel = ChildChannel(process, logger, arenas=None)
+        process.mask = channel.mask = mask
+        return process, channel
     argv = [python, "-m", "child"]
     if preload:
         argv += ["--preload", ",".join(preload)]
@@ -64,3 +75,23 @@ async def launch_child(
     channel = ChildChannel(process, logger, arenas=arenas)
     process.mask = channel.mask = mask
     return process, channel
+
+
+def node_command(
+    node: str,
+    app_dir: str | None,
+    protocol_out: int,
+    capture_stdout: int,
+    capture_stderr: int,
+    stderr: int,
+) -> list[str]:
+    """The JavaScript child's command line, for the descriptors it was given
+    (``ChildProcess.spawn_with_captured_stdio``); with ``app_dir`` it loads that
+    app before its hello."""
+    from .node_runtime import child_runtime_dir
+
+    fds = f"0,{protocol_out},{capture_stdout},{capture_stderr},{stderr}"
+    # --preserve-symlinks: the app is imported through a link that sits next to its
+    # installed packages (node_packages.app_link), and must resolve from there.
+    argv = [node, "--preserve-symlinks", str(child_runtime_dir() / "main.js"), "--fds", fds]
+    return argv if app_dir is None else [*argv, app_dir]

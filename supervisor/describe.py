@@ -23,7 +23,9 @@ from protocol.streams import SyncChannel
 
 from . import errors as E
 from .app_config import AppConfigError, open_app_dir
+from .child_launch import node_command
 from .environment import child_environment
+from .node_runtime import prepare_node_app
 
 
 def describe_app(
@@ -39,13 +41,18 @@ def describe_app(
     except AppConfigError as exc:
         raise E.LoadFailedError(str(exc)) from exc
     env = child_environment(manifest.env, cuda_visible_devices="", python=python)
-    process = subprocess.Popen(
-        [python, "-m", "child", str(directory)],
-        cwd=directory,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
+    if manifest.runtime == "node":
+        node = prepare_node_app(directory, manifest)
+        env.update(node.env)
+        process = _start_node(node.node, directory, env)
+    else:
+        process = subprocess.Popen(
+            [python, "-m", "child", str(directory)],
+            cwd=directory,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
     assert process.stdin is not None and process.stdout is not None
     timer = threading.Timer(timeout, process.kill)
     timer.start()
@@ -80,6 +87,38 @@ def describe_app(
     finally:
         timer.cancel()
         _close(process)
+
+
+def _start_node(node: str, directory: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The JavaScript child, its protocol on stdin and an extra descriptor (see
+    ``ChildProcess.spawn_with_captured_stdio``); its ``stdout`` attribute is made
+    the protocol's read end, so that the caller reads it as for a Python child."""
+    out_read, out_write = os.pipe()
+    capture_out_read, capture_out_write = os.pipe()
+    capture_err_read, capture_err_write = os.pipe()
+    stderr = os.dup(2)
+    theirs = (out_write, capture_out_read, capture_out_write, capture_err_read, capture_err_write)
+    try:
+        argv = node_command(
+            node, str(directory), out_write, capture_out_read, capture_err_read, stderr
+        )
+        process = subprocess.Popen(
+            argv,
+            cwd=directory,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=capture_out_write,
+            stderr=capture_err_write,
+            pass_fds=(out_write, capture_out_read, capture_err_read, stderr),
+        )
+    except BaseException:
+        os.close(out_read)
+        raise
+    finally:
+        for fd in (*theirs, stderr):
+            os.close(fd)
+    process.stdout = os.fdopen(out_read, "rb", buffering=0)
+    return process
 
 
 def _writer(stream: Any) -> Any:

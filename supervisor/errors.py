@@ -130,9 +130,11 @@ class MissingSecretError(SupervisorError):
     type = "missing_secret"
 
 
-class EnvironmentFailedError(SupervisorError):
-    """The app's environment could not be built: ``requirement`` is the one the
-    installer failed on (when it can be told), ``installer_output`` its last lines."""
+class EnvironmentFailedError(SetupFailedError):
+    """The app's environment could not be made: its runtime (Python or Node.js) is
+    missing or too old, or installing its dependencies failed: ``requirement`` is
+    the one the installer failed on (when it can be told), ``installer_output`` its
+    last lines."""
 
     type = "environment_failed"
 

@@ -10,7 +10,9 @@ and is never returned to the pool, so nothing leaks between apps.
 
 It is used only where that is indistinguishable from a fresh start: not when
 the app's environment sets variables read at interpreter or library start-up
-(``PYTHON*``, ``LD_*``, allocator and thread-pool settings).
+(``PYTHON*``, ``NODE_*``, ``LD_*``, allocator and thread-pool settings).
+Node.js apps get pre-started node children of their own, keyed apart by
+``PoolKey.runtime``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from .process import ChildProcess
 
 logger = logging.getLogger("supervisor.pool")
 
-INTERPRETER_ENV_PREFIXES = ("PYTHON", "LD_", "MALLOC")
+INTERPRETER_ENV_PREFIXES = ("PYTHON", "LD_", "MALLOC", "NODE_", "UV_")
 """Read when the interpreter starts: a pre-started child has already read them."""
 LIBRARY_ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_", "GOMP_", "KMP_")
 """Read when a numerical library loads: they matter only if the pool preloaded one."""
@@ -49,7 +51,9 @@ def pool_safe(app_env: Mapping[str, str], preload: Sequence[str] = ()) -> bool:
 @dataclass(frozen=True)
 class PoolKey:
     python: str
+    """The interpreter: python, or node for ``runtime="node"``."""
     preload: tuple[str, ...] = ()
+    runtime: str = "python"
 
 
 @dataclass(eq=False)
@@ -59,8 +63,11 @@ class PooledChild:
 
 
 def _describe(key: PoolKey, default: PoolKey) -> str:
-    """A pool key for status: its preloads, and its interpreter unless it is the default."""
+    """A pool key for status: its preloads, and its runtime (node) or interpreter
+    unless it is the default."""
     preload = ",".join(key.preload) or "(none)"
+    if key.runtime != "python":
+        return f"{key.runtime}:{preload}"
     return preload if key.python == default.python else f"{key.python}:{preload}"
 
 
@@ -133,12 +140,15 @@ class ChildPool:
                 self._tasks = tasks
                 task_status.started()
                 while True:
+                    # A fresh event before spawning, not after: a start that asks
+                    # for a refill (or for another key) while a spawn is under way
+                    # is then not lost.
+                    refill = self._refill = anyio.Event()
                     for key in list(self._wanted):
                         while len(self._idle.setdefault(key, [])) < self.size:
                             if not await self._spawn(key):
                                 break
-                    self._refill = anyio.Event()
-                    await self._refill.wait()
+                    await refill.wait()
                     # Spawning forks this process and then keeps a core busy for a
                     # while: let the start that took a child serve its first
                     # requests first.
@@ -162,9 +172,10 @@ class ChildPool:
                 cwd=self._workdir.name,
                 name=name,
                 logger=logger,
-                shared_memory=self.shared_memory,
+                shared_memory=self.shared_memory if key.runtime == "python" else 0,
                 prewarm=True,
                 confinement=self.confinement,
+                runtime=key.runtime,
             )
         except OSError as exc:
             logger.warning("cannot pre-start a child: %s", exc)

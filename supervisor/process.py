@@ -187,6 +187,57 @@ class ChildProcess:
                 raise
         return child
 
+    @classmethod
+    async def spawn_with_captured_stdio(
+        cls,
+        argv_for: Callable[[int, int, int, int], Sequence[str]],
+        *,
+        env: Mapping[str, str],
+        cwd: str,
+        name: str,
+    ) -> ChildProcess:
+        """Start a child that cannot move its own descriptors (node): the protocol
+        arrives on its stdin and leaves on an extra descriptor, fds 1 and 2 are the
+        write ends of two capture pipes whose read ends it also gets, and a fourth
+        descriptor is our stderr pipe. ``argv_for(protocol_out, capture_stdout,
+        capture_stderr, stderr)`` builds the command line from those numbers."""
+        to_child_read, to_child_write = os.pipe()
+        from_child_read, from_child_write = os.pipe()
+        stderr_read, stderr_write = os.pipe()
+        capture_out_read, capture_out_write = os.pipe()
+        capture_err_read, capture_err_write = os.pipe()
+        theirs = (
+            to_child_read,
+            from_child_write,
+            stderr_write,
+            capture_out_read,
+            capture_out_write,
+            capture_err_read,
+            capture_err_write,
+        )
+        try:
+            argv = argv_for(from_child_write, capture_out_read, capture_err_read, stderr_write)
+            with anyio.CancelScope(shield=True):
+                process = await anyio.open_process(
+                    list(argv),
+                    stdin=to_child_read,
+                    stdout=capture_out_write,
+                    stderr=capture_err_write,
+                    env=dict(env),
+                    cwd=cwd,
+                    start_new_session=True,
+                    pass_fds=(from_child_write, capture_out_read, capture_err_read, stderr_write),
+                )
+        except BaseException:
+            for fd in (to_child_write, from_child_read, stderr_read):
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        logger.debug("%s: spawned pid %d", name, process.pid)
+        return cls(process, name, (from_child_read, to_child_write), stderr_read)
+
     def take_protocol_fds(self) -> tuple[int, int]:
         """The supervisor's ends of the protocol pipes (read from the child, write
         to it); the taker closes them."""

@@ -79,6 +79,9 @@ class SlotSpec:
     """Bytes of each of a child's two arenas (0: none)."""
     mask: Callable[[str], str] | None = None
     """Hides the app's secret values in its children's logs and errors."""
+    node: str | None = None
+    """The node executable, for a Node.js app: its children run the JavaScript
+    runtime (``child/node/``) instead of ``python -m child``."""
     standby: bool = False
     """Keep a spare child with the app loaded (not set up), which the next start of
     the slot sets up instead of starting a child: a restart costs a setup."""
@@ -364,7 +367,7 @@ class Slot:
             process.mask = channel.mask = self.spec.mask
         else:
             process, channel = await launch_child(
-                self.spec.python,
+                self.spec.node or self.spec.python,
                 self.spec.preload,
                 env=env,
                 cwd=str(self.spec.app_dir),
@@ -374,6 +377,7 @@ class Slot:
                 prewarm=prewarm,
                 confinement=self.spec.confinement,
                 mask=self.spec.mask,
+                runtime="python" if self.spec.node is None else "node",
             )
             load_env = {}
             self.tasks.start_soon(channel.read_loop)
@@ -467,6 +471,8 @@ class Slot:
     def _from_pool(self) -> PooledChild | None:
         if self.pool is None or not pool_safe(self.spec.env, self.spec.preload):
             return None
+        if self.spec.node is not None:
+            return self.pool.take(PoolKey(self.spec.node, runtime="node"))
         return self.pool.take(PoolKey(self.spec.python, self.spec.preload))
 
     def _refill_pool(self) -> None:

@@ -34,6 +34,7 @@ from .gpu_allocation import AllocationError, allocate_gpus, check_explicit
 from .gpu_backend import DeviceMemory, GpuBackend, open_backend
 from .gpu_monitor import ResourceMonitor
 from .input_limits import InputLimits
+from .node_runtime import NodeApp, prepare_node_app
 from .non_dumpable import is_dumpable, make_non_dumpable
 from .pool import ChildPool
 from .resource_governor import ResourceGovernor
@@ -231,11 +232,19 @@ class Supervisor:
         mask = SecretMask(secret_values.values())
         machine_warnings = await self._check_machine(directory, manifest, app_name, gpus)
         interpreter = await self._interpreter(directory, manifest, app_name)
+        node: NodeApp | None = None
+        if manifest.runtime == "node":
+            node = await anyio.to_thread.run_sync(prepare_node_app, directory, manifest)
         spec = SlotSpec(
             app_dir=directory,
             name=app_name,
             python=interpreter.python,
-            env={**manifest.env, **(env or {}), **secret_values},
+            env={
+                **manifest.env,
+                **(env or {}),
+                **(node.env if node else {}),
+                **secret_values,
+            },
             mask=mask if mask else None,
             max_concurrency=max_concurrency,
             setup_timeout=setup_timeout,
@@ -249,6 +258,7 @@ class Supervisor:
             shared_memory=self.shared_memory,
             standby=standby,
             confinement=self.confinement,
+            node=node.node if node else None,
         )
         vram = vram_budget if vram_budget is not None else manifest.vram
         app: App | None = None

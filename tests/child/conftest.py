@@ -82,8 +82,7 @@ class ChildDriver:
         env: dict[str, str] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        self.timeout = timeout
-        self.proc = subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "child", *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -91,6 +90,13 @@ class ChildDriver:
             cwd=REPO_ROOT,
             env=env,
         )
+        self._start(proc, timeout)
+
+    def _start(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        """Drive ``proc``, whose stdin, stdout and stderr are pipes (the protocol's
+        two directions and the fatal channel); the Node.js tests start theirs apart."""
+        self.timeout = timeout
+        self.proc = proc
         self.connection = Connection("supervisor")
         self.channel = SyncChannel(self.connection, self._read, self._write)
         self.received: list[Message] = []

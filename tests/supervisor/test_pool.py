@@ -10,6 +10,7 @@ import pytest
 from sup_helpers import FakeGpus
 
 from supervisor import Supervisor
+from supervisor.pool import PoolKey
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
 
@@ -81,3 +82,17 @@ async def test_turning_the_pool_off_starts_no_spare_process() -> None:
         await snapshot(sup, "alone")
         assert sup.pool.spawned == 0
         assert sup.status()["pool"]["idle"] == {}
+
+
+async def test_a_refill_asked_for_while_the_pool_spawns_is_not_lost() -> None:
+    """A start that wants another kind of child (another key) while the pool is
+    still spawning its first one gets it once that spawn is over (the pool used to
+    reset its wake-up after spawning, losing a request made meanwhile)."""
+    async with Supervisor(gpu_backend=None, pool_size=1) as sup:
+        other = PoolKey(sup.pool.default_key.python, ("json",))
+        assert sup.pool.idle_count() == 0  # the first spawn is under way
+        assert sup.pool.take(other) is None  # wanted from now on
+        sup.pool.refill()
+        with anyio.fail_after(20):
+            while sup.pool.idle_count(("json",)) < 1:
+                await anyio.sleep(0.02)
