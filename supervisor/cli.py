@@ -13,7 +13,8 @@ and on SIGTERM/SIGINT it stops accepting, lets in-flight requests finish (up to
 required to bind anything but loopback, since the server runs code on request.
 
 ``run`` and ``schema`` are for scripts, so their exit status says what went
-wrong; the codes are the ``ExitCode`` members below and nowhere else.
+wrong; the codes are the members of ``supervisor.errors.ExitCode``, and each error
+class names its own.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import enum
 import functools
 import ipaddress
 import json
@@ -49,6 +49,7 @@ from .confinement import MODES as CONTAINMENT_MODES
 from .confinement import Confinement, ConfinementError
 from .env_cache import ENV_CACHE_VAR, EnvCache
 from .environment import child_environment
+from .errors import ExitCode
 from .events import LogEvent, ProgressEvent, ResultEvent
 from .fetch_policy import DEFAULT_MAX_BYTES as DEFAULT_FETCH_MAX_BYTES
 from .fetch_policy import parse_allow
@@ -68,33 +69,11 @@ SHUTDOWN_MARGIN = 5.0
 """Seconds past ``--shutdown-timeout`` for the answers of stopped requests to leave."""
 
 
-class ExitCode(enum.IntEnum):
-    """Exit statuses of ``run`` and ``schema`` (and of ``serve`` when it cannot start)."""
-
-    OK = 0
-    USAGE = 2
-    """Bad command line: unknown option, unreadable or malformed JSON, not a directory."""
-    BAD_INPUT = 3
-    """The input or setup did not validate, or the function does not exist."""
-    APP_ERROR = 4
-    """The app raised, or its setup or import failed."""
-    RUNTIME = 5
-    """The child crashed, timed out, ran out of memory, or another runtime failure."""
-    INTERRUPTED = 130
-    """Ctrl-C (SIGINT) during ``run``."""
-
-
 def exit_code_for(error: BaseException) -> ExitCode:
-    if isinstance(error, E.MissingSecretError):
-        return ExitCode.USAGE
-    if isinstance(error, E.EnvironmentFailedError):
-        return ExitCode.APP_ERROR
-    if isinstance(error, (E.InputValidationError, E.UnknownFunctionError)):
-        return ExitCode.BAD_INPUT
-    if isinstance(error, E.OutOfMemoryError):
-        return ExitCode.RUNTIME
-    if isinstance(error, (E.AppExceptionError, E.SetupFailedError)):
-        return ExitCode.APP_ERROR
+    """A failure's exit status: its class says (``exit_code``); anything else is a
+    runtime failure."""
+    if isinstance(error, E.SupervisorError):
+        return error.exit_code
     return ExitCode.RUNTIME
 
 

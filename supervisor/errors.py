@@ -2,21 +2,43 @@
 
 Every class carries what a caller needs to act (the field errors of a bad
 input, the child's traceback, the exit status of a crash) and converts to a
-JSON-ready dict with ``to_dict`` for the HTTP layer. ``from_error_info`` maps a
+JSON-ready dict with ``to_dict`` for the HTTP layer. Each class also says, once,
+how it reaches the other faces: ``http_status`` (the server's answer) and
+``exit_code`` (the command line's), as h11's errors carry their status hint;
+the README's tables are checked against them. ``from_error_info`` maps a
 structured error from the child onto its class.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Any, ClassVar
 
 from protocol import ErrorInfo, ErrorType
+
+
+class ExitCode(enum.IntEnum):
+    """Exit statuses of ``run`` and ``schema`` (and of ``serve`` when it cannot start)."""
+
+    OK = 0
+    USAGE = 2
+    """Bad command line: unknown option, unreadable or malformed JSON, not a directory."""
+    BAD_INPUT = 3
+    """The input or setup did not validate, or the function does not exist."""
+    APP_ERROR = 4
+    """The app raised, or its setup or import failed."""
+    RUNTIME = 5
+    """The child crashed, timed out, ran out of memory, or another runtime failure."""
+    INTERRUPTED = 130
+    """Ctrl-C (SIGINT) during ``run``."""
 
 
 class SupervisorError(Exception):
     """Base of every error raised by the supervisor's API."""
 
     type: ClassVar[str] = "supervisor_error"
+    http_status: ClassVar[int] = 500
+    exit_code: ClassVar[ExitCode] = ExitCode.RUNTIME
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -31,6 +53,8 @@ class InputValidationError(SupervisorError):
     """The input (or the setup config) did not validate; ``errors`` names the fields."""
 
     type = "validation"
+    http_status = 422
+    exit_code = ExitCode.BAD_INPUT
 
     @property
     def errors(self) -> list[dict[str, Any]]:
@@ -39,12 +63,16 @@ class InputValidationError(SupervisorError):
 
 class UnknownFunctionError(SupervisorError):
     type = "unknown_function"
+    http_status = 422
+    exit_code = ExitCode.BAD_INPUT
 
 
 class AppExceptionError(SupervisorError):
     """The app raised; ``exception`` and ``traceback`` come from the child."""
 
     type = "app_exception"
+    http_status = 500
+    exit_code = ExitCode.APP_ERROR
 
     @property
     def traceback(self) -> str | None:
@@ -55,12 +83,16 @@ class OutOfMemoryError(AppExceptionError):
     """The app ran out of accelerator memory; its child is restarted for a fresh context."""
 
     type = "out_of_memory"
+    http_status = 503
+    exit_code = ExitCode.RUNTIME
 
 
 class SetupFailedError(SupervisorError):
     """``setup()`` raised, or the child could not be set up in time."""
 
     type = "setup_failed"
+    http_status = 500
+    exit_code = ExitCode.APP_ERROR
 
 
 class LoadFailedError(SetupFailedError):
@@ -77,6 +109,8 @@ class ChildCrashedError(SupervisorError):
     """
 
     type = "child_crashed"
+    http_status = 503
+    exit_code = ExitCode.RUNTIME
 
 
 class BudgetExceededError(ChildCrashedError):
@@ -93,34 +127,46 @@ class EvictedError(ChildCrashedError):
 
 class RequestTimeoutError(SupervisorError):
     type = "timeout"
+    http_status = 504
+    exit_code = ExitCode.RUNTIME
 
 
 class RequestCancelledError(SupervisorError):
     type = "cancelled"
+    http_status = 409
+    exit_code = ExitCode.RUNTIME
 
 
 class AppFailedError(SupervisorError):
     """The app crashed too often and the supervisor gave up restarting it."""
 
     type = "app_failed"
+    http_status = 503
+    exit_code = ExitCode.RUNTIME
 
 
 class AppStoppedError(SupervisorError):
     """The app was stopped (or is stopping) and takes no more requests."""
 
     type = "app_stopped"
+    http_status = 503
+    exit_code = ExitCode.RUNTIME
 
 
 class BusyError(SupervisorError):
     """The app's queue is full."""
 
     type = "busy"
+    http_status = 429
+    exit_code = ExitCode.RUNTIME
 
 
 class AdmissionError(SupervisorError):
     """No GPU has (or could be made to have) the memory the app declared."""
 
     type = "admission"
+    http_status = 503
+    exit_code = ExitCode.RUNTIME
 
 
 class MissingSecretError(SupervisorError):
@@ -128,6 +174,8 @@ class MissingSecretError(SupervisorError):
     each key with its description. Raised before any child starts."""
 
     type = "missing_secret"
+    http_status = 500
+    exit_code = ExitCode.USAGE
 
 
 class EnvironmentFailedError(SetupFailedError):
@@ -156,12 +204,16 @@ class ProtocolViolationError(SupervisorError):
     """The child broke the protocol; it has been killed."""
 
     type = "protocol"
+    http_status = 502
+    exit_code = ExitCode.RUNTIME
 
 
 class InternalError(SupervisorError):
     """A bug in the supervisor failed this request (and only this one); it is logged."""
 
     type = "internal"
+    http_status = 500
+    exit_code = ExitCode.RUNTIME
 
 
 _BY_TYPE: dict[ErrorType, type[SupervisorError]] = {

@@ -23,33 +23,14 @@ from . import errors as E
 from . import json_values
 from .request import new_request_id
 
-STATUS_BY_ERROR: tuple[tuple[type[E.SupervisorError], int], ...] = (
-    (E.InputValidationError, 422),
-    (E.UnknownFunctionError, 422),
-    (E.OutOfMemoryError, 503),
-    (E.AppExceptionError, 500),
-    (E.SetupFailedError, 500),
-    (E.ChildCrashedError, 503),
-    (E.AppFailedError, 503),
-    (E.AppStoppedError, 503),
-    (E.AdmissionError, 503),
-    (E.RequestTimeoutError, 504),
-    (E.RequestCancelledError, 409),
-    (E.BusyError, 429),
-    (E.ProtocolViolationError, 502),
-    (E.InternalError, 500),
-)
-"""The first class an error is an instance of gives its status (subclasses come first)."""
 CLIENT_CLOSED = 499
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 PUBLIC_PATHS = frozenset({"/health"})
 
 
 def status_for(error: E.SupervisorError) -> int:
-    for cls, status in STATUS_BY_ERROR:
-        if isinstance(error, cls):
-            return status
-    return 500
+    """The HTTP status an error is answered with: its class says (``http_status``)."""
+    return error.http_status
 
 
 # -- responses --------------------------------------------------------------------
