@@ -1,0 +1,303 @@
+"""Apps served by Ray Serve on a real two-node Ray cluster on this machine.
+
+``ray.cluster_utils.Cluster`` starts a head node and a worker node as separate
+raylets; the head declares two GPUs that do not exist, which the fake NVML file
+describes to each replica's supervisor. Requests go through Serve's HTTP proxy
+with the checks of tests/http. The tests share one cluster and run in order:
+the last one removes the worker node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+pytest.importorskip("ray.serve", reason="the ray extra is not installed (pip install -e '.[ray]')")
+
+import httpx
+import ray
+from ray import serve
+from ray.cluster_utils import Cluster
+
+from supervisor.ray_serve import NODE_HEADER, REPLICA_HEADER, RayOptions, serve_app
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "http"))
+from http_helpers import metric_value, sse_events
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
+
+REPO = Path(__file__).resolve().parents[2]
+GIB = 1024**3
+SMALL = 0.1
+"""CPUs per replica: the machine is small and shared."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class RayCluster:
+    def __init__(self, cluster: Cluster, worker: Any, url: str) -> None:
+        self.cluster = cluster
+        self.worker = worker
+        self.head_id: str = cluster.head_node.node_id
+        self.worker_id: str = worker.node_id
+        self.url = url
+        self.client = httpx.Client(base_url=url, timeout=60)
+
+    def replica_health(self, node: str | None = None, tries: int = 60) -> httpx.Response:
+        """A /health answer from a replica on ``node`` (any replica when None)."""
+        for _ in range(tries):
+            response = self.client.get("/health")
+            if node is None or response.headers.get(NODE_HEADER) == node:
+                return response
+        raise AssertionError(f"no /health answer from node {node} in {tries} tries")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    nvml = tmp_path_factory.mktemp("nvml") / "nvml.json"
+    devices = [{"index": i, "name": f"Fake GPU {i}", "total_mib": 16384} for i in range(2)]
+    nvml.write_text(json.dumps({"devices": devices, "processes": {}}))
+    # Raylets, and so every replica and the proxy, inherit the environment of the
+    # process that starts them. The proxy would prefer the replica on its own node;
+    # the tests need requests to reach both.
+    env = {"SUPERVISOR_FAKE_NVML": str(nvml), "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "num_gpus": 2, "include_dashboard": False},
+    )
+    try:
+        worker = cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
+        port = free_port()
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        name, app = serve_app(
+            REPO / "examples/hello",
+            RayOptions(num_replicas=2, num_cpus=SMALL, deployment={"max_replicas_per_node": 1}),
+        )
+        serve.run(app, name=name, route_prefix="/")
+        yield RayCluster(cluster, worker, f"http://127.0.0.1:{port}")
+    finally:
+        with_errors = []
+        for stop in (serve.shutdown, ray.shutdown, cluster.shutdown):
+            try:
+                stop()
+            except Exception as exc:  # pragma: no cover - reported below
+                with_errors.append(exc)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        assert not with_errors, with_errors
+
+
+def test_replicas_on_both_nodes_serve_run_stream_health_openapi(ray_cluster: RayCluster) -> None:
+    client = ray_cluster.client
+    nodes = set()
+    for _ in range(40):
+        response = client.post("/run", json={"input": {"name": "Ray"}})
+        assert response.status_code == 200, response.text
+        assert response.json()["output"]["greeting"] == "Hello, Ray!"
+        # Ray's proxy appends its own id: ours first, then Ray's.
+        ours = response.headers["x-request-id"].split(",")[0]
+        assert ours == response.json()["request_id"]
+        nodes.add(response.headers[NODE_HEADER])
+        if len(nodes) == 2:
+            break
+    assert nodes == {ray_cluster.head_id, ray_cluster.worker_id}
+
+    reverse = client.post("/run/reverse", json={"input": {"text": "abc"}})
+    assert reverse.json()["output"]["text"] == "cba"
+    invalid = client.post("/run", json={"input": {}})
+    assert invalid.status_code == 422
+    assert invalid.json()["error"]["type"] == "validation"
+
+    with client.stream("POST", "/run/count", json={"input": {"n": 3}, "stream": True}) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(stream)
+    assert [name for name, _ in events] == ["start", "partial", "partial", "partial", "result"]
+    assert [data["output"]["n"] for name, data in events if name == "partial"] == [1, 2, 3]
+
+    health = client.get("/health")
+    assert health.status_code == 200
+    assert health.json()["apps"]["hello"]["state"] == "ready"
+    spec = client.get("/openapi.json").json()
+    assert spec["openapi"] == "3.1.0"
+    assert {"/run/run", "/run/reverse", "/run/count", "/cancel/{request_id}", "/health"} <= set(
+        spec["paths"]
+    )
+    assert spec["paths"]["/run/count"]["post"]["x-streaming"] is True
+    assert client.post("/cancel/nothing-like-this").status_code == 404
+
+
+def test_cluster_health_and_metrics_carry_the_node(ray_cluster: RayCluster) -> None:
+    client = ray_cluster.client
+    body = client.get("/cluster/health").json()
+    assert body["status"] == "ok"
+    assert body["running_replicas"] == 2
+    assert body["deployments"]["hello"]["replicas"] == {"RUNNING": 2}
+    assert body["this_replica"]["node"] in {ray_cluster.head_id, ray_cluster.worker_id}
+
+    metrics = client.get("/metrics")
+    node = metrics.headers[NODE_HEADER]
+    replica = metrics.headers[REPLICA_HEADER]
+    labels = {"app": "hello", "node": node, "replica": replica}
+    assert metric_value(metrics.text, "appvisor_replica_info", **labels) == 1.0
+    assert metric_value(metrics.text, "appvisor_app_ready", app="hello") == 1.0
+
+
+def test_sigkill_of_a_replicas_child_is_our_restart(ray_cluster: RayCluster) -> None:
+    client = ray_cluster.client
+    health = ray_cluster.replica_health()
+    replica = health.headers[REPLICA_HEADER]
+    status = health.json()["apps"]["hello"]
+    [pid] = status["pids"]
+    restarts = status["restarts"]
+    os.kill(pid, signal.SIGKILL)
+
+    def answer_from_that_replica() -> httpx.Response | None:
+        response = client.post("/run", json={"input": {"name": "again"}})
+        return response if response.headers.get(REPLICA_HEADER) == replica else None
+
+    response = until(answer_from_that_replica, 60, "a request routed to the killed child's replica")
+    assert response.status_code == 200, response.text
+    assert response.json()["output"]["greeting"] == "Hello, again!"
+
+    def restarted() -> dict[str, Any] | None:
+        answer = client.get("/health")
+        if answer.headers.get(REPLICA_HEADER) != replica:
+            return None
+        return answer.json()["apps"]["hello"]  # type: ignore[no-any-return]
+
+    after = until(restarted, 60, "/health from the killed child's replica", every=0)
+    assert after["restarts"] == restarts + 1
+    assert after["pids"] != [pid]
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_gpu_pinning_follows_rays_assignment(ray_cluster: RayCluster) -> None:
+    # One whole GPU per replica (no --gpu-memory), two replicas, two GPUs on the head:
+    # Ray gives them different devices, and each child must see only its own.
+    name, app = serve_app(REPO / "tests/apps/ray_gpu", RayOptions(num_replicas=2, num_cpus=SMALL))
+    serve.run(app, name=name, route_prefix="/gpu")
+    try:
+        client = ray_cluster.client
+        seen: dict[str, str] = {}
+        ray_gpus: dict[str, list[int]] = {}
+        for _ in range(60):
+            response = client.post("/gpu/run", json={"input": {}})
+            assert response.status_code == 200, response.text
+            assert response.headers[NODE_HEADER] == ray_cluster.head_id  # the GPU node
+            seen[response.headers[REPLICA_HEADER]] = response.json()["output"][
+                "cuda_visible_devices"
+            ]
+            health = client.get("/gpu/cluster/health").json()["this_replica"]
+            ray_gpus[health["replica"]] = health["gpus"]
+            if len(seen) == 2 and len(ray_gpus) == 2:
+                break
+        assert sorted(seen.values()) == ["0", "1"]
+        for replica, visible in seen.items():
+            assert visible == ",".join(str(i) for i in ray_gpus[replica])
+    finally:
+        serve.delete(name)
+
+
+def test_cli_deploys_on_a_running_cluster_and_stops_on_sigterm(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    log = tmp_path / "cli.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "supervisor",
+                "serve",
+                str(REPO / "tests/apps/plain"),
+                str(REPO / "tests/apps/introspect"),
+                "--ray",
+                ray_cluster.cluster.address,
+                "--ray-num-cpus",
+                str(SMALL),
+            ],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        client = ray_cluster.client
+
+        def served() -> bool:
+            assert process.poll() is None, log.read_text()
+            try:
+                ok = client.get("/apps/plain/health").status_code == 200
+                return ok and client.get("/apps/introspect/health").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        until(served, 120, "the CLI's apps to be served")
+        response = client.post("/apps/plain/run", json={"input": {"text": "ray"}})
+        assert response.json()["output"] == {"text": "RAY", "setup_called": True}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=90) == 0, log.read_text()
+        assert not {"plain", "introspect"} & set(serve.status().applications)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_node_loss_requests_keep_succeeding_and_ray_replaces_the_replica(
+    ray_cluster: RayCluster,
+) -> None:
+    client = ray_cluster.client
+    lost = ray_cluster.replica_health(node=ray_cluster.worker_id).json()["apps"]["hello"]["pids"]
+    ray_cluster.cluster.remove_node(ray_cluster.worker)
+
+    # Sent after the node is gone: Serve's router finds the dead replica and routes to
+    # the live one, so none of them fails.
+    for i in range(10):
+        response = client.post("/run", json={"input": {"name": f"n{i}"}})
+        assert response.status_code == 200, response.text
+        assert response.headers[NODE_HEADER] == ray_cluster.head_id
+    until(lambda: not any(psutil.pid_exists(pid) for pid in lost), 30, "the lost node's child")
+
+    # max_replicas_per_node=1: the replacement waits for a node, and takes the new one.
+    fresh = ray_cluster.cluster.add_node(num_cpus=1)
+
+    def replaced() -> bool:
+        response = client.post("/run", json={"input": {"name": "new"}})
+        assert response.status_code == 200, response.text
+        return response.headers[NODE_HEADER] == fresh.node_id
+
+    until(replaced, 120, "a replica on the new node")
+    states = serve.status().applications["hello"].deployments["hello"].replica_states
+    assert {str(k): v for k, v in states.items()} == {"RUNNING": 2}
