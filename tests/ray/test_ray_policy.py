@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,6 +18,7 @@ from supervisor import errors as E
 from supervisor.cli import main
 from supervisor.ray_launch import route_prefix
 from supervisor.ray_serve import (
+    AppReplica,
     RayOptions,
     ReplicaHeaders,
     build_app,
@@ -142,3 +144,24 @@ def test_cli_deployment_options_must_name_a_served_app(
     argv = ["serve", str(REPO / "examples/hello"), "--ray", "--deployment-options", "nope={}"]
     assert main(argv) == 2
     assert "--deployment-options names no served app: nope" in capsys.readouterr().err
+
+
+class StatusOnly:
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+    def status(self) -> dict[str, str]:
+        return {"state": self.state}
+
+
+@pytest.mark.parametrize("state", ["ready", "busy", "restarting", "starting"])
+def test_health_check_leaves_restarts_to_the_supervisor(state: str) -> None:
+    replica = SimpleNamespace(apps={"hello": StatusOnly(state)}, node_id="n1")
+    AppReplica.check_health(replica)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("state", ["failed", "stopped"])
+def test_health_check_fails_when_the_app_gave_up(state: str) -> None:
+    replica = SimpleNamespace(apps={"hello": StatusOnly(state)}, node_id="n1")
+    with pytest.raises(RuntimeError, match=f"app hello is {state} on node n1"):
+        AppReplica.check_health(replica)  # type: ignore[arg-type]
