@@ -23,6 +23,7 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.serve.exceptions import RayServeException
 
 from .http_limits import HttpLimits
 from .http_server import ServerSettings
@@ -100,8 +101,14 @@ def serve_on_ray(
             )
             try:
                 serve.run(application, name=name, route_prefix=route_prefix(name, len(dirs)))
-            except RuntimeError as exc:
+            except RayServeException as exc:  # refused, nothing deployed
                 raise DeployFailed(f"{directory}: {exc}") from exc
+            except RuntimeError as exc:  # deployed, but its replicas did not start
+                names.append(name)
+                raise DeployFailed(
+                    f"{directory}: {exc}\n(the app's own error is in the replica logs: "
+                    "/tmp/ray/session_latest/logs/ on its node: serve/replica_*.log, worker-*.err)"
+                ) from exc
             names.append(name)
             logger.info("deployed %s at %s", name, route_prefix(name, len(dirs)))
         while not stop.wait(0.5):

@@ -22,6 +22,7 @@ from the Ray calls so that it can be tested without a cluster.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ __all__ = [
     "pinned_gpus",
     "serve_app",
 ]
+
+logger = logging.getLogger("supervisor.ray")
 
 GPU_STEPS = 20
 """A fractional GPU request is a multiple of 1/GPU_STEPS (0.05) of a device."""
@@ -133,6 +136,9 @@ class RayOptions:
     num_cpus: float = 0.5
     health_check_period_s: float = 5.0
     graceful_shutdown_timeout_s: float = 30.0
+    max_constructor_retry_count: int = 3
+    """Replica starts Serve tries before it fails the deployment (Serve's default is
+    20); the supervisor already retried the child as its restart policy says."""
     deployment: Mapping[str, Any] = field(default_factory=dict)
     """Passed through to ``serve.deployment(...).options``; it wins over the above."""
 
@@ -143,6 +149,7 @@ def deployment_options(options: RayOptions, num_gpus: float) -> dict[str, Any]:
         "max_ongoing_requests": options.max_ongoing_requests,
         "health_check_period_s": options.health_check_period_s,
         "graceful_shutdown_timeout_s": options.graceful_shutdown_timeout_s,
+        "max_constructor_retry_count": options.max_constructor_retry_count,
         "ray_actor_options": {"num_cpus": options.num_cpus, "num_gpus": num_gpus},
     }
     if options.min_replicas is not None or options.max_replicas is not None:
@@ -208,21 +215,30 @@ class AppReplica:
         spec = self.spec
         async with Supervisor(**spec.supervisor) as supervisor:
             self.supervisor = supervisor
-            app = await supervisor.start(
-                spec.app_dir,
-                setup=spec.setup,
-                gpus=self.gpus,
-                max_concurrency=spec.max_concurrency,
-                run_timeout=spec.run_timeout,
-                lock_setup=spec.lock_setup,
-                standby=spec.standby,
-                limits=spec.limits,
-            )
+            try:
+                app = await self._start(supervisor)
+            except E.SupervisorError as exc:
+                # Serve reports only that the lifespan failed: say why in the replica's log.
+                logger.error("cannot start %s: %s (%s)", spec.app_dir, exc.message, exc.type)
+                raise
             self.apps = {app.name: app}
             try:
                 yield self.apps
             finally:
                 self.apps = {}
+
+    async def _start(self, supervisor: Supervisor) -> App:
+        spec = self.spec
+        return await supervisor.start(
+            spec.app_dir,
+            setup=spec.setup,
+            gpus=self.gpus,
+            max_concurrency=spec.max_concurrency,
+            run_timeout=spec.run_timeout,
+            lock_setup=spec.lock_setup,
+            standby=spec.standby,
+            limits=spec.limits,
+        )
 
     def _gpu_figures(self) -> list[dict[str, Any]]:
         return self.supervisor.gpu_status() if self.supervisor is not None else []

@@ -72,6 +72,7 @@ def test_deployment_options_fixed_replicas() -> None:
     assert got["num_replicas"] == 3
     assert "autoscaling_config" not in got
     assert got["max_ongoing_requests"] == 2
+    assert got["max_constructor_retry_count"] == 3
     assert got["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.25}
 
 
