@@ -42,6 +42,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import errors as E
+from . import ray_board
 from .app import App
 from .app_config import open_app_dir
 from .http_server import ServerSettings, create_app
@@ -67,6 +68,12 @@ GPU_STEPS = 20
 
 NODE_HEADER = "x-appvisor-node"
 REPLICA_HEADER = "x-appvisor-replica"
+
+STATUS_PERIOD = 2.0
+"""Seconds between a replica's posts to its app's status board."""
+STATUS_TTL = 3 * STATUS_PERIOD
+"""A replica that has not posted for this long is left out of ``/cluster/health``."""
+REPORTED = ("state", "ready", "available", "restarts", "evictions", "pids", "queued", "gpus")
 
 # A child that is restarting is the supervisor's business, not a reason for Ray to
 # replace the replica; only an app that gave up (or was stopped) is.
@@ -223,9 +230,31 @@ class AppReplica:
                 raise
             self.apps = {app.name: app}
             try:
-                yield self.apps
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(self._post_status, app.name)
+                    yield self.apps
+                    tasks.cancel_scope.cancel()
             finally:
                 self.apps = {}
+                with anyio.move_on_after(2.0, shield=True), contextlib.suppress(Exception):
+                    await ray_board.remove(app.name, self.replica_id)
+
+    async def _post_status(self, app: str) -> None:
+        """Tell the app's status board how this replica is, every ``STATUS_PERIOD``."""
+        while True:
+            try:
+                await ray_board.post(app, self.replica_id, self.report(), STATUS_TTL)
+            except Exception as exc:  # the board is best effort; serving is not
+                logger.warning("cannot post %s's status: %s", app, exc)
+            await anyio.sleep(STATUS_PERIOD)
+
+    def report(self) -> dict[str, Any]:
+        """This replica, as ``/cluster/health`` lists it."""
+        apps = {}
+        for name, app in self.apps.items():
+            status = app.status()
+            apps[name] = {key: status.get(key) for key in REPORTED}
+        return {**self.identity(), "apps": apps}
 
     async def _start(self, supervisor: Supervisor) -> App:
         spec = self.spec
@@ -254,28 +283,37 @@ class AppReplica:
         return {"node": self.node_id, "replica": self.replica_id, "gpus": list(self.gpus)}
 
     async def cluster_health(self, request: Request) -> Response:
-        """Every replica's state as Serve's controller sees it, plus this replica's own.
+        """Every replica of this app, from the status board (this one's fresh), and
+        every deployment's replica states as Serve's controller sees them.
 
-        Our health check feeds the controller's view: a replica whose app failed
-        is UNHEALTHY there within ``health_check_period_s``.
+        200 when at least one replica has every app available. Our health check
+        feeds the controller's view: a replica whose app failed is UNHEALTHY
+        there within a few ``health_check_period_s``.
         """
+        replicas: dict[str, Any] = {}
+        for name in self.apps:
+            replicas.update(await ray_board.read(name))
+        replicas[self.replica_id] = self.report()
         status = await anyio.to_thread.run_sync(serve.status)
         deployments: dict[str, Any] = {}
-        running = 0
         for application in status.applications.values():
             for name, deployment in application.deployments.items():
                 counts = {str(k): v for k, v in deployment.replica_states.items()}
-                running += counts.get("RUNNING", 0)
                 deployments[name] = {"status": str(deployment.status), "replicas": counts}
-        ready = running > 0
+        ready = any(
+            entry["apps"] and all(app.get("available") for app in entry["apps"].values())
+            for entry in replicas.values()
+        )
         body = {
             "status": "ok" if ready else "unavailable",
-            "running_replicas": running,
+            "replicas": replicas,
+            "restarts": sum(
+                app.get("restarts") or 0
+                for entry in replicas.values()
+                for app in entry["apps"].values()
+            ),
+            "answered_by": self.replica_id,
             "deployments": deployments,
-            "this_replica": {
-                **self.identity(),
-                "apps": {name: app.status()["state"] for name, app in self.apps.items()},
-            },
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 

@@ -160,11 +160,24 @@ def test_replicas_on_both_nodes_serve_run_stream_health_openapi(ray_cluster: Ray
 
 def test_cluster_health_and_metrics_carry_the_node(ray_cluster: RayCluster) -> None:
     client = ray_cluster.client
-    body = client.get("/cluster/health").json()
+    both = {ray_cluster.head_id, ray_cluster.worker_id}
+
+    def every_replica() -> dict[str, Any] | None:
+        answer = client.get("/cluster/health")
+        body: dict[str, Any] = answer.json()
+        nodes = {entry["node"] for entry in body["replicas"].values()}
+        return body if answer.status_code == 200 and nodes == both else None
+
+    # Whichever replica answers lists both, the other from the status board.
+    body = until(every_replica, 30, "/cluster/health to list both replicas")
     assert body["status"] == "ok"
-    assert body["running_replicas"] == 2
+    assert len(body["replicas"]) == 2
+    assert body["answered_by"] in body["replicas"]
+    for entry in body["replicas"].values():
+        assert entry["apps"]["hello"]["state"] == "ready"
+        assert entry["apps"]["hello"]["available"] is True
+        assert len(entry["apps"]["hello"]["pids"]) == 1
     assert body["deployments"]["hello"]["replicas"] == {"RUNNING": 2}
-    assert body["this_replica"]["node"] in {ray_cluster.head_id, ray_cluster.worker_id}
 
     metrics = client.get("/metrics")
     node = metrics.headers[NODE_HEADER]
@@ -218,21 +231,25 @@ def test_gpu_pinning_follows_rays_assignment(ray_cluster: RayCluster) -> None:
     try:
         client = ray_cluster.client
         seen: dict[str, str] = {}
-        ray_gpus: dict[str, list[int]] = {}
         for _ in range(60):
             response = client.post("/gpu/run", json={"input": {}})
             assert response.status_code == 200, response.text
             assert response.headers[NODE_HEADER] == ray_cluster.head_id  # the GPU node
-            seen[response.headers[REPLICA_HEADER]] = response.json()["output"][
-                "cuda_visible_devices"
-            ]
-            health = client.get("/gpu/cluster/health").json()["this_replica"]
-            ray_gpus[health["replica"]] = health["gpus"]
-            if len(seen) == 2 and len(ray_gpus) == 2:
+            output = response.json()["output"]
+            seen[response.headers[REPLICA_HEADER]] = output["cuda_visible_devices"]
+            if len(seen) == 2:
                 break
         assert sorted(seen.values()) == ["0", "1"]
+
+        def both_listed() -> dict[str, Any] | None:
+            replicas: dict[str, Any] = client.get("/gpu/cluster/health").json()["replicas"]
+            return replicas if set(replicas) == set(seen) else None
+
+        replicas = until(both_listed, 30, "/gpu/cluster/health to list both replicas")
         for replica, visible in seen.items():
-            assert visible == ",".join(str(i) for i in ray_gpus[replica])
+            # What Ray assigned to the actor (ray.get_gpu_ids()) is what the child sees.
+            assert visible == ",".join(str(i) for i in replicas[replica]["gpus"])
+            assert replicas[replica]["apps"]["ray_gpu"]["gpus"] == replicas[replica]["gpus"]
     finally:
         serve.delete(name)
 
@@ -323,6 +340,12 @@ def test_node_loss_requests_keep_succeeding_and_ray_replaces_the_replica(
         assert response.status_code == 200, response.text
         assert response.headers[NODE_HEADER] == ray_cluster.head_id
     until(lambda: not any(psutil.pid_exists(pid) for pid in lost), 30, "the lost node's child")
+
+    def worker_dropped_out() -> bool:
+        replicas = client.get("/cluster/health").json()["replicas"].values()
+        return {entry["node"] for entry in replicas} == {ray_cluster.head_id}
+
+    until(worker_dropped_out, 30, "the lost replica to leave /cluster/health")
 
     # max_replicas_per_node=1: the replacement waits for a node, and takes the new one.
     fresh = ray_cluster.cluster.add_node(num_cpus=1)

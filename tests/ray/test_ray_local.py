@@ -64,7 +64,9 @@ def test_local_cluster_serves_then_goes_away_on_sigterm(tmp_path: Path) -> None:
                 pass
             time.sleep(0.5)
         assert response.json()["output"]["greeting"] == "Hi, Ada!"
-        assert client.get("/cluster/health").json()["running_replicas"] == 1
+        health = client.get("/cluster/health").json()
+        assert health["status"] == "ok"
+        assert list(health["replicas"]) == [health["answered_by"]]
         started = psutil.Process(process.pid).children(recursive=True)
         assert any("raylet" in " ".join(p.cmdline()) for p in started)
 

@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 
 from supervisor import errors as E
 from supervisor.cli import main
+from supervisor.ray_board import StatusBoard, live_entries
 from supervisor.ray_launch import route_prefix
 from supervisor.ray_serve import (
     AppReplica,
@@ -166,3 +167,17 @@ def test_health_check_fails_when_the_app_gave_up(state: str) -> None:
     replica = SimpleNamespace(apps={"hello": StatusOnly(state)}, node_id="n1")
     with pytest.raises(RuntimeError, match=f"app hello is {state} on node n1"):
         AppReplica.check_health(replica)  # type: ignore[arg-type]
+
+
+def test_status_board_keeps_what_is_fresh() -> None:
+    assert live_entries({"a": (10.0, {"n": 1}), "b": (5.0, {"n": 2})}, now=7.0) == {"a": {"n": 1}}
+    board = StatusBoard()
+    board.post("r1", {"node": "n1"}, ttl=60)
+    board.post("r2", {"node": "n2"}, ttl=60)
+    board.post("r1", {"node": "n1", "again": True}, ttl=60)
+    assert board.read() == {"r1": {"node": "n1", "again": True}, "r2": {"node": "n2"}}
+    board.remove("r2")
+    board.remove("unknown")
+    assert set(board.read()) == {"r1"}
+    board.post("r3", {"node": "n3"}, ttl=-1)  # already expired: a replica that went silent
+    assert set(board.read()) == {"r1"}
