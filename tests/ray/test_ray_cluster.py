@@ -312,6 +312,9 @@ def test_cli_exits_non_zero_and_undeploys_when_an_app_cannot_start(ray_cluster: 
             ray_cluster.cluster.address,
             "--ray-num-cpus",
             str(SMALL),
+            # Passed through to Serve: one try instead of our default of three.
+            "--deployment-options",
+            'broken_import={"max_constructor_retry_count": 1}',
         ],
         cwd=REPO,
         capture_output=True,
