@@ -31,7 +31,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -302,6 +302,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setups = setups_by_app(args.setup, dirs)
     secrets = secrets_from_args(args)
     configure_logging(args.log_format, args.log_level)
+    if args.ray is not None:
+        return _serve_on_ray(args, dirs, setups, token)
     # Bound before anything starts: a port in use is a usage error, not a model
     # loaded for nothing.
     try:
@@ -433,6 +435,31 @@ def _auth_token(args: argparse.Namespace) -> str | None:
         )
         return str(args.auth_token)
     return os.environ.get(AUTH_TOKEN_ENV) or None
+
+
+def _serve_on_ray(
+    args: argparse.Namespace,
+    dirs: Sequence[Path],
+    setups: Mapping[Path, dict[str, Any] | None],
+    token: str | None,
+) -> int:
+    """``serve --ray``: the apps as Ray Serve deployments (``ray_launch``)."""
+    if args.gpus is not None:
+        raise UsageError("--gpus does not apply with --ray: Ray assigns each replica's GPUs")
+    try:
+        deployments = setups_by_app(args.deployment_options, dirs)
+    except UsageError as exc:
+        raise UsageError(str(exc).replace("--setup", "--deployment-options")) from None
+    try:
+        from .ray_launch import DeployFailed, serve_on_ray
+    except ImportError as exc:
+        raise UsageError(f"--ray needs the ray extra (appvisor[ray]): {exc}") from None
+    try:
+        serve_on_ray(args, dirs, setups, deployments, token)
+    except (DeployFailed, E.SupervisorError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.RUNTIME
+    return ExitCode.OK
 
 
 def _loop_options() -> dict[str, Any]:
@@ -956,6 +983,54 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="send a ': keep-alive' comment on an event stream silent for this long "
         "(default 15; 0 never), so that proxies do not cut long waits",
+    )
+    on_ray = serve.add_argument_group(
+        "ray", "serve on a Ray cluster (the ray extra): each replica a Ray actor with one child"
+    )
+    on_ray.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="deploy on Ray Serve: join the cluster at ADDRESS (e.g. auto), or start a local "
+        "one; --replicas then counts Serve replicas, --host/--port are Serve's proxy",
+    )
+    on_ray.add_argument(
+        "--min-replicas", type=int, default=None, metavar="N", help="autoscale from N replicas"
+    )
+    on_ray.add_argument(
+        "--max-replicas", type=positive_int, default=None, metavar="N", help="autoscale up to N"
+    )
+    on_ray.add_argument(
+        "--max-ongoing-requests",
+        type=positive_int,
+        default=4,
+        metavar="N",
+        help="requests one replica accepts at once (default 4)",
+    )
+    on_ray.add_argument(
+        "--gpu-memory",
+        type=parse_size,
+        default=None,
+        metavar="SIZE",
+        help="memory of one GPU of the cluster: an app needing one GPU asks Ray for "
+        "inf.yml's vram / SIZE of it, rounded up to 0.05 (default: a whole GPU)",
+    )
+    on_ray.add_argument(
+        "--ray-num-cpus",
+        type=float,
+        default=0.5,
+        metavar="N",
+        help="CPUs Ray reserves per replica (default 0.5)",
+    )
+    on_ray.add_argument(
+        "--deployment-options",
+        action="append",
+        default=[],
+        metavar="[NAME=]JSON|@FILE",
+        help="Serve deployment options for every app, or with NAME= for one (repeatable); "
+        "they win over the options above",
     )
     serve.set_defaults(handler=cmd_serve, default_level="info")
 
