@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,32 @@ def test_cluster_health_and_metrics_carry_the_node(ray_cluster: RayCluster) -> N
     labels = {"app": "hello", "node": node, "replica": replica}
     assert metric_value(metrics.text, "appvisor_replica_info", **labels) == 1.0
     assert metric_value(metrics.text, "appvisor_app_ready", app="hello") == 1.0
+
+
+def test_cancel_reaches_the_replica_that_runs_the_request(ray_cluster: RayCluster) -> None:
+    client = ray_cluster.client
+    relayed = 0
+    for attempt in range(8):
+        request_id = f"relay-{attempt}"
+        body = {"input": {"n": 200, "delay": 0.05}, "request_id": request_id}
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(client.post, "/run/count", json=body)
+            deadline = time.monotonic() + 10
+            while True:
+                cancel = client.post(f"/cancel/{request_id}")
+                if cancel.status_code == 200 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert cancel.status_code == 200, cancel.text
+            assert cancel.json() == {"cancelled": True, "request_id": request_id, "app": "hello"}
+            response = pending.result(timeout=30)
+        assert response.status_code == 409, response.text
+        assert response.json()["error"]["type"] == "cancelled"
+        if cancel.headers[REPLICA_HEADER] != response.headers[REPLICA_HEADER]:
+            relayed += 1  # the cancel landed on the other replica, which relayed it
+            if relayed == 2:
+                break
+    assert relayed >= 1
 
 
 def test_sigkill_of_a_replicas_child_is_our_restart(ray_cluster: RayCluster) -> None:
