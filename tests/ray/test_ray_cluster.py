@@ -356,6 +356,63 @@ def test_cli_exits_non_zero_and_undeploys_when_an_app_cannot_start(ray_cluster: 
     assert not {"plain", "broken_import"} & set(serve.status().applications)
 
 
+def test_cli_without_address_starts_its_own_cluster_and_stops_it(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    # A cluster already runs here (the module's), and Ray would join it given no
+    # address: the command must start its own, serving on its own port.
+    port = free_port()
+    log = tmp_path / "cli.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "supervisor",
+                "serve",
+                str(REPO / "examples/hello"),
+                "--ray",
+                "--port",
+                str(port),
+                "--ray-num-cpus",
+                "0.1",
+                "--setup",
+                '{"greeting": "Hi"}',
+            ],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            try:
+                response = client.post("/run", json={"input": {"name": "Ada"}})
+                if response.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert response.json()["output"]["greeting"] == "Hi, Ada!"
+        health = client.get("/cluster/health").json()
+        assert health["status"] == "ok"
+        assert list(health["replicas"]) == [health["answered_by"]]
+        started = psutil.Process(process.pid).children(recursive=True)
+        assert any("raylet" in " ".join(p.cmdline()) for p in started)
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=90) == 0, log.read_text()[-3000:]
+        _, alive = psutil.wait_procs(started, timeout=30)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_node_loss_requests_keep_succeeding_and_ray_replaces_the_replica(
     ray_cluster: RayCluster,
 ) -> None:
