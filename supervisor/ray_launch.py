@@ -64,7 +64,9 @@ def serve_on_ray(
     """Deploy every app, wait for SIGINT/SIGTERM, then take them down."""
     local = not args.ray
     ray.init(
-        address=None if local else args.ray,
+        # "local": a new cluster even when one runs here; with no address at all, Ray
+        # would join the one named in /tmp/ray/ray_current_cluster.
+        address="local" if local else args.ray,
         include_dashboard=False if local else None,
         log_to_driver=True,
     )

@@ -46,7 +46,7 @@ from . import ray_board
 from .app import App
 from .app_config import open_app_dir
 from .http_server import ServerSettings, create_app
-from .http_wire import JSONResponse
+from .http_wire import JSONResponse, error_response
 from .input_limits import InputLimits
 from .supervisor import Supervisor
 
@@ -73,6 +73,8 @@ STATUS_PERIOD = 2.0
 """Seconds between a replica's posts to its app's status board."""
 STATUS_TTL = 3 * STATUS_PERIOD
 """A replica that has not posted for this long is left out of ``/cluster/health``."""
+CANCEL_WAIT = 5.0
+"""Seconds a relayed cancel waits for the other replicas' answers."""
 REPORTED = ("state", "ready", "available", "restarts", "evictions", "pids", "queued", "gpus")
 
 # A child that is restarting is the supervisor's business, not a reason for Ray to
@@ -213,6 +215,8 @@ class AppReplica:
     def __serve_build_asgi_app__(self) -> ASGIApp:
         server = create_app(self._running, self.spec.settings, gpus=self._gpu_figures)
         server.router.routes.append(Route("/cluster/health", self.cluster_health))
+        # Ahead of the server's own /cancel, which knows only this replica's requests.
+        server.router.routes.insert(0, Route("/cancel/{request_id}", self.cancel, methods=["POST"]))
         server.state.api.metrics.registry.register(ReplicaCollector(self))
         server.add_middleware(ReplicaHeaders, node=self.node_id, replica=self.replica_id)
         return server
@@ -232,6 +236,7 @@ class AppReplica:
             try:
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(self._post_status, app.name)
+                    tasks.start_soon(self._relay_cancels, app)
                     yield self.apps
                     tasks.cancel_scope.cancel()
             finally:
@@ -247,6 +252,29 @@ class AppReplica:
             except Exception as exc:  # the board is best effort; serving is not
                 logger.warning("cannot post %s's status: %s", app, exc)
             await anyio.sleep(STATUS_PERIOD)
+
+    async def _relay_cancels(self, app: App) -> None:
+        """Cancel here what a cancel call that reached another replica asks for."""
+        while True:
+            try:
+                for request_id in await ray_board.pending_cancels(app.name, self.replica_id):
+                    found = await app.cancel(request_id)
+                    await ray_board.answer_cancel(app.name, request_id, self.replica_id, found)
+            except Exception as exc:  # best effort, like the status posts
+                logger.warning("cannot relay %s's cancels: %s", app.name, exc)
+            await anyio.sleep(ray_board.CANCEL_POLL)
+
+    async def cancel(self, request: Request) -> Response:
+        """``POST /cancel/{id}``: here if this replica runs it, else relayed to the others."""
+        request_id = request.path_params["request_id"]
+        for app in self.apps.values():
+            if await app.cancel(request_id) or await ray_board.relay_cancel(
+                app.name, request_id, self.replica_id, CANCEL_WAIT
+            ):
+                return JSONResponse({"cancelled": True, "request_id": request_id, "app": app.name})
+        return error_response(
+            404, {"type": "not_found", "message": f"no request {request_id!r} in flight"}
+        )
 
     def report(self) -> dict[str, Any]:
         """This replica, as ``/cluster/health`` lists it."""

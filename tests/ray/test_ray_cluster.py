@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,32 @@ def test_cluster_health_and_metrics_carry_the_node(ray_cluster: RayCluster) -> N
     assert metric_value(metrics.text, "appvisor_app_ready", app="hello") == 1.0
 
 
+def test_cancel_reaches_the_replica_that_runs_the_request(ray_cluster: RayCluster) -> None:
+    client = ray_cluster.client
+    relayed = 0
+    for attempt in range(8):
+        request_id = f"relay-{attempt}"
+        body = {"input": {"n": 200, "delay": 0.05}, "request_id": request_id}
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(client.post, "/run/count", json=body)
+            deadline = time.monotonic() + 10
+            while True:
+                cancel = client.post(f"/cancel/{request_id}")
+                if cancel.status_code == 200 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert cancel.status_code == 200, cancel.text
+            assert cancel.json() == {"cancelled": True, "request_id": request_id, "app": "hello"}
+            response = pending.result(timeout=30)
+        assert response.status_code == 409, response.text
+        assert response.json()["error"]["type"] == "cancelled"
+        if cancel.headers[REPLICA_HEADER] != response.headers[REPLICA_HEADER]:
+            relayed += 1  # the cancel landed on the other replica, which relayed it
+            if relayed == 2:
+                break
+    assert relayed >= 1
+
+
 def test_sigkill_of_a_replicas_child_is_our_restart(ray_cluster: RayCluster) -> None:
     client = ray_cluster.client
     health = ray_cluster.replica_health()
@@ -327,6 +354,63 @@ def test_cli_exits_non_zero_and_undeploys_when_an_app_cannot_start(ray_cluster: 
     assert "replica logs" in result.stderr
     # The app deployed before the failure is taken down again.
     assert not {"plain", "broken_import"} & set(serve.status().applications)
+
+
+def test_cli_without_address_starts_its_own_cluster_and_stops_it(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    # A cluster already runs here (the module's), and Ray would join it given no
+    # address: the command must start its own, serving on its own port.
+    port = free_port()
+    log = tmp_path / "cli.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "supervisor",
+                "serve",
+                str(REPO / "examples/hello"),
+                "--ray",
+                "--port",
+                str(port),
+                "--ray-num-cpus",
+                "0.1",
+                "--setup",
+                '{"greeting": "Hi"}',
+            ],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            try:
+                response = client.post("/run", json={"input": {"name": "Ada"}})
+                if response.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert response.json()["output"]["greeting"] == "Hi, Ada!"
+        health = client.get("/cluster/health").json()
+        assert health["status"] == "ok"
+        assert list(health["replicas"]) == [health["answered_by"]]
+        started = psutil.Process(process.pid).children(recursive=True)
+        assert any("raylet" in " ".join(p.cmdline()) for p in started)
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=90) == 0, log.read_text()[-3000:]
+        _, alive = psutil.wait_procs(started, timeout=30)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_node_loss_requests_keep_succeeding_and_ray_replaces_the_replica(

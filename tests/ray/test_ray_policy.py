@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from supervisor import errors as E
 from supervisor.cli import main
-from supervisor.ray_board import StatusBoard, live_entries
+from supervisor.ray_board import StatusBoard, cancel_outcome, live_entries
 from supervisor.ray_launch import route_prefix
 from supervisor.ray_serve import (
     AppReplica,
@@ -181,3 +181,26 @@ def test_status_board_keeps_what_is_fresh() -> None:
     assert set(board.read()) == {"r1"}
     board.post("r3", {"node": "n3"}, ttl=-1)  # already expired: a replica that went silent
     assert set(board.read()) == {"r1"}
+
+
+def test_relayed_cancel_outcome() -> None:
+    assert cancel_outcome({"a": False}, live=["a", "b"]) is None  # b has not answered
+    assert cancel_outcome({"a": False, "b": True}, live=["a", "b"]) is True
+    assert cancel_outcome({"a": False, "b": False}, live=["a", "b"]) is False
+    assert cancel_outcome({"a": False}, live=["a"]) is False  # nobody else to ask
+
+
+def test_status_board_relays_cancels() -> None:
+    board = StatusBoard()
+    board.post("a", {}, ttl=60)
+    board.post("b", {}, ttl=60)
+    board.ask_cancel("req", "a", ttl=60)
+    assert board.pending_cancels("a") == []  # the asker already looked
+    assert board.pending_cancels("b") == ["req"]
+    assert board.cancel_outcome("req") is None
+    board.answer_cancel("req", "b", True)
+    assert board.cancel_outcome("req") is True
+    assert board.pending_cancels("b") == []
+    assert board.cancel_outcome("never-asked") is False
+    board.ask_cancel("old", "a", ttl=-1)
+    assert board.pending_cancels("b") == []  # expired asks are dropped
