@@ -145,7 +145,8 @@ def test_cli_deployment_options_must_name_a_served_app(
 ) -> None:
     argv = ["serve", str(REPO / "examples/hello"), "--ray", "--deployment-options", "nope={}"]
     assert main(argv) == 2
-    assert "--deployment-options names no served app: nope" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--deployment-options 'nope={}'" in err and "a served app (hello)" in err
 
 
 class StatusOnly:
