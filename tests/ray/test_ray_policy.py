@@ -9,10 +9,11 @@ import pytest
 
 pytest.importorskip("ray.serve", reason="the ray extra is not installed (pip install -e '.[ray]')")
 
+import anyio
+import httpx
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
-from starlette.testclient import TestClient
 
 from supervisor import errors as E
 from supervisor.cli import main
@@ -128,8 +129,13 @@ def test_route_prefix() -> None:
 
 def test_replica_headers_name_node_and_replica() -> None:
     inner = Starlette(routes=[Route("/", lambda request: PlainTextResponse("hi"))])
-    with TestClient(ReplicaHeaders(inner, node="n1", replica="r1")) as client:
-        response = client.get("/")
+    transport = httpx.ASGITransport(ReplicaHeaders(inner, node="n1", replica="r1"))
+
+    async def get() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/")
+
+    response = anyio.run(get)
     assert response.text == "hi"
     assert response.headers["x-appvisor-node"] == "n1"
     assert response.headers["x-appvisor-replica"] == "r1"
