@@ -42,5 +42,12 @@ async def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: 
     return value
 
 
+def only_pid(app: App) -> int:
+    """The app's one child's pid (an app with one replica)."""
+    pids = app.status()["pids"]
+    assert len(pids) == 1, pids
+    return int(pids[0])
+
+
 def in_flight(app: App) -> int:
     return sum(r["in_flight"] for r in app.status()["replicas"])

@@ -18,7 +18,7 @@ import anyio
 import anyio.lowlevel
 import psutil
 import pytest
-from sup_helpers import in_flight, make_supervisor, outcome, wait_for
+from sup_helpers import in_flight, make_supervisor, only_pid, outcome, wait_for
 
 from protocol import Load, Message
 from supervisor import App, RestartPolicy
@@ -37,12 +37,6 @@ from supervisor.request import Request
 from supervisor.slot import Slot
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
-
-
-def only_pid(app: App) -> int:
-    pids = app.status()["pids"]
-    assert len(pids) == 1, pids
-    return int(pids[0])
 
 
 async def wait_running(app: App, count: int = 1) -> None:

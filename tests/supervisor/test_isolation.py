@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
-from sup_helpers import make_supervisor, outcome, wait_for
+from sup_helpers import make_supervisor, only_pid, outcome, wait_for
 
 from supervisor import RestartPolicy
 from supervisor.errors import (
@@ -35,11 +35,6 @@ def nested(levels: int) -> Any:
     for _ in range(levels):
         value = [value]
     return value
-
-
-def only_pid(app: Any) -> int:
-    (pid,) = app.status()["pids"]
-    return int(pid)
 
 
 @pytest.fixture
