@@ -9,8 +9,13 @@ puts that directory first on ``sys.path``. A pooled child serves one app, once,
 and is never returned to the pool, so nothing leaks between apps.
 
 It is used only where that is indistinguishable from a fresh start: not when
-the app's environment sets variables read at interpreter or library start-up
-(``PYTHON*``, ``NODE_*``, ``LD_*``, allocator and thread-pool settings).
+the app's environment sets variables read at interpreter start-up
+(``PYTHON*``, ``NODE_*``, ``LD_*``, the allocator's). Variables that a
+numerical library reads when it loads (thread-pool sizes: ``OMP_*``, ``MKL_*``
+...) matter only to a child that preloaded one; they are part of its key
+(``PoolKey.import_env``), so an app that sets them is served by children
+started with the same values once it has asked for one, instead of a spawn
+every time.
 Node.js apps get pre-started node children of their own, keyed apart by
 ``PoolKey.runtime``.
 """
@@ -42,10 +47,17 @@ LIBRARY_ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_", "GOMP_", "KMP_"
 """Read when a numerical library loads: they matter only if the pool preloaded one."""
 
 
-def pool_safe(app_env: Mapping[str, str], preload: Sequence[str] = ()) -> bool:
+def pool_safe(app_env: Mapping[str, str]) -> bool:
     """True when a pooled child can serve an app with this environment."""
-    unsafe = INTERPRETER_ENV_PREFIXES + (LIBRARY_ENV_PREFIXES if preload else ())
-    return not any(key.startswith(unsafe) for key in app_env)
+    return not any(key.startswith(INTERPRETER_ENV_PREFIXES) for key in app_env)
+
+
+def import_env(app_env: Mapping[str, str], preload: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """The app's variables that a preloaded library has read by the time it is
+    handed out: they must be the pooled child's own from its start."""
+    if not preload:
+        return ()
+    return tuple(sorted((k, v) for k, v in app_env.items() if k.startswith(LIBRARY_ENV_PREFIXES)))
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,8 @@ class PoolKey:
     """The interpreter: python, or node for ``runtime="node"``."""
     preload: tuple[str, ...] = ()
     runtime: str = "python"
+    import_env: tuple[tuple[str, str], ...] = ()
+    """Library settings (``import_env()``) the child is started with."""
 
 
 @dataclass(eq=False)
@@ -66,6 +80,7 @@ def _describe(key: PoolKey, default: PoolKey) -> str:
     """A pool key for status: its preloads, and its runtime (node) or interpreter
     unless it is the default."""
     preload = ",".join(key.preload) or "(none)"
+    preload += "".join(f" {k}={v}" for k, v in key.import_env)
     if key.runtime != "python":
         return f"{key.runtime}:{preload}"
     return preload if key.python == default.python else f"{key.python}:{preload}"
@@ -113,9 +128,13 @@ class ChildPool:
         """Top the pool up in the background, once a start no longer needs the CPU."""
         self._refill.set()
 
-    def idle_count(self, preload: tuple[str, ...] = ()) -> int:
-        """Idle children pre-started for this interpreter with these preloads."""
-        return len(self._idle.get(PoolKey(self.default_key.python, preload), []))
+    def idle_count(
+        self, preload: tuple[str, ...] = (), import_env: tuple[tuple[str, str], ...] = ()
+    ) -> int:
+        """Idle children pre-started for this interpreter with these preloads (and
+        these library settings)."""
+        key = PoolKey(self.default_key.python, preload, import_env=import_env)
+        return len(self._idle.get(key, []))
 
     def idle_count_for(self, python: str) -> int:
         """Idle children pre-started for this interpreter (an app environment's), any preloads."""
@@ -162,7 +181,7 @@ class ChildPool:
 
     async def _spawn(self, key: PoolKey) -> bool:
         assert self._tasks is not None and self._workdir is not None
-        env = child_environment({}, cuda_visible_devices="", python=key.python)
+        env = child_environment(dict(key.import_env), cuda_visible_devices="", python=key.python)
         name = f"pool[{self.spawned}]"
         try:
             process, channel = await launch_child(

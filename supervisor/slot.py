@@ -38,7 +38,7 @@ from .gpu_allocation import gpu_environment
 from .gpu_monitor import ChildUsage
 from .lifecycle import LIVE, ChildState, Lifecycle
 from .log_setup import log_progress
-from .pool import ChildPool, PooledChild, PoolKey, pool_safe
+from .pool import ChildPool, PooledChild, PoolKey, import_env, pool_safe
 from .process import ChildProcess, ExitStatus
 from .request import Request, config_key, new_request_id
 from .request_queue import RequestQueue
@@ -469,11 +469,12 @@ class Slot:
                 await child.process.terminate(self.spec.kill_grace)
 
     def _from_pool(self) -> PooledChild | None:
-        if self.pool is None or not pool_safe(self.spec.env, self.spec.preload):
+        if self.pool is None or not pool_safe(self.spec.env):
             return None
         if self.spec.node is not None:
             return self.pool.take(PoolKey(self.spec.node, runtime="node"))
-        return self.pool.take(PoolKey(self.spec.python, self.spec.preload))
+        settings = import_env(self.spec.env, self.spec.preload)
+        return self.pool.take(PoolKey(self.spec.python, self.spec.preload, import_env=settings))
 
     def _refill_pool(self) -> None:
         """Replace a pooled child we may have taken, now that the start is over."""

@@ -96,3 +96,27 @@ async def test_a_refill_asked_for_while_the_pool_spawns_is_not_lost() -> None:
         with anyio.fail_after(20):
             while sup.pool.idle_count(("json",)) < 1:
                 await anyio.sleep(0.02)
+
+
+async def test_library_settings_get_children_started_with_them() -> None:
+    """An app that sets a thread-pool size (read by a numerical library when the pool
+    preloads it) is served by pooled children started with that value, once it has
+    asked for one, instead of a fresh spawn at every start."""
+    env = {"OMP_NUM_THREADS": "1"}
+    settings = (("OMP_NUM_THREADS", "1"),)
+    async with Supervisor(pool_size=1, pool_preload=("decimal",)) as sup:
+        await pool_filled(sup, ("decimal",))
+        first = await snapshot(sup, "first", env=env)
+        assert sup.pool.handed_out == 0  # the default child was started without it
+        with anyio.fail_after(20):
+            while sup.pool.idle_count(("decimal",), settings) < 1:
+                await anyio.sleep(0.02)
+        second = await snapshot(sup, "second", env=env)
+        assert sup.pool.handed_out == 1
+        # What the interpreter (and a library loading in it) saw at its start:
+        initial = await anyio.Path(f"/proc/{second['pid']}/environ").read_bytes()
+        assert b"OMP_NUM_THREADS=1\0" in initial
+        other = await snapshot(sup, "other", env={"OMP_NUM_THREADS": "2"})
+        assert sup.pool.handed_out == 1  # another value: not that child
+    assert first["environ"]["OMP_NUM_THREADS"] == second["environ"]["OMP_NUM_THREADS"] == "1"
+    assert other["environ"]["OMP_NUM_THREADS"] == "2"
