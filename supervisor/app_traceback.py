@@ -12,16 +12,18 @@ Python, so the frames are only read, never imported.
 from __future__ import annotations
 
 import re
+from importlib.util import find_spec
 from pathlib import Path
-
-import child
 
 CHAIN = re.compile(
     r"(\n(?:The above exception was the direct cause of the following exception:"
     r"|During handling of the above exception, another exception occurred:)\n\n)"
 )
 FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line \d+')
-RUNTIME_DIR = str(Path(child.__file__).resolve().parent) + "/"
+_CHILD = find_spec("child")  # located, not imported: the supervisor never imports the child
+if _CHILD is None or _CHILD.origin is None:
+    raise ImportError("the child runtime package is not installed beside the supervisor")
+RUNTIME_DIR = str(Path(_CHILD.origin).resolve().parent) + "/"
 RUNTIME_PARTS = (
     "<frozen importlib",
     "/importlib/",
