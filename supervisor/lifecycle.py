@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 
-class ChildState(enum.Enum):
+class ReplicaState(enum.Enum):
     UNLOADED = "unloaded"
     STARTING = "starting"
     SETTING_UP = "setting_up"
@@ -40,19 +40,19 @@ class ChildState(enum.Enum):
     """Members are singletons compared by identity; Enum's own hash is Python code."""
 
 
-S = ChildState
-TRANSITIONS: dict[ChildState, frozenset[ChildState]] = {
-    S.UNLOADED: frozenset({S.STARTING, S.STOPPING}),
-    S.STARTING: frozenset({S.SETTING_UP, S.RESTARTING, S.UNLOADED, S.FAILED, S.STOPPING}),
-    S.SETTING_UP: frozenset({S.READY, S.RESTARTING, S.UNLOADED, S.FAILED, S.STOPPING}),
-    S.READY: frozenset({S.BUSY, S.RESTARTING, S.UNLOADED, S.STOPPING}),
-    S.BUSY: frozenset({S.READY, S.RESTARTING, S.UNLOADED, S.STOPPING}),
-    S.RESTARTING: frozenset({S.STARTING, S.FAILED, S.STOPPING}),
-    S.FAILED: frozenset({S.RESTARTING, S.STOPPING}),
-    S.STOPPING: frozenset({S.STOPPED}),
-    S.STOPPED: frozenset(),
+_S = ReplicaState
+TRANSITIONS: dict[ReplicaState, frozenset[ReplicaState]] = {
+    _S.UNLOADED: frozenset({_S.STARTING, _S.STOPPING}),
+    _S.STARTING: frozenset({_S.SETTING_UP, _S.RESTARTING, _S.UNLOADED, _S.FAILED, _S.STOPPING}),
+    _S.SETTING_UP: frozenset({_S.READY, _S.RESTARTING, _S.UNLOADED, _S.FAILED, _S.STOPPING}),
+    _S.READY: frozenset({_S.BUSY, _S.RESTARTING, _S.UNLOADED, _S.STOPPING}),
+    _S.BUSY: frozenset({_S.READY, _S.RESTARTING, _S.UNLOADED, _S.STOPPING}),
+    _S.RESTARTING: frozenset({_S.STARTING, _S.FAILED, _S.STOPPING}),
+    _S.FAILED: frozenset({_S.RESTARTING, _S.STOPPING}),
+    _S.STOPPING: frozenset({_S.STOPPED}),
+    _S.STOPPED: frozenset(),
 }
-LIVE = frozenset({S.STARTING, S.SETTING_UP, S.READY, S.BUSY})
+LIVE = frozenset({_S.STARTING, _S.SETTING_UP, _S.READY, _S.BUSY})
 """States in which a child process exists."""
 
 
@@ -63,21 +63,21 @@ class IllegalTransition(RuntimeError):
 @dataclass
 class Lifecycle:
     name: str
-    state: ChildState = ChildState.UNLOADED
+    state: ReplicaState = ReplicaState.UNLOADED
     since: float = field(default_factory=time.monotonic)
     reason: str = ""
     logger: logging.Logger = field(
         default_factory=lambda: logging.getLogger("supervisor.lifecycle")
     )
 
-    def to(self, state: ChildState, reason: str = "") -> None:
+    def to(self, state: ReplicaState, reason: str = "") -> None:
         if state is self.state:
             return
         if state not in TRANSITIONS[self.state]:
             raise IllegalTransition(f"{self.name}: {self.state.value} -> {state.value} ({reason})")
         # Every request flips READY <-> BUSY: logged at DEBUG, formatted only when shown.
-        quiet = (self.state is S.READY and state is S.BUSY) or (
-            self.state is S.BUSY and state is S.READY
+        quiet = (self.state is _S.READY and state is _S.BUSY) or (
+            self.state is _S.BUSY and state is _S.READY
         )
         level = logging.DEBUG if quiet else logging.INFO
         if self.logger.isEnabledFor(level):

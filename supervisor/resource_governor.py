@@ -29,7 +29,8 @@ from .eviction_policy import (
 )
 from .gpu_allocation import format_bytes
 from .gpu_monitor import MonitorSnapshot, ResourceMonitor
-from .slot import LiveChild, Slot
+from .running_child import Fault, RunningChild
+from .slot import Slot
 
 logger = logging.getLogger("supervisor.resources")
 
@@ -57,7 +58,7 @@ class ResourceGovernor:
     def track(self, slot: Slot) -> None:
         """Keep the monitor's registrations in step with the slot's child."""
         child = slot.child
-        if child is not None and not child.dead.is_set():
+        if child is not None and not child.dead:
             self.monitor.register(slot.name, child.process.pid)
             ram = next((ram for s, _, ram in self._slots() if s is slot), None)
             if ram and child.process.memory_limit != ram:
@@ -80,7 +81,7 @@ class ResourceGovernor:
                 slot, _ = by_key[key]
                 self._tasks.start_soon(slot.evict, "evicted to relieve GPU memory pressure")
 
-    def _figures(self, snapshot: MonitorSnapshot) -> list[tuple[Slot, LiveChild, ChildFigures]]:
+    def _figures(self, snapshot: MonitorSnapshot) -> list[tuple[Slot, RunningChild, ChildFigures]]:
         result = []
         for slot, vram_budget, ram_budget in self._slots():
             usage = snapshot.children.get(slot.name)
@@ -98,8 +99,8 @@ class ResourceGovernor:
             result.append((slot, child, figures))
         return result
 
-    def _enforce_budget(self, slot: Slot, child: LiveChild, violation: BudgetViolation) -> None:
-        if id(child) in self._enforcing or child.kill_reason is not None:
+    def _enforce_budget(self, slot: Slot, child: RunningChild, violation: BudgetViolation) -> None:
+        if id(child) in self._enforcing or child.killed is not None:
             return
         self._enforcing.add(id(child))
         where = "" if violation.device is None else f" on GPU {violation.device}"
@@ -119,7 +120,7 @@ class ResourceGovernor:
             try:
                 with anyio.move_on_after(self.budget_grace):
                     await child.wait_idle()
-                slot.kill(child, error)
+                child.kill(error, Fault.LIMITS)
             finally:
                 self._enforcing.discard(id(child))
 
