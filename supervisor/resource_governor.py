@@ -28,11 +28,36 @@ from .eviction_policy import (
     replica_plans,
 )
 from .gpu_allocation import format_bytes
-from .gpu_monitor import MonitorSnapshot, ResourceMonitor
+from .gpu_monitor import ChildUsage, MonitorSnapshot, ResourceMonitor
 from .running_child import Fault, RunningChild
 from .slot import Slot
 
 logger = logging.getLogger("supervisor.resources")
+
+
+def policy_figures(
+    usage: ChildUsage,
+    *,
+    gpus: tuple[int, ...],
+    vram_budget: int | None,
+    ram_budget: int | None,
+    busy: bool,
+    last_used: float,
+) -> ChildFigures:
+    """A child's measurements combined with the supervisor's own facts about it, as
+    the eviction policy reads them."""
+    return ChildFigures(
+        key=usage.key,
+        pid=usage.pid,
+        gpus=gpus,
+        vram=usage.vram,
+        rss=usage.rss,
+        vram_budget=vram_budget,
+        ram_budget=ram_budget,
+        busy=busy,
+        last_used=last_used,
+        vram_by_device=usage.vram_by_device,
+    )
 
 
 class ResourceGovernor:
@@ -89,7 +114,8 @@ class ResourceGovernor:
             child = slot.child
             if usage is None or child is None or usage.pid != child.process.pid or not usage.alive:
                 continue
-            figures = usage.figures(
+            figures = policy_figures(
+                usage,
                 gpus=slot.gpus,
                 vram_budget=vram_budget,
                 ram_budget=ram_budget,
