@@ -33,7 +33,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import errors as E
+from . import errors
 from .events import Event
 from .input_limits import InputLimits
 from .lifecycle import ReplicaState
@@ -148,7 +148,7 @@ class App:
         stops following before the end cancels the request."""
         try:
             while (item := await request.next_item()) is not None:
-                if isinstance(item, E.SupervisorError):
+                if isinstance(item, errors.SupervisorError):
                     raise item
                 yield item
         finally:
@@ -185,30 +185,32 @@ class App:
         metadata: dict[str, Any] | None,
     ) -> Request:
         if self._stopped:
-            raise E.AppStoppedError(f"{self.name} is stopped")
+            raise errors.AppStoppedError(f"{self.name} is stopped")
         failed = [s for s in self.slots if s.lifecycle.state is ReplicaState.FAILED]
         if failed and len(failed) == len(self.slots):
             raise failed[0].failed_error()
         if not isinstance(input, dict):
-            raise E.InputValidationError(f"the input must be a dict, not {type(input).__name__}")
+            raise errors.InputValidationError(
+                f"the input must be a dict, not {type(input).__name__}"
+            )
         self.limits.check(input, "input")
         config, key = self.setup, self._setup_key
         if setup is not None:
             if not isinstance(setup, dict):
-                raise E.InputValidationError(
+                raise errors.InputValidationError(
                     f"the setup must be a dict, not {type(setup).__name__}"
                 )
             self.limits.check(setup, "setup")
             if setup != self.setup:
                 if self.lock_setup:
-                    raise E.InputValidationError(
+                    raise errors.InputValidationError(
                         f"{self.name}: the setup is locked by the operator; "
                         "send no setup, or the operator's values"
                     )
                 config = dict(setup)
                 key = config_key(config)
         if request_id is not None and request_id in self._requests:
-            raise E.InputValidationError(f"request id {request_id!r} is already in use")
+            raise errors.InputValidationError(f"request id {request_id!r} is already in use")
         request = Request(
             function=function,
             input=input,
@@ -232,7 +234,7 @@ class App:
             or not math.isfinite(timeout)
             or timeout <= 0
         ):
-            raise E.InputValidationError(
+            raise errors.InputValidationError(
                 f"timeout must be a positive, finite number of seconds, not {timeout!r}"
             )
         return timeout if self.run_timeout is None else min(float(timeout), self.run_timeout)
@@ -247,7 +249,7 @@ class App:
         fresh restart budget), a running one gets a fresh child once its requests
         are done."""
         if self._stopped:
-            raise E.AppStoppedError(f"{self.name} is stopped")
+            raise errors.AppStoppedError(f"{self.name} is stopped")
         async with anyio.create_task_group() as tasks:
             for slot in self.slots:
                 tasks.start_soon(slot.restart)
@@ -272,11 +274,11 @@ class App:
         try:
             self._queue.put(request)
         except anyio.WouldBlock:
-            raise E.BusyError(
+            raise errors.BusyError(
                 f"{self.name}: the queue is full ({self._queue.max_size:g} waiting)"
             ) from None
         except anyio.ClosedResourceError:
-            raise E.AppStoppedError(f"{self.name} is stopped") from None
+            raise errors.AppStoppedError(f"{self.name} is stopped") from None
         self._requests[request.id] = request
         return None
 
@@ -290,7 +292,7 @@ class App:
         if request is None or request.finished:
             return False
         if request.started is None:
-            request.fail(E.RequestCancelledError("the request was cancelled while queued"))
+            request.fail(errors.RequestCancelledError("the request was cancelled while queued"))
             return True
         for slot in self.slots:
             await slot.cancel(request)
@@ -329,7 +331,7 @@ class App:
         self._stopped = True
         self._queue.close()
         for request in list(self._requests.values()):
-            request.fail(E.AppStoppedError(f"{self.name} was stopped"))
+            request.fail(errors.AppStoppedError(f"{self.name} was stopped"))
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tasks:
                 for slot in self.slots:

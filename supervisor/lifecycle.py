@@ -40,19 +40,42 @@ class ReplicaState(enum.Enum):
     """Members are singletons compared by identity; Enum's own hash is Python code."""
 
 
-_S = ReplicaState
 TRANSITIONS: dict[ReplicaState, frozenset[ReplicaState]] = {
-    _S.UNLOADED: frozenset({_S.STARTING, _S.STOPPING}),
-    _S.STARTING: frozenset({_S.SETTING_UP, _S.RESTARTING, _S.UNLOADED, _S.FAILED, _S.STOPPING}),
-    _S.SETTING_UP: frozenset({_S.READY, _S.RESTARTING, _S.UNLOADED, _S.FAILED, _S.STOPPING}),
-    _S.READY: frozenset({_S.BUSY, _S.RESTARTING, _S.UNLOADED, _S.STOPPING}),
-    _S.BUSY: frozenset({_S.READY, _S.RESTARTING, _S.UNLOADED, _S.STOPPING}),
-    _S.RESTARTING: frozenset({_S.STARTING, _S.FAILED, _S.STOPPING}),
-    _S.FAILED: frozenset({_S.RESTARTING, _S.STOPPING}),
-    _S.STOPPING: frozenset({_S.STOPPED}),
-    _S.STOPPED: frozenset(),
+    ReplicaState.UNLOADED: frozenset({ReplicaState.STARTING, ReplicaState.STOPPING}),
+    ReplicaState.STARTING: frozenset(
+        {
+            ReplicaState.SETTING_UP,
+            ReplicaState.RESTARTING,
+            ReplicaState.UNLOADED,
+            ReplicaState.FAILED,
+            ReplicaState.STOPPING,
+        }
+    ),
+    ReplicaState.SETTING_UP: frozenset(
+        {
+            ReplicaState.READY,
+            ReplicaState.RESTARTING,
+            ReplicaState.UNLOADED,
+            ReplicaState.FAILED,
+            ReplicaState.STOPPING,
+        }
+    ),
+    ReplicaState.READY: frozenset(
+        {ReplicaState.BUSY, ReplicaState.RESTARTING, ReplicaState.UNLOADED, ReplicaState.STOPPING}
+    ),
+    ReplicaState.BUSY: frozenset(
+        {ReplicaState.READY, ReplicaState.RESTARTING, ReplicaState.UNLOADED, ReplicaState.STOPPING}
+    ),
+    ReplicaState.RESTARTING: frozenset(
+        {ReplicaState.STARTING, ReplicaState.FAILED, ReplicaState.STOPPING}
+    ),
+    ReplicaState.FAILED: frozenset({ReplicaState.RESTARTING, ReplicaState.STOPPING}),
+    ReplicaState.STOPPING: frozenset({ReplicaState.STOPPED}),
+    ReplicaState.STOPPED: frozenset(),
 }
-LIVE = frozenset({_S.STARTING, _S.SETTING_UP, _S.READY, _S.BUSY})
+LIVE = frozenset(
+    {ReplicaState.STARTING, ReplicaState.SETTING_UP, ReplicaState.READY, ReplicaState.BUSY}
+)
 """States in which a child process exists."""
 
 
@@ -76,8 +99,8 @@ class Lifecycle:
         if state not in TRANSITIONS[self.state]:
             raise IllegalTransition(f"{self.name}: {self.state.value} -> {state.value} ({reason})")
         # Every request flips READY <-> BUSY: logged at DEBUG, formatted only when shown.
-        quiet = (self.state is _S.READY and state is _S.BUSY) or (
-            self.state is _S.BUSY and state is _S.READY
+        quiet = (self.state is ReplicaState.READY and state is ReplicaState.BUSY) or (
+            self.state is ReplicaState.BUSY and state is ReplicaState.READY
         )
         level = logging.DEBUG if quiet else logging.INFO
         if self.logger.isEnabledFor(level):
@@ -92,3 +115,47 @@ class Lifecycle:
         self.state = state
         self.since = time.monotonic()
         self.reason = reason
+
+
+class VramClaim(enum.Enum):
+    """Whether the app's VRAM budget is promised to a replica (admitted), and whether
+    the replica gave it up to an eviction (it then starts again on its next request,
+    so it still counts as available).
+
+        HELD --evicted--> EVICTED --readmitted--> RETURNING --started--> HELD
+        HELD, RETURNING --a start failed--> LOST --readmitted--> HELD
+    """
+
+    HELD = "held"
+    """Admitted: from its app's admission until it is evicted or a start fails."""
+    EVICTED = "evicted"
+    """Unloaded to free GPU memory, not admitted; back on its next request."""
+    RETURNING = "returning"
+    """Admitted again after an eviction; its start is under way."""
+    LOST = "lost"
+    """Not admitted since a start failed (for another reason than room): the next
+    start is admitted again, and it no longer counts as available."""
+
+    __hash__ = object.__hash__
+
+    @property
+    def admitted(self) -> bool:
+        return self in (VramClaim.HELD, VramClaim.RETURNING)
+
+    @property
+    def evicted(self) -> bool:
+        return self in (VramClaim.EVICTED, VramClaim.RETURNING)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a replica is ``FAILED``, and when it is tried again."""
+
+    message: str
+    limit: str
+    """What gave out: ``restarts`` (too many faults in the policy's window) or
+    ``load`` (the app cannot be imported)."""
+    at: float
+    """Wall-clock time of the failure."""
+    retry_at: float | None
+    """Wall-clock time at which it is tried again (None: not planned)."""

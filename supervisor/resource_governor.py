@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 import anyio
 import anyio.abc
 
-from . import errors as E
+from . import errors
 from .eviction_policy import (
     BudgetViolation,
     ChildFigures,
@@ -130,7 +130,7 @@ class ResourceGovernor:
             return
         self._enforcing.add(id(child))
         where = "" if violation.device is None else f" on GPU {violation.device}"
-        error = E.BudgetExceededError(
+        error = errors.BudgetExceededError(
             f"{slot.name} used {format_bytes(violation.used)} of "
             f"{'VRAM' if violation.budget == 'vram' else 'RAM'}{where}, over its budget of "
             f"{format_bytes(violation.limit)}",
@@ -223,7 +223,7 @@ class ResourceGovernor:
                     )
                     return self._grant([only] * replicas, on_admitted)
                 if not devices:
-                    raise E.AdmissionError(
+                    raise errors.AdmissionError(
                         f"needs {count} GPU(s) with {format_bytes(vram_per_gpu)} free, "
                         f"but no GPU figures are available ({snapshot.gpu_error or 'no GPU'})"
                     )
@@ -240,7 +240,7 @@ class ResourceGovernor:
                 )
                 plan = plans[-1]
                 if not plan.ever_fits:
-                    raise E.AdmissionError(
+                    raise errors.AdmissionError(
                         f"can never fit: {plan.reason}",
                         needed_vram=vram_per_gpu,
                         needed_gpus=count,
@@ -264,7 +264,7 @@ class ResourceGovernor:
                 if note:
                     note = f" (free memory counts what earlier replicas will use: {note})"
                 promised = promised_vram([f for _, _, f in figures], unmeasured)
-                raise E.AdmissionError(
+                raise errors.AdmissionError(
                     f"no room after waiting {timeout:g} s: {plan.reason}{note}",
                     needed_vram=vram_per_gpu,
                     needed_gpus=count,

@@ -45,6 +45,7 @@ from protocol import Cancel, Error, Message, ProtocolError, Result, Run
 from . import errors
 from .child_channel import ChildChannel
 from .events import event_for
+from .lifecycle import IllegalTransition
 from .process import ChildProcess, ExitStatus
 from .request import Request
 
@@ -74,22 +75,31 @@ class ChildState(enum.Enum):
     """Members are singletons compared by identity; Enum's own hash is Python code."""
 
 
-_S = ChildState
 TRANSITIONS: dict[ChildState, frozenset[ChildState]] = {
-    _S.STARTING: frozenset({_S.STANDBY, _S.SERVING, _S.RETIRING, _S.KILLED, _S.DEAD}),
-    _S.STANDBY: frozenset({_S.STARTING, _S.RETIRING, _S.KILLED, _S.DEAD}),
-    _S.SERVING: frozenset({_S.DRAINING, _S.RETIRING, _S.KILLED, _S.DEAD}),
-    _S.DRAINING: frozenset({_S.SERVING, _S.RETIRING, _S.KILLED, _S.DEAD}),
-    _S.RETIRING: frozenset({_S.KILLED, _S.DEAD}),
-    _S.KILLED: frozenset({_S.DEAD}),
-    _S.DEAD: frozenset(),
+    ChildState.STARTING: frozenset(
+        {
+            ChildState.STANDBY,
+            ChildState.SERVING,
+            ChildState.RETIRING,
+            ChildState.KILLED,
+            ChildState.DEAD,
+        }
+    ),
+    ChildState.STANDBY: frozenset(
+        {ChildState.STARTING, ChildState.RETIRING, ChildState.KILLED, ChildState.DEAD}
+    ),
+    ChildState.SERVING: frozenset(
+        {ChildState.DRAINING, ChildState.RETIRING, ChildState.KILLED, ChildState.DEAD}
+    ),
+    ChildState.DRAINING: frozenset(
+        {ChildState.SERVING, ChildState.RETIRING, ChildState.KILLED, ChildState.DEAD}
+    ),
+    ChildState.RETIRING: frozenset({ChildState.KILLED, ChildState.DEAD}),
+    ChildState.KILLED: frozenset({ChildState.DEAD}),
+    ChildState.DEAD: frozenset(),
 }
-GOING = frozenset({_S.RETIRING, _S.KILLED, _S.DEAD})
+GOING = frozenset({ChildState.RETIRING, ChildState.KILLED, ChildState.DEAD})
 """States from which a child only goes on to its death."""
-
-
-class IllegalTransition(RuntimeError):
-    """A move ``TRANSITIONS`` does not list: a bug in the supervisor."""
 
 
 class Fault(enum.Enum):

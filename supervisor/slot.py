@@ -36,13 +36,13 @@ from protocol import Check, Error, Load, ProtocolError, Result, Setup, Unload
 from protocol import Log as LogMessage
 from protocol import Progress as ProgressMessage
 
-from . import errors as E
+from . import errors
 from .child_launch import DEFAULT_SHARED_MEMORY, launch_child
 from .confinement import Confinement
 from .environment import child_environment
 from .gpu_allocation import gpu_environment
 from .gpu_monitor import ChildUsage
-from .lifecycle import LIVE, Lifecycle, ReplicaState
+from .lifecycle import LIVE, Failure, Lifecycle, ReplicaState, VramClaim
 from .log_setup import log_progress
 from .pool import ChildPool, PooledChild, PoolKey, import_env, pool_safe
 from .process import ChildProcess, ExitStatus
@@ -58,8 +58,6 @@ from .running_child import (
     Refusal,
     RunningChild,
 )
-
-S = ReplicaState
 
 STANDBY_DELAY = 0.05
 """Seconds between a start and loading the standby, as the pool waits to refill."""
@@ -111,7 +109,7 @@ class Slot:
         readmit: Callable[[Slot], Awaitable[None]] | None = None,
     ) -> None:
         """``readmit(slot)`` admits the app's VRAM on the slot's GPUs again before a
-        start that follows an eviction or a failed start (see ``admitted``): its
+        start that follows an eviction or a failed start (see ``claim``): its
         GPUs may have been given to other apps meanwhile."""
         self.spec = spec
         self.index = index
@@ -123,18 +121,11 @@ class Slot:
         self.restarts = 0
         self.evictions = 0
         """Children unloaded to free GPU memory (pressure, or room for another app)."""
-        self.evicted = False
-        """Unloaded to free GPU memory and not back yet: it starts again on its next
-        request, so it still counts as available (unless a start since has failed
-        for another reason than room)."""
         self.restarts_by_reason: Counter[str] = Counter()
         self.crash_times: list[float] = []
         self.last_exit: dict[str, Any] | None = None
-        self.failure: str | None = None
-        self.failure_limit: str | None = None
-        self.failed_at: float | None = None
-        self.retry_at: float | None = None
-        """Wall-clock time at which a failed slot is tried again (None: not planned)."""
+        self.failed: Failure | None = None
+        """Why the slot is ``FAILED``; None in any other state."""
         self._retry_scope = anyio.CancelScope()
         self._last_config: dict[str, Any] = {}
         """The setup values of the latest start."""
@@ -162,16 +153,27 @@ class Slot:
         self._standby_loading = False
         self._standby_replaced = False
         self._readmit = readmit
-        self.admitted = True
-        """Its VRAM is promised to it: from its app's admission until it is evicted
-        or a start fails, and again once ``readmit`` lets it start."""
+        self.claim = VramClaim.HELD
+        """Whether its app's VRAM is promised to it, and whether it gave it up to an
+        eviction (see ``VramClaim``)."""
+
+    def readmitted(self) -> None:
+        """Its app's VRAM is promised to it again (``readmit``, or a start without one)."""
+        if self.claim is VramClaim.EVICTED:
+            self.claim = VramClaim.RETURNING
+        elif self.claim is VramClaim.LOST:
+            self.claim = VramClaim.HELD
 
     @property
     def holds_vram_reservation(self) -> bool:
         """The app's VRAM budget stays promised to the slot while it is admitted and
         has not failed or stopped: a child that has not allocated it yet, or a
         restart, must still find it free."""
-        return self.admitted and self.lifecycle.state not in (S.FAILED, S.STOPPING, S.STOPPED)
+        return self.claim.admitted and self.lifecycle.state not in (
+            ReplicaState.FAILED,
+            ReplicaState.STOPPING,
+            ReplicaState.STOPPED,
+        )
 
     # -- running the slot -----------------------------------------------------
 
@@ -218,7 +220,7 @@ class Slot:
         child = self.child
         if (
             child is None
-            or self.lifecycle.state not in (S.READY, S.BUSY)
+            or self.lifecycle.state not in (ReplicaState.READY, ReplicaState.BUSY)
             or child.refusal(request.config_key) is not None
         ):
             return None
@@ -243,7 +245,7 @@ class Slot:
                 if child is None:
                     try:
                         child = await self.ensure(request.config, request.config_key)
-                    except E.SupervisorError as exc:
+                    except errors.SupervisorError as exc:
                         request.fail(exc)
                         return
                 if request.finished:
@@ -258,7 +260,7 @@ class Slot:
                     if delivery is Delivery.SENT and request.id in child.in_flight:
                         adopted = self._adopt(child, entry)
                     if not adopted:  # it never reached the child, or nothing can follow it
-                        request.fail(E.RequestCancelledError("the request was cancelled"))
+                        request.fail(errors.RequestCancelledError("the request was cancelled"))
                     raise
                 finally:
                     if not adopted:
@@ -269,10 +271,12 @@ class Slot:
                     "%s: request %s never reached its child; retrying", self.name, request.id
                 )
                 child = None
-            request.fail(E.ChildCrashedError("the request could not be delivered to a live child"))
+            request.fail(
+                errors.ChildCrashedError("the request could not be delivered to a live child")
+            )
         except Exception as exc:
             self.logger.exception("%s: request %s failed", self.name, request.id)
-            request.fail(E.InternalError(f"the request failed inside the supervisor: {exc!r}"))
+            request.fail(errors.InternalError(f"the request failed inside the supervisor: {exc!r}"))
         finally:
             if not adopted:
                 self._capacity.release()
@@ -297,10 +301,10 @@ class Slot:
     def _busy(self, busy: bool) -> None:
         """A request entered the current child (True), or its last one left (False)."""
         state = self.lifecycle.state
-        if busy and state is S.READY:
-            self.lifecycle.to(S.BUSY)
-        elif not busy and state is S.BUSY:
-            self.lifecycle.to(S.READY)
+        if busy and state is ReplicaState.READY:
+            self.lifecycle.to(ReplicaState.BUSY)
+        elif not busy and state is ReplicaState.BUSY:
+            self.lifecycle.to(ReplicaState.READY)
 
     # -- getting a ready child ------------------------------------------------
 
@@ -315,17 +319,17 @@ class Slot:
         async with self._lock:
             while True:
                 state = self.lifecycle.state
-                if state is S.FAILED:
+                if state is ReplicaState.FAILED:
                     raise self.failed_error()
-                if state in (S.STOPPING, S.STOPPED):
-                    raise E.AppStoppedError(f"{self.spec.name} is stopped")
+                if state in (ReplicaState.STOPPING, ReplicaState.STOPPED):
+                    raise errors.AppStoppedError(f"{self.spec.name} is stopped")
                 child = self.child
                 refusal = None if child is None else child.refusal(key)
                 if child is not None and refusal is Refusal.NOT_SERVING:
                     # Being killed: its watcher decides what comes next once it is reaped.
                     await child.wait_dead()
                     continue
-                if child is not None and state in (S.READY, S.BUSY):
+                if child is not None and state in (ReplicaState.READY, ReplicaState.BUSY):
                     if refusal is None:
                         return child
                     if refusal is Refusal.SUSPECT:
@@ -340,30 +344,30 @@ class Slot:
                         # may have come meanwhile.
                         await child.drain()
                         continue
-                    await self._retire(child, S.UNLOADED, "setup config changed")
+                    await self._retire(child, ReplicaState.UNLOADED, "setup config changed")
                     continue
-                if state is S.RESTARTING:
+                if state is ReplicaState.RESTARTING:
                     await anyio.sleep(max(0.0, self._not_before - time.monotonic()))
                 try:
                     await self._start(config, key)
-                except E.SupervisorError:
-                    if self.lifecycle.state is S.RESTARTING:
+                except errors.SupervisorError:
+                    if self.lifecycle.state is ReplicaState.RESTARTING:
                         continue
                     raise
 
     async def _start(self, config: dict[str, Any], key: str) -> None:
-        if self.lifecycle.state in (S.STOPPING, S.STOPPED):
-            raise E.AppStoppedError(f"{self.spec.name} is stopped")
-        restarting = self.lifecycle.state is S.RESTARTING
+        if self.lifecycle.state in (ReplicaState.STOPPING, ReplicaState.STOPPED):
+            raise errors.AppStoppedError(f"{self.spec.name} is stopped")
+        restarting = self.lifecycle.state is ReplicaState.RESTARTING
         self._last_config = config
-        self.lifecycle.to(S.STARTING, "restart" if restarting else "")
+        self.lifecycle.to(ReplicaState.STARTING, "restart" if restarting else "")
         child: RunningChild | None = None
         scope = self._start_scope = anyio.CancelScope()
         try:
             with anyio.fail_after(self.spec.setup_timeout), scope:
-                if not self.admitted and self._readmit is not None:
+                if not self.claim.admitted and self._readmit is not None:
                     await self._readmit(self)
-                self.admitted = True
+                self.readmitted()
                 child = self._take_standby(config, key)
                 if child is None:
                     child = await self._spawn(config, key)
@@ -372,9 +376,9 @@ class Slot:
                 # cancelled this scope, but the cancellation only lands at the next
                 # checkpoint: the slot may already be STOPPED (handled below).
                 if not scope.cancel_called:
-                    self.lifecycle.to(S.SETTING_UP)
+                    self.lifecycle.to(ReplicaState.SETTING_UP)
                     await self._call(child, Setup(new_request_id(), config, self.metadata()))
-        except (TimeoutError, _StartFailed, E.SupervisorError) as exc:
+        except (TimeoutError, _StartFailed, errors.SupervisorError) as exc:
             await self._abort_start(child, exc, restarting)
             raise AssertionError("unreachable") from None
         except BaseException:
@@ -383,15 +387,15 @@ class Slot:
             raise
         if scope.cancel_called or self.stopping:
             await self._terminate(child)
-            raise E.AppStoppedError(f"{self.spec.name} is stopped")
+            raise errors.AppStoppedError(f"{self.spec.name} is stopped")
         assert child is not None
         child.serve()
         self.child = child
         self._good_config = config
         if self.on_configured is not None:
             self.on_configured(config, key)
-        self.lifecycle.to(S.READY, f"pid {child.process.app_pid}")
-        self.evicted = False
+        self.lifecycle.to(ReplicaState.READY, f"pid {child.process.app_pid}")
+        self.claim = VramClaim.HELD
         self._refill_pool()
         self.tasks.start_soon(self._heartbeat, child)
         if self.spec.standby:
@@ -489,7 +493,7 @@ class Slot:
             with anyio.fail_after(self.spec.setup_timeout), scope:
                 child = await self._spawn({}, "", prewarm=True)
                 await self._load(child)
-        except (TimeoutError, _StartFailed, E.SupervisorError) as exc:
+        except (TimeoutError, _StartFailed, errors.SupervisorError) as exc:
             self.logger.warning("%s: no standby: %s", self.name, getattr(exc, "message", exc))
             await self._terminate(child)
             return
@@ -557,36 +561,38 @@ class Slot:
         details: dict[str, Any] = {"stderr": stderr} if stderr else {}
         if status is not None:
             details.update(status.to_dict())
-        error: E.SupervisorError
+        error: errors.SupervisorError
         if isinstance(exc, TimeoutError):
-            error = E.SetupFailedError(
+            error = errors.SetupFailedError(
                 f"{self.name} did not become ready within {self.spec.setup_timeout:g} s", **details
             )
         elif isinstance(exc, _StartFailed):
             why = f" ({status.describe()})" if status else ""
-            error = E.SetupFailedError(f"{self.name}: {exc}{why}", **details)
+            error = errors.SetupFailedError(f"{self.name}: {exc}{why}", **details)
         else:
-            assert isinstance(exc, E.SupervisorError)
+            assert isinstance(exc, errors.SupervisorError)
             error = exc
-        if not isinstance(error, E.AdmissionError):
-            self.evicted = False  # it cannot come back by itself
+        if not isinstance(error, errors.AdmissionError):
+            # It cannot come back by itself.
+            self.claim = VramClaim.HELD if self.claim.admitted else VramClaim.LOST
         good = self._good_config
         callers_values = good is not None and config_key(good) != config_key(self._last_config)
         if self.stopping:
             pass  # stop() ran meanwhile and has set the slot's state
-        elif isinstance(error, E.LoadFailedError):
+        elif isinstance(error, errors.LoadFailedError):
             self._fail(error.message, "load", self.spec.restart_policy.cooldown)
         elif (
             restarting
             and not callers_values
-            and not isinstance(error, (E.InputValidationError, E.AdmissionError))
+            and not isinstance(error, (errors.InputValidationError, errors.AdmissionError))
         ):
             # The values that worked fail now: the app's fault, counted.
             self._exited(f"restart failed: {error.message}", "restart_failed", fault=True)
         else:
-            self.lifecycle.to(S.UNLOADED, "start failed")
-            self.admitted = False  # the next start is admitted again
-            if callers_values and not isinstance(error, E.AdmissionError):
+            self.lifecycle.to(ReplicaState.UNLOADED, "start failed")
+            # The next start is admitted again.
+            self.claim = VramClaim.EVICTED if self.claim.evicted else VramClaim.LOST
+            if callers_values and not isinstance(error, errors.AdmissionError):
                 # Values a caller sent failed: serve the configuration that worked.
                 assert good is not None
                 self.tasks.start_soon(self._restart, good)
@@ -613,12 +619,14 @@ class Slot:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass  # the inbox ends when the channel closes: reported below
             except TypeError as exc:  # the values cannot be encoded: the caller's
-                raise E.InputValidationError(f"the {message.TYPE} cannot be sent: {exc}") from None
+                raise errors.InputValidationError(
+                    f"the {message.TYPE} cannot be sent: {exc}"
+                ) from None
             async for reply in inbox:
                 if isinstance(reply, Result):
                     return reply.output
                 if isinstance(reply, Error):
-                    raise E.from_error_info(reply.error)
+                    raise errors.from_error_info(reply.error)
                 if isinstance(reply, LogMessage):
                     self.logger.info("[%s] %s", reply.stream, reply.message)
                 elif isinstance(reply, ProgressMessage):
@@ -649,8 +657,8 @@ class Slot:
             "at": time.time(),
             **status.to_dict(),
         }
-        if killed is not None and isinstance(killed.reason, E.EvictedError):
-            self.lifecycle.to(S.UNLOADED, killed.reason.message)
+        if killed is not None and isinstance(killed.reason, errors.EvictedError):
+            self.lifecycle.to(ReplicaState.UNLOADED, killed.reason.message)
         else:
             self.logger.warning(
                 "%s: child pid %d stopped: %s",
@@ -665,7 +673,7 @@ class Slot:
             fault = killed is None or killed.fault is Fault.APP
             self.last_exit["fault"] = fault
             self._exited(self.last_exit["reason"], category, fault=fault)
-            if self.lifecycle.state is S.RESTARTING:
+            if self.lifecycle.state is ReplicaState.RESTARTING:
                 self.tasks.start_soon(self._restart, child.config)
         self.changed()
 
@@ -680,7 +688,7 @@ class Slot:
             if answered or child.state in GOING:
                 continue
             child.kill(
-                E.ChildCrashedError(
+                errors.ChildCrashedError(
                     f"the child did not answer a heartbeat within "
                     f"{self.spec.heartbeat_timeout:g} s (hung or frozen)"
                 ),
@@ -696,14 +704,14 @@ class Slot:
             self.crash_times, now, fault=fault
         )
         if isinstance(decision, GiveUp):
-            self.lifecycle.to(S.RESTARTING, reason)
+            self.lifecycle.to(ReplicaState.RESTARTING, reason)
             self._fail(f"{reason}; {decision.reason}", "restarts", decision.retry_after)
             return
         self.restarts += 1
         self.restarts_by_reason[category] += 1
         self._not_before = now + decision.delay
         when = f"in {decision.delay:g} s" if fault else "now"
-        self.lifecycle.to(S.RESTARTING, f"{reason}; restart {when}")
+        self.lifecycle.to(ReplicaState.RESTARTING, f"{reason}; restart {when}")
 
     def _fail(self, failure: str, limit: str, retry_after: float | None = None) -> None:
         """Give up on the slot until ``retry_after`` seconds have passed (or for good
@@ -712,11 +720,11 @@ class Slot:
         ``limit`` names what gave out: ``restarts`` (too many faults in the
         policy's window) or ``load`` (the app cannot be imported).
         """
-        self.failure = failure
-        self.failure_limit = limit
-        self.failed_at = time.time()
-        self.retry_at = None if retry_after is None else self.failed_at + retry_after
-        self.lifecycle.to(S.FAILED, failure)
+        now = time.time()
+        self.failed = Failure(
+            failure, limit, now, None if retry_after is None else now + retry_after
+        )
+        self.lifecycle.to(ReplicaState.FAILED, failure)
         if self._tasks is None:
             return
         if self.standby is not None or self._standby_loading:
@@ -725,67 +733,73 @@ class Slot:
             self._retry_scope.cancel()
             self._tasks.start_soon(self._retry_after_cooldown, retry_after)
 
-    def failed_error(self) -> E.AppFailedError:
+    def failed_error(self) -> errors.AppFailedError:
         """What a request to the failed slot is told: why, and when it is tried again."""
         retry = ""
-        details: dict[str, Any] = {"limit": self.failure_limit}
-        if self.retry_at is not None:
-            retry_in = max(0.0, self.retry_at - time.time())
+        failed = self.failed
+        assert failed is not None, "the slot has not failed"
+        details: dict[str, Any] = {"limit": failed.limit}
+        if failed.retry_at is not None:
+            retry_in = max(0.0, failed.retry_at - time.time())
             retry = f"; tried again in {retry_in:.0f} s"
             details["retry_in"] = retry_in
-        return E.AppFailedError(f"{self.name} failed: {self.failure}{retry}", **details)
+        return errors.AppFailedError(f"{self.name} failed: {failed.message}{retry}", **details)
 
     async def _retry_after_cooldown(self, delay: float) -> None:
         with anyio.CancelScope() as scope:
             self._retry_scope = scope
             await anyio.sleep(delay)
-        if not scope.cancel_called and self.lifecycle.state is S.FAILED:
+        if not scope.cancel_called and self.lifecycle.state is ReplicaState.FAILED:
             self.logger.info("%s: cool-down over; trying again", self.name)
             await self.retry()
 
     async def retry(self) -> None:
         """Clear a failure and start again now, with a fresh restart budget (the
         cool-down's end, or an operator's restart). Errors are the status's news."""
-        if self.lifecycle.state is not S.FAILED:
+        if self.lifecycle.state is not ReplicaState.FAILED:
             return
         self._retry_scope.cancel()
         self.crash_times = []
-        self.failure = self.failure_limit = None
-        self.failed_at = self.retry_at = None
+        self.failed = None
         self._not_before = 0.0
-        self.lifecycle.to(S.RESTARTING, "retry after failure")
+        self.lifecycle.to(ReplicaState.RESTARTING, "retry after failure")
         self.changed()
         config = self._good_config if self._good_config is not None else self._last_config
-        with contextlib.suppress(E.SupervisorError):
+        with contextlib.suppress(errors.SupervisorError):
             await self.ensure(config)
 
     async def restart(self) -> None:
         """An operator's restart: a failed slot is tried again at once; a running one
         gets a fresh child once its requests are done."""
-        if self.lifecycle.state is S.FAILED:
+        if self.lifecycle.state is ReplicaState.FAILED:
             await self.retry()
             return
         config = self._good_config if self._good_config is not None else self._last_config
         async with self._lock:
             child = self.child
-            if child is not None and self.lifecycle.state in (S.READY, S.BUSY):
+            if child is not None and self.lifecycle.state in (
+                ReplicaState.READY,
+                ReplicaState.BUSY,
+            ):
                 config = child.config
                 await child.drain()
                 if self.child is child:
-                    await self._retire(child, S.UNLOADED, "restarted by the operator")
+                    await self._retire(child, ReplicaState.UNLOADED, "restarted by the operator")
         if not self.stopping:
-            with contextlib.suppress(E.SupervisorError):
+            with contextlib.suppress(errors.SupervisorError):
                 await self.ensure(config)
 
     async def _restart(self, config: dict[str, Any]) -> None:
-        with contextlib.suppress(E.SupervisorError):
+        with contextlib.suppress(errors.SupervisorError):
             await self.ensure(config)
 
     async def _retire(self, child: RunningChild, then: ReplicaState, reason: str) -> None:
         """Stop a child on purpose: ask it to unload, then terminate what remains."""
         child.retire()
         self.child = None
-        self.lifecycle.to(then if then is not S.STOPPED else S.STOPPING, reason)
+        self.lifecycle.to(
+            then if then is not ReplicaState.STOPPED else ReplicaState.STOPPING, reason
+        )
         with contextlib.suppress(
             anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError
         ):
@@ -805,36 +819,35 @@ class Slot:
     async def evict(self, reason: str) -> bool:
         """Unload an idle child to free its memory; it starts again on the next request."""
         child = self.child
-        if child is None or child.in_flight or self.lifecycle.state is not S.READY:
+        if child is None or child.in_flight or self.lifecycle.state is not ReplicaState.READY:
             return False
         async with self._lock:
             if self.child is not child or child.in_flight:
                 return False
-            await self._retire(child, S.UNLOADED, reason)
-            self.admitted = False
+            await self._retire(child, ReplicaState.UNLOADED, reason)
+            self.claim = VramClaim.EVICTED
             self.evictions += 1
-            self.evicted = True
             await self._drop_standby()
         return True
 
     async def stop(self) -> None:
         """Unload the child (with a deadline), then kill what remains."""
-        if self.lifecycle.state in (S.STOPPING, S.STOPPED):
+        if self.lifecycle.state in (ReplicaState.STOPPING, ReplicaState.STOPPED):
             return
         self._start_scope.cancel()
         self._retry_scope.cancel()
         child = self.child
         if child is not None and self.lifecycle.state in LIVE:
-            await self._retire(child, S.STOPPED, "stop")
+            await self._retire(child, ReplicaState.STOPPED, "stop")
         else:
-            self.lifecycle.to(S.STOPPING, "stop")
+            self.lifecycle.to(ReplicaState.STOPPING, "stop")
         await self._drop_standby()
-        self.lifecycle.to(S.STOPPED)
+        self.lifecycle.to(ReplicaState.STOPPED)
         self.changed()
 
     @property
     def stopping(self) -> bool:
-        return self.lifecycle.state in (S.STOPPING, S.STOPPED)
+        return self.lifecycle.state in (ReplicaState.STOPPING, ReplicaState.STOPPED)
 
     def changed(self) -> None:
         """Tell the owner that the slot's child (or its absence) changed."""
@@ -844,7 +857,7 @@ class Slot:
     # -- reporting --------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        child = self.child
+        child, failed = self.child, self.failed
         return {
             "slot": self.index,
             "state": self.lifecycle.state.value,
@@ -855,12 +868,12 @@ class Slot:
             "restarts": self.restarts,
             "restarts_by_reason": dict(self.restarts_by_reason),
             "evictions": self.evictions,
-            "evicted": self.evicted,
+            "evicted": self.claim.evicted,
             "last_exit": self.last_exit,
-            "failure": self.failure,
-            "failure_limit": self.failure_limit,
-            "failed_at": self.failed_at,
-            "retry_at": self.retry_at,
+            "failure": failed.message if failed else None,
+            "failure_limit": failed.limit if failed else None,
+            "failed_at": failed.at if failed else None,
+            "retry_at": failed.retry_at if failed else None,
             "in_flight": len(child.in_flight) if child else 0,
             "uptime": time.monotonic() - child.started_at if child else None,
             "idle_for": time.monotonic() - child.last_used

@@ -3,9 +3,9 @@
 ``FakeChannel`` has the part of ``ChildChannel``'s API that the running child
 and the replica use; what the supervisor sends is recorded in ``sent``, and a
 test answers with ``reply`` (or lets ``answer`` answer load, setup and check
-requests, and runs with ``on_run``). ``FakeProcess`` ends when told (``exit``),
-when killed or when terminated, and closes its channel as a real child's stdout
-closes when it dies.
+requests, and runs with ``on_run``); an ``unload`` ends the child.
+``FakeProcess`` ends when told (``exit``), when killed or when terminated, and
+closes its channel as a real child's stdout closes when it dies.
 """
 
 from __future__ import annotations
@@ -19,7 +19,18 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from protocol import Check, Error, ErrorInfo, ErrorType, Hello, Load, Message, Result, Setup
+from protocol import (
+    Check,
+    Error,
+    ErrorInfo,
+    ErrorType,
+    Hello,
+    Load,
+    Message,
+    Result,
+    Setup,
+    Unload,
+)
 from supervisor.process import ExitStatus
 
 Handler = Callable[[Message | None], None]
@@ -118,7 +129,9 @@ class FakeChannel:
         if self.closed.is_set():
             raise anyio.BrokenResourceError("the fake child is gone")
         self.sent.append(message)
-        if isinstance(message, (Load, Setup, Check)):
+        if isinstance(message, Unload):
+            self.process.exit(ExitStatus(code=0, signal=None))
+        elif isinstance(message, (Load, Setup, Check)):
             if self.answer:
                 self.reply(Result(message.id, {} if isinstance(message, Load) else None))
         elif self.on_run is not None:

@@ -15,7 +15,7 @@ from fake_child import FakeChannel, FakeProcess, error
 from protocol import Cancel, ErrorType, Message, Result, Run
 from supervisor import errors
 from supervisor import slot as slot_module
-from supervisor.lifecycle import ReplicaState
+from supervisor.lifecycle import ReplicaState, VramClaim
 from supervisor.process import ExitStatus
 from supervisor.request import Request
 from supervisor.request_queue import RequestQueue
@@ -146,7 +146,7 @@ async def test_crashes_past_the_policys_limit_fail_the_replica(
             )
         )
     assert replica.lifecycle.state is ReplicaState.FAILED
-    assert replica.failure_limit == "restarts"
+    assert replica.failed is not None and replica.failed.limit == "restarts"
     with pytest.raises(errors.AppFailedError):
         await replica.ensure({})
 
@@ -239,3 +239,38 @@ async def test_queued_requests_are_taken_and_served(replica: Slot, queue: Reques
         queue.put(request)
     for request in requests:
         assert (await outcome(request)).output == {"ok": True}
+
+
+async def test_an_evicted_replica_gives_up_its_vram_and_claims_it_again_to_start(
+    replica: Slot, children: Children
+) -> None:
+    readmissions: list[str] = []
+
+    async def readmit(slot: Slot) -> None:
+        readmissions.append(slot.name)
+        slot.readmitted()
+
+    replica._readmit = readmit
+    assert await replica.evict("room for another app")
+    assert replica.claim is VramClaim.EVICTED
+    assert replica.status()["evicted"] is True
+    assert not replica.holds_vram_reservation
+    with anyio.fail_after(GUARD):
+        await replica.ensure({})
+    assert readmissions == ["app[0]"]
+    assert replica.claim is VramClaim.HELD
+    assert replica.status()["evicted"] is False
+
+
+async def test_a_replica_whose_readmission_fails_stays_evicted(
+    replica: Slot, children: Children
+) -> None:
+    async def no_room(slot: Slot) -> None:
+        raise errors.AdmissionError("no room")
+
+    replica._readmit = no_room
+    assert await replica.evict("room for another app")
+    with anyio.fail_after(GUARD), pytest.raises(errors.AdmissionError):
+        await replica.ensure({})
+    assert replica.claim is VramClaim.EVICTED
+    assert replica.lifecycle.state is ReplicaState.UNLOADED

@@ -15,6 +15,7 @@ from fake_child import FakeChannel, FakeProcess, error
 from protocol import Cancel, ErrorType, Log, Message, Partial, Result, Run
 from supervisor import errors
 from supervisor.events import LogEvent, PartialEvent, ResultEvent
+from supervisor.lifecycle import IllegalTransition
 from supervisor.process import ExitStatus
 from supervisor.request import Request
 from supervisor.running_child import (
@@ -23,7 +24,6 @@ from supervisor.running_child import (
     ChildState,
     Delivery,
     Fault,
-    IllegalTransition,
     Refusal,
     RunningChild,
 )
