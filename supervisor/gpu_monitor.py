@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -55,6 +56,15 @@ class ChildUsage:
     @property
     def vram(self) -> int:
         return sum(self.vram_by_device.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """As a replica's status shows it."""
+        return {
+            "rss": self.rss,
+            "vram": self.vram,
+            "vram_by_device": {str(k): v for k, v in self.vram_by_device.items()},
+            "sampled_at": self.sampled_at,
+        }
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ class ResourceGovernor:
         result = []
         for slot, vram_budget, ram_budget in self._slots():
             usage = snapshot.children.get(slot.name)
-            slot.usage = usage
+            slot.memory = None if usage is None else usage.to_dict()
             child = slot.child
             if usage is None or child is None or usage.pid != child.process.pid or not usage.alive:
                 continue

@@ -40,8 +40,6 @@ from . import errors
 from .child_launch import DEFAULT_SHARED_MEMORY, launch_child
 from .confinement import Confinement
 from .environment import child_environment
-from .gpu_allocation import gpu_environment
-from .gpu_monitor import ChildUsage
 from .lifecycle import LIVE, Failure, Lifecycle, ReplicaState, VramClaim
 from .log_setup import log_progress
 from .pool import ChildPool, PooledChild, PoolKey, import_env, pool_safe
@@ -107,6 +105,7 @@ class Slot:
         on_change: Callable[[Slot], None] | None = None,
         pool: ChildPool | None = None,
         readmit: Callable[[Slot], Awaitable[None]] | None = None,
+        gpu_env: Mapping[str, str] | None = None,
     ) -> None:
         """``readmit(slot)`` admits the app's VRAM on the slot's GPUs again before a
         start that follows an eviction or a failed start (see ``claim``): its
@@ -114,6 +113,8 @@ class Slot:
         self.spec = spec
         self.index = index
         self.gpus = gpus
+        self.gpu_env = dict(gpu_env or {})
+        """What pins its children to its GPUs (``gpu_allocation.gpu_environment``)."""
         self.name = f"{spec.name}[{index}]"
         self.logger = logging.getLogger(f"supervisor.app.{spec.name}")
         self.lifecycle = Lifecycle(self.name)
@@ -142,8 +143,9 @@ class Slot:
         # fast_acquire: an uncontended acquire costs no trip through the event loop.
         self._capacity = anyio.Semaphore(spec.max_concurrency, fast_acquire=True)
         self._start_scope = anyio.CancelScope()
-        self.usage: ChildUsage | None = None
-        """Memory figures from the latest monitor sample, set by the resource governor."""
+        self.memory: dict[str, Any] | None = None
+        """Its child's memory at the latest monitor sample, as the status shows it; set
+        by the resource governor."""
         self.pool = pool
         self.description: dict[str, Any] | None = None
         """The app description its first load returned; restarts do not ask again."""
@@ -409,7 +411,7 @@ class Slot:
         ``prewarm``: a spawned child pays first-use costs before its hello, as pooled
         ones do; for a standby, which nothing waits for yet."""
         env = child_environment(
-            {**self.spec.env, **gpu_environment(self.gpus)},
+            {**self.spec.env, **self.gpu_env},
             cuda_visible_devices=",".join(str(g) for g in self.gpus),
             python=self.spec.python,
         )
@@ -879,7 +881,7 @@ class Slot:
             "idle_for": time.monotonic() - child.last_used
             if child and not child.in_flight
             else None,
-            "memory": _usage_dict(self.usage) if child else None,
+            "memory": self.memory if child else None,
             "cgroup_memory": _cgroup_memory(child.process) if child else None,
         }
 
@@ -889,17 +891,6 @@ def _cgroup_memory(process: ChildProcess) -> dict[str, Any] | None:
     if process.cgroup is None:
         return None
     return {"current": process.memory_usage(), "limit": process.memory_limit}
-
-
-def _usage_dict(usage: ChildUsage | None) -> dict[str, Any] | None:
-    if usage is None:
-        return None
-    return {
-        "rss": usage.rss,
-        "vram": usage.vram,
-        "vram_by_device": {str(k): v for k, v in usage.vram_by_device.items()},
-        "sampled_at": usage.sampled_at,
-    }
 
 
 class _StartFailed(Exception):

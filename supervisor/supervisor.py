@@ -30,7 +30,7 @@ from .confinement import DEFAULT_MAX_OPEN_FILES, Confinement, ConfinementError
 from .env_cache import EnvCache
 from .env_spec import EnvSpec
 from .environment import child_environment
-from .gpu_allocation import AllocationError, allocate_gpus, check_explicit
+from .gpu_allocation import AllocationError, allocate_gpus, check_explicit, gpu_environment
 from .gpu_backend import DeviceMemory, GpuBackend, open_backend
 from .gpu_monitor import ResourceMonitor
 from .input_limits import InputLimits
@@ -277,6 +277,7 @@ class Supervisor:
                     on_change=self.governor.track,
                     pool=self.pool,
                     readmit=partial(self._readmit, vram) if vram and placement else None,
+                    gpu_env=gpu_environment(placement),
                 )
                 for i, placement in enumerate(placements)
             ]
