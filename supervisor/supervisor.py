@@ -31,8 +31,9 @@ from .env_cache import EnvCache
 from .env_spec import EnvSpec
 from .environment import child_environment
 from .gpu_allocation import AllocationError, allocate_gpus, check_explicit, gpu_environment
-from .gpu_backend import DeviceMemory, GpuBackend, open_backend
+from .gpu_backend import GpuBackend, open_backend
 from .gpu_monitor import ResourceMonitor
+from .gpu_sample import DeviceMemory
 from .input_limits import InputLimits
 from .node_runtime import NodeApp, prepare_node_app
 from .non_dumpable import is_dumpable, make_non_dumpable
