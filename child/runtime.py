@@ -15,7 +15,6 @@ import contextlib
 import inspect
 import logging
 import os
-import re
 import sys
 import traceback
 from collections import deque
@@ -49,6 +48,7 @@ from protocol import (
     Shutdown,
     Unload,
     Unloaded,
+    is_cuda_oom,
 )
 
 from . import __version__, exit_codes
@@ -62,7 +62,6 @@ from .sdk_fallback import install_if_missing
 from .wire_values import to_wire
 
 READ_SIZE = 256 * 1024
-_CUDA_OOM = re.compile(r"cuda(\s+error:)?\s+out of memory|cudaErrorMemoryAllocation", re.I)
 
 
 class RequestFailed(Exception):
@@ -514,9 +513,7 @@ def _exception_info(exc: BaseException, error_type: ErrorType) -> ErrorInfo:
         cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
     )
     message = str(exc) or cls.__name__
-    if error_type is ErrorType.APP_EXCEPTION and (
-        cls.__name__ == "OutOfMemoryError" or _CUDA_OOM.search(message)
-    ):
+    if error_type is ErrorType.APP_EXCEPTION and is_cuda_oom(cls.__name__, message):
         error_type = ErrorType.OUT_OF_MEMORY
     text = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
     return ErrorInfo(error_type, message, exception=name, traceback=text)

@@ -8,7 +8,7 @@ imports neither ``os`` nor an event loop, except the thin adapters in
 
 from .blobs import BlobReader, BlobWriter
 from .connection import EOF, NEED_DATA, Connection, Role, Sentinel
-from .error_info import ErrorInfo, ErrorType, FieldError
+from .error_info import ErrorInfo, ErrorType, FieldError, is_cuda_oom
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .framing import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE, FrameDecoder, encode_frames
 from .messages import (
@@ -80,4 +80,5 @@ __all__ = [
     "decode",
     "encode",
     "encode_frames",
+    "is_cuda_oom",
 ]

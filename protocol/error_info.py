@@ -3,10 +3,14 @@
 Errors cross the wire as maps with a stable ``type`` (see ``ErrorType``) so that
 the receiving side can raise one exception class per cause without parsing
 messages. ``to_wire``/``from_wire`` are the only (de)serialisers.
+``is_cuda_oom`` is the one test of whether an app's exception was the GPU
+running out of memory (``OUT_OF_MEMORY``), for the child that reports it and
+for any policy that reads it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -104,3 +108,28 @@ def _optional_str(wire: dict[str, Any], key: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise RemoteProtocolError(f"error.{key} must be a string")
+
+
+_OOM_EXCEPTIONS = frozenset({"outofmemoryerror"})
+"""Last component of the class name, lower case: ``torch.cuda.OutOfMemoryError``
+and its alias ``torch.OutOfMemoryError``."""
+
+_OOM_MESSAGE = re.compile(
+    r"cuda(\s+error:)?\s+out of memory"
+    r"|cudaerrormemoryallocation"
+    r"|cublas_status_alloc_failed"
+    r"|cudnn_status_alloc_failed",
+    re.IGNORECASE,
+)
+
+
+def is_cuda_oom(exception_name: str | None, message: str) -> bool:
+    """Whether an app's error was the GPU running out of memory.
+
+    ``exception_name`` is the exception's class name, qualified or not (see
+    ``ErrorInfo.exception``). Matching is case-insensitive; a plain host
+    ``MemoryError`` is not a CUDA OOM.
+    """
+    if exception_name and exception_name.rsplit(".", 1)[-1].lower() in _OOM_EXCEPTIONS:
+        return True
+    return _OOM_MESSAGE.search(message) is not None

@@ -1,9 +1,14 @@
 """The handle a caller holds for one started app.
 
 An app has a bounded queue and one or more replica slots that take requests
-from it. ``run`` and ``stream`` put a request on the queue and follow its
-events; a full queue answers at once with ``BusyError`` rather than letting
-latency grow without bound.
+from it. Every request, from the library (``run``, ``stream``) or from HTTP
+(``submit``, then ``follow``), takes the same path (``_dispatch``): a slot
+that is free when no request waits before it takes it at once
+(``Slot.try_take``); otherwise it waits in the queue for a slot to take it.
+Either way ``Slot.serve`` runs it; the callers differ only in which task runs
+that (``run``'s own, or the slot's) and in how they wait for the outcome. A
+full queue answers at once with ``BusyError`` rather than letting latency grow
+without bound.
 
 Setup values travel with each request. A request without them runs with the
 app's current configuration: the operator's (``start(setup=...)``), or the
@@ -28,13 +33,14 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import errors as E
+from . import errors
 from .events import Event
 from .input_limits import InputLimits
-from .lifecycle import ChildState
+from .lifecycle import ReplicaState
 from .request import Request, config_key
 from .request_queue import RequestQueue
-from .slot import LiveChild, Slot
+from .running_child import RunningChild
+from .slot import Slot
 
 
 class App:
@@ -104,15 +110,11 @@ class App:
         # Not built on ``stream``: an async generator left at its result is closed
         # later by a task of its own, which would cost every call two extra tasks.
         request = self._new_request(input, function, setup, timeout, request_id, metadata)
-        taken = self._take_now(request)
-        if taken is None:
-            self._enqueue(request)
-        else:
-            self._requests[request.id] = request
+        taken = self._dispatch(request)
         try:
             if taken is not None:
                 slot, child = taken
-                await slot.requests.serve_here(request, child)
+                await slot.serve(request, child)  # in this task: no hand-over and back
             return (await request.result()).output
         finally:
             if not request.finished:
@@ -146,7 +148,7 @@ class App:
         stops following before the end cancels the request."""
         try:
             while (item := await request.next_item()) is not None:
-                if isinstance(item, E.SupervisorError):
+                if isinstance(item, errors.SupervisorError):
                     raise item
                 yield item
         finally:
@@ -164,9 +166,13 @@ class App:
         request_id: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Request:
-        """Queue a request and return it; its ``events`` carry the outcome."""
+        """Start a request and return it; ``follow`` (or its ``next_item``) carries
+        its events and outcome."""
         request = self._new_request(input, function, setup, timeout, request_id, metadata)
-        self._enqueue(request)
+        taken = self._dispatch(request)
+        if taken is not None:
+            slot, child = taken
+            slot.tasks.start_soon(slot.serve, request, child)
         return request
 
     def _new_request(
@@ -179,30 +185,32 @@ class App:
         metadata: dict[str, Any] | None,
     ) -> Request:
         if self._stopped:
-            raise E.AppStoppedError(f"{self.name} is stopped")
-        failed = [s for s in self.slots if s.lifecycle.state is ChildState.FAILED]
+            raise errors.AppStoppedError(f"{self.name} is stopped")
+        failed = [s for s in self.slots if s.lifecycle.state is ReplicaState.FAILED]
         if failed and len(failed) == len(self.slots):
             raise failed[0].failed_error()
         if not isinstance(input, dict):
-            raise E.InputValidationError(f"the input must be a dict, not {type(input).__name__}")
+            raise errors.InputValidationError(
+                f"the input must be a dict, not {type(input).__name__}"
+            )
         self.limits.check(input, "input")
         config, key = self.setup, self._setup_key
         if setup is not None:
             if not isinstance(setup, dict):
-                raise E.InputValidationError(
+                raise errors.InputValidationError(
                     f"the setup must be a dict, not {type(setup).__name__}"
                 )
             self.limits.check(setup, "setup")
             if setup != self.setup:
                 if self.lock_setup:
-                    raise E.InputValidationError(
+                    raise errors.InputValidationError(
                         f"{self.name}: the setup is locked by the operator; "
                         "send no setup, or the operator's values"
                     )
                 config = dict(setup)
                 key = config_key(config)
         if request_id is not None and request_id in self._requests:
-            raise E.InputValidationError(f"request id {request_id!r} is already in use")
+            raise errors.InputValidationError(f"request id {request_id!r} is already in use")
         request = Request(
             function=function,
             input=input,
@@ -226,7 +234,7 @@ class App:
             or not math.isfinite(timeout)
             or timeout <= 0
         ):
-            raise E.InputValidationError(
+            raise errors.InputValidationError(
                 f"timeout must be a positive, finite number of seconds, not {timeout!r}"
             )
         return timeout if self.run_timeout is None else min(float(timeout), self.run_timeout)
@@ -241,38 +249,38 @@ class App:
         fresh restart budget), a running one gets a fresh child once its requests
         are done."""
         if self._stopped:
-            raise E.AppStoppedError(f"{self.name} is stopped")
+            raise errors.AppStoppedError(f"{self.name} is stopped")
         async with anyio.create_task_group() as tasks:
             for slot in self.slots:
                 tasks.start_soon(slot.restart)
 
-    def _take_now(self, request: Request) -> tuple[Slot, LiveChild] | None:
-        """A slot that can run the request at once, when none is waiting before it.
+    def _dispatch(self, request: Request) -> tuple[Slot, RunningChild] | None:
+        """The one way in for a request: the slot and child that take it at once (the
+        caller then runs ``slot.serve(request, child)``), or None when it was queued.
 
-        The search starts one slot further each time, so that calls made one after
-        the other take turns over the replicas, as queued ones do.
+        A slot takes it at once only when no request waits before it. The search
+        starts one slot further each time, so that calls made one after the other
+        take turns over the replicas, as queued ones do.
         """
-        if len(self._queue):
-            return None
-        count = len(self.slots)
-        self._turn = (self._turn + 1) % count
-        for i in range(count):
-            slot = self.slots[(self._turn + i) % count]
-            child = slot.requests.try_take(request)
-            if child is not None:
-                return slot, child
-        return None
-
-    def _enqueue(self, request: Request) -> None:
+        if not len(self._queue):
+            count = len(self.slots)
+            self._turn = (self._turn + 1) % count
+            for i in range(count):
+                slot = self.slots[(self._turn + i) % count]
+                child = slot.try_take(request)
+                if child is not None:
+                    self._requests[request.id] = request
+                    return slot, child
         try:
             self._queue.put(request)
         except anyio.WouldBlock:
-            raise E.BusyError(
+            raise errors.BusyError(
                 f"{self.name}: the queue is full ({self._queue.max_size:g} waiting)"
             ) from None
         except anyio.ClosedResourceError:
-            raise E.AppStoppedError(f"{self.name} is stopped") from None
+            raise errors.AppStoppedError(f"{self.name} is stopped") from None
         self._requests[request.id] = request
+        return None
 
     def _forget_request(self, request: Request) -> None:
         if self._requests.get(request.id) is request:
@@ -284,7 +292,7 @@ class App:
         if request is None or request.finished:
             return False
         if request.started is None:
-            request.fail(E.RequestCancelledError("the request was cancelled while queued"))
+            request.fail(errors.RequestCancelledError("the request was cancelled while queued"))
             return True
         for slot in self.slots:
             await slot.cancel(request)
@@ -323,7 +331,7 @@ class App:
         self._stopped = True
         self._queue.close()
         for request in list(self._requests.values()):
-            request.fail(E.AppStoppedError(f"{self.name} was stopped"))
+            request.fail(errors.AppStoppedError(f"{self.name} was stopped"))
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tasks:
                 for slot in self.slots:

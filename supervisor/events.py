@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol import Log, Message, Partial, Progress
+
 
 @dataclass(frozen=True)
 class LogEvent:
@@ -41,3 +43,17 @@ class ResultEvent:
 
 
 Event = LogEvent | ProgressEvent | PartialEvent | ResultEvent
+
+
+def event_for(request_id: str, message: Message) -> LogEvent | ProgressEvent | PartialEvent | None:
+    """The caller's event for a child's message about a running request; None for a
+    message that is not an event (its result or error ends the request instead)."""
+    if isinstance(message, Log):
+        return LogEvent(request_id, message.stream, message.message)
+    if isinstance(message, Progress):
+        return ProgressEvent(
+            request_id, message.fraction, message.current, message.total, message.message
+        )
+    if isinstance(message, Partial):
+        return PartialEvent(request_id, message.output)
+    return None

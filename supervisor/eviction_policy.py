@@ -22,8 +22,9 @@ A busy child (one with a request in flight) is never chosen: evicting it would
 fail a request to make room for another. All rules are greedy and
 deterministic; ties are broken by documented keys so tests can pin them.
 
-``is_cuda_oom`` lives here too: a CUDA out-of-memory error is the late form of
-memory pressure, and the supervisor answers it with the same policy.
+``is_cuda_oom`` (from ``protocol``, where the child's classification lives too)
+is exported here as well: a CUDA out-of-memory error is the late form of memory
+pressure, and the supervisor answers it with the same policy.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from dataclasses import dataclass, field, replace
 from operator import methodcaller
 from typing import Literal
 
+from protocol import is_cuda_oom
+
 from .gpu_allocation import format_bytes
-from .gpu_backend import DeviceMemory
+from .gpu_sample import DeviceMemory
 
 __all__ = [
     "AdmissionPlan",
@@ -437,31 +440,3 @@ def _cannot_fit(
             part += f", needs {format_bytes(need[d.index])} with min_free"
         parts.append(part)
     return f"{head}; {'; '.join(parts)}"
-
-
-# -- out-of-memory errors -------------------------------------------------------
-
-_OOM_EXCEPTIONS = frozenset({"outofmemoryerror"})
-"""Last component of the class name, lower case: ``torch.cuda.OutOfMemoryError``
-and its alias ``torch.OutOfMemoryError``."""
-
-_OOM_MESSAGES = (
-    "cuda out of memory",
-    "cuda error: out of memory",
-    "cudaerrormemoryallocation",
-    "cublas_status_alloc_failed",
-    "cudnn_status_alloc_failed",
-)
-
-
-def is_cuda_oom(exception_name: str | None, message: str) -> bool:
-    """Whether an app's error was the GPU running out of memory.
-
-    ``exception_name`` is the qualified class name the child reported (see
-    ``protocol.ErrorInfo.exception``). Matching is case-insensitive; a plain
-    host ``MemoryError`` is not a CUDA OOM.
-    """
-    if exception_name and exception_name.rsplit(".", 1)[-1].lower() in _OOM_EXCEPTIONS:
-        return True
-    lowered = message.lower()
-    return any(pattern in lowered for pattern in _OOM_MESSAGES)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from .gpu_backend import DeviceMemory
+from .gpu_sample import DeviceMemory
 
 __all__ = [
     "AllocationError",

@@ -22,12 +22,13 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
 import pynvml
+
+from .gpu_sample import DeviceMemory, GpuSample
 
 __all__ = [
     "FAKE_NVML_ENV",
@@ -51,36 +52,6 @@ MIB = 1024 * 1024
 
 class GpuBackendError(RuntimeError):
     """The backend could not produce a sample (driver error, bad fake file)."""
-
-
-@dataclass(frozen=True)
-class DeviceMemory:
-    """One device's memory, in bytes, at the moment of a sample."""
-
-    index: int
-    """NVML index (PCI bus order); see ``gpu_allocation.gpu_environment``."""
-    name: str
-    total: int
-    used: int
-    free: int
-
-
-@dataclass(frozen=True)
-class GpuSample:
-    """All devices and every process's VRAM, taken together."""
-
-    devices: tuple[DeviceMemory, ...]
-    processes: Mapping[int, Mapping[int, int]]
-    """Host pid -> {device index: bytes used}. Only processes using a device."""
-    taken_at: float
-    """``time.monotonic()`` when the sample was taken."""
-
-    def device(self, index: int) -> DeviceMemory | None:
-        """The device with this NVML index, or ``None``."""
-        for device in self.devices:
-            if device.index == index:
-                return device
-        return None
 
 
 class GpuBackend(Protocol):

@@ -4,9 +4,10 @@ The supervisor needs fresh memory figures for three things: enforcing budgets,
 relieving pressure, and admitting new apps. Rather than each of those asking
 NVML and walking process trees on its own, ``ResourceMonitor`` does it once per
 ``interval`` for all children together and hands the result, a frozen
-``MonitorSnapshot``, to a callback that applies the policies in
-``eviction_policy``. Admission, which cannot wait for the next tick, asks for
-a snapshot of its own with ``refresh`` (or the blocking ``sample_now``).
+``MonitorSnapshot``, to a callback (the resource governor) that applies the
+policies in ``eviction_policy``: this module only measures. Admission, which
+cannot wait for the next tick, asks for a snapshot of its own with ``refresh``
+(or the blocking ``sample_now``).
 
 NVML calls and ``/proc`` walks can block, so a round runs in a worker thread.
 A failing backend (driver hiccup, a fake file being rewritten badly) must not
@@ -22,12 +23,13 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import anyio.to_thread
 
-from .eviction_policy import ChildFigures
-from .gpu_backend import DeviceMemory, GpuBackend, GpuSample
+from .gpu_backend import GpuBackend
+from .gpu_sample import DeviceMemory, GpuSample
 from .process_memory import pids_memory, pids_vram, tree_pids
 
 __all__ = ["ChildUsage", "MonitorSnapshot", "OnSample", "ResourceMonitor"]
@@ -55,28 +57,14 @@ class ChildUsage:
     def vram(self) -> int:
         return sum(self.vram_by_device.values())
 
-    def figures(
-        self,
-        *,
-        gpus: tuple[int, ...],
-        vram_budget: int | None,
-        ram_budget: int | None,
-        busy: bool,
-        last_used: float,
-    ) -> ChildFigures:
-        """Combine these measurements with the supervisor's own facts about the child."""
-        return ChildFigures(
-            key=self.key,
-            pid=self.pid,
-            gpus=gpus,
-            vram=self.vram,
-            rss=self.rss,
-            vram_budget=vram_budget,
-            ram_budget=ram_budget,
-            busy=busy,
-            last_used=last_used,
-            vram_by_device=self.vram_by_device,
-        )
+    def to_dict(self) -> dict[str, Any]:
+        """As a replica's status shows it."""
+        return {
+            "rss": self.rss,
+            "vram": self.vram,
+            "vram_by_device": {str(k): v for k, v in self.vram_by_device.items()},
+            "sampled_at": self.sampled_at,
+        }
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 
-class ChildState(enum.Enum):
+class ReplicaState(enum.Enum):
     UNLOADED = "unloaded"
     STARTING = "starting"
     SETTING_UP = "setting_up"
@@ -40,19 +40,42 @@ class ChildState(enum.Enum):
     """Members are singletons compared by identity; Enum's own hash is Python code."""
 
 
-S = ChildState
-TRANSITIONS: dict[ChildState, frozenset[ChildState]] = {
-    S.UNLOADED: frozenset({S.STARTING, S.STOPPING}),
-    S.STARTING: frozenset({S.SETTING_UP, S.RESTARTING, S.UNLOADED, S.FAILED, S.STOPPING}),
-    S.SETTING_UP: frozenset({S.READY, S.RESTARTING, S.UNLOADED, S.FAILED, S.STOPPING}),
-    S.READY: frozenset({S.BUSY, S.RESTARTING, S.UNLOADED, S.STOPPING}),
-    S.BUSY: frozenset({S.READY, S.RESTARTING, S.UNLOADED, S.STOPPING}),
-    S.RESTARTING: frozenset({S.STARTING, S.FAILED, S.STOPPING}),
-    S.FAILED: frozenset({S.RESTARTING, S.STOPPING}),
-    S.STOPPING: frozenset({S.STOPPED}),
-    S.STOPPED: frozenset(),
+TRANSITIONS: dict[ReplicaState, frozenset[ReplicaState]] = {
+    ReplicaState.UNLOADED: frozenset({ReplicaState.STARTING, ReplicaState.STOPPING}),
+    ReplicaState.STARTING: frozenset(
+        {
+            ReplicaState.SETTING_UP,
+            ReplicaState.RESTARTING,
+            ReplicaState.UNLOADED,
+            ReplicaState.FAILED,
+            ReplicaState.STOPPING,
+        }
+    ),
+    ReplicaState.SETTING_UP: frozenset(
+        {
+            ReplicaState.READY,
+            ReplicaState.RESTARTING,
+            ReplicaState.UNLOADED,
+            ReplicaState.FAILED,
+            ReplicaState.STOPPING,
+        }
+    ),
+    ReplicaState.READY: frozenset(
+        {ReplicaState.BUSY, ReplicaState.RESTARTING, ReplicaState.UNLOADED, ReplicaState.STOPPING}
+    ),
+    ReplicaState.BUSY: frozenset(
+        {ReplicaState.READY, ReplicaState.RESTARTING, ReplicaState.UNLOADED, ReplicaState.STOPPING}
+    ),
+    ReplicaState.RESTARTING: frozenset(
+        {ReplicaState.STARTING, ReplicaState.FAILED, ReplicaState.STOPPING}
+    ),
+    ReplicaState.FAILED: frozenset({ReplicaState.RESTARTING, ReplicaState.STOPPING}),
+    ReplicaState.STOPPING: frozenset({ReplicaState.STOPPED}),
+    ReplicaState.STOPPED: frozenset(),
 }
-LIVE = frozenset({S.STARTING, S.SETTING_UP, S.READY, S.BUSY})
+LIVE = frozenset(
+    {ReplicaState.STARTING, ReplicaState.SETTING_UP, ReplicaState.READY, ReplicaState.BUSY}
+)
 """States in which a child process exists."""
 
 
@@ -63,21 +86,21 @@ class IllegalTransition(RuntimeError):
 @dataclass
 class Lifecycle:
     name: str
-    state: ChildState = ChildState.UNLOADED
+    state: ReplicaState = ReplicaState.UNLOADED
     since: float = field(default_factory=time.monotonic)
     reason: str = ""
     logger: logging.Logger = field(
         default_factory=lambda: logging.getLogger("supervisor.lifecycle")
     )
 
-    def to(self, state: ChildState, reason: str = "") -> None:
+    def to(self, state: ReplicaState, reason: str = "") -> None:
         if state is self.state:
             return
         if state not in TRANSITIONS[self.state]:
             raise IllegalTransition(f"{self.name}: {self.state.value} -> {state.value} ({reason})")
         # Every request flips READY <-> BUSY: logged at DEBUG, formatted only when shown.
-        quiet = (self.state is S.READY and state is S.BUSY) or (
-            self.state is S.BUSY and state is S.READY
+        quiet = (self.state is ReplicaState.READY and state is ReplicaState.BUSY) or (
+            self.state is ReplicaState.BUSY and state is ReplicaState.READY
         )
         level = logging.DEBUG if quiet else logging.INFO
         if self.logger.isEnabledFor(level):
@@ -92,3 +115,47 @@ class Lifecycle:
         self.state = state
         self.since = time.monotonic()
         self.reason = reason
+
+
+class VramClaim(enum.Enum):
+    """Whether the app's VRAM budget is promised to a replica (admitted), and whether
+    the replica gave it up to an eviction (it then starts again on its next request,
+    so it still counts as available).
+
+        HELD --evicted--> EVICTED --readmitted--> RETURNING --started--> HELD
+        HELD, RETURNING --a start failed--> LOST --readmitted--> HELD
+    """
+
+    HELD = "held"
+    """Admitted: from its app's admission until it is evicted or a start fails."""
+    EVICTED = "evicted"
+    """Unloaded to free GPU memory, not admitted; back on its next request."""
+    RETURNING = "returning"
+    """Admitted again after an eviction; its start is under way."""
+    LOST = "lost"
+    """Not admitted since a start failed (for another reason than room): the next
+    start is admitted again, and it no longer counts as available."""
+
+    __hash__ = object.__hash__
+
+    @property
+    def admitted(self) -> bool:
+        return self in (VramClaim.HELD, VramClaim.RETURNING)
+
+    @property
+    def evicted(self) -> bool:
+        return self in (VramClaim.EVICTED, VramClaim.RETURNING)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a replica is ``FAILED``, and when it is tried again."""
+
+    message: str
+    limit: str
+    """What gave out: ``restarts`` (too many faults in the policy's window) or
+    ``load`` (the app cannot be imported)."""
+    at: float
+    """Wall-clock time of the failure."""
+    retry_at: float | None
+    """Wall-clock time at which it is tried again (None: not planned)."""

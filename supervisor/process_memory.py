@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import psutil
 
-from .gpu_backend import GpuSample
+from .gpu_sample import GpuSample
 
 __all__ = ["pids_memory", "pids_vram", "tree_memory", "tree_pids", "tree_vram"]
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 import anyio
 import anyio.abc
 
-from . import errors as E
+from . import errors
 from .eviction_policy import (
     BudgetViolation,
     ChildFigures,
@@ -28,10 +28,36 @@ from .eviction_policy import (
     replica_plans,
 )
 from .gpu_allocation import format_bytes
-from .gpu_monitor import MonitorSnapshot, ResourceMonitor
-from .slot import LiveChild, Slot
+from .gpu_monitor import ChildUsage, MonitorSnapshot, ResourceMonitor
+from .running_child import Fault, RunningChild
+from .slot import Slot
 
 logger = logging.getLogger("supervisor.resources")
+
+
+def policy_figures(
+    usage: ChildUsage,
+    *,
+    gpus: tuple[int, ...],
+    vram_budget: int | None,
+    ram_budget: int | None,
+    busy: bool,
+    last_used: float,
+) -> ChildFigures:
+    """A child's measurements combined with the supervisor's own facts about it, as
+    the eviction policy reads them."""
+    return ChildFigures(
+        key=usage.key,
+        pid=usage.pid,
+        gpus=gpus,
+        vram=usage.vram,
+        rss=usage.rss,
+        vram_budget=vram_budget,
+        ram_budget=ram_budget,
+        busy=busy,
+        last_used=last_used,
+        vram_by_device=usage.vram_by_device,
+    )
 
 
 class ResourceGovernor:
@@ -57,7 +83,7 @@ class ResourceGovernor:
     def track(self, slot: Slot) -> None:
         """Keep the monitor's registrations in step with the slot's child."""
         child = slot.child
-        if child is not None and not child.dead.is_set():
+        if child is not None and not child.dead:
             self.monitor.register(slot.name, child.process.pid)
             ram = next((ram for s, _, ram in self._slots() if s is slot), None)
             if ram and child.process.memory_limit != ram:
@@ -80,15 +106,16 @@ class ResourceGovernor:
                 slot, _ = by_key[key]
                 self._tasks.start_soon(slot.evict, "evicted to relieve GPU memory pressure")
 
-    def _figures(self, snapshot: MonitorSnapshot) -> list[tuple[Slot, LiveChild, ChildFigures]]:
+    def _figures(self, snapshot: MonitorSnapshot) -> list[tuple[Slot, RunningChild, ChildFigures]]:
         result = []
         for slot, vram_budget, ram_budget in self._slots():
             usage = snapshot.children.get(slot.name)
-            slot.usage = usage
+            slot.memory = None if usage is None else usage.to_dict()
             child = slot.child
             if usage is None or child is None or usage.pid != child.process.pid or not usage.alive:
                 continue
-            figures = usage.figures(
+            figures = policy_figures(
+                usage,
                 gpus=slot.gpus,
                 vram_budget=vram_budget,
                 ram_budget=ram_budget,
@@ -98,12 +125,12 @@ class ResourceGovernor:
             result.append((slot, child, figures))
         return result
 
-    def _enforce_budget(self, slot: Slot, child: LiveChild, violation: BudgetViolation) -> None:
-        if id(child) in self._enforcing or child.kill_reason is not None:
+    def _enforce_budget(self, slot: Slot, child: RunningChild, violation: BudgetViolation) -> None:
+        if id(child) in self._enforcing or child.killed is not None:
             return
         self._enforcing.add(id(child))
         where = "" if violation.device is None else f" on GPU {violation.device}"
-        error = E.BudgetExceededError(
+        error = errors.BudgetExceededError(
             f"{slot.name} used {format_bytes(violation.used)} of "
             f"{'VRAM' if violation.budget == 'vram' else 'RAM'}{where}, over its budget of "
             f"{format_bytes(violation.limit)}",
@@ -119,7 +146,7 @@ class ResourceGovernor:
             try:
                 with anyio.move_on_after(self.budget_grace):
                     await child.wait_idle()
-                slot.kill(child, error)
+                child.kill(error, Fault.LIMITS)
             finally:
                 self._enforcing.discard(id(child))
 
@@ -196,7 +223,7 @@ class ResourceGovernor:
                     )
                     return self._grant([only] * replicas, on_admitted)
                 if not devices:
-                    raise E.AdmissionError(
+                    raise errors.AdmissionError(
                         f"needs {count} GPU(s) with {format_bytes(vram_per_gpu)} free, "
                         f"but no GPU figures are available ({snapshot.gpu_error or 'no GPU'})"
                     )
@@ -213,7 +240,7 @@ class ResourceGovernor:
                 )
                 plan = plans[-1]
                 if not plan.ever_fits:
-                    raise E.AdmissionError(
+                    raise errors.AdmissionError(
                         f"can never fit: {plan.reason}",
                         needed_vram=vram_per_gpu,
                         needed_gpus=count,
@@ -237,7 +264,7 @@ class ResourceGovernor:
                 if note:
                     note = f" (free memory counts what earlier replicas will use: {note})"
                 promised = promised_vram([f for _, _, f in figures], unmeasured)
-                raise E.AdmissionError(
+                raise errors.AdmissionError(
                     f"no room after waiting {timeout:g} s: {plan.reason}{note}",
                     needed_vram=vram_per_gpu,
                     needed_gpus=count,

@@ -58,3 +58,16 @@ class RestartPolicy:
 
     def prune(self, crash_times: list[float], now: float) -> list[float]:
         return [t for t in crash_times if now - t <= self.window]
+
+    def after_exit(
+        self, crash_times: Sequence[float], now: float, *, fault: bool
+    ) -> tuple[list[float], Restart | GiveUp]:
+        """What follows a child's exit at ``now``, and the crash history to keep.
+
+        A fault is recorded and decided on (``decide``); an exit the supervisor
+        ordered restarts at once and leaves the history as it was.
+        """
+        if not fault:
+            return list(crash_times), Restart(0.0)
+        history = self.prune([*crash_times, now], now)
+        return history, self.decide(history, now)

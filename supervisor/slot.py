@@ -1,17 +1,24 @@
-"""One replica slot: keeps one child alive for an app.
+"""One replica slot: keeps one child alive for an app, and serves requests on it.
 
-The slot owns the successive children of one replica. ``ensure(config)``
-returns a ready child for a setup config, starting one (from the pool, or
-spawned) or replacing one whose config differs, after its in-flight requests
-finish. A per-child watcher reaps the child when it dies and, unless the slot
-meant it to stop, applies the restart policy; why a child died is recorded on
-it (``kill_reason``) so that its requests can be told. Running requests on the
-child is ``request_runner.py``'s job.
+The slot owns the successive children of one replica (``RunningChild``).
+``ensure(config)`` returns a ready child for a setup config, starting one (from
+the pool, or spawned) or replacing one whose config differs, after its
+in-flight requests finish. A per-child watcher reaps the child when it dies
+and, unless the slot meant it to stop, asks the restart policy what follows;
+why a child died is recorded on the child (``RunningChild.killed``), which
+tells its requests.
+
+Requests reach the slot two ways, and both run ``serve``: ``take_from`` takes
+them from the app's queue while the slot has capacity (``max_concurrency``),
+in the slot's tasks; ``try_take`` lets a caller that finds the slot free take
+capacity and a child at once and run ``serve`` itself (``App``). ``serve``
+runs a request on a child to its end and gives its share of the capacity
+back only once the child has let it go; a request that never reached a child,
+because the child was already gone, is run on the next one.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import sys
@@ -29,29 +36,31 @@ from protocol import Check, Error, Load, ProtocolError, Result, Setup, Unload
 from protocol import Log as LogMessage
 from protocol import Progress as ProgressMessage
 
-from . import errors as E
-from .child_channel import ChildChannel
+from . import errors
 from .child_launch import DEFAULT_SHARED_MEMORY, launch_child
 from .confinement import Confinement
 from .environment import child_environment
-from .gpu_allocation import gpu_environment
-from .gpu_monitor import ChildUsage
-from .lifecycle import LIVE, ChildState, Lifecycle
+from .lifecycle import LIVE, Failure, Lifecycle, ReplicaState, VramClaim
 from .log_setup import log_progress
 from .pool import ChildPool, PooledChild, PoolKey, import_env, pool_safe
 from .process import ChildProcess, ExitStatus
 from .request import Request, config_key, new_request_id
 from .request_queue import RequestQueue
-from .request_runner import RequestRunner
 from .restart_policy import GiveUp, RestartPolicy
-
-S = ChildState
+from .running_child import (
+    GOING,
+    ChildLimits,
+    Delivery,
+    Fault,
+    InFlight,
+    Refusal,
+    RunningChild,
+)
 
 STANDBY_DELAY = 0.05
 """Seconds between a start and loading the standby, as the pool waits to refill."""
-SUSPECT_AFTER = 1.0
-"""Seconds a pong may take before the child takes no new request: a live child
-answers in well under a millisecond, a busy one within its liveness tick."""
+UNDELIVERED_RETRIES = 3
+"""How often a request whose child died before it could be sent moves to the next child."""
 
 
 @dataclass(frozen=True)
@@ -87,74 +96,6 @@ class SlotSpec:
     the slot sets up instead of starting a child: a restart costs a setup."""
 
 
-@dataclass(eq=False)
-class LiveChild:
-    process: ChildProcess
-    channel: ChildChannel
-    config: dict[str, Any]
-    config_key: str
-    load_env: dict[str, str] = field(default_factory=dict)
-    """The environment its ``load`` installs: a pooled child's becomes the app's."""
-    started_at: float = field(default_factory=time.monotonic)
-    ready: bool = False
-    retiring: bool = False
-    """The slot is stopping this child on purpose; its death is not a crash."""
-    draining: bool = False
-    """A request with other setup values waits for it to be idle: no new request
-    may start on it meanwhile, or a steady stream of them would starve that one."""
-    kill_reason: E.SupervisorError | None = None
-    fault: bool = False
-    """Its kill was for its own fault (it hung, or broke the protocol), not an order
-    (cancel, timeout, budget): only faults count towards the restart limit."""
-    culprit: str | None = None
-    """The request whose timeout or cancel got the child killed."""
-    unanswered_since: float | None = None
-    """When the heartbeat ping now waiting for its pong was sent."""
-    in_flight: dict[str, Request] = field(default_factory=dict)
-    dead: anyio.Event = field(default_factory=anyio.Event)
-    last_used: float = field(default_factory=time.monotonic)
-    _idle: asyncio.Event | None = None
-    _heard: anyio.Event | None = None
-
-    @property
-    def suspect(self) -> bool:
-        """A heartbeat has waited more than ``SUSPECT_AFTER`` seconds for its pong: no
-        new request goes to the child until it answers or is killed for it."""
-        since = self.unanswered_since
-        return since is not None and time.monotonic() - since > SUSPECT_AFTER
-
-    async def ping(self, timeout: float) -> bool:
-        """Ping the child; True when it answered within ``timeout`` seconds."""
-        self.unanswered_since = time.monotonic()
-        heard = self._heard = anyio.Event()
-        try:
-            return await self.channel.ping(timeout)
-        finally:
-            self.unanswered_since = None
-            heard.set()
-
-    async def wait_heard(self) -> None:
-        """Wait for the heartbeat now in flight to end (answered, or not in time)."""
-        if self._heard is not None:
-            await self._heard.wait()
-
-    async def wait_idle(self) -> None:
-        """Wait until no request is in flight on this child."""
-        while self.in_flight:
-            if self._idle is None:
-                self._idle = asyncio.Event()
-            await self._idle.wait()
-
-    def became_idle(self) -> None:
-        """Wake those waiting for the child to be idle (called as its last request leaves).
-
-        The event is made only when someone waits: most requests never need one.
-        """
-        if self._idle is not None:
-            self._idle.set()
-            self._idle = None
-
-
 class Slot:
     def __init__(
         self,
@@ -164,32 +105,28 @@ class Slot:
         on_change: Callable[[Slot], None] | None = None,
         pool: ChildPool | None = None,
         readmit: Callable[[Slot], Awaitable[None]] | None = None,
+        gpu_env: Mapping[str, str] | None = None,
     ) -> None:
         """``readmit(slot)`` admits the app's VRAM on the slot's GPUs again before a
-        start that follows an eviction or a failed start (see ``admitted``): its
+        start that follows an eviction or a failed start (see ``claim``): its
         GPUs may have been given to other apps meanwhile."""
         self.spec = spec
         self.index = index
         self.gpus = gpus
+        self.gpu_env = dict(gpu_env or {})
+        """What pins its children to its GPUs (``gpu_allocation.gpu_environment``)."""
         self.name = f"{spec.name}[{index}]"
         self.logger = logging.getLogger(f"supervisor.app.{spec.name}")
         self.lifecycle = Lifecycle(self.name)
-        self.child: LiveChild | None = None
+        self.child: RunningChild | None = None
         self.restarts = 0
         self.evictions = 0
         """Children unloaded to free GPU memory (pressure, or room for another app)."""
-        self.evicted = False
-        """Unloaded to free GPU memory and not back yet: it starts again on its next
-        request, so it still counts as available (unless a start since has failed
-        for another reason than room)."""
         self.restarts_by_reason: Counter[str] = Counter()
         self.crash_times: list[float] = []
         self.last_exit: dict[str, Any] | None = None
-        self.failure: str | None = None
-        self.failure_limit: str | None = None
-        self.failed_at: float | None = None
-        self.retry_at: float | None = None
-        """Wall-clock time at which a failed slot is tried again (None: not planned)."""
+        self.failed: Failure | None = None
+        """Why the slot is ``FAILED``; None in any other state."""
         self._retry_scope = anyio.CancelScope()
         self._last_config: dict[str, Any] = {}
         """The setup values of the latest start."""
@@ -203,29 +140,42 @@ class Slot:
         self._lock = anyio.Lock(fast_acquire=True)
         self._not_before = 0.0
         self._tasks: anyio.abc.TaskGroup | None = None
-        self.requests = RequestRunner(self)
+        # fast_acquire: an uncontended acquire costs no trip through the event loop.
+        self._capacity = anyio.Semaphore(spec.max_concurrency, fast_acquire=True)
         self._start_scope = anyio.CancelScope()
-        self.usage: ChildUsage | None = None
-        """Memory figures from the latest monitor sample, set by the resource governor."""
+        self.memory: dict[str, Any] | None = None
+        """Its child's memory at the latest monitor sample, as the status shows it; set
+        by the resource governor."""
         self.pool = pool
         self.description: dict[str, Any] | None = None
         """The app description its first load returned; restarts do not ask again."""
-        self.standby: LiveChild | None = None
+        self.standby: RunningChild | None = None
         """A child with the app loaded and not set up, when ``spec.standby`` asks for one."""
         self._standby_scope = anyio.CancelScope()
         self._standby_loading = False
         self._standby_replaced = False
         self._readmit = readmit
-        self.admitted = True
-        """Its VRAM is promised to it: from its app's admission until it is evicted
-        or a start fails, and again once ``readmit`` lets it start."""
+        self.claim = VramClaim.HELD
+        """Whether its app's VRAM is promised to it, and whether it gave it up to an
+        eviction (see ``VramClaim``)."""
+
+    def readmitted(self) -> None:
+        """Its app's VRAM is promised to it again (``readmit``, or a start without one)."""
+        if self.claim is VramClaim.EVICTED:
+            self.claim = VramClaim.RETURNING
+        elif self.claim is VramClaim.LOST:
+            self.claim = VramClaim.HELD
 
     @property
     def holds_vram_reservation(self) -> bool:
         """The app's VRAM budget stays promised to the slot while it is admitted and
         has not failed or stopped: a child that has not allocated it yet, or a
         restart, must still find it free."""
-        return self.admitted and self.lifecycle.state not in (S.FAILED, S.STOPPING, S.STOPPED)
+        return self.claim.admitted and self.lifecycle.state not in (
+            ReplicaState.FAILED,
+            ReplicaState.STOPPING,
+            ReplicaState.STOPPED,
+        )
 
     # -- running the slot -----------------------------------------------------
 
@@ -239,19 +189,128 @@ class Slot:
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             task_status.started()
-            await self.requests.take_from(queue)
+            await self._take_from(queue)
 
-    async def cancel(self, request: Request) -> None:
-        await self.requests.cancel(request)
+    async def cancel(self, request: Request) -> bool:
+        """Cancel a request running here (see ``RunningChild.cancel``); False if it is not."""
+        child = self.child
+        return child is not None and await child.cancel(request.id)
 
     @property
     def tasks(self) -> anyio.abc.TaskGroup:
         assert self._tasks is not None, "the slot is not running"
         return self._tasks
 
+    # -- serving requests -------------------------------------------------------
+
+    async def _take_from(self, queue: RequestQueue) -> None:
+        """Take requests while there is capacity, until the queue closes."""
+        while await queue.wait():
+            await self._capacity.acquire()
+            request = queue.take()
+            if request is None:  # another slot, or a caller, was first
+                self._capacity.release()
+            elif self.spec.max_concurrency == 1:
+                await self.serve(request)  # nothing else can run here meanwhile
+            else:
+                self.tasks.start_soon(self.serve, request)
+
+    def try_take(self, request: Request) -> RunningChild | None:
+        """The child to run ``request`` on at once, with capacity taken for it (to be
+        given to ``serve``); None when the slot has no child that can take it now, or
+        no room."""
+        child = self.child
+        if (
+            child is None
+            or self.lifecycle.state not in (ReplicaState.READY, ReplicaState.BUSY)
+            or child.refusal(request.config_key) is not None
+        ):
+            return None
+        try:
+            self._capacity.acquire_nowait()
+        except anyio.WouldBlock:
+            return None
+        return child
+
+    async def serve(self, request: Request, child: RunningChild | None = None) -> None:
+        """Run a request, for which capacity was taken, to its end: on ``child`` (from
+        ``try_take``), or on the child ``ensure`` gives. Whatever goes wrong is the
+        request's own failure, never the caller's task's.
+
+        If the task running this is cancelled while the child has the request, the
+        slot's tasks adopt it: the capacity is given back only once the child has
+        let the request go.
+        """
+        adopted = False
+        try:
+            for _ in range(UNDELIVERED_RETRIES + 1):
+                if child is None:
+                    try:
+                        child = await self.ensure(request.config, request.config_key)
+                    except errors.SupervisorError as exc:
+                        request.fail(exc)
+                        return
+                if request.finished:
+                    return
+                entry = child.enter(request)
+                delivery: Delivery | None = None
+                try:
+                    delivery = await child.send(entry)
+                    if delivery is Delivery.SENT:
+                        await child.follow(entry)
+                except anyio.get_cancelled_exc_class():
+                    if delivery is Delivery.SENT and request.id in child.in_flight:
+                        adopted = self._adopt(child, entry)
+                    if not adopted:  # it never reached the child, or nothing can follow it
+                        request.fail(errors.RequestCancelledError("the request was cancelled"))
+                    raise
+                finally:
+                    if not adopted:
+                        child.leave(entry)
+                if delivery is not Delivery.UNDELIVERED:
+                    return
+                self.logger.info(
+                    "%s: request %s never reached its child; retrying", self.name, request.id
+                )
+                child = None
+            request.fail(
+                errors.ChildCrashedError("the request could not be delivered to a live child")
+            )
+        except Exception as exc:
+            self.logger.exception("%s: request %s failed", self.name, request.id)
+            request.fail(errors.InternalError(f"the request failed inside the supervisor: {exc!r}"))
+        finally:
+            if not adopted:
+                self._capacity.release()
+
+    def _adopt(self, child: RunningChild, entry: InFlight) -> bool:
+        """Let the slot's tasks follow a request to its end; False when they are gone
+        (the app has stopped), and nothing is left to wait for."""
+
+        async def follow() -> None:
+            try:
+                await child.follow(entry)
+            finally:
+                child.leave(entry)
+                self._capacity.release()
+
+        try:
+            self.tasks.start_soon(follow)
+        except RuntimeError:  # not active any more
+            return False
+        return True
+
+    def _busy(self, busy: bool) -> None:
+        """A request entered the current child (True), or its last one left (False)."""
+        state = self.lifecycle.state
+        if busy and state is ReplicaState.READY:
+            self.lifecycle.to(ReplicaState.BUSY)
+        elif not busy and state is ReplicaState.BUSY:
+            self.lifecycle.to(ReplicaState.READY)
+
     # -- getting a ready child ------------------------------------------------
 
-    async def ensure(self, config: dict[str, Any], key: str | None = None) -> LiveChild:
+    async def ensure(self, config: dict[str, Any], key: str | None = None) -> RunningChild:
         """A ready child set up with ``config``: the current one, or a new one.
 
         New setup values are first checked by the current child (when it can),
@@ -262,21 +321,22 @@ class Slot:
         async with self._lock:
             while True:
                 state = self.lifecycle.state
-                if state is S.FAILED:
+                if state is ReplicaState.FAILED:
                     raise self.failed_error()
-                if state in (S.STOPPING, S.STOPPED):
-                    raise E.AppStoppedError(f"{self.spec.name} is stopped")
+                if state in (ReplicaState.STOPPING, ReplicaState.STOPPED):
+                    raise errors.AppStoppedError(f"{self.spec.name} is stopped")
                 child = self.child
-                if child is not None and (child.kill_reason is not None or child.dead.is_set()):
+                refusal = None if child is None else child.refusal(key)
+                if child is not None and refusal is Refusal.NOT_SERVING:
                     # Being killed: its watcher decides what comes next once it is reaped.
-                    await child.dead.wait()
+                    await child.wait_dead()
                     continue
-                if child is not None and state in (S.READY, S.BUSY):
-                    if child.suspect:
+                if child is not None and state in (ReplicaState.READY, ReplicaState.BUSY):
+                    if refusal is None:
+                        return child
+                    if refusal is Refusal.SUSPECT:
                         await child.wait_heard()
                         continue
-                    if child.config_key == key:
-                        return child
                     if not checked:
                         checked = True
                         if not await self._check_config(child, config):
@@ -284,36 +344,32 @@ class Slot:
                     if child.in_flight:
                         # Look again once it is idle: a stop, a crash or an eviction
                         # may have come meanwhile.
-                        child.draining = True
-                        try:
-                            await child.wait_idle()
-                        finally:
-                            child.draining = False
+                        await child.drain()
                         continue
-                    await self._retire(child, S.UNLOADED, "setup config changed")
+                    await self._retire(child, ReplicaState.UNLOADED, "setup config changed")
                     continue
-                if state is S.RESTARTING:
+                if state is ReplicaState.RESTARTING:
                     await anyio.sleep(max(0.0, self._not_before - time.monotonic()))
                 try:
                     await self._start(config, key)
-                except E.SupervisorError:
-                    if self.lifecycle.state is S.RESTARTING:
+                except errors.SupervisorError:
+                    if self.lifecycle.state is ReplicaState.RESTARTING:
                         continue
                     raise
 
     async def _start(self, config: dict[str, Any], key: str) -> None:
-        if self.lifecycle.state in (S.STOPPING, S.STOPPED):
-            raise E.AppStoppedError(f"{self.spec.name} is stopped")
-        restarting = self.lifecycle.state is S.RESTARTING
+        if self.lifecycle.state in (ReplicaState.STOPPING, ReplicaState.STOPPED):
+            raise errors.AppStoppedError(f"{self.spec.name} is stopped")
+        restarting = self.lifecycle.state is ReplicaState.RESTARTING
         self._last_config = config
-        self.lifecycle.to(S.STARTING, "restart" if restarting else "")
-        child: LiveChild | None = None
+        self.lifecycle.to(ReplicaState.STARTING, "restart" if restarting else "")
+        child: RunningChild | None = None
         scope = self._start_scope = anyio.CancelScope()
         try:
             with anyio.fail_after(self.spec.setup_timeout), scope:
-                if not self.admitted and self._readmit is not None:
+                if not self.claim.admitted and self._readmit is not None:
                     await self._readmit(self)
-                self.admitted = True
+                self.readmitted()
                 child = self._take_standby(config, key)
                 if child is None:
                     child = await self._spawn(config, key)
@@ -322,9 +378,9 @@ class Slot:
                 # cancelled this scope, but the cancellation only lands at the next
                 # checkpoint: the slot may already be STOPPED (handled below).
                 if not scope.cancel_called:
-                    self.lifecycle.to(S.SETTING_UP)
+                    self.lifecycle.to(ReplicaState.SETTING_UP)
                     await self._call(child, Setup(new_request_id(), config, self.metadata()))
-        except (TimeoutError, _StartFailed, E.SupervisorError) as exc:
+        except (TimeoutError, _StartFailed, errors.SupervisorError) as exc:
             await self._abort_start(child, exc, restarting)
             raise AssertionError("unreachable") from None
         except BaseException:
@@ -333,15 +389,15 @@ class Slot:
             raise
         if scope.cancel_called or self.stopping:
             await self._terminate(child)
-            raise E.AppStoppedError(f"{self.spec.name} is stopped")
+            raise errors.AppStoppedError(f"{self.spec.name} is stopped")
         assert child is not None
-        child.ready = True
+        child.serve()
         self.child = child
         self._good_config = config
         if self.on_configured is not None:
             self.on_configured(config, key)
-        self.lifecycle.to(S.READY, f"pid {child.process.app_pid}")
-        self.evicted = False
+        self.lifecycle.to(ReplicaState.READY, f"pid {child.process.app_pid}")
+        self.claim = VramClaim.HELD
         self._refill_pool()
         self.tasks.start_soon(self._heartbeat, child)
         if self.spec.standby:
@@ -349,13 +405,13 @@ class Slot:
             self.tasks.start_soon(self._keep_standby)
         self.changed()
 
-    async def _spawn(self, config: dict[str, Any], key: str, prewarm: bool = False) -> LiveChild:
+    async def _spawn(self, config: dict[str, Any], key: str, prewarm: bool = False) -> RunningChild:
         """A new child with no app yet, from the pool or spawned, and its watcher.
 
         ``prewarm``: a spawned child pays first-use costs before its hello, as pooled
         ones do; for a standby, which nothing waits for yet."""
         env = child_environment(
-            {**self.spec.env, **gpu_environment(self.gpus)},
+            {**self.spec.env, **self.gpu_env},
             cuda_visible_devices=",".join(str(g) for g in self.gpus),
             python=self.spec.python,
         )
@@ -382,11 +438,23 @@ class Slot:
             load_env = {}
             self.tasks.start_soon(channel.read_loop)
             self.tasks.start_soon(process.read_stderr)
-        child = LiveChild(process, channel, config, key, load_env=load_env)
+        child = RunningChild(
+            process,
+            channel,
+            config,
+            key,
+            tasks=self.tasks,
+            name=self.name,
+            limits=ChildLimits(self.spec.run_timeout, self.spec.cancel_grace, self.spec.kill_grace),
+            metadata=self.metadata(),
+            load_env=load_env,
+            on_busy=self._busy,
+            logger=self.logger,
+        )
         self.tasks.start_soon(self._watch, child)
         return child
 
-    async def _load(self, child: LiveChild) -> None:
+    async def _load(self, child: RunningChild) -> None:
         """Wait for the child's handshake, then load the app into it."""
         if await child.channel.wait_hello() is None:
             raise _StartFailed("the child exited before its handshake")
@@ -402,12 +470,11 @@ class Slot:
 
     # -- the standby ------------------------------------------------------------
 
-    def _take_standby(self, config: dict[str, Any], key: str) -> LiveChild | None:
+    def _take_standby(self, config: dict[str, Any], key: str) -> RunningChild | None:
         """The standby, now this start's child, if it is still alive."""
         child, self.standby = self.standby, None
-        if child is None or child.dead.is_set() or child.channel.closed.is_set():
+        if child is None or not child.take_standby(config, key):
             return None
-        child.config, child.config_key, child.started_at = config, key, time.monotonic()
         self.logger.info("%s: setting up standby pid %d", self.name, child.process.app_pid)
         return child
 
@@ -422,13 +489,13 @@ class Slot:
         if self._standby_loading or self.standby is not None or self.child is None:
             return
         self._standby_loading = True
-        child: LiveChild | None = None
+        child: RunningChild | None = None
         scope = self._standby_scope = anyio.CancelScope()
         try:
             with anyio.fail_after(self.spec.setup_timeout), scope:
                 child = await self._spawn({}, "", prewarm=True)
                 await self._load(child)
-        except (TimeoutError, _StartFailed, E.SupervisorError) as exc:
+        except (TimeoutError, _StartFailed, errors.SupervisorError) as exc:
             self.logger.warning("%s: no standby: %s", self.name, getattr(exc, "message", exc))
             await self._terminate(child)
             return
@@ -441,10 +508,11 @@ class Slot:
         if scope.cancel_called or self.stopping or child is None:
             await self._terminate(child)
             return
+        child.stand_by()
         self.standby = child
         self.logger.info("%s: standby pid %d loaded", self.name, child.process.app_pid)
 
-    def _standby_died(self, child: LiveChild, status: ExitStatus) -> None:
+    def _standby_died(self, child: RunningChild, status: ExitStatus) -> None:
         """Replace a standby that died, once per start: one that keeps dying would
         otherwise cost a spawn and an import over and over."""
         self.standby = None
@@ -460,11 +528,11 @@ class Slot:
         child, self.standby = self.standby, None
         await self._terminate(child)
 
-    async def _terminate(self, child: LiveChild | None) -> None:
+    async def _terminate(self, child: RunningChild | None) -> None:
         """Stop a child that never served (a start or a standby given up): it has
         nothing to unload. Shielded, so that a cancelled caller still leaves none behind."""
         if child is not None:
-            child.retiring = True
+            child.retire()
             with anyio.CancelScope(shield=True):
                 await child.process.terminate(self.spec.kill_grace)
 
@@ -482,56 +550,58 @@ class Slot:
             self.pool.refill()
 
     async def _abort_start(
-        self, child: LiveChild | None, exc: BaseException, restarting: bool
+        self, child: RunningChild | None, exc: BaseException, restarting: bool
     ) -> None:
         """Clean up a failed start and raise the error the caller should see."""
         self._refill_pool()
         status: ExitStatus | None = None
         if child is not None:
-            child.retiring = True
+            child.retire()
             status = await child.process.terminate(self.spec.kill_grace)
-            await child.dead.wait()
+            await child.wait_dead()
         stderr = "\n".join(child.process.stderr_tail) if child else ""
         details: dict[str, Any] = {"stderr": stderr} if stderr else {}
         if status is not None:
             details.update(status.to_dict())
-        error: E.SupervisorError
+        error: errors.SupervisorError
         if isinstance(exc, TimeoutError):
-            error = E.SetupFailedError(
+            error = errors.SetupFailedError(
                 f"{self.name} did not become ready within {self.spec.setup_timeout:g} s", **details
             )
         elif isinstance(exc, _StartFailed):
             why = f" ({status.describe()})" if status else ""
-            error = E.SetupFailedError(f"{self.name}: {exc}{why}", **details)
+            error = errors.SetupFailedError(f"{self.name}: {exc}{why}", **details)
         else:
-            assert isinstance(exc, E.SupervisorError)
+            assert isinstance(exc, errors.SupervisorError)
             error = exc
-        if not isinstance(error, E.AdmissionError):
-            self.evicted = False  # it cannot come back by itself
+        if not isinstance(error, errors.AdmissionError):
+            # It cannot come back by itself.
+            self.claim = VramClaim.HELD if self.claim.admitted else VramClaim.LOST
         good = self._good_config
         callers_values = good is not None and config_key(good) != config_key(self._last_config)
         if self.stopping:
             pass  # stop() ran meanwhile and has set the slot's state
-        elif isinstance(error, E.LoadFailedError):
+        elif isinstance(error, errors.LoadFailedError):
             self._fail(error.message, "load", self.spec.restart_policy.cooldown)
         elif (
             restarting
             and not callers_values
-            and not isinstance(error, (E.InputValidationError, E.AdmissionError))
+            and not isinstance(error, (errors.InputValidationError, errors.AdmissionError))
         ):
             # The values that worked fail now: the app's fault, counted.
-            self._crashed(f"restart failed: {error.message}", "restart_failed")
+            self._exited(f"restart failed: {error.message}", "restart_failed", fault=True)
         else:
-            self.lifecycle.to(S.UNLOADED, "start failed")
-            self.admitted = False  # the next start is admitted again
-            if callers_values and not isinstance(error, E.AdmissionError):
+            self.lifecycle.to(ReplicaState.UNLOADED, "start failed")
+            # The next start is admitted again.
+            self.claim = VramClaim.EVICTED if self.claim.evicted else VramClaim.LOST
+            if callers_values and not isinstance(error, errors.AdmissionError):
                 # Values a caller sent failed: serve the configuration that worked.
                 assert good is not None
                 self.tasks.start_soon(self._restart, good)
         self.changed()
         raise error
 
-    async def _check_config(self, child: LiveChild, config: dict[str, Any]) -> bool:
+    async def _check_config(self, child: RunningChild, config: dict[str, Any]) -> bool:
         """Have ``child`` validate setup values (``InputValidationError`` if they are
         invalid); False when the child died before it answered."""
         hello = child.channel.hello
@@ -543,7 +613,7 @@ class Slot:
             return False
         return True
 
-    async def _call(self, child: LiveChild, message: Load | Setup | Check) -> Any:
+    async def _call(self, child: RunningChild, message: Load | Setup | Check) -> Any:
         """Send a load or setup request and wait for its outcome."""
         with child.channel.open_inbox(message.id) as inbox:
             try:
@@ -551,12 +621,14 @@ class Slot:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass  # the inbox ends when the channel closes: reported below
             except TypeError as exc:  # the values cannot be encoded: the caller's
-                raise E.InputValidationError(f"the {message.TYPE} cannot be sent: {exc}") from None
+                raise errors.InputValidationError(
+                    f"the {message.TYPE} cannot be sent: {exc}"
+                ) from None
             async for reply in inbox:
                 if isinstance(reply, Result):
                     return reply.output
                 if isinstance(reply, Error):
-                    raise E.from_error_info(reply.error)
+                    raise errors.from_error_info(reply.error)
                 if isinstance(reply, LogMessage):
                     self.logger.info("[%s] %s", reply.stream, reply.message)
                 elif isinstance(reply, ProgressMessage):
@@ -572,58 +644,23 @@ class Slot:
 
     # -- death, restarts, stopping ---------------------------------------------
 
-    def kill(
-        self,
-        child: LiveChild,
-        reason: E.SupervisorError,
-        culprit: str | None = None,
-        *,
-        fault: bool = False,
-    ) -> None:
-        """Kill a child for a reason its requests will be told; the watcher restarts it.
-
-        ``fault``: the child brought it on itself (it hung, or lied); an order
-        (a cancel, a timeout, a budget) is not counted towards the restart limit.
-        """
-        if child.dead.is_set() or child.kill_reason is not None:
-            return
-        child.kill_reason = reason
-        child.fault = fault
-        child.culprit = culprit
-        self.tasks.start_soon(child.process.terminate, self.spec.kill_grace)
-
-    async def _watch(self, child: LiveChild) -> None:
+    async def _watch(self, child: RunningChild) -> None:
         """Wait for the child to die, reap it, and decide what comes next."""
-        await child.channel.closed.wait()
-        violation = child.channel.protocol_error
-        if violation is not None and child.kill_reason is None:
-            # Whatever the child says next cannot be trusted: it dies for it.
-            child.kill_reason = E.ProtocolViolationError(
-                f"the child broke the protocol: {violation}"
-            )
-            child.fault = True
-            child.process.kill()
-        if child.process.exit_status is None:
-            with anyio.move_on_after(self.spec.kill_grace, shield=True):
-                await child.process.wait()
-            if child.process.exit_status is None:
-                child.process.kill()
-        status = await child.process.wait()
-        child.process.close_pipes()
-        child.dead.set()
+        status = await child.reaped()
         if child is self.standby:
             self._standby_died(child, status)
             return
-        if not child.ready or child.retiring or self.child is not child:
-            return
+        if self.child is not child:
+            return  # a start given up, a standby being loaded, or retired on purpose
         self.child = None
+        killed = child.killed
         self.last_exit = {
-            "reason": child.kill_reason.message if child.kill_reason else status.describe(),
+            "reason": killed.reason.message if killed else status.describe(),
             "at": time.time(),
             **status.to_dict(),
         }
-        if isinstance(child.kill_reason, E.EvictedError):
-            self.lifecycle.to(S.UNLOADED, child.kill_reason.message)
+        if killed is not None and isinstance(killed.reason, errors.EvictedError):
+            self.lifecycle.to(ReplicaState.UNLOADED, killed.reason.message)
         else:
             self.logger.warning(
                 "%s: child pid %d stopped: %s",
@@ -631,60 +668,52 @@ class Slot:
                 child.process.app_pid,
                 self.last_exit["reason"],
             )
-            if child.kill_reason is not None:
-                category = child.kill_reason.type
+            if killed is not None:
+                category = killed.reason.type
             else:
                 category = "oom_killed" if status.oom_killed else "crash"
-            fault = child.kill_reason is None or child.fault
+            fault = killed is None or killed.fault is Fault.APP
             self.last_exit["fault"] = fault
-            if fault:
-                self._crashed(self.last_exit["reason"], category)
-            else:
-                self._ordered_restart(self.last_exit["reason"], category)
-            if self.lifecycle.state is S.RESTARTING:
+            self._exited(self.last_exit["reason"], category, fault=fault)
+            if self.lifecycle.state is ReplicaState.RESTARTING:
                 self.tasks.start_soon(self._restart, child.config)
         self.changed()
 
-    async def _heartbeat(self, child: LiveChild) -> None:
+    async def _heartbeat(self, child: RunningChild) -> None:
         """Ping the child, idle or busy (the child answers while app code runs); one
         that does not answer in time is hung or frozen, and is killed for it."""
-        while not child.dead.is_set():
+        while not child.dead:
             await anyio.sleep(self.spec.heartbeat_interval)
-            if child.dead.is_set() or child.retiring or child.kill_reason is not None:
+            if child.state in GOING:
                 continue
             answered = await child.ping(self.spec.heartbeat_timeout)
-            if answered or child.dead.is_set() or child.retiring:
+            if answered or child.state in GOING:
                 continue
-            self.kill(
-                child,
-                E.ChildCrashedError(
+            child.kill(
+                errors.ChildCrashedError(
                     f"the child did not answer a heartbeat within "
                     f"{self.spec.heartbeat_timeout:g} s (hung or frozen)"
                 ),
-                fault=True,
+                Fault.APP,
             )
 
-    def _crashed(self, reason: str, category: str) -> None:
-        """Record a fault and apply the restart policy; ``category`` groups restarts
-        for metrics (``crash``, ``oom_killed``, or the error type a kill was for)."""
+    def _exited(self, reason: str, category: str, *, fault: bool) -> None:
+        """Ask the restart policy what follows a child's exit, and do it; ``category``
+        groups restarts for metrics (``crash``, ``oom_killed``, or the error type a
+        kill was for). Only a fault counts towards giving up."""
         now = time.monotonic()
-        self.crash_times = self.spec.restart_policy.prune([*self.crash_times, now], now)
-        decision = self.spec.restart_policy.decide(self.crash_times, now)
+        self.crash_times, decision = self.spec.restart_policy.after_exit(
+            self.crash_times, now, fault=fault
+        )
         if isinstance(decision, GiveUp):
-            self.lifecycle.to(S.RESTARTING, reason)
+            self.lifecycle.to(ReplicaState.RESTARTING, reason)
             self._fail(f"{reason}; {decision.reason}", "restarts", decision.retry_after)
             return
         self.restarts += 1
         self.restarts_by_reason[category] += 1
         self._not_before = now + decision.delay
-        self.lifecycle.to(S.RESTARTING, f"{reason}; restart in {decision.delay:g} s")
-
-    def _ordered_restart(self, reason: str, category: str) -> None:
-        """Restart at once after a kill the supervisor ordered: not counted as a crash."""
-        self.restarts += 1
-        self.restarts_by_reason[category] += 1
-        self._not_before = time.monotonic()
-        self.lifecycle.to(S.RESTARTING, f"{reason}; restart now")
+        when = f"in {decision.delay:g} s" if fault else "now"
+        self.lifecycle.to(ReplicaState.RESTARTING, f"{reason}; restart {when}")
 
     def _fail(self, failure: str, limit: str, retry_after: float | None = None) -> None:
         """Give up on the slot until ``retry_after`` seconds have passed (or for good
@@ -693,11 +722,11 @@ class Slot:
         ``limit`` names what gave out: ``restarts`` (too many faults in the
         policy's window) or ``load`` (the app cannot be imported).
         """
-        self.failure = failure
-        self.failure_limit = limit
-        self.failed_at = time.time()
-        self.retry_at = None if retry_after is None else self.failed_at + retry_after
-        self.lifecycle.to(S.FAILED, failure)
+        now = time.time()
+        self.failed = Failure(
+            failure, limit, now, None if retry_after is None else now + retry_after
+        )
+        self.lifecycle.to(ReplicaState.FAILED, failure)
         if self._tasks is None:
             return
         if self.standby is not None or self._standby_loading:
@@ -706,71 +735,73 @@ class Slot:
             self._retry_scope.cancel()
             self._tasks.start_soon(self._retry_after_cooldown, retry_after)
 
-    def failed_error(self) -> E.AppFailedError:
+    def failed_error(self) -> errors.AppFailedError:
         """What a request to the failed slot is told: why, and when it is tried again."""
         retry = ""
-        details: dict[str, Any] = {"limit": self.failure_limit}
-        if self.retry_at is not None:
-            retry_in = max(0.0, self.retry_at - time.time())
+        failed = self.failed
+        assert failed is not None, "the slot has not failed"
+        details: dict[str, Any] = {"limit": failed.limit}
+        if failed.retry_at is not None:
+            retry_in = max(0.0, failed.retry_at - time.time())
             retry = f"; tried again in {retry_in:.0f} s"
             details["retry_in"] = retry_in
-        return E.AppFailedError(f"{self.name} failed: {self.failure}{retry}", **details)
+        return errors.AppFailedError(f"{self.name} failed: {failed.message}{retry}", **details)
 
     async def _retry_after_cooldown(self, delay: float) -> None:
         with anyio.CancelScope() as scope:
             self._retry_scope = scope
             await anyio.sleep(delay)
-        if not scope.cancel_called and self.lifecycle.state is S.FAILED:
+        if not scope.cancel_called and self.lifecycle.state is ReplicaState.FAILED:
             self.logger.info("%s: cool-down over; trying again", self.name)
             await self.retry()
 
     async def retry(self) -> None:
         """Clear a failure and start again now, with a fresh restart budget (the
         cool-down's end, or an operator's restart). Errors are the status's news."""
-        if self.lifecycle.state is not S.FAILED:
+        if self.lifecycle.state is not ReplicaState.FAILED:
             return
         self._retry_scope.cancel()
         self.crash_times = []
-        self.failure = self.failure_limit = None
-        self.failed_at = self.retry_at = None
+        self.failed = None
         self._not_before = 0.0
-        self.lifecycle.to(S.RESTARTING, "retry after failure")
+        self.lifecycle.to(ReplicaState.RESTARTING, "retry after failure")
         self.changed()
         config = self._good_config if self._good_config is not None else self._last_config
-        with contextlib.suppress(E.SupervisorError):
+        with contextlib.suppress(errors.SupervisorError):
             await self.ensure(config)
 
     async def restart(self) -> None:
         """An operator's restart: a failed slot is tried again at once; a running one
         gets a fresh child once its requests are done."""
-        if self.lifecycle.state is S.FAILED:
+        if self.lifecycle.state is ReplicaState.FAILED:
             await self.retry()
             return
         config = self._good_config if self._good_config is not None else self._last_config
         async with self._lock:
             child = self.child
-            if child is not None and self.lifecycle.state in (S.READY, S.BUSY):
+            if child is not None and self.lifecycle.state in (
+                ReplicaState.READY,
+                ReplicaState.BUSY,
+            ):
                 config = child.config
-                child.draining = True
-                try:
-                    await child.wait_idle()
-                finally:
-                    child.draining = False
+                await child.drain()
                 if self.child is child:
-                    await self._retire(child, S.UNLOADED, "restarted by the operator")
+                    await self._retire(child, ReplicaState.UNLOADED, "restarted by the operator")
         if not self.stopping:
-            with contextlib.suppress(E.SupervisorError):
+            with contextlib.suppress(errors.SupervisorError):
                 await self.ensure(config)
 
     async def _restart(self, config: dict[str, Any]) -> None:
-        with contextlib.suppress(E.SupervisorError):
+        with contextlib.suppress(errors.SupervisorError):
             await self.ensure(config)
 
-    async def _retire(self, child: LiveChild, then: ChildState, reason: str) -> None:
+    async def _retire(self, child: RunningChild, then: ReplicaState, reason: str) -> None:
         """Stop a child on purpose: ask it to unload, then terminate what remains."""
-        child.retiring = True
+        child.retire()
         self.child = None
-        self.lifecycle.to(then if then is not S.STOPPED else S.STOPPING, reason)
+        self.lifecycle.to(
+            then if then is not ReplicaState.STOPPED else ReplicaState.STOPPING, reason
+        )
         with contextlib.suppress(
             anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError
         ):
@@ -790,36 +821,35 @@ class Slot:
     async def evict(self, reason: str) -> bool:
         """Unload an idle child to free its memory; it starts again on the next request."""
         child = self.child
-        if child is None or child.in_flight or self.lifecycle.state is not S.READY:
+        if child is None or child.in_flight or self.lifecycle.state is not ReplicaState.READY:
             return False
         async with self._lock:
             if self.child is not child or child.in_flight:
                 return False
-            await self._retire(child, S.UNLOADED, reason)
-            self.admitted = False
+            await self._retire(child, ReplicaState.UNLOADED, reason)
+            self.claim = VramClaim.EVICTED
             self.evictions += 1
-            self.evicted = True
             await self._drop_standby()
         return True
 
     async def stop(self) -> None:
         """Unload the child (with a deadline), then kill what remains."""
-        if self.lifecycle.state in (S.STOPPING, S.STOPPED):
+        if self.lifecycle.state in (ReplicaState.STOPPING, ReplicaState.STOPPED):
             return
         self._start_scope.cancel()
         self._retry_scope.cancel()
         child = self.child
         if child is not None and self.lifecycle.state in LIVE:
-            await self._retire(child, S.STOPPED, "stop")
+            await self._retire(child, ReplicaState.STOPPED, "stop")
         else:
-            self.lifecycle.to(S.STOPPING, "stop")
+            self.lifecycle.to(ReplicaState.STOPPING, "stop")
         await self._drop_standby()
-        self.lifecycle.to(S.STOPPED)
+        self.lifecycle.to(ReplicaState.STOPPED)
         self.changed()
 
     @property
     def stopping(self) -> bool:
-        return self.lifecycle.state in (S.STOPPING, S.STOPPED)
+        return self.lifecycle.state in (ReplicaState.STOPPING, ReplicaState.STOPPED)
 
     def changed(self) -> None:
         """Tell the owner that the slot's child (or its absence) changed."""
@@ -829,7 +859,7 @@ class Slot:
     # -- reporting --------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        child = self.child
+        child, failed = self.child, self.failed
         return {
             "slot": self.index,
             "state": self.lifecycle.state.value,
@@ -840,18 +870,18 @@ class Slot:
             "restarts": self.restarts,
             "restarts_by_reason": dict(self.restarts_by_reason),
             "evictions": self.evictions,
-            "evicted": self.evicted,
+            "evicted": self.claim.evicted,
             "last_exit": self.last_exit,
-            "failure": self.failure,
-            "failure_limit": self.failure_limit,
-            "failed_at": self.failed_at,
-            "retry_at": self.retry_at,
+            "failure": failed.message if failed else None,
+            "failure_limit": failed.limit if failed else None,
+            "failed_at": failed.at if failed else None,
+            "retry_at": failed.retry_at if failed else None,
             "in_flight": len(child.in_flight) if child else 0,
             "uptime": time.monotonic() - child.started_at if child else None,
             "idle_for": time.monotonic() - child.last_used
             if child and not child.in_flight
             else None,
-            "memory": _usage_dict(self.usage) if child else None,
+            "memory": self.memory if child else None,
             "cgroup_memory": _cgroup_memory(child.process) if child else None,
         }
 
@@ -861,17 +891,6 @@ def _cgroup_memory(process: ChildProcess) -> dict[str, Any] | None:
     if process.cgroup is None:
         return None
     return {"current": process.memory_usage(), "limit": process.memory_limit}
-
-
-def _usage_dict(usage: ChildUsage | None) -> dict[str, Any] | None:
-    if usage is None:
-        return None
-    return {
-        "rss": usage.rss,
-        "vram": usage.vram,
-        "vram_by_device": {str(k): v for k, v in usage.vram_by_device.items()},
-        "sampled_at": usage.sampled_at,
-    }
 
 
 class _StartFailed(Exception):

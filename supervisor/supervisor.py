@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import errors as E
+from . import errors
 from .app import App
 from .app_config import AppConfigError, AppManifest, open_app_dir
 from .app_interpreter import AppInterpreter, app_interpreter
@@ -30,9 +30,10 @@ from .confinement import DEFAULT_MAX_OPEN_FILES, Confinement, ConfinementError
 from .env_cache import EnvCache
 from .env_spec import EnvSpec
 from .environment import child_environment
-from .gpu_allocation import AllocationError, allocate_gpus, check_explicit
-from .gpu_backend import DeviceMemory, GpuBackend, open_backend
+from .gpu_allocation import AllocationError, allocate_gpus, check_explicit, gpu_environment
+from .gpu_backend import GpuBackend, open_backend
 from .gpu_monitor import ResourceMonitor
+from .gpu_sample import DeviceMemory
 from .input_limits import InputLimits
 from .node_runtime import NodeApp, prepare_node_app
 from .non_dumpable import is_dumpable, make_non_dumpable
@@ -133,7 +134,7 @@ class Supervisor:
             )
         except ConfinementError as exc:
             self.confinement.close()
-            raise E.LoadFailedError(str(exc)) from exc
+            raise errors.LoadFailedError(str(exc)) from exc
         if self._backend_choice == "auto":
             self.gpu_backend = open_backend()
         elif not isinstance(self._backend_choice, str):
@@ -222,10 +223,10 @@ class Supervisor:
         try:
             directory, manifest = open_app_dir(app_dir)
         except AppConfigError as exc:
-            raise E.LoadFailedError(str(exc)) from exc
+            raise errors.LoadFailedError(str(exc)) from exc
         app_name = name or manifest.name
         if app_name in self.apps or app_name in self.installing:
-            raise E.InputValidationError(f"an app named {app_name!r} is already running")
+            raise errors.InputValidationError(f"an app named {app_name!r} is already running")
         if replicas < 1 or max_concurrency < 1:
             raise ValueError("replicas and max_concurrency must be at least 1")
         secret_values = resolve_secrets(manifest.secrets, secrets or {}, app_name)
@@ -267,7 +268,7 @@ class Supervisor:
             """Make the app and its slots, which hold its VRAM from now on."""
             nonlocal app
             if app_name in self.apps:  # started while this one waited for room
-                raise E.InputValidationError(f"an app named {app_name!r} is already running")
+                raise errors.InputValidationError(f"an app named {app_name!r} is already running")
             assert self.governor is not None
             slots = [
                 Slot(
@@ -277,6 +278,7 @@ class Supervisor:
                     on_change=self.governor.track,
                     pool=self.pool,
                     readmit=partial(self._readmit, vram) if vram and placement else None,
+                    gpu_env=gpu_environment(placement),
                 )
                 for i, placement in enumerate(placements)
             ]
@@ -329,7 +331,7 @@ class Supervisor:
                 "(system packages are not installed by the runtime)"
             )
             if self.strict:
-                raise E.MissingSystemPackagesError(f"{app_name}: {text}", missing=missing)
+                raise errors.MissingSystemPackagesError(f"{app_name}: {text}", missing=missing)
             warnings.append(text)
         if manifest.gpu_count and gpus is None and not await self._devices():
             text = (
@@ -337,7 +339,7 @@ class Supervisor:
                 "running without"
             )
             if self.strict:
-                raise E.AdmissionError(f"{app_name}: {text}")
+                raise errors.AdmissionError(f"{app_name}: {text}")
             warnings.append(text)
         for warning in warnings:
             logger.warning("%s: %s", app_name, warning)
@@ -391,7 +393,7 @@ class Supervisor:
         async def start_one(slot: Slot) -> None:
             try:
                 await slot.ensure(setup)
-            except E.SupervisorError as exc:
+            except errors.SupervisorError as exc:
                 failures.append(exc)
 
         async with anyio.create_task_group() as tasks:
@@ -424,7 +426,7 @@ class Supervisor:
             try:
                 explicit = check_explicit(devices, gpus) if devices else tuple(gpus)
             except AllocationError as exc:
-                raise E.AdmissionError(str(exc)) from exc
+                raise errors.AdmissionError(str(exc)) from exc
             if not (vram and devices and explicit):
                 register([explicit] * replicas)
                 return
@@ -438,7 +440,7 @@ class Supervisor:
             register([()] * replicas)
             return
         if not devices:
-            raise E.AdmissionError(f"{count} GPU(s) requested but no GPU was found")
+            raise errors.AdmissionError(f"{count} GPU(s) requested but no GPU was found")
         assert self.governor is not None
         if vram:
             await self.governor.admit(
@@ -457,7 +459,7 @@ class Supervisor:
             try:
                 chosen = allocate_gpus(devices, count=count, vram_per_gpu=None, taken=taken)
             except AllocationError as exc:
-                raise E.AdmissionError(str(exc)) from exc
+                raise errors.AdmissionError(str(exc)) from exc
             for index in chosen:
                 taken[index] = taken.get(index, 0) + 1
             placements.append(chosen)
@@ -467,7 +469,7 @@ class Supervisor:
         """Admit an evicted slot's VRAM on its own GPUs again before it restarts."""
 
         def readmitted(_: list[tuple[int, ...]]) -> None:
-            slot.admitted = True
+            slot.readmitted()
 
         assert self.governor is not None
         await self.governor.admit(
@@ -485,7 +487,7 @@ class Supervisor:
             return ()
         snapshot = await self.monitor.refresh()
         if snapshot.gpu_error:
-            raise E.AdmissionError(f"cannot read GPU figures: {snapshot.gpu_error}")
+            raise errors.AdmissionError(f"cannot read GPU figures: {snapshot.gpu_error}")
         return snapshot.devices
 
     def _gpu_usage(self) -> dict[int, int]:

@@ -14,6 +14,7 @@ import pytest
 from supervisor.eviction_policy import ChildFigures
 from supervisor.gpu_backend import DeviceMemory, FakeNvmlBackend, GpuBackendError, GpuSample
 from supervisor.gpu_monitor import ChildUsage, MonitorSnapshot, ResourceMonitor
+from supervisor.resource_governor import policy_figures
 
 MIB = 1024 * 1024
 
@@ -113,7 +114,9 @@ def test_child_gone_reads_as_nothing(tmp_path: Path) -> None:
 
 def test_usage_becomes_policy_figures() -> None:
     usage = ChildUsage("k", 42, rss=7, vram_by_device={0: 3, 2: 4}, sampled_at=1.0)
-    figures = usage.figures(gpus=(0, 2), vram_budget=10, ram_budget=None, busy=True, last_used=5.0)
+    figures = policy_figures(
+        usage, gpus=(0, 2), vram_budget=10, ram_budget=None, busy=True, last_used=5.0
+    )
     assert figures == ChildFigures(
         key="k",
         pid=42,

@@ -6,20 +6,20 @@ import logging
 
 import pytest
 
-from supervisor.lifecycle import LIVE, TRANSITIONS, ChildState, IllegalTransition, Lifecycle
+from supervisor.lifecycle import LIVE, TRANSITIONS, IllegalTransition, Lifecycle, ReplicaState
 
-S = ChildState
+S = ReplicaState
 
 
 def test_every_state_has_a_transition_entry() -> None:
-    assert set(TRANSITIONS) == set(ChildState)
+    assert set(TRANSITIONS) == set(ReplicaState)
     for state, targets in TRANSITIONS.items():
-        assert targets <= set(ChildState)
+        assert targets <= set(ReplicaState)
         assert state not in targets, f"{state} lists itself"
 
 
 def test_every_state_but_stopped_can_stop() -> None:
-    for state in ChildState:
+    for state in ReplicaState:
         if state in (S.STOPPING, S.STOPPED):
             continue
         assert S.STOPPING in TRANSITIONS[state], state
@@ -35,7 +35,7 @@ def test_every_state_is_reachable_from_unloaded() -> None:
             if target not in seen:
                 seen.add(target)
                 frontier.append(target)
-    assert seen == set(ChildState)
+    assert seen == set(ReplicaState)
 
 
 def test_failed_is_retried_or_stopped() -> None:
@@ -76,7 +76,7 @@ def test_happy_path_and_crash_path() -> None:
         ((S.STOPPING, S.STOPPED), S.STOPPING),
     ],
 )
-def test_illegal_transitions_raise(path: tuple[ChildState, ...], illegal: ChildState) -> None:
+def test_illegal_transitions_raise(path: tuple[ReplicaState, ...], illegal: ReplicaState) -> None:
     life = Lifecycle("app[0]")
     for state in path:
         life.to(state)
@@ -89,8 +89,8 @@ def test_illegal_transitions_raise(path: tuple[ChildState, ...], illegal: ChildS
 
 
 def test_every_pair_outside_the_table_raises() -> None:
-    for source in ChildState:
-        for target in ChildState:
+    for source in ReplicaState:
+        for target in ReplicaState:
             if target is source:
                 continue
             life = Lifecycle("x", state=source)
@@ -137,5 +137,5 @@ def test_ready_busy_flips_are_logged_at_debug_only(caplog: pytest.LogCaptureFixt
 
 
 def test_states_hash_by_identity_and_work_as_keys() -> None:
-    assert len({*ChildState, *ChildState}) == len(ChildState)
-    assert {state: state.value for state in ChildState}[S.BUSY] == "busy"
+    assert len({*ReplicaState, *ReplicaState}) == len(ReplicaState)
+    assert {state: state.value for state in ReplicaState}[S.BUSY] == "busy"

@@ -85,3 +85,22 @@ def test_decide_is_pure() -> None:
     first = policy.decide(crashes, now=2.0)
     assert policy.decide(crashes, now=2.0) == first
     assert crashes == [1.0, 2.0]
+
+
+def test_after_exit_records_a_fault_and_decides() -> None:
+    policy = RestartPolicy(max_restarts=1, window=60, base_delay=0.1)
+    history, decision = policy.after_exit([], 10.0, fault=True)
+    assert (history, decision) == ([10.0], Restart(0.0))
+    history, decision = policy.after_exit(history, 11.0, fault=True)
+    assert history == [10.0, 11.0] and isinstance(decision, GiveUp)
+
+
+def test_after_exit_restarts_an_ordered_kill_at_once_without_counting_it() -> None:
+    policy = RestartPolicy(max_restarts=1, window=60, first_delay=5.0)
+    history, decision = policy.after_exit([10.0, 11.0], 12.0, fault=False)
+    assert (history, decision) == ([10.0, 11.0], Restart(0.0))
+
+
+def test_after_exit_forgets_faults_older_than_the_window() -> None:
+    history, _ = RestartPolicy(window=60).after_exit([1.0, 50.0], 100.0, fault=True)
+    assert history == [50.0, 100.0]

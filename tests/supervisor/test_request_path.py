@@ -1,0 +1,132 @@
+"""One path for a request: ``App.run`` (the library) and ``App.submit`` (HTTP) both
+go through ``App._dispatch`` to ``Slot.serve``; a free replica takes a request at
+once, a busy one leaves it to the queue. Fake children: no process is started."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+from fake_child import FakeChannel, FakeProcess
+
+from protocol import Message, Result, Run
+from supervisor import errors
+from supervisor import slot as slot_module
+from supervisor.app import App
+from supervisor.slot import Slot, SlotSpec
+
+pytestmark = pytest.mark.anyio
+GUARD = 10.0
+"""Seconds a test may take before it is stuck (a bound, not a measurement)."""
+
+
+class Child:
+    """The one fake child; it answers runs when ``answering``, else holds them."""
+
+    def __init__(self) -> None:
+        self.held: list[str] = []
+        self.answering = True
+        self.channel: FakeChannel | None = None
+
+    async def launch(self, *args: object, **kwargs: object) -> tuple[FakeProcess, FakeChannel]:
+        process = FakeProcess()
+        channel = self.channel = FakeChannel(process)
+        channel.on_run = self.on_run
+        return process, channel
+
+    def on_run(self, message: Message) -> None:
+        if isinstance(message, Run):
+            if self.answering:
+                assert self.channel is not None
+                self.channel.reply(Result(message.id, {"echo": message.input}))
+            else:
+                self.held.append(message.id)
+
+
+@pytest.fixture
+def child(monkeypatch: pytest.MonkeyPatch) -> Child:
+    fake = Child()
+    monkeypatch.setattr(slot_module, "launch_child", fake.launch)
+    return fake
+
+
+@pytest.fixture
+async def app(child: Child, tmp_path: Path) -> AsyncIterator[App]:
+    slot = Slot(SlotSpec(tmp_path, "app", kill_grace=0.05), 0, ())
+    app = App("app", tmp_path, [slot], queue_size=1, setup={}, run_timeout=None)
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(app.serve)
+        with anyio.fail_after(GUARD):
+            await slot.ensure({})
+        yield app
+        await app.stop()
+
+
+async def test_run_and_submit_both_reach_the_child(app: App) -> None:
+    with anyio.fail_after(GUARD):
+        assert await app.run({"n": 1}) == {"echo": {"n": 1}}
+        result = await app.submit({"n": 2}).result()
+    assert result.output == {"echo": {"n": 2}}
+
+
+async def test_a_free_replica_takes_a_submitted_request_without_the_queue(
+    app: App, child: Child
+) -> None:
+    child.answering = False
+    request = app.submit({})
+    assert app.status()["queued"] == 0  # taken at once, as App.run's are
+    with anyio.fail_after(GUARD):
+        while not child.held:
+            await anyio.sleep(0.005)
+    assert child.channel is not None
+    child.channel.reply(Result(request.id, {"late": True}))
+    assert (await request.result()).output == {"late": True}
+
+
+async def test_a_busy_replica_leaves_requests_to_the_queue_and_a_full_one_refuses(
+    app: App, child: Child
+) -> None:
+    child.answering = False
+    first = app.submit({})
+    second = app.submit({})
+    assert app.status()["queued"] == 1
+    with pytest.raises(errors.BusyError):
+        app.submit({})
+    with pytest.raises(errors.BusyError):
+        await app.run({})
+    assert child.channel is not None
+    with anyio.fail_after(GUARD):
+        while not child.held:
+            await anyio.sleep(0.005)
+        child.channel.reply(Result(first.id, {}))
+        while len(child.held) < 2:
+            await anyio.sleep(0.005)
+        child.channel.reply(Result(second.id, {}))
+        await second.result()
+
+
+async def test_a_request_cancelled_before_it_reached_a_child_never_runs(
+    app: App, child: Child
+) -> None:
+    child.answering = False
+    app.submit({})
+    queued = app.submit({})
+    assert await app.cancel(queued.id)
+    with pytest.raises(errors.RequestCancelledError):
+        await queued.result()
+
+
+async def test_a_request_cancelled_as_soon_as_a_free_replica_took_it_never_runs(
+    app: App, child: Child
+) -> None:
+    request = app.submit({})
+    assert await app.cancel(request.id)
+    with pytest.raises(errors.RequestCancelledError):
+        await request.result()
+    assert app.status()["replicas"][0]["in_flight"] == 0
+    assert child.channel is not None
+    assert not any(isinstance(m, Run) for m in child.channel.sent)
+    with anyio.fail_after(GUARD):
+        assert await app.run({"n": 3}) == {"echo": {"n": 3}}  # its capacity came back
