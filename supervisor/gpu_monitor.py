@@ -30,7 +30,7 @@ import anyio.to_thread
 
 from .gpu_backend import GpuBackend
 from .gpu_sample import DeviceMemory, GpuSample
-from .process_memory import pids_memory, pids_vram, tree_pids
+from .process_memory import pids_memory, tree_pids
 
 __all__ = ["ChildUsage", "MonitorSnapshot", "OnSample", "ResourceMonitor"]
 
@@ -155,7 +155,7 @@ class ResourceMonitor:
                 key=key,
                 pid=pid,
                 rss=pids_memory(pids),
-                vram_by_device=pids_vram(pids, sample) if sample is not None else {},
+                vram_by_device=sample.vram_of(pids) if sample is not None else {},
                 sampled_at=time.monotonic(),
                 alive=bool(pids),
             )

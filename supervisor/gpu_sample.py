@@ -7,7 +7,7 @@ eviction policy) depends on the records only, never on the driver.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 __all__ = ["DeviceMemory", "GpuSample"]
@@ -41,3 +41,11 @@ class GpuSample:
             if device.index == index:
                 return device
         return None
+
+    def vram_of(self, pids: Iterable[int]) -> dict[int, int]:
+        """Device index -> bytes used by ``pids`` together; devices they do not use are absent."""
+        usage: dict[int, int] = {}
+        for pid in pids:
+            for index, used in self.processes.get(pid, {}).items():
+                usage[index] = usage.get(index, 0) + used
+        return usage

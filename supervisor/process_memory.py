@@ -1,4 +1,4 @@
-"""Memory of a child's whole process tree: host RAM (PSS) and VRAM per device.
+"""Memory of a child's whole process tree (host RAM, PSS) and the pids in it.
 
 An app's child process may start workers of its own (data loaders,
 ``multiprocessing`` pools, a tokenizer server), and those hold memory on the
@@ -20,9 +20,7 @@ from collections.abc import Iterable
 
 import psutil
 
-from .gpu_sample import GpuSample
-
-__all__ = ["pids_memory", "pids_vram", "tree_memory", "tree_pids", "tree_vram"]
+__all__ = ["pids_memory", "tree_memory", "tree_pids"]
 
 
 def tree_pids(pid: int) -> list[int]:
@@ -57,20 +55,7 @@ def process_memory(process: psutil.Process) -> int:
     return pss if pss is not None else int(process.memory_info().rss)
 
 
-def pids_vram(pids: Iterable[int], sample: GpuSample) -> dict[int, int]:
-    """Device index -> bytes used by ``pids``, per ``sample``; devices unused are absent."""
-    usage: dict[int, int] = {}
-    for pid in pids:
-        for index, used in sample.processes.get(pid, {}).items():
-            usage[index] = usage.get(index, 0) + used
-    return usage
-
 
 def tree_memory(pid: int) -> int:
     """Host memory in bytes of ``pid`` and its descendants (PSS); 0 if ``pid`` is gone."""
     return pids_memory(tree_pids(pid))
-
-
-def tree_vram(pid: int, sample: GpuSample) -> dict[int, int]:
-    """Device index -> bytes used by ``pid`` and its descendants, per ``sample``."""
-    return pids_vram(tree_pids(pid), sample)

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from supervisor.gpu_backend import GpuSample
-from supervisor.process_memory import pids_memory, pids_vram, tree_memory, tree_pids, tree_vram
+from supervisor.gpu_sample import GpuSample
+from supervisor.process_memory import pids_memory, tree_memory, tree_pids
 
 MIB = 1024 * 1024
 
@@ -81,8 +81,8 @@ def test_tree_vram_sums_over_the_tree(family: tuple[int, int]) -> None:
         },
         taken_at=0.0,
     )
-    assert tree_vram(child, sample) == {0: 120 * MIB, 1: 5 * MIB}
-    assert tree_vram(grandchild, sample) == {0: 20 * MIB, 1: 5 * MIB}
+    assert sample.vram_of(tree_pids(child)) == {0: 120 * MIB, 1: 5 * MIB}
+    assert sample.vram_of(tree_pids(grandchild)) == {0: 20 * MIB, 1: 5 * MIB}
 
 
 def gone_pid() -> int:
@@ -96,11 +96,11 @@ def test_vanished_processes_count_as_nothing() -> None:
     sample = GpuSample((), {pid: {0: 10}}, 0.0)
     assert tree_pids(pid) == []
     assert tree_memory(pid) == 0
-    assert tree_vram(pid, sample) == {}
+    assert sample.vram_of(tree_pids(pid)) == {}
     assert pids_memory([pid]) == 0
-    # pids_vram trusts the pids it is given; the sample decides what they use
-    assert pids_vram([pid], sample) == {0: 10}
-    assert pids_vram([], sample) == {}
+    # vram_of trusts the pids it is given; the sample decides what they use
+    assert sample.vram_of([pid]) == {0: 10}
+    assert sample.vram_of([]) == {}
 
 
 FORKER = textwrap.dedent(
