@@ -1,4 +1,4 @@
-"""The replica (``Slot``) against fake children: it starts them, takes requests
+"""``Replica`` against fake children: it starts them, takes requests
 on them, and asks the restart policy what follows a death. No process is
 started: ``launch_child`` gives a ``FakeProcess`` and its ``FakeChannel``."""
 
@@ -14,14 +14,14 @@ from fake_child import FakeChannel, FakeProcess, error
 
 from protocol import Cancel, ErrorType, Message, Result, Run
 from supervisor import errors
-from supervisor import slot as slot_module
+from supervisor import replica as replica_module
 from supervisor.lifecycle import ReplicaState, VramClaim
 from supervisor.process import ExitStatus
+from supervisor.replica import Replica, ReplicaSpec
 from supervisor.request import Request
 from supervisor.request_queue import RequestQueue
 from supervisor.restart_policy import RestartPolicy
 from supervisor.running_child import ChildState, Fault
-from supervisor.slot import Slot, SlotSpec
 
 pytestmark = pytest.mark.anyio
 GUARD = 10.0
@@ -60,7 +60,7 @@ def _answer(channel: FakeChannel, message: Message) -> None:
 @pytest.fixture
 def children(monkeypatch: pytest.MonkeyPatch) -> Children:
     fakes = Children()
-    monkeypatch.setattr(slot_module, "launch_child", fakes.launch)
+    monkeypatch.setattr(replica_module, "launch_child", fakes.launch)
     return fakes
 
 
@@ -70,20 +70,22 @@ def queue() -> RequestQueue:
 
 
 @pytest.fixture
-async def replica(children: Children, queue: RequestQueue, tmp_path: Path) -> AsyncIterator[Slot]:
-    spec = SlotSpec(
+async def replica(
+    children: Children, queue: RequestQueue, tmp_path: Path
+) -> AsyncIterator[Replica]:
+    spec = ReplicaSpec(
         tmp_path,
         "app",
         cancel_grace=0.05,
         kill_grace=0.05,
         restart_policy=RestartPolicy(max_restarts=2, window=60, cooldown=600),
     )
-    slot = Slot(spec, 0, ())
+    replica = Replica(spec, 0, ())
     async with anyio.create_task_group() as tasks:
-        await tasks.start(slot.run, queue)
+        await tasks.start(replica.run, queue)
         with anyio.fail_after(GUARD):
-            await slot.ensure({})
-        yield slot
+            await replica.ensure({})
+        yield replica
         queue.close()
         tasks.cancel_scope.cancel()
 
@@ -99,13 +101,13 @@ async def outcome(request: Request) -> Any:
         return await request.result()
 
 
-async def test_a_start_gives_a_serving_child(replica: Slot, children: Children) -> None:
+async def test_a_start_gives_a_serving_child(replica: Replica, children: Children) -> None:
     assert replica.lifecycle.state is ReplicaState.READY
     assert replica.child is not None and replica.child.state is ChildState.SERVING
     assert [type(m).__name__ for m in children.channel.sent] == ["Load", "Setup"]
 
 
-async def test_try_take_is_the_childs_check_plus_capacity(replica: Slot) -> None:
+async def test_try_take_is_the_childs_check_plus_capacity(replica: Replica) -> None:
     same, other = Request("run", {}, {}), Request("run", {}, {"size": 2})
     assert replica.try_take(other) is None  # other setup values: via ensure
     child = replica.try_take(same)
@@ -117,7 +119,7 @@ async def test_try_take_is_the_childs_check_plus_capacity(replica: Slot) -> None
 
 
 async def test_a_crash_asks_the_restart_policy_and_counts_as_the_apps_fault(
-    replica: Slot, children: Children
+    replica: Replica, children: Children
 ) -> None:
     first = children.process
     first.exit(ExitStatus(code=1, signal=None))
@@ -131,7 +133,7 @@ async def test_a_crash_asks_the_restart_policy_and_counts_as_the_apps_fault(
 
 
 async def test_crashes_past_the_policys_limit_fail_the_replica(
-    replica: Slot, children: Children
+    replica: Replica, children: Children
 ) -> None:
     for _ in range(3):
         current = children.process
@@ -152,7 +154,7 @@ async def test_crashes_past_the_policys_limit_fail_the_replica(
 
 
 async def test_a_kill_the_supervisor_ordered_restarts_at_once_uncounted(
-    replica: Slot, children: Children
+    replica: Replica, children: Children
 ) -> None:
     first = children.process
     assert replica.child is not None
@@ -166,7 +168,7 @@ async def test_a_kill_the_supervisor_ordered_restarts_at_once_uncounted(
 
 
 async def test_requests_in_flight_on_a_crash_fail_with_the_crash(
-    replica: Slot, children: Children
+    replica: Replica, children: Children
 ) -> None:
     children.on_run = lambda channel, message: None  # the child never answers
     request = Request("work", {}, {})
@@ -181,7 +183,7 @@ async def test_requests_in_flight_on_a_crash_fail_with_the_crash(
 
 
 async def test_a_request_whose_child_was_already_gone_runs_on_the_next_one(
-    replica: Slot, children: Children
+    replica: Replica, children: Children
 ) -> None:
     request = Request("run", {}, {})
     child = replica.try_take(request)
@@ -195,7 +197,7 @@ async def test_a_request_whose_child_was_already_gone_runs_on_the_next_one(
 
 
 async def test_a_cancel_reaches_the_child_running_the_request(
-    replica: Slot, children: Children
+    replica: Replica, children: Children
 ) -> None:
     def on_run(channel: FakeChannel, message: Message) -> None:
         if isinstance(message, Cancel):
@@ -215,7 +217,7 @@ async def test_a_cancel_reaches_the_child_running_the_request(
 
 
 async def test_a_caller_that_goes_away_leaves_its_request_to_the_replica(
-    replica: Slot, children: Children
+    replica: Replica, children: Children
 ) -> None:
     """The caller's task is cancelled while the child has its request: the replica
     follows it to its end, and only then is the capacity free again."""
@@ -233,7 +235,7 @@ async def test_a_caller_that_goes_away_leaves_its_request_to_the_replica(
     await until(lambda: replica.try_take(Request("run", {}, {})) is not None)
 
 
-async def test_queued_requests_are_taken_and_served(replica: Slot, queue: RequestQueue) -> None:
+async def test_queued_requests_are_taken_and_served(replica: Replica, queue: RequestQueue) -> None:
     requests = [Request("run", {"i": i}, {}) for i in range(3)]
     for request in requests:
         queue.put(request)
@@ -242,13 +244,13 @@ async def test_queued_requests_are_taken_and_served(replica: Slot, queue: Reques
 
 
 async def test_an_evicted_replica_gives_up_its_vram_and_claims_it_again_to_start(
-    replica: Slot, children: Children
+    replica: Replica, children: Children
 ) -> None:
     readmissions: list[str] = []
 
-    async def readmit(slot: Slot) -> None:
-        readmissions.append(slot.name)
-        slot.readmitted()
+    async def readmit(replica: Replica) -> None:
+        readmissions.append(replica.name)
+        replica.readmitted()
 
     replica._readmit = readmit
     assert await replica.evict("room for another app")
@@ -263,9 +265,9 @@ async def test_an_evicted_replica_gives_up_its_vram_and_claims_it_again_to_start
 
 
 async def test_a_replica_whose_readmission_fails_stays_evicted(
-    replica: Slot, children: Children
+    replica: Replica, children: Children
 ) -> None:
-    async def no_room(slot: Slot) -> None:
+    async def no_room(replica: Replica) -> None:
         raise errors.AdmissionError("no room")
 
     replica._readmit = no_room

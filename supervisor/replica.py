@@ -1,16 +1,16 @@
-"""One replica slot: keeps one child alive for an app, and serves requests on it.
+"""One replica: keeps one child alive for an app, and serves requests on it.
 
-The slot owns the successive children of one replica (``RunningChild``).
+A replica owns its successive children (``RunningChild``).
 ``ensure(config)`` returns a ready child for a setup config, starting one (from
 the pool, or spawned) or replacing one whose config differs, after its
 in-flight requests finish. A per-child watcher reaps the child when it dies
-and, unless the slot meant it to stop, asks the restart policy what follows;
+and, unless the replica meant it to stop, asks the restart policy what follows;
 why a child died is recorded on the child (``RunningChild.killed``), which
 tells its requests.
 
-Requests reach the slot two ways, and both run ``serve``: ``take_from`` takes
-them from the app's queue while the slot has capacity (``max_concurrency``),
-in the slot's tasks; ``try_take`` lets a caller that finds the slot free take
+Requests reach the replica two ways, and both run ``serve``: ``take_from`` takes
+them from the app's queue while the replica has capacity (``max_concurrency``),
+in the replica's tasks; ``try_take`` lets a caller that finds the replica free take
 capacity and a child at once and run ``serve`` itself (``App``). ``serve``
 runs a request on a child to its end and gives its share of the capacity
 back only once the child has let it go; a request that never reached a child,
@@ -64,7 +64,7 @@ UNDELIVERED_RETRIES = 3
 
 
 @dataclass(frozen=True)
-class SlotSpec:
+class ReplicaSpec:
     """Everything needed to start children for one app."""
 
     app_dir: Path
@@ -93,21 +93,21 @@ class SlotSpec:
     runtime (``child/node/``) instead of ``python -m child``."""
     standby: bool = False
     """Keep a spare child with the app loaded (not set up), which the next start of
-    the slot sets up instead of starting a child: a restart costs a setup."""
+    the replica sets up instead of starting a child: a restart costs a setup."""
 
 
-class Slot:
+class Replica:
     def __init__(
         self,
-        spec: SlotSpec,
+        spec: ReplicaSpec,
         index: int,
         gpus: tuple[int, ...],
-        on_change: Callable[[Slot], None] | None = None,
+        on_change: Callable[[Replica], None] | None = None,
         pool: ChildPool | None = None,
-        readmit: Callable[[Slot], Awaitable[None]] | None = None,
+        readmit: Callable[[Replica], Awaitable[None]] | None = None,
         gpu_env: Mapping[str, str] | None = None,
     ) -> None:
-        """``readmit(slot)`` admits the app's VRAM on the slot's GPUs again before a
+        """``readmit(replica)`` admits the app's VRAM on the replica's GPUs again before a
         start that follows an eviction or a failed start (see ``claim``): its
         GPUs may have been given to other apps meanwhile."""
         self.spec = spec
@@ -126,12 +126,12 @@ class Slot:
         self.crash_times: list[float] = []
         self.last_exit: dict[str, Any] | None = None
         self.failed: Failure | None = None
-        """Why the slot is ``FAILED``; None in any other state."""
+        """Why the replica is ``FAILED``; None in any other state."""
         self._retry_scope = anyio.CancelScope()
         self._last_config: dict[str, Any] = {}
         """The setup values of the latest start."""
         self._good_config: dict[str, Any] | None = None
-        """The setup values of the latest successful start: a slot whose start with
+        """The setup values of the latest successful start: a replica whose start with
         other values failed goes back to them, and a retry starts with them."""
         self.on_configured: Callable[[dict[str, Any], str], None] | None = None
         """Called with setup values (and their key) once a child is set up with them."""
@@ -168,7 +168,7 @@ class Slot:
 
     @property
     def holds_vram_reservation(self) -> bool:
-        """The app's VRAM budget stays promised to the slot while it is admitted and
+        """The app's VRAM budget stays promised to the replica while it is admitted and
         has not failed or stopped: a child that has not allocated it yet, or a
         restart, must still find it free."""
         return self.claim.admitted and self.lifecycle.state not in (
@@ -177,7 +177,7 @@ class Slot:
             ReplicaState.STOPPED,
         )
 
-    # -- running the slot -----------------------------------------------------
+    # -- running the replica -----------------------------------------------------
 
     async def run(
         self,
@@ -185,7 +185,7 @@ class Slot:
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Own the slot's tasks and serve the app's queue, until cancelled."""
+        """Own the replica's tasks and serve the app's queue, until cancelled."""
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             task_status.started()
@@ -198,7 +198,7 @@ class Slot:
 
     @property
     def tasks(self) -> anyio.abc.TaskGroup:
-        assert self._tasks is not None, "the slot is not running"
+        assert self._tasks is not None, "the replica is not running"
         return self._tasks
 
     # -- serving requests -------------------------------------------------------
@@ -208,7 +208,7 @@ class Slot:
         while await queue.wait():
             await self._capacity.acquire()
             request = queue.take()
-            if request is None:  # another slot, or a caller, was first
+            if request is None:  # another replica, or a caller, was first
                 self._capacity.release()
             elif self.spec.max_concurrency == 1:
                 await self.serve(request)  # nothing else can run here meanwhile
@@ -217,7 +217,7 @@ class Slot:
 
     def try_take(self, request: Request) -> RunningChild | None:
         """The child to run ``request`` on at once, with capacity taken for it (to be
-        given to ``serve``); None when the slot has no child that can take it now, or
+        given to ``serve``); None when the replica has no child that can take it now, or
         no room."""
         child = self.child
         if (
@@ -238,7 +238,7 @@ class Slot:
         request's own failure, never the caller's task's.
 
         If the task running this is cancelled while the child has the request, the
-        slot's tasks adopt it: the capacity is given back only once the child has
+        replica's tasks adopt it: the capacity is given back only once the child has
         let the request go.
         """
         adopted = False
@@ -284,7 +284,7 @@ class Slot:
                 self._capacity.release()
 
     def _adopt(self, child: RunningChild, entry: InFlight) -> bool:
-        """Let the slot's tasks follow a request to its end; False when they are gone
+        """Let the replica's tasks follow a request to its end; False when they are gone
         (the app has stopped), and nothing is left to wait for."""
 
         async def follow() -> None:
@@ -376,7 +376,7 @@ class Slot:
                     await self._load(child)
                 # A stop() that ran while the load's answer was on its way has
                 # cancelled this scope, but the cancellation only lands at the next
-                # checkpoint: the slot may already be STOPPED (handled below).
+                # checkpoint: the replica may already be STOPPED (handled below).
                 if not scope.cancel_called:
                     self.lifecycle.to(ReplicaState.SETTING_UP)
                     await self._call(child, Setup(new_request_id(), config, self.metadata()))
@@ -384,7 +384,7 @@ class Slot:
             await self._abort_start(child, exc, restarting)
             raise AssertionError("unreachable") from None
         except BaseException:
-            # Cancelled (the slot is stopping): leave no child behind.
+            # Cancelled (the replica is stopping): leave no child behind.
             await self._terminate(child)
             raise
         if scope.cancel_called or self.stopping:
@@ -483,7 +483,7 @@ class Slot:
 
         Started once a start is over, after a pause, so that it does not compete
         with that start's first requests. A standby that fails to load is not
-        replaced until the slot's next start; one that dies, once before then.
+        replaced until the replica's next start; one that dies, once before then.
         """
         await anyio.sleep(STANDBY_DELAY)
         if self._standby_loading or self.standby is not None or self.child is None:
@@ -580,7 +580,7 @@ class Slot:
         good = self._good_config
         callers_values = good is not None and config_key(good) != config_key(self._last_config)
         if self.stopping:
-            pass  # stop() ran meanwhile and has set the slot's state
+            pass  # stop() ran meanwhile and has set the replica's state
         elif isinstance(error, errors.LoadFailedError):
             self._fail(error.message, "load", self.spec.restart_policy.cooldown)
         elif (
@@ -716,7 +716,7 @@ class Slot:
         self.lifecycle.to(ReplicaState.RESTARTING, f"{reason}; restart {when}")
 
     def _fail(self, failure: str, limit: str, retry_after: float | None = None) -> None:
-        """Give up on the slot until ``retry_after`` seconds have passed (or for good
+        """Give up on the replica until ``retry_after`` seconds have passed (or for good
         when None); its standby has nothing left to stand in for.
 
         ``limit`` names what gave out: ``restarts`` (too many faults in the
@@ -736,10 +736,10 @@ class Slot:
             self._tasks.start_soon(self._retry_after_cooldown, retry_after)
 
     def failed_error(self) -> errors.AppFailedError:
-        """What a request to the failed slot is told: why, and when it is tried again."""
+        """What a request to the failed replica is told: why, and when it is tried again."""
         retry = ""
         failed = self.failed
-        assert failed is not None, "the slot has not failed"
+        assert failed is not None, "the replica has not failed"
         details: dict[str, Any] = {"limit": failed.limit}
         if failed.retry_at is not None:
             retry_in = max(0.0, failed.retry_at - time.time())
@@ -771,7 +771,7 @@ class Slot:
             await self.ensure(config)
 
     async def restart(self) -> None:
-        """An operator's restart: a failed slot is tried again at once; a running one
+        """An operator's restart: a failed replica is tried again at once; a running one
         gets a fresh child once its requests are done."""
         if self.lifecycle.state is ReplicaState.FAILED:
             await self.retry()
@@ -807,7 +807,7 @@ class Slot:
         ):
             await child.channel.send(Unload())
         # Wait on the process itself, not on its watcher: a retire may outlive the
-        # slot's tasks (an eviction running while the app stops), and must still end.
+        # replica's tasks (an eviction running while the app stops), and must still end.
         with anyio.move_on_after(self.spec.unload_timeout, shield=True):
             await child.process.wait()
         if child.process.exit_status is None:
@@ -852,7 +852,7 @@ class Slot:
         return self.lifecycle.state in (ReplicaState.STOPPING, ReplicaState.STOPPED)
 
     def changed(self) -> None:
-        """Tell the owner that the slot's child (or its absence) changed."""
+        """Tell the owner that the replica's child (or its absence) changed."""
         if self._on_change is not None:
             self._on_change(self)
 
