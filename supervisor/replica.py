@@ -56,9 +56,8 @@ from .running_child import (
     Refusal,
     RunningChild,
 )
+from .standby import Standby, StandbyState
 
-STANDBY_DELAY = 0.05
-"""Seconds between a start and loading the standby, as the pool waits to refill."""
 UNDELIVERED_RETRIES = 3
 """How often a request whose child died before it could be sent moves to the next child."""
 
@@ -149,11 +148,14 @@ class Replica:
         self.pool = pool
         self.description: dict[str, Any] | None = None
         """The app description its first load returned; restarts do not ask again."""
-        self.standby: RunningChild | None = None
+        self.standby = Standby(
+            self.name,
+            self._load_spare,
+            self._terminate,
+            lambda: self.child is not None and not self.stopping,
+            self.logger,
+        )
         """A child with the app loaded and not set up, when ``spec.standby`` asks for one."""
-        self._standby_scope = anyio.CancelScope()
-        self._standby_loading = False
-        self._standby_replaced = False
         self._readmit = readmit
         self.claim = VramClaim.HELD
         """Whether its app's VRAM is promised to it, and whether it gave it up to an
@@ -370,7 +372,7 @@ class Replica:
                 if not self.claim.admitted and self._readmit is not None:
                     await self._readmit(self)
                 self.readmitted()
-                child = self._take_standby(config, key)
+                child = self.standby.take(config, key)
                 if child is None:
                     child = await self._spawn(config, key)
                     await self._load(child)
@@ -401,8 +403,8 @@ class Replica:
         self._refill_pool()
         self.tasks.start_soon(self._heartbeat, child)
         if self.spec.standby:
-            self._standby_replaced = False
-            self.tasks.start_soon(self._keep_standby)
+            self.standby.renew()
+            self.tasks.start_soon(self.standby.fill)
         self.changed()
 
     async def _spawn(self, config: dict[str, Any], key: str, prewarm: bool = False) -> RunningChild:
@@ -470,63 +472,27 @@ class Replica:
 
     # -- the standby ------------------------------------------------------------
 
-    def _take_standby(self, config: dict[str, Any], key: str) -> RunningChild | None:
-        """The standby, now this start's child, if it is still alive."""
-        child, self.standby = self.standby, None
-        if child is None or not child.take_standby(config, key):
-            return None
-        self.logger.info("%s: setting up standby pid %d", self.name, child.process.app_pid)
-        return child
-
-    async def _keep_standby(self) -> None:
-        """Load the app into a spare child for the next start to set up.
-
-        Started once a start is over, after a pause, so that it does not compete
-        with that start's first requests. A standby that fails to load is not
-        replaced until the replica's next start; one that dies, once before then.
-        """
-        await anyio.sleep(STANDBY_DELAY)
-        if self._standby_loading or self.standby is not None or self.child is None:
-            return
-        self._standby_loading = True
+    async def _load_spare(self) -> RunningChild | None:
+        """A new child with the app loaded, for the standby; None when that failed
+        (logged), or the replica stopped meanwhile."""
         child: RunningChild | None = None
-        scope = self._standby_scope = anyio.CancelScope()
         try:
-            with anyio.fail_after(self.spec.setup_timeout), scope:
+            with anyio.fail_after(self.spec.setup_timeout):
                 child = await self._spawn({}, "", prewarm=True)
                 await self._load(child)
         except (TimeoutError, _StartFailed, errors.SupervisorError) as exc:
             self.logger.warning("%s: no standby: %s", self.name, getattr(exc, "message", exc))
             await self._terminate(child)
-            return
+            return None
         except BaseException:
             await self._terminate(child)
             raise
         finally:
-            self._standby_loading = False
             self._refill_pool()
-        if scope.cancel_called or self.stopping or child is None:
+        if self.stopping:
             await self._terminate(child)
-            return
-        child.stand_by()
-        self.standby = child
-        self.logger.info("%s: standby pid %d loaded", self.name, child.process.app_pid)
-
-    def _standby_died(self, child: RunningChild, status: ExitStatus) -> None:
-        """Replace a standby that died, once per start: one that keeps dying would
-        otherwise cost a spawn and an import over and over."""
-        self.standby = None
-        self.logger.warning(
-            "%s: standby pid %d died (%s)", self.name, child.process.app_pid, status.describe()
-        )
-        if not self._standby_replaced and self.child is not None and not self.stopping:
-            self._standby_replaced = True
-            self.tasks.start_soon(self._keep_standby)
-
-    async def _drop_standby(self) -> None:
-        self._standby_scope.cancel()
-        child, self.standby = self.standby, None
-        await self._terminate(child)
+            return None
+        return child
 
     async def _terminate(self, child: RunningChild | None) -> None:
         """Stop a child that never served (a start or a standby given up): it has
@@ -647,8 +613,9 @@ class Replica:
     async def _watch(self, child: RunningChild) -> None:
         """Wait for the child to die, reap it, and decide what comes next."""
         status = await child.reaped()
-        if child is self.standby:
-            self._standby_died(child, status)
+        if self.standby.holds(child):
+            if self.standby.died(child, status):
+                self.tasks.start_soon(self.standby.fill)
             return
         if self.child is not child:
             return  # a start given up, a standby being loaded, or retired on purpose
@@ -729,8 +696,8 @@ class Replica:
         self.lifecycle.to(ReplicaState.FAILED, failure)
         if self._tasks is None:
             return
-        if self.standby is not None or self._standby_loading:
-            self._tasks.start_soon(self._drop_standby)
+        if self.standby.state is not StandbyState.EMPTY:
+            self._tasks.start_soon(self.standby.drop)
         if retry_after is not None:
             self._retry_scope.cancel()
             self._tasks.start_soon(self._retry_after_cooldown, retry_after)
@@ -829,7 +796,7 @@ class Replica:
             await self._retire(child, ReplicaState.UNLOADED, reason)
             self.claim = VramClaim.EVICTED
             self.evictions += 1
-            await self._drop_standby()
+            await self.standby.drop()
         return True
 
     async def stop(self) -> None:
@@ -843,7 +810,7 @@ class Replica:
             await self._retire(child, ReplicaState.STOPPED, "stop")
         else:
             self.lifecycle.to(ReplicaState.STOPPING, "stop")
-        await self._drop_standby()
+        await self.standby.drop()
         self.lifecycle.to(ReplicaState.STOPPED)
         self.changed()
 
@@ -865,7 +832,7 @@ class Replica:
             "state": self.lifecycle.state.value,
             "state_reason": self.lifecycle.reason,
             "pid": child.process.app_pid if child else None,
-            "standby_pid": self.standby.process.app_pid if self.standby else None,
+            "standby_pid": self.standby.pid,
             "gpus": list(self.gpus),
             "restarts": self.restarts,
             "restarts_by_reason": dict(self.restarts_by_reason),
