@@ -8,13 +8,10 @@ and, unless the replica meant it to stop, asks the restart policy what follows;
 why a child died is recorded on the child (``RunningChild.killed``), which
 tells its requests.
 
-Requests reach the replica two ways, and both run ``serve``: ``take_from`` takes
-them from the app's queue while the replica has capacity (``max_concurrency``),
-in the replica's tasks; ``try_take`` lets a caller that finds the replica free take
-capacity and a child at once and run ``serve`` itself (``App``). ``serve``
-runs a request on a child to its end and gives its share of the capacity
-back only once the child has let it go; a request that never reached a child,
-because the child was already gone, is run on the next one.
+Requests are served on its children by ``serving.py`` (its capacity, and each
+request run to its end), which asks the replica for a child that can take one
+now (``child_for``) or for a ready one (``ensure``). Its spare child, when the
+app asks for one, is ``standby.py``'s.
 """
 
 from __future__ import annotations
@@ -50,16 +47,12 @@ from .restart_policy import GiveUp, RestartPolicy
 from .running_child import (
     GOING,
     ChildLimits,
-    Delivery,
     Fault,
-    InFlight,
     Refusal,
     RunningChild,
 )
+from .serving import Serving
 from .standby import Standby, StandbyState
-
-UNDELIVERED_RETRIES = 3
-"""How often a request whose child died before it could be sent moves to the next child."""
 
 
 @dataclass(frozen=True)
@@ -139,8 +132,8 @@ class Replica:
         self._lock = anyio.Lock(fast_acquire=True)
         self._not_before = 0.0
         self._tasks: anyio.abc.TaskGroup | None = None
-        # fast_acquire: an uncontended acquire costs no trip through the event loop.
-        self._capacity = anyio.Semaphore(spec.max_concurrency, fast_acquire=True)
+        self.serving = Serving(self, spec.max_concurrency)
+        """Its capacity, and the running of each request it takes."""
         self._start_scope = anyio.CancelScope()
         self.memory: dict[str, Any] | None = None
         """Its child's memory at the latest monitor sample, as the status shows it; set
@@ -191,7 +184,7 @@ class Replica:
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             task_status.started()
-            await self._take_from(queue)
+            await self.serving.take_from(queue)
 
     async def cancel(self, request: Request) -> bool:
         """Cancel a request running here (see ``RunningChild.cancel``); False if it is not."""
@@ -205,102 +198,26 @@ class Replica:
 
     # -- serving requests -------------------------------------------------------
 
-    async def _take_from(self, queue: RequestQueue) -> None:
-        """Take requests while there is capacity, until the queue closes."""
-        while await queue.wait():
-            await self._capacity.acquire()
-            request = queue.take()
-            if request is None:  # another replica, or a caller, was first
-                self._capacity.release()
-            elif self.spec.max_concurrency == 1:
-                await self.serve(request)  # nothing else can run here meanwhile
-            else:
-                self.tasks.start_soon(self.serve, request)
-
-    def try_take(self, request: Request) -> RunningChild | None:
-        """The child to run ``request`` on at once, with capacity taken for it (to be
-        given to ``serve``); None when the replica has no child that can take it now, or
-        no room."""
+    def child_for(self, key: str) -> RunningChild | None:
+        """The current child, if it can take a request with setup values ``key`` now
+        (the replica is ready or busy, and the child's own check lets it)."""
         child = self.child
         if (
             child is None
             or self.lifecycle.state not in (ReplicaState.READY, ReplicaState.BUSY)
-            or child.refusal(request.config_key) is not None
+            or child.refusal(key) is not None
         ):
-            return None
-        try:
-            self._capacity.acquire_nowait()
-        except anyio.WouldBlock:
             return None
         return child
 
+    def try_take(self, request: Request) -> RunningChild | None:
+        """The child to run ``request`` on at once, with capacity taken for it
+        (``Serving.try_take``); None when there is none, or no room."""
+        return self.serving.try_take(request)
+
     async def serve(self, request: Request, child: RunningChild | None = None) -> None:
-        """Run a request, for which capacity was taken, to its end: on ``child`` (from
-        ``try_take``), or on the child ``ensure`` gives. Whatever goes wrong is the
-        request's own failure, never the caller's task's.
-
-        If the task running this is cancelled while the child has the request, the
-        replica's tasks adopt it: the capacity is given back only once the child has
-        let the request go.
-        """
-        adopted = False
-        try:
-            for _ in range(UNDELIVERED_RETRIES + 1):
-                if child is None:
-                    try:
-                        child = await self.ensure(request.config, request.config_key)
-                    except errors.SupervisorError as exc:
-                        request.fail(exc)
-                        return
-                if request.finished:
-                    return
-                entry = child.enter(request)
-                delivery: Delivery | None = None
-                try:
-                    delivery = await child.send(entry)
-                    if delivery is Delivery.SENT:
-                        await child.follow(entry)
-                except anyio.get_cancelled_exc_class():
-                    if delivery is Delivery.SENT and request.id in child.in_flight:
-                        adopted = self._adopt(child, entry)
-                    if not adopted:  # it never reached the child, or nothing can follow it
-                        request.fail(errors.RequestCancelledError("the request was cancelled"))
-                    raise
-                finally:
-                    if not adopted:
-                        child.leave(entry)
-                if delivery is not Delivery.UNDELIVERED:
-                    return
-                self.logger.info(
-                    "%s: request %s never reached its child; retrying", self.name, request.id
-                )
-                child = None
-            request.fail(
-                errors.ChildCrashedError("the request could not be delivered to a live child")
-            )
-        except Exception as exc:
-            self.logger.exception("%s: request %s failed", self.name, request.id)
-            request.fail(errors.InternalError(f"the request failed inside the supervisor: {exc!r}"))
-        finally:
-            if not adopted:
-                self._capacity.release()
-
-    def _adopt(self, child: RunningChild, entry: InFlight) -> bool:
-        """Let the replica's tasks follow a request to its end; False when they are gone
-        (the app has stopped), and nothing is left to wait for."""
-
-        async def follow() -> None:
-            try:
-                await child.follow(entry)
-            finally:
-                child.leave(entry)
-                self._capacity.release()
-
-        try:
-            self.tasks.start_soon(follow)
-        except RuntimeError:  # not active any more
-            return False
-        return True
+        """Run a request, for which capacity was taken, to its end (``Serving.serve``)."""
+        await self.serving.serve(request, child)
 
     def _busy(self, busy: bool) -> None:
         """A request entered the current child (True), or its last one left (False)."""
