@@ -148,7 +148,8 @@ class Replica:
             lambda: self.child is not None and not self.stopping,
             self.logger,
         )
-        """A child with the app loaded and not set up, when ``spec.standby`` asks for one."""
+        """Its spare child, with the app loaded and not set up, when ``spec.standby``
+        asks for one."""
         self._readmit = readmit
         self.claim = VramClaim.HELD
         """Whether its app's VRAM is promised to it, and whether it gave it up to an
