@@ -1,4 +1,4 @@
-"""Drive a child the way ``supervisor/slot.py`` does, without the Slot/App/queue layers.
+"""Drive a child the way ``supervisor/replica.py`` does, without the Replica/App/queue layers.
 
 This isolates the cost of the process, the protocol and the child runtime from the
 supervisor's own request machinery, and lets cold_start.py timestamp each step of a
@@ -95,7 +95,7 @@ class RawChild:
         preimport: tuple[str, ...] = (),
         python: str = sys.executable,
     ) -> RawChild:
-        """Spawn a child with no app (it says hello at once), as the slot or pool does.
+        """Spawn a child with no app (it says hello at once), as the replica or pool does.
 
         ``probe`` records the child's first-statement time; ``profile_to`` instead runs
         it under cProfile and writes the stats there when it exits; ``preimport``
@@ -196,7 +196,7 @@ async def start_raw(
     config: dict[str, Any] | None = None,
     **spawn_kwargs: Any,
 ) -> RawChild:
-    """Spawn, load and set up a child the way a slot's first start does."""
+    """Spawn, load and set up a child the way a replica's first start does."""
     child = await RawChild.spawn(tasks, cwd=app_dir, **spawn_kwargs)
     await child.load(app_dir)
     await child.setup(config)

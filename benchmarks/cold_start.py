@@ -8,7 +8,7 @@ For each app (benchmarks/apps/empty, benchmarks/apps/numpy_app and a CPU torch
 embedding app when torch is importable) it measures, interleaving the variants in
 every round so that machine noise hits them alike:
 
-* ``probe``: the start sequence of ``supervisor/slot.py`` reproduced step by step
+* ``probe``: the start sequence of ``supervisor/replica.py`` reproduced step by step
   (ChildProcess + ChildChannel + protocol messages), timestamped at spawn, at the
   child's first Python statement, at hello, after load, after setup and at the first
   result. This gives the breakdown: interpreter start, runtime imports, app import,
@@ -254,7 +254,7 @@ async def measure(args: argparse.Namespace, cases: list[AppCase]) -> dict[str, A
                 for i in range(runs):
                     log(f"{case.key}: round {i + 1}/{runs}")
                     await quiesce()
-                    case.add("probe (slot.py sequence, no pool)", await probe(case))
+                    case.add("probe (replica.py sequence, no pool)", await probe(case))
                     if bytecode:
                         case.add(
                             "probe, cached bytecode",
@@ -505,7 +505,7 @@ def report(cases: list[AppCase], extra: dict[str, Any], profiles: dict[str, Any]
             ],
             rows,
         )
-        probe_samples = case.samples.get("probe (slot.py sequence, no pool)", [])
+        probe_samples = case.samples.get("probe (replica.py sequence, no pool)", [])
         cached = case.samples.get("probe, cached bytecode", [])
         if probe_samples:
             brow = []

@@ -16,7 +16,7 @@ each layer adds one thing to the one above it, all measured in the same run:
    message (the floor for a child that keeps reading while a request runs).
 3. ``raw protocol``: the real child runtime (``python -m child`` with
    benchmarks/apps/noop_async) driven with protocol messages through ChildChannel,
-   as supervisor/slot.py does, but without App/Slot/queue.
+   as supervisor/replica.py does, but without App/Replica/queue.
 4. ``library app.run()``: ``Supervisor.start(...)`` + ``await app.run(...)``, one
    caller (max_concurrency=1); then the same with the caller's event loop on uvloop
    (when installed), as ``python -m supervisor serve`` runs.
@@ -573,7 +573,7 @@ def main() -> None:
             us(loop_echo_p50 - echo_p50),
         ],
         ["+ protocol + child runtime (raw - asyncio echo)", us(raw_p50 - loop_echo_p50)],
-        ["+ supervisor App/Slot/queue/events (library - raw)", us(lib_p50 - raw_p50)],
+        ["+ supervisor App/Replica/queue/events (library - raw)", us(lib_p50 - raw_p50)],
         ["= library app.run() p50", us(lib_p50)],
     ]
     print_table("Where a call's time goes (differences of p50s)", ["step", "us"], split)

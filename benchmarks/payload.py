@@ -13,7 +13,7 @@ carries bytes as bin, no base64). Measured in the same run, for each size:
   from an anyio event loop: the floor for an async pipe design.
 * the same with both pipes enlarged to 1 MiB (``F_SETPIPE_SZ``; the default is
   64 KiB): what bigger pipe buffers would buy.
-* ``raw protocol``: the real child runtime driven through ChildChannel (no App/Slot).
+* ``raw protocol``: the real child runtime driven through ChildChannel (no App/Replica).
 * ``library app.run()``: the public API, pool disabled.
 
 Throughput is payload bytes per second of round trip (``size / p50``, MB = 10^6

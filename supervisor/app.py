@@ -1,12 +1,12 @@
 """The handle a caller holds for one started app.
 
-An app has a bounded queue and one or more replica slots that take requests
+An app has a bounded queue and one or more replicas that take requests
 from it. Every request, from the library (``run``, ``stream``) or from HTTP
-(``submit``, then ``follow``), takes the same path (``_dispatch``): a slot
+(``submit``, then ``follow``), takes the same path (``_dispatch``): a replica
 that is free when no request waits before it takes it at once
-(``Slot.try_take``); otherwise it waits in the queue for a slot to take it.
-Either way ``Slot.serve`` runs it; the callers differ only in which task runs
-that (``run``'s own, or the slot's) and in how they wait for the outcome. A
+(``Replica.try_take``); otherwise it waits in the queue for a replica to take it.
+Either way ``Replica.serve`` runs it; the callers differ only in which task runs
+that (``run``'s own, or the replica's) and in how they wait for the outcome. A
 full queue answers at once with ``BusyError`` rather than letting latency grow
 without bound.
 
@@ -37,10 +37,10 @@ from . import errors
 from .events import Event
 from .input_limits import InputLimits
 from .lifecycle import ReplicaState
+from .replica import Replica
 from .request import Request, config_key
 from .request_queue import RequestQueue
 from .running_child import RunningChild
-from .slot import Slot
 
 
 class App:
@@ -48,7 +48,7 @@ class App:
         self,
         name: str,
         app_dir: Path,
-        slots: list[Slot],
+        replicas: list[Replica],
         queue_size: int,
         setup: dict[str, Any],
         run_timeout: float | None,
@@ -59,15 +59,15 @@ class App:
     ) -> None:
         self.name = name
         self.app_dir = app_dir
-        self.slots = slots
+        self.replicas = replicas
         self.setup = dict(setup)
         self._setup_key = config_key(self.setup)
         self.run_timeout = run_timeout
         self.limits = limits or InputLimits()
         self.lock_setup = lock_setup
         """Refuse setup values other than the operator's."""
-        for slot in slots:
-            slot.on_configured = self._configured
+        for replica in replicas:
+            replica.on_configured = self._configured
         self.started_at = time.monotonic()
         self.cold_start: float | None = None
         """Seconds from ``start()`` to the first ready child."""
@@ -113,8 +113,8 @@ class App:
         taken = self._dispatch(request)
         try:
             if taken is not None:
-                slot, child = taken
-                await slot.serve(request, child)  # in this task: no hand-over and back
+                replica, child = taken
+                await replica.serve(request, child)  # in this task: no hand-over and back
             return (await request.result()).output
         finally:
             if not request.finished:
@@ -171,8 +171,8 @@ class App:
         request = self._new_request(input, function, setup, timeout, request_id, metadata)
         taken = self._dispatch(request)
         if taken is not None:
-            slot, child = taken
-            slot.tasks.start_soon(slot.serve, request, child)
+            replica, child = taken
+            replica.tasks.start_soon(replica.serve, request, child)
         return request
 
     def _new_request(
@@ -186,8 +186,8 @@ class App:
     ) -> Request:
         if self._stopped:
             raise errors.AppStoppedError(f"{self.name} is stopped")
-        failed = [s for s in self.slots if s.lifecycle.state is ReplicaState.FAILED]
-        if failed and len(failed) == len(self.slots):
+        failed = [s for s in self.replicas if s.lifecycle.state is ReplicaState.FAILED]
+        if failed and len(failed) == len(self.replicas):
             raise failed[0].failed_error()
         if not isinstance(input, dict):
             raise errors.InputValidationError(
@@ -251,26 +251,26 @@ class App:
         if self._stopped:
             raise errors.AppStoppedError(f"{self.name} is stopped")
         async with anyio.create_task_group() as tasks:
-            for slot in self.slots:
-                tasks.start_soon(slot.restart)
+            for replica in self.replicas:
+                tasks.start_soon(replica.restart)
 
-    def _dispatch(self, request: Request) -> tuple[Slot, RunningChild] | None:
-        """The one way in for a request: the slot and child that take it at once (the
-        caller then runs ``slot.serve(request, child)``), or None when it was queued.
+    def _dispatch(self, request: Request) -> tuple[Replica, RunningChild] | None:
+        """The one way in for a request: the replica and child that take it at once (the
+        caller then runs ``replica.serve(request, child)``), or None when it was queued.
 
-        A slot takes it at once only when no request waits before it. The search
-        starts one slot further each time, so that calls made one after the other
+        A replica takes it at once only when no request waits before it. The search
+        starts one replica further each time, so that calls made one after the other
         take turns over the replicas, as queued ones do.
         """
         if not len(self._queue):
-            count = len(self.slots)
+            count = len(self.replicas)
             self._turn = (self._turn + 1) % count
             for i in range(count):
-                slot = self.slots[(self._turn + i) % count]
-                child = slot.try_take(request)
+                replica = self.replicas[(self._turn + i) % count]
+                child = replica.try_take(request)
                 if child is not None:
                     self._requests[request.id] = request
-                    return slot, child
+                    return replica, child
         try:
             self._queue.put(request)
         except anyio.WouldBlock:
@@ -294,34 +294,34 @@ class App:
         if request.started is None:
             request.fail(errors.RequestCancelledError("the request was cancelled while queued"))
             return True
-        for slot in self.slots:
-            await slot.cancel(request)
+        for replica in self.replicas:
+            await replica.cancel(request)
         return True
 
     def status(self) -> dict[str, Any]:
-        slots = [slot.status() for slot in self.slots]
-        states = {s["state"] for s in slots}
+        replicas = [replica.status() for replica in self.replicas]
+        states = {s["state"] for s in replicas}
         ready = any(s in ("ready", "busy") for s in states)
         return {
             "name": self.name,
             "app_dir": str(self.app_dir),
             "state": _overall(states),
             "ready": ready,
-            "available": ready or any(s["evicted"] for s in slots),
-            "pids": [s["pid"] for s in slots if s["pid"] is not None],
-            "restarts": sum(s["restarts"] for s in slots),
+            "available": ready or any(s["evicted"] for s in replicas),
+            "pids": [s["pid"] for s in replicas if s["pid"] is not None],
+            "restarts": sum(s["restarts"] for s in replicas),
             "restarts_by_reason": dict(
-                sum((Counter(s["restarts_by_reason"]) for s in slots), Counter())
+                sum((Counter(s["restarts_by_reason"]) for s in replicas), Counter())
             ),
-            "evictions": sum(s["evictions"] for s in slots),
-            "last_exit": next((s["last_exit"] for s in slots if s["last_exit"]), None),
-            "gpus": sorted({g for s in slots for g in s["gpus"]}),
+            "evictions": sum(s["evictions"] for s in replicas),
+            "last_exit": next((s["last_exit"] for s in replicas if s["last_exit"]), None),
+            "gpus": sorted({g for s in replicas for g in s["gpus"]}),
             "uptime": time.monotonic() - self.started_at,
             "cold_start": self.cold_start,
             "queued": len(self._queue),
             "environment": self.environment,
             "warnings": list(self.warnings),
-            "replicas": slots,
+            "replicas": replicas,
         }
 
     async def stop(self) -> None:
@@ -334,8 +334,8 @@ class App:
             request.fail(errors.AppStoppedError(f"{self.name} was stopped"))
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tasks:
-                for slot in self.slots:
-                    tasks.start_soon(slot.stop)
+                for replica in self.replicas:
+                    tasks.start_soon(replica.stop)
         self._scope.cancel()
         if self._on_stop is not None:
             self._on_stop(self)
@@ -345,11 +345,11 @@ class App:
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run every slot until the app is stopped; owned by the supervisor's task group."""
+        """Run every replica until the app is stopped; owned by the supervisor's task group."""
         with self._scope:
             async with anyio.create_task_group() as tasks:
-                for slot in self.slots:
-                    await tasks.start(slot.run, self._queue)
+                for replica in self.replicas:
+                    await tasks.start(replica.run, self._queue)
                 task_status.started()
 
 

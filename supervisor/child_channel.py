@@ -224,7 +224,7 @@ class ChildChannel:
             event.set()
         self._pongs.clear()
 
-    # -- the API used by the slot ---------------------------------------------
+    # -- the API used by the replica ------------------------------------------
 
     async def wait_hello(self) -> Hello | None:
         await self._hello_event.wait()

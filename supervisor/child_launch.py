@@ -1,6 +1,6 @@
 """How a child is started: its command line, its shared memory, its channel.
 
-One place for what the slot and the pool both do, so that a pooled child and a
+One place for what the replica and the pool both do, so that a pooled child and a
 fresh one are started the same way.
 """
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import errors as E
+from . import errors
 
 DEFAULT_MAX_DEPTH = 64
 """Containers inside containers; real inputs rarely nest ten deep."""
@@ -46,8 +46,8 @@ class InputLimits:
             stack.extend((child, depth + 1) for child in children)
 
 
-def _refuse(what: str, why: str, limit: str) -> E.InputValidationError:
-    return E.InputValidationError(
+def _refuse(what: str, why: str, limit: str) -> errors.InputValidationError:
+    return errors.InputValidationError(
         f"the {what} is refused: {why}",
         errors=[{"loc": [what], "msg": why, "type": f"limit.{limit}"}],
     )

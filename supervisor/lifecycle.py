@@ -1,6 +1,6 @@
-"""The lifecycle of one replica slot, as an explicit state machine.
+"""The lifecycle of one replica, as an explicit state machine.
 
-A slot holds at most one child process at a time and replaces it when it
+A replica holds at most one child process at a time and replaces it when it
 crashes, when its configuration changes, or when it is evicted. Every state and
 every allowed transition is listed here; each transition is logged with its
 reason, and a transition the table does not allow is a bug that raises.

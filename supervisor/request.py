@@ -1,6 +1,6 @@
 """One request on its way through the supervisor.
 
-The caller takes the request's events (``next_item``); the slot that runs it
+The caller takes the request's events (``next_item``); the replica that runs it
 adds them, from the channel's read callback or from its own task. The buffer is
 unbounded so that a slow caller never stalls a child. The last item is always
 either a ``ResultEvent`` or a ``SupervisorError``, and ``finished`` guards that

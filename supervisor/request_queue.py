@@ -1,9 +1,9 @@
-"""An app's bounded FIFO of the requests that no slot could take at once.
+"""An app's bounded FIFO of the requests that no replica could take at once.
 
-Slots wait for it to hold a request *before* they take capacity, and take the
-request only once they have it. So a request never waits behind a busy slot
-while another slot is free, and no slot holds capacity while it waits: a caller
-that finds a slot free and the queue empty can be served at once, without
+Replicas wait for it to hold a request *before* they take capacity, and take the
+request only once they have it. So a request never waits behind a busy replica
+while another replica is free, and no replica holds capacity while it waits: a caller
+that finds a replica free and the queue empty can be served at once, without
 queueing (``App.run``). The bound keeps latency from growing without limit:
 a full queue refuses a request instead of holding it.
 """
@@ -65,7 +65,7 @@ class RequestQueue:
         return True
 
     def close(self) -> None:
-        """Refuse new requests and wake every waiting slot; what was waiting is
+        """Refuse new requests and wake every waiting replica; what was waiting is
         dropped (the app fails every request it knows of when it stops)."""
         self._closed = True
         self._items.clear()

@@ -1,7 +1,7 @@
 """Acts on memory figures: budgets, device pressure and admission.
 
 ``eviction_policy`` decides from figures alone; ``gpu_monitor`` measures. This
-module is the thin mechanism between them and the slots: after every sample it
+module is the thin mechanism between them and the replicas: after every sample it
 stops children that broke their budget (after letting a running request finish
 for ``budget_grace`` seconds) and unloads idle children on GPUs that are short
 of free memory; before an app starts, it finds GPUs with room for the VRAM the
@@ -29,8 +29,8 @@ from .eviction_policy import (
 )
 from .gpu_allocation import format_bytes
 from .gpu_monitor import ChildUsage, MonitorSnapshot, ResourceMonitor
+from .replica import Replica
 from .running_child import Fault, RunningChild
-from .slot import Slot
 
 logger = logging.getLogger("supervisor.resources")
 
@@ -63,15 +63,15 @@ def policy_figures(
 class ResourceGovernor:
     def __init__(
         self,
-        slots: Callable[[], Iterable[tuple[Slot, int | None, int | None]]],
+        replicas: Callable[[], Iterable[tuple[Replica, int | None, int | None]]],
         monitor: ResourceMonitor,
         tasks: anyio.abc.TaskGroup,
         *,
         min_free_vram: int | float | None = None,
         budget_grace: float = 5.0,
     ) -> None:
-        """``slots()`` yields every slot with its app's VRAM and RAM budgets."""
-        self._slots = slots
+        """``replicas()`` yields every replica with its app's VRAM and RAM budgets."""
+        self._replicas = replicas
         self.monitor = monitor
         self._tasks = tasks
         self.min_free_vram = min_free_vram
@@ -80,58 +80,62 @@ class ResourceGovernor:
         self._turn = anyio.Lock()
         """One admission plans, evicts and is granted at a time (see ``admit``)."""
 
-    def track(self, slot: Slot) -> None:
-        """Keep the monitor's registrations in step with the slot's child."""
-        child = slot.child
+    def track(self, replica: Replica) -> None:
+        """Keep the monitor's registrations in step with the replica's child."""
+        child = replica.child
         if child is not None and not child.dead:
-            self.monitor.register(slot.name, child.process.pid)
-            ram = next((ram for s, _, ram in self._slots() if s is slot), None)
+            self.monitor.register(replica.name, child.process.pid)
+            ram = next((ram for s, _, ram in self._replicas() if s is replica), None)
             if ram and child.process.memory_limit != ram:
                 child.process.limit_memory(ram)  # hard, where the child has a cgroup
         else:
-            self.monitor.unregister(slot.name)
+            self.monitor.unregister(replica.name)
 
     # -- after each sample ----------------------------------------------------
 
     async def on_sample(self, snapshot: MonitorSnapshot) -> None:
         figures = self._figures(snapshot)
-        by_key = {f.key: (slot, child) for slot, child, f in figures}
+        by_key = {f.key: (replica, child) for replica, child, f in figures}
         for violation in over_budget([f for _, _, f in figures]):
-            slot, child = by_key[violation.key]
-            self._enforce_budget(slot, child, violation)
+            replica, child = by_key[violation.key]
+            self._enforce_budget(replica, child, violation)
         if self.min_free_vram is not None and snapshot.devices:
             for key in pressure_evictions(
                 snapshot.devices, [f for _, _, f in figures], self.min_free_vram
             ):
-                slot, _ = by_key[key]
-                self._tasks.start_soon(slot.evict, "evicted to relieve GPU memory pressure")
+                replica, _ = by_key[key]
+                self._tasks.start_soon(replica.evict, "evicted to relieve GPU memory pressure")
 
-    def _figures(self, snapshot: MonitorSnapshot) -> list[tuple[Slot, RunningChild, ChildFigures]]:
+    def _figures(
+        self, snapshot: MonitorSnapshot
+    ) -> list[tuple[Replica, RunningChild, ChildFigures]]:
         result = []
-        for slot, vram_budget, ram_budget in self._slots():
-            usage = snapshot.children.get(slot.name)
-            slot.memory = None if usage is None else usage.to_dict()
-            child = slot.child
+        for replica, vram_budget, ram_budget in self._replicas():
+            usage = snapshot.children.get(replica.name)
+            replica.memory = None if usage is None else usage.to_dict()
+            child = replica.child
             if usage is None or child is None or usage.pid != child.process.pid or not usage.alive:
                 continue
             figures = policy_figures(
                 usage,
-                gpus=slot.gpus,
+                gpus=replica.gpus,
                 vram_budget=vram_budget,
                 ram_budget=ram_budget,
                 busy=bool(child.in_flight),
                 last_used=child.last_used,
             )
-            result.append((slot, child, figures))
+            result.append((replica, child, figures))
         return result
 
-    def _enforce_budget(self, slot: Slot, child: RunningChild, violation: BudgetViolation) -> None:
+    def _enforce_budget(
+        self, replica: Replica, child: RunningChild, violation: BudgetViolation
+    ) -> None:
         if id(child) in self._enforcing or child.killed is not None:
             return
         self._enforcing.add(id(child))
         where = "" if violation.device is None else f" on GPU {violation.device}"
         error = errors.BudgetExceededError(
-            f"{slot.name} used {format_bytes(violation.used)} of "
+            f"{replica.name} used {format_bytes(violation.used)} of "
             f"{'VRAM' if violation.budget == 'vram' else 'RAM'}{where}, over its budget of "
             f"{format_bytes(violation.limit)}",
             budget=violation.budget,
@@ -155,7 +159,7 @@ class ResourceGovernor:
     def promised(self, snapshot: MonitorSnapshot) -> dict[int, int]:
         """VRAM per GPU that apps' budgets reserve and their children do not use yet."""
         figures = self._figures(snapshot)
-        unmeasured = self._promised_without_figures({id(slot) for slot, _, _ in figures})
+        unmeasured = self._promised_without_figures({id(replica) for replica, _, _ in figures})
         return promised_vram([f for _, _, f in figures], unmeasured)
 
     @staticmethod
@@ -168,12 +172,12 @@ class ResourceGovernor:
         return placements
 
     def _promised_without_figures(self, measured: set[int]) -> dict[int, int]:
-        """Whole VRAM budgets of slots holding a reservation with no child measured
+        """Whole VRAM budgets of replicas holding a reservation with no child measured
         yet (a child starting, restarting or not sampled yet), per GPU."""
         promised: dict[int, int] = {}
-        for slot, vram_budget, _ in self._slots():
-            if vram_budget and slot.holds_vram_reservation and id(slot) not in measured:
-                for index in slot.gpus:
+        for replica, vram_budget, _ in self._replicas():
+            if vram_budget and replica.holds_vram_reservation and id(replica) not in measured:
+                for index in replica.gpus:
                     promised[index] = promised.get(index, 0) + vram_budget
         return promised
 
@@ -195,7 +199,7 @@ class ResourceGovernor:
 
         One admission plans (and evicts) at a time, and ``on_admitted(placements)``
         runs before the next one may: it must make the VRAM just granted count as
-        promised (create the slots), or two apps could be granted the same room.
+        promised (create the replicas), or two apps could be granted the same room.
         The waits between tries are outside that turn, so an app waiting for one
         GPU does not hold up another that fits elsewhere.
 
@@ -228,7 +232,9 @@ class ResourceGovernor:
                         f"but no GPU figures are available ({snapshot.gpu_error or 'no GPU'})"
                     )
                 figures = self._figures(snapshot)
-                unmeasured = self._promised_without_figures({id(slot) for slot, _, _ in figures})
+                unmeasured = self._promised_without_figures(
+                    {id(replica) for replica, _, _ in figures}
+                )
                 plans = replica_plans(
                     devices,
                     [f for _, _, f in figures],
@@ -252,7 +258,7 @@ class ResourceGovernor:
                     for p in plans:
                         if p.evict:
                             logger.info("admission of %s: %s", who, p.reason)
-                    by_name = {slot.name: slot for slot, _, _ in self._slots()}
+                    by_name = {replica.name: replica for replica, _, _ in self._replicas()}
                     for key in dict.fromkeys(k for p in plans for k in p.evict):
                         await by_name[key].evict(f"evicted to make room for {who}")
             if time.monotonic() >= deadline:

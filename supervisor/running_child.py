@@ -22,7 +22,7 @@ Running a request on it is ``enter`` (count it, route its messages), ``send``,
 ``leave``; ``cancel`` asks the child to cancel a request and kills the child if
 it has not let go of it after a grace, the same way a timeout does. Keeping a
 replica's children alive, and deciding what follows a death, is the replica's
-job (``slot.py``).
+job (``replica.py``).
 """
 
 from __future__ import annotations

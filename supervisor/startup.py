@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from . import errors as E
+from . import errors
 from .app import App
 
 logger = logging.getLogger("supervisor.startup")
@@ -39,7 +39,7 @@ class AppStart:
     name: str
     start: Callable[[], Awaitable[App]]
     app: App | None = None
-    error: E.SupervisorError | None = None
+    error: errors.SupervisorError | None = None
     ready: anyio.Event = field(default_factory=anyio.Event)
     """Set when the app serves, and when it never will (failed, or not tried)."""
 
@@ -49,14 +49,14 @@ class Startup:
         self,
         starts: Sequence[AppStart],
         starting: Callable[[str], App | None] = lambda name: None,
-        on_failure: Callable[[str, E.SupervisorError], None] | None = None,
+        on_failure: Callable[[str, errors.SupervisorError], None] | None = None,
     ) -> None:
         """``starting(name)`` is the app being started under that name, if it has
         one yet (``Supervisor.apps.get``): its replicas say how far its start is."""
         self.starts = {start.name: start for start in starts}
         self._starting = starting
         self._on_failure = on_failure
-        self.failure: E.SupervisorError | None = None
+        self.failure: errors.SupervisorError | None = None
         self.finished = anyio.Event()
         self._apps = {start.name: start.app for start in starts if start.app is not None}
 
@@ -66,7 +66,7 @@ class Startup:
             for start in self.starts.values():
                 try:
                     start.app = self._apps[start.name] = await start.start()
-                except E.SupervisorError as error:
+                except errors.SupervisorError as error:
                     start.error = self.failure = error
                     if self._on_failure is not None:
                         self._on_failure(start.name, error)

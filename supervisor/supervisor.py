@@ -3,7 +3,7 @@
 ``async with Supervisor() as sup`` opens a task group that owns every app and
 every child; leaving it stops them all (unload with a deadline, then kill).
 ``start`` reads the app's ``inf.yml``, allocates GPUs, builds the replica
-slots and returns once every replica is ready.
+replicas and returns once every replica is ready.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from .input_limits import InputLimits
 from .node_runtime import NodeApp, prepare_node_app
 from .non_dumpable import is_dumpable, make_non_dumpable
 from .pool import ChildPool
+from .replica import Replica, ReplicaSpec
 from .resource_governor import ResourceGovernor
 from .restart_policy import RestartPolicy
-from .slot import Slot, SlotSpec
 from .system_packages import listed_packages, missing_packages
 
 logger = logging.getLogger("supervisor")
@@ -143,7 +143,7 @@ class Supervisor:
         self._tasks = await self._task_group.__aenter__()
         self.monitor = ResourceMonitor(self.gpu_backend, self.monitor_interval)
         self.governor = ResourceGovernor(
-            self._budgeted_slots,
+            self._budgeted_replicas,
             self.monitor,
             self._tasks,
             min_free_vram=self.min_free_vram,
@@ -236,7 +236,7 @@ class Supervisor:
         node: NodeApp | None = None
         if manifest.runtime == "node":
             node = await anyio.to_thread.run_sync(prepare_node_app, directory, manifest)
-        spec = SlotSpec(
+        spec = ReplicaSpec(
             app_dir=directory,
             name=app_name,
             python=interpreter.python,
@@ -265,13 +265,13 @@ class Supervisor:
         app: App | None = None
 
         def register(placements: list[tuple[int, ...]]) -> None:
-            """Make the app and its slots, which hold its VRAM from now on."""
+            """Make the app and its replicas, which hold its VRAM from now on."""
             nonlocal app
             if app_name in self.apps:  # started while this one waited for room
                 raise errors.InputValidationError(f"an app named {app_name!r} is already running")
             assert self.governor is not None
-            slots = [
-                Slot(
+            members = [
+                Replica(
                     spec,
                     i,
                     placement,
@@ -285,7 +285,7 @@ class Supervisor:
             app = App(
                 app_name,
                 directory,
-                slots,
+                members,
                 queue_size,
                 dict(setup or {}),
                 run_timeout,
@@ -303,12 +303,12 @@ class Supervisor:
         assert app is not None
         try:
             await self._tasks.start(app.serve)
-            await self._start_slots(app.slots, app.setup)
+            await self._start_replicas(app.replicas, app.setup)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await app.stop()
             raise
-        app.description = dict(app.slots[0].description or {})
+        app.description = dict(app.replicas[0].description or {})
         app.cold_start = time.monotonic() - started
         logger.info("%s ready in %.3f s on %d replica(s)", app_name, app.cold_start, replicas)
         return app
@@ -386,19 +386,19 @@ class Supervisor:
                 del self.installing[app_name]
 
     @staticmethod
-    async def _start_slots(slots: Sequence[Slot], setup: dict[str, Any]) -> None:
+    async def _start_replicas(replicas: Sequence[Replica], setup: dict[str, Any]) -> None:
         """Start every replica concurrently; raise the first failure itself, not a group."""
         failures: list[BaseException] = []
 
-        async def start_one(slot: Slot) -> None:
+        async def start_one(replica: Replica) -> None:
             try:
-                await slot.ensure(setup)
+                await replica.ensure(setup)
             except errors.SupervisorError as exc:
                 failures.append(exc)
 
         async with anyio.create_task_group() as tasks:
-            for slot in slots:
-                tasks.start_soon(start_one, slot)
+            for replica in replicas:
+                tasks.start_soon(start_one, replica)
         if failures:
             raise failures[0]
 
@@ -465,21 +465,21 @@ class Supervisor:
             placements.append(chosen)
         register(placements)
 
-    async def _readmit(self, vram: int, slot: Slot) -> None:
-        """Admit an evicted slot's VRAM on its own GPUs again before it restarts."""
+    async def _readmit(self, vram: int, replica: Replica) -> None:
+        """Admit an evicted replica's VRAM on its own GPUs again before it restarts."""
 
         def readmitted(_: list[tuple[int, ...]]) -> None:
-            slot.readmitted()
+            replica.readmitted()
 
         assert self.governor is not None
         await self.governor.admit(
-            count=len(slot.gpus),
+            count=len(replica.gpus),
             vram_per_gpu=vram,
             timeout=self.admission_timeout,
-            only=slot.gpus,
+            only=replica.gpus,
             unmeasured_ok=True,
             on_admitted=readmitted,
-            who=slot.name,
+            who=replica.name,
         )
 
     async def _devices(self) -> tuple[DeviceMemory, ...]:
@@ -493,16 +493,16 @@ class Supervisor:
     def _gpu_usage(self) -> dict[int, int]:
         taken: dict[int, int] = {}
         for app in self.apps.values():
-            for slot in app.slots:
-                for index in slot.gpus:
+            for replica in app.replicas:
+                for index in replica.gpus:
                     taken[index] = taken.get(index, 0) + 1
         return taken
 
-    def _budgeted_slots(self) -> list[tuple[Slot, int | None, int | None]]:
+    def _budgeted_replicas(self) -> list[tuple[Replica, int | None, int | None]]:
         return [
-            (slot, app.vram_budget, app.ram_budget)
+            (replica, app.vram_budget, app.ram_budget)
             for app in self.apps.values()
-            for slot in app.slots
+            for replica in app.replicas
         ]
 
     def _forget(self, app: App) -> None:

@@ -94,7 +94,7 @@ async def test_a_second_app_of_the_same_environment_is_served_from_the_pool(
     second = make_app(apps_root, "pool-second", lock=NEW_LOCK)
     async with make_supervisor(env_cache=env_root, pool_size=1) as sup:
         app = await sup.start(first)
-        python = app.slots[0].spec.python
+        python = app.replicas[0].spec.python
         assert python.startswith(str(env_root))
         # Once an app of this environment runs, the pool keeps a child of it ready.
         await wait_for(lambda: sup.pool.idle_count_for(python) == 1, timeout=60)

@@ -190,8 +190,8 @@ async def test_admission_never_promises_more_vram_than_a_gpu_has(
                 promised = [
                     budgets[app.name]
                     for app in sup.apps.values()
-                    for slot in app.slots
-                    if slot.holds_vram_reservation
+                    for replica in app.replicas
+                    if replica.holds_vram_reservation
                 ]
                 assert sum(promised) <= total, f"{sum(promised) // MIB} MiB promised on 8 GiB"
                 most = max(most, sum(promised))

@@ -1,4 +1,4 @@
-"""The supervisor's channel to one real child, below App and Slot: routing by id to each
+"""The supervisor's channel to one real child, below App and Replica: routing by id to each
 request's handler, in order, and its failure paths."""
 
 from __future__ import annotations

@@ -218,10 +218,10 @@ async def test_abandoning_a_stream_cancels_its_request(apps_dir: Path) -> None:
         assert app.status()["restarts"] == 0
 
 
-# -- a caller served in its own task (App.run on a free slot) ---------------------------
+# -- a caller served in its own task (App.run on a free replica) ------------------------
 
 
-async def test_a_cancelled_caller_leaves_its_request_to_the_slot_until_the_child_lets_go(
+async def test_a_cancelled_caller_leaves_its_request_to_the_replica_until_the_child_lets_go(
     apps_dir: Path,
 ) -> None:
     """The request keeps its place on the child after its caller is gone: a request
@@ -270,9 +270,9 @@ async def test_a_cancelled_caller_whose_request_honours_the_cancel_frees_its_sea
 
 
 async def _hold_reaping(app: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, anyio.Event]:
-    """Kill the app's child and keep the slot from reaping it until the event is
-    set: the slot still shows it ready, but its pipes are already closed."""
-    child = app.slots[0].child
+    """Kill the app's child and keep the replica from reaping it until the event is
+    set: the replica still shows it ready, but its pipes are already closed."""
+    child = app.replicas[0].child
     assert child is not None
     reap = anyio.Event()
     real_wait = child.process.wait
@@ -293,7 +293,7 @@ async def _hold_reaping(app: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any,
 async def test_a_request_whose_child_died_before_it_was_sent_runs_on_the_next_child(
     apps_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The caller takes the child the slot still shows ready, but cannot write to
+    """The caller takes the child the replica still shows ready, but cannot write to
     it: the request goes back to the queue and is served by the replacement."""
     async with make_supervisor() as sup:
         app = await sup.start(apps_dir / "sup_async", max_concurrency=1)

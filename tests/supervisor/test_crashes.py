@@ -22,7 +22,7 @@ from sup_helpers import in_flight, make_supervisor, only_pid, outcome, wait_for
 
 from protocol import Load, Message
 from supervisor import App, RestartPolicy
-from supervisor import slot as slot_module
+from supervisor import replica as replica_module
 from supervisor.child_channel import ChildChannel
 from supervisor.errors import (
     AppFailedError,
@@ -33,8 +33,8 @@ from supervisor.errors import (
     RequestTimeoutError,
     SupervisorError,
 )
+from supervisor.replica import Replica
 from supervisor.request import Request
-from supervisor.slot import Slot
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
 
@@ -164,18 +164,18 @@ async def test_a_stop_that_lands_as_a_restart_finishes_loading_ends_the_restart(
     """``stop()`` can run between the answer to a restart's load and the restart
     resuming, before the cancellation reaches it: the restart must then end
     without a setup, leaving no child (it used to try STOPPED -> SETTING_UP)."""
-    load = Slot._load
+    load = Replica._load
     loaded: list[int] = []
 
-    async def load_then_stop(slot: Slot, child: Any) -> None:
-        await load(slot, child)
+    async def load_then_stop(replica: Replica, child: Any) -> None:
+        await load(replica, child)
         loaded.append(child.process.pid)
         if len(loaded) == 2:  # the restart's load
-            slot.tasks.start_soon(slot.stop)
+            replica.tasks.start_soon(replica.stop)
             await anyio.lowlevel.cancel_shielded_checkpoint()  # stop() runs meanwhile
-            assert slot.stopping
+            assert replica.stopping
 
-    monkeypatch.setattr(Slot, "_load", load_then_stop)
+    monkeypatch.setattr(Replica, "_load", load_then_stop)
     async with make_supervisor(pool_size=0) as sup:
         app = await sup.start(apps_dir / "sup_crashy")
         os.kill(only_pid(app), signal.SIGKILL)
@@ -187,26 +187,26 @@ async def test_a_stop_that_lands_as_a_restart_finishes_loading_ends_the_restart(
 
 
 @pytest.mark.parametrize("failure", ["load failed", "child gone"])
-async def test_a_stop_that_lands_as_a_restart_fails_leaves_the_slot_stopped(
+async def test_a_stop_that_lands_as_a_restart_fails_leaves_the_replica_stopped(
     apps_dir: Path, monkeypatch: pytest.MonkeyPatch, failure: str
 ) -> None:
     """The same race when the restart's load fails: the failure must not move the
-    stopped slot to FAILED or RESTARTING."""
-    load = Slot._load
+    stopped replica to FAILED or RESTARTING."""
+    load = Replica._load
     loads: list[int] = []
 
-    async def stop_then_fail(slot: Slot, child: Any) -> None:
+    async def stop_then_fail(replica: Replica, child: Any) -> None:
         loads.append(child.process.pid)
         if len(loads) == 1:
-            await load(slot, child)
+            await load(replica, child)
             return
-        slot.tasks.start_soon(slot.stop)
+        replica.tasks.start_soon(replica.stop)
         await anyio.lowlevel.cancel_shielded_checkpoint()
         if failure == "load failed":
             raise LoadFailedError("the app cannot be imported")
-        raise slot_module._StartFailed("the child exited before its handshake")
+        raise replica_module._StartFailed("the child exited before its handshake")
 
-    monkeypatch.setattr(Slot, "_load", stop_then_fail)
+    monkeypatch.setattr(Replica, "_load", stop_then_fail)
     async with make_supervisor(pool_size=0) as sup:
         app = await sup.start(apps_dir / "sup_crashy")
         os.kill(only_pid(app), signal.SIGKILL)
@@ -350,7 +350,7 @@ async def test_a_request_waiting_for_a_doomed_restart_gets_app_failed(
         app = await sup.start(apps_dir / "sup_crash_in_setup", setup={"once_marker": str(marker)})
         with pytest.raises(ChildCrashedError):
             await app.run({"how": "exit"})
-        # Sent while the slot is still restarting: it must not hang or be lost.
+        # Sent while the replica is still restarting: it must not hang or be lost.
         with anyio.fail_after(10), pytest.raises(AppFailedError):
             await app.run({"how": "ok"})
 

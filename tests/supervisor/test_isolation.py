@@ -104,7 +104,7 @@ async def test_an_invalid_setup_changes_nothing(robust: Path) -> None:
         assert app.status()["restarts"] == 0
 
 
-async def test_a_setup_that_fails_sends_the_slot_back_to_its_good_values(robust: Path) -> None:
+async def test_a_setup_that_fails_sends_the_replica_back_to_its_good_values(robust: Path) -> None:
     """Valid values whose setup raises cost a child; the replica then serves the
     values that worked again, without waiting for a request."""
     async with make_supervisor() as sup:
@@ -284,7 +284,9 @@ async def test_a_request_is_not_handed_to_a_frozen_child(robust: Path, wait_gone
         pid = only_pid(app)
         os.kill(pid, signal.SIGSTOP)
         try:
-            await wait_for(lambda: app.slots[0].child is not None and app.slots[0].child.suspect)
+            await wait_for(
+                lambda: app.replicas[0].child is not None and app.replicas[0].child.suspect
+            )
             with anyio.fail_after(30):
                 out = await app.run({"text": "Ada"})
         finally:

@@ -1,4 +1,4 @@
-"""The slot lifecycle state machine: every state listed, illegal transitions raise."""
+"""The replica lifecycle state machine: every state listed, illegal transitions raise."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ async def test_a_50_mib_log_flood_reaches_a_streaming_caller() -> None:
 
 
 def _arenas(app: App) -> tuple[BlobWriter | None, BlobReader | None]:
-    child = app.slots[0].child
+    child = app.replicas[0].child
     assert child is not None
     connection = child.channel.connection
     return connection.blobs_out, connection.blobs_in
@@ -62,9 +62,9 @@ async def test_large_bytes_go_through_shared_memory(pool_size: int) -> None:
     data = random.Random(1).randbytes(8 * MIB)
     async with make_supervisor(pool_size=pool_size) as sup:
         app = await sup.start(BIG)
-        assert app.slots[0].child is not None
-        assert app.slots[0].child.channel.hello is not None
-        assert app.slots[0].child.channel.hello.shared_memory
+        assert app.replicas[0].child is not None
+        assert app.replicas[0].child.channel.hello is not None
+        assert app.replicas[0].child.channel.hello.shared_memory
         out = await app.run({"data": data, "parts": [b"a" * 100, data]}, function="echo")
         assert out == {"data": data, "parts": [b"a" * 100, data]}
         to_child, from_child = _arenas(app)

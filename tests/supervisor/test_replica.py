@@ -1,9 +1,10 @@
-"""The replica (``Slot``) against fake children: it starts them, takes requests
+"""``Replica`` against fake children: it starts them, takes requests
 on them, and asks the restart policy what follows a death. No process is
 started: ``launch_child`` gives a ``FakeProcess`` and its ``FakeChannel``."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,14 +15,16 @@ from fake_child import FakeChannel, FakeProcess, error
 
 from protocol import Cancel, ErrorType, Message, Result, Run
 from supervisor import errors
-from supervisor import slot as slot_module
+from supervisor import replica as replica_module
+from supervisor import standby as standby_module
 from supervisor.lifecycle import ReplicaState, VramClaim
 from supervisor.process import ExitStatus
+from supervisor.replica import Replica, ReplicaSpec
 from supervisor.request import Request
 from supervisor.request_queue import RequestQueue
 from supervisor.restart_policy import RestartPolicy
 from supervisor.running_child import ChildState, Fault
-from supervisor.slot import Slot, SlotSpec
+from supervisor.standby import StandbyState
 
 pytestmark = pytest.mark.anyio
 GUARD = 10.0
@@ -35,10 +38,13 @@ class Children:
     def __init__(self) -> None:
         self.launched: list[tuple[FakeProcess, FakeChannel]] = []
         self.on_run: Callable[[FakeChannel, Message], None] = _answer
+        self.silent: set[int] = set()
+        """Indexes (in launch order) of children that never answer a load or setup."""
 
     async def launch(self, *args: Any, **kwargs: Any) -> tuple[FakeProcess, FakeChannel]:
         process = FakeProcess(pid=1000 + len(self.launched))
         channel = FakeChannel(process)
+        channel.answer = len(self.launched) not in self.silent
         channel.on_run = lambda message: self.on_run(channel, message)
         self.launched.append((process, channel))
         return process, channel
@@ -60,7 +66,7 @@ def _answer(channel: FakeChannel, message: Message) -> None:
 @pytest.fixture
 def children(monkeypatch: pytest.MonkeyPatch) -> Children:
     fakes = Children()
-    monkeypatch.setattr(slot_module, "launch_child", fakes.launch)
+    monkeypatch.setattr(replica_module, "launch_child", fakes.launch)
     return fakes
 
 
@@ -69,23 +75,33 @@ def queue() -> RequestQueue:
     return RequestQueue(10)
 
 
-@pytest.fixture
-async def replica(children: Children, queue: RequestQueue, tmp_path: Path) -> AsyncIterator[Slot]:
-    spec = SlotSpec(
-        tmp_path,
+@contextlib.asynccontextmanager
+async def running(app_dir: Path, queue: RequestQueue, **options: Any) -> AsyncIterator[Replica]:
+    """A replica started (set up with ``{}``) and serving ``queue``, until the block ends."""
+    spec = ReplicaSpec(
+        app_dir,
         "app",
         cancel_grace=0.05,
         kill_grace=0.05,
         restart_policy=RestartPolicy(max_restarts=2, window=60, cooldown=600),
+        **options,
     )
-    slot = Slot(spec, 0, ())
+    replica = Replica(spec, 0, ())
     async with anyio.create_task_group() as tasks:
-        await tasks.start(slot.run, queue)
+        await tasks.start(replica.run, queue)
         with anyio.fail_after(GUARD):
-            await slot.ensure({})
-        yield slot
+            await replica.ensure({})
+        yield replica
         queue.close()
         tasks.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def replica(
+    children: Children, queue: RequestQueue, tmp_path: Path
+) -> AsyncIterator[Replica]:
+    async with running(tmp_path, queue) as started:
+        yield started
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -99,13 +115,13 @@ async def outcome(request: Request) -> Any:
         return await request.result()
 
 
-async def test_a_start_gives_a_serving_child(replica: Slot, children: Children) -> None:
+async def test_a_start_gives_a_serving_child(replica: Replica, children: Children) -> None:
     assert replica.lifecycle.state is ReplicaState.READY
     assert replica.child is not None and replica.child.state is ChildState.SERVING
     assert [type(m).__name__ for m in children.channel.sent] == ["Load", "Setup"]
 
 
-async def test_try_take_is_the_childs_check_plus_capacity(replica: Slot) -> None:
+async def test_try_take_is_the_childs_check_plus_capacity(replica: Replica) -> None:
     same, other = Request("run", {}, {}), Request("run", {}, {"size": 2})
     assert replica.try_take(other) is None  # other setup values: via ensure
     child = replica.try_take(same)
@@ -117,7 +133,7 @@ async def test_try_take_is_the_childs_check_plus_capacity(replica: Slot) -> None
 
 
 async def test_a_crash_asks_the_restart_policy_and_counts_as_the_apps_fault(
-    replica: Slot, children: Children
+    replica: Replica, children: Children
 ) -> None:
     first = children.process
     first.exit(ExitStatus(code=1, signal=None))
@@ -131,7 +147,7 @@ async def test_a_crash_asks_the_restart_policy_and_counts_as_the_apps_fault(
 
 
 async def test_crashes_past_the_policys_limit_fail_the_replica(
-    replica: Slot, children: Children
+    replica: Replica, children: Children
 ) -> None:
     for _ in range(3):
         current = children.process
@@ -152,7 +168,7 @@ async def test_crashes_past_the_policys_limit_fail_the_replica(
 
 
 async def test_a_kill_the_supervisor_ordered_restarts_at_once_uncounted(
-    replica: Slot, children: Children
+    replica: Replica, children: Children
 ) -> None:
     first = children.process
     assert replica.child is not None
@@ -166,7 +182,7 @@ async def test_a_kill_the_supervisor_ordered_restarts_at_once_uncounted(
 
 
 async def test_requests_in_flight_on_a_crash_fail_with_the_crash(
-    replica: Slot, children: Children
+    replica: Replica, children: Children
 ) -> None:
     children.on_run = lambda channel, message: None  # the child never answers
     request = Request("work", {}, {})
@@ -181,7 +197,7 @@ async def test_requests_in_flight_on_a_crash_fail_with_the_crash(
 
 
 async def test_a_request_whose_child_was_already_gone_runs_on_the_next_one(
-    replica: Slot, children: Children
+    replica: Replica, children: Children
 ) -> None:
     request = Request("run", {}, {})
     child = replica.try_take(request)
@@ -195,7 +211,7 @@ async def test_a_request_whose_child_was_already_gone_runs_on_the_next_one(
 
 
 async def test_a_cancel_reaches_the_child_running_the_request(
-    replica: Slot, children: Children
+    replica: Replica, children: Children
 ) -> None:
     def on_run(channel: FakeChannel, message: Message) -> None:
         if isinstance(message, Cancel):
@@ -215,7 +231,7 @@ async def test_a_cancel_reaches_the_child_running_the_request(
 
 
 async def test_a_caller_that_goes_away_leaves_its_request_to_the_replica(
-    replica: Slot, children: Children
+    replica: Replica, children: Children
 ) -> None:
     """The caller's task is cancelled while the child has its request: the replica
     follows it to its end, and only then is the capacity free again."""
@@ -233,7 +249,7 @@ async def test_a_caller_that_goes_away_leaves_its_request_to_the_replica(
     await until(lambda: replica.try_take(Request("run", {}, {})) is not None)
 
 
-async def test_queued_requests_are_taken_and_served(replica: Slot, queue: RequestQueue) -> None:
+async def test_queued_requests_are_taken_and_served(replica: Replica, queue: RequestQueue) -> None:
     requests = [Request("run", {"i": i}, {}) for i in range(3)]
     for request in requests:
         queue.put(request)
@@ -242,13 +258,13 @@ async def test_queued_requests_are_taken_and_served(replica: Slot, queue: Reques
 
 
 async def test_an_evicted_replica_gives_up_its_vram_and_claims_it_again_to_start(
-    replica: Slot, children: Children
+    replica: Replica, children: Children
 ) -> None:
     readmissions: list[str] = []
 
-    async def readmit(slot: Slot) -> None:
-        readmissions.append(slot.name)
-        slot.readmitted()
+    async def readmit(replica: Replica) -> None:
+        readmissions.append(replica.name)
+        replica.readmitted()
 
     replica._readmit = readmit
     assert await replica.evict("room for another app")
@@ -263,9 +279,9 @@ async def test_an_evicted_replica_gives_up_its_vram_and_claims_it_again_to_start
 
 
 async def test_a_replica_whose_readmission_fails_stays_evicted(
-    replica: Slot, children: Children
+    replica: Replica, children: Children
 ) -> None:
-    async def no_room(slot: Slot) -> None:
+    async def no_room(replica: Replica) -> None:
         raise errors.AdmissionError("no room")
 
     replica._readmit = no_room
@@ -274,3 +290,109 @@ async def test_a_replica_whose_readmission_fails_stays_evicted(
         await replica.ensure({})
     assert replica.claim is VramClaim.EVICTED
     assert replica.lifecycle.state is ReplicaState.UNLOADED
+
+
+# -- the standby -------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_standby_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standby loads at the start's next checkpoint: once every task waits,
+    whatever it was going to load is loaded (``wait_all_tasks_blocked``)."""
+    monkeypatch.setattr(standby_module, "STANDBY_DELAY", 0)
+
+
+async def settled() -> None:
+    with anyio.fail_after(GUARD):
+        await anyio.wait_all_tasks_blocked()
+
+
+def is_spare(replica: Replica, process: FakeProcess) -> bool:
+    spare = replica.standby.child
+    return spare is not None and spare.process is process
+
+
+@pytest.mark.usefixtures("no_standby_delay")
+async def test_a_start_loads_a_standby_that_the_next_start_sets_up(
+    children: Children, queue: RequestQueue, tmp_path: Path
+) -> None:
+    async with running(tmp_path, queue, standby=True) as replica:
+        await settled()
+        assert replica.standby.state is StandbyState.LOADED
+        spare = replica.standby.child
+        assert spare is not None and spare.state is ChildState.STANDBY
+        assert replica.status()["standby_pid"] == spare.process.app_pid
+        first, (_, spare_channel) = children.launched
+        assert [type(m).__name__ for m in spare_channel.sent] == ["Load"]  # not set up
+        first[0].exit(ExitStatus(code=1, signal=None))
+        await until(
+            lambda: replica.child is spare and replica.lifecycle.state is ReplicaState.READY
+        )
+        assert [type(m).__name__ for m in spare_channel.sent] == ["Load", "Setup"]
+        assert spare.state is ChildState.SERVING
+        await settled()  # and a new standby for the next restart
+        assert len(children.launched) == 3 and is_spare(replica, children.process)
+
+
+@pytest.mark.usefixtures("no_standby_delay")
+async def test_a_standby_that_dies_loaded_is_replaced_once_per_start(
+    children: Children, queue: RequestQueue, tmp_path: Path
+) -> None:
+    async with running(tmp_path, queue, standby=True) as replica:
+        await settled()
+        children.process.exit(ExitStatus(code=None, signal=9))  # the standby
+        await settled()
+        assert len(children.launched) == 3 and is_spare(replica, children.process)
+        children.process.exit(ExitStatus(code=None, signal=9))  # its replacement
+        await settled()
+        assert len(children.launched) == 3
+        assert replica.standby.state is StandbyState.EMPTY
+        assert replica.status()["standby_pid"] is None
+        # A start (the current child crashed) may replace one again.
+        current, _ = children.launched[0]
+        assert replica.child is not None and replica.child.process is current
+        current.exit(ExitStatus(code=1, signal=None))
+        await until(lambda: len(children.launched) == 5 and is_spare(replica, children.process))
+        children.process.exit(ExitStatus(code=None, signal=9))
+        await settled()
+        assert len(children.launched) == 6 and is_spare(replica, children.process)
+
+
+@pytest.mark.usefixtures("no_standby_delay")
+async def test_a_standby_that_dies_while_loading_is_not_replaced(
+    children: Children, queue: RequestQueue, tmp_path: Path
+) -> None:
+    children.silent = {1}  # the standby's load is never answered
+    async with running(tmp_path, queue, standby=True) as replica:
+        await settled()
+        assert len(children.launched) == 2
+        assert replica.standby.state is StandbyState.LOADING
+        children.process.exit(ExitStatus(code=None, signal=9))
+        await settled()
+        assert len(children.launched) == 2
+        assert replica.standby.state is StandbyState.EMPTY
+        assert replica.lifecycle.state is ReplicaState.READY  # the replica serves on
+        request = Request("run", {}, {})
+        queue.put(request)
+        assert (await outcome(request)).output == {"ok": True}
+
+
+@pytest.mark.usefixtures("no_standby_delay")
+@pytest.mark.parametrize("loading", [False, True])
+async def test_an_eviction_drops_the_standby_loaded_or_loading(
+    children: Children, queue: RequestQueue, tmp_path: Path, loading: bool
+) -> None:
+    if loading:
+        children.silent = {1}
+    async with running(tmp_path, queue, standby=True) as replica:
+        await settled()
+        spare = children.process
+        assert await replica.evict("room for another app")
+        await settled()
+        assert spare.terminated == 1 and spare.exit_status is not None
+        assert replica.standby.state is StandbyState.EMPTY
+        assert len(children.launched) == 2  # none loaded in its place
+
+
+def test_the_standby_table_lists_every_state() -> None:
+    assert set(standby_module.TRANSITIONS) == set(StandbyState)

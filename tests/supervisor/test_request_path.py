@@ -1,5 +1,5 @@
 """One path for a request: ``App.run`` (the library) and ``App.submit`` (HTTP) both
-go through ``App._dispatch`` to ``Slot.serve``; a free replica takes a request at
+go through ``App._dispatch`` to ``Replica.serve``; a free replica takes a request at
 once, a busy one leaves it to the queue. Fake children: no process is started."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from fake_child import FakeChannel, FakeProcess
 
 from protocol import Message, Result, Run
 from supervisor import errors
-from supervisor import slot as slot_module
+from supervisor import replica as replica_module
 from supervisor.app import App
-from supervisor.slot import Slot, SlotSpec
+from supervisor.replica import Replica, ReplicaSpec
 
 pytestmark = pytest.mark.anyio
 GUARD = 10.0
@@ -48,18 +48,18 @@ class Child:
 @pytest.fixture
 def child(monkeypatch: pytest.MonkeyPatch) -> Child:
     fake = Child()
-    monkeypatch.setattr(slot_module, "launch_child", fake.launch)
+    monkeypatch.setattr(replica_module, "launch_child", fake.launch)
     return fake
 
 
 @pytest.fixture
 async def app(child: Child, tmp_path: Path) -> AsyncIterator[App]:
-    slot = Slot(SlotSpec(tmp_path, "app", kill_grace=0.05), 0, ())
-    app = App("app", tmp_path, [slot], queue_size=1, setup={}, run_timeout=None)
+    replica = Replica(ReplicaSpec(tmp_path, "app", kill_grace=0.05), 0, ())
+    app = App("app", tmp_path, [replica], queue_size=1, setup={}, run_timeout=None)
     async with anyio.create_task_group() as tasks:
         await tasks.start(app.serve)
         with anyio.fail_after(GUARD):
-            await slot.ensure({})
+            await replica.ensure({})
         yield app
         await app.stop()
 

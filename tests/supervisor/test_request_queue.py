@@ -1,4 +1,4 @@
-"""The app's request queue on its own: bound, order, skipping ended requests, waking slots."""
+"""The app's request queue on its own: bound, order, skipping ended requests, waking replicas."""
 
 from __future__ import annotations
 
@@ -46,16 +46,16 @@ async def test_put_back_goes_to_the_head_even_when_full() -> None:
     assert [queue.take(), queue.take()] == [returned, waiting]
 
 
-async def test_wait_wakes_every_slot_on_a_request_and_on_close() -> None:
+async def test_wait_wakes_every_replica_on_a_request_and_on_close() -> None:
     queue = RequestQueue(5)
     woke: list[bool] = []
 
-    async def slot() -> None:
+    async def replica() -> None:
         woke.append(await queue.wait())
 
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(slot)
-        tasks.start_soon(slot)
+        tasks.start_soon(replica)
+        tasks.start_soon(replica)
         await anyio.wait_all_tasks_blocked()
         assert woke == []
         queue.put(request("a"))
@@ -63,7 +63,7 @@ async def test_wait_wakes_every_slot_on_a_request_and_on_close() -> None:
     assert queue.take() is not None
     # Emptied: waiting blocks again, until the queue closes.
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(slot)
+        tasks.start_soon(replica)
         await anyio.wait_all_tasks_blocked()
         assert woke == [True, True]
         queue.close()

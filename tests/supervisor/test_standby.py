@@ -50,7 +50,7 @@ async def test_a_restart_sets_up_the_standby(wait_gone: Any) -> None:
         assert out["imported_at"] < killed_at < out["set_up_at"]  # loaded before, set up after
         assert app.status()["restarts"] == 1
         assert wait_gone([first["pid"]], zombie_ok=False) == []
-        # And the slot loads a new one for the next restart.
+        # And the replica loads a new one for the next restart.
         await standby_pid(app, other_than=spare)
 
 
@@ -78,7 +78,7 @@ async def test_eviction_ends_the_standby_too(wait_gone: Any) -> None:
         app = await sup.start(APP, standby=True)
         first = await app.run({})
         spare = await standby_pid(app)
-        assert await app.slots[0].evict("memory pressure")
+        assert await app.replicas[0].evict("memory pressure")
         assert wait_gone([first["pid"], spare], zombie_ok=False) == []
         assert app.status()["state"] == "unloaded"
         assert status(app)["standby_pid"] is None

@@ -97,7 +97,7 @@ async def test_bad_requests_do_not_hurt_the_child(apps_dir: Path) -> None:
 async def test_a_stop_while_a_config_change_waits_for_idle_stops_cleanly(
     apps_dir: Path, concurrency: int
 ) -> None:
-    """The config change resumes after the stop: it must see the stopped slot
+    """The config change resumes after the stop: it must see the stopped replica
     (it used to try STOPPING -> UNLOADED, which broke the app's task group)."""
     async with make_supervisor() as sup:
         app = await sup.start(apps_dir / "sup_async", max_concurrency=concurrency)

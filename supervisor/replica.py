@@ -1,20 +1,17 @@
-"""One replica slot: keeps one child alive for an app, and serves requests on it.
+"""One replica: keeps one child alive for an app, and serves requests on it.
 
-The slot owns the successive children of one replica (``RunningChild``).
+A replica owns its successive children (``RunningChild``).
 ``ensure(config)`` returns a ready child for a setup config, starting one (from
 the pool, or spawned) or replacing one whose config differs, after its
 in-flight requests finish. A per-child watcher reaps the child when it dies
-and, unless the slot meant it to stop, asks the restart policy what follows;
+and, unless the replica meant it to stop, asks the restart policy what follows;
 why a child died is recorded on the child (``RunningChild.killed``), which
 tells its requests.
 
-Requests reach the slot two ways, and both run ``serve``: ``take_from`` takes
-them from the app's queue while the slot has capacity (``max_concurrency``),
-in the slot's tasks; ``try_take`` lets a caller that finds the slot free take
-capacity and a child at once and run ``serve`` itself (``App``). ``serve``
-runs a request on a child to its end and gives its share of the capacity
-back only once the child has let it go; a request that never reached a child,
-because the child was already gone, is run on the next one.
+Requests are served on its children by ``serving.py`` (its capacity, and each
+request run to its end), which asks the replica for a child that can take one
+now (``child_for``) or for a ready one (``ensure``). Its spare child, when the
+app asks for one, is ``standby.py``'s.
 """
 
 from __future__ import annotations
@@ -50,21 +47,16 @@ from .restart_policy import GiveUp, RestartPolicy
 from .running_child import (
     GOING,
     ChildLimits,
-    Delivery,
     Fault,
-    InFlight,
     Refusal,
     RunningChild,
 )
-
-STANDBY_DELAY = 0.05
-"""Seconds between a start and loading the standby, as the pool waits to refill."""
-UNDELIVERED_RETRIES = 3
-"""How often a request whose child died before it could be sent moves to the next child."""
+from .serving import Serving
+from .standby import Standby, StandbyState
 
 
 @dataclass(frozen=True)
-class SlotSpec:
+class ReplicaSpec:
     """Everything needed to start children for one app."""
 
     app_dir: Path
@@ -93,21 +85,21 @@ class SlotSpec:
     runtime (``child/node/``) instead of ``python -m child``."""
     standby: bool = False
     """Keep a spare child with the app loaded (not set up), which the next start of
-    the slot sets up instead of starting a child: a restart costs a setup."""
+    the replica sets up instead of starting a child: a restart costs a setup."""
 
 
-class Slot:
+class Replica:
     def __init__(
         self,
-        spec: SlotSpec,
+        spec: ReplicaSpec,
         index: int,
         gpus: tuple[int, ...],
-        on_change: Callable[[Slot], None] | None = None,
+        on_change: Callable[[Replica], None] | None = None,
         pool: ChildPool | None = None,
-        readmit: Callable[[Slot], Awaitable[None]] | None = None,
+        readmit: Callable[[Replica], Awaitable[None]] | None = None,
         gpu_env: Mapping[str, str] | None = None,
     ) -> None:
-        """``readmit(slot)`` admits the app's VRAM on the slot's GPUs again before a
+        """``readmit(replica)`` admits the app's VRAM on the replica's GPUs again before a
         start that follows an eviction or a failed start (see ``claim``): its
         GPUs may have been given to other apps meanwhile."""
         self.spec = spec
@@ -126,12 +118,12 @@ class Slot:
         self.crash_times: list[float] = []
         self.last_exit: dict[str, Any] | None = None
         self.failed: Failure | None = None
-        """Why the slot is ``FAILED``; None in any other state."""
+        """Why the replica is ``FAILED``; None in any other state."""
         self._retry_scope = anyio.CancelScope()
         self._last_config: dict[str, Any] = {}
         """The setup values of the latest start."""
         self._good_config: dict[str, Any] | None = None
-        """The setup values of the latest successful start: a slot whose start with
+        """The setup values of the latest successful start: a replica whose start with
         other values failed goes back to them, and a retry starts with them."""
         self.on_configured: Callable[[dict[str, Any], str], None] | None = None
         """Called with setup values (and their key) once a child is set up with them."""
@@ -140,8 +132,8 @@ class Slot:
         self._lock = anyio.Lock(fast_acquire=True)
         self._not_before = 0.0
         self._tasks: anyio.abc.TaskGroup | None = None
-        # fast_acquire: an uncontended acquire costs no trip through the event loop.
-        self._capacity = anyio.Semaphore(spec.max_concurrency, fast_acquire=True)
+        self.serving = Serving(self, spec.max_concurrency)
+        """Its capacity, and the running of each request it takes."""
         self._start_scope = anyio.CancelScope()
         self.memory: dict[str, Any] | None = None
         """Its child's memory at the latest monitor sample, as the status shows it; set
@@ -149,11 +141,15 @@ class Slot:
         self.pool = pool
         self.description: dict[str, Any] | None = None
         """The app description its first load returned; restarts do not ask again."""
-        self.standby: RunningChild | None = None
-        """A child with the app loaded and not set up, when ``spec.standby`` asks for one."""
-        self._standby_scope = anyio.CancelScope()
-        self._standby_loading = False
-        self._standby_replaced = False
+        self.standby = Standby(
+            self.name,
+            self._load_spare,
+            self._terminate,
+            lambda: self.child is not None and not self.stopping,
+            self.logger,
+        )
+        """Its spare child, with the app loaded and not set up, when ``spec.standby``
+        asks for one."""
         self._readmit = readmit
         self.claim = VramClaim.HELD
         """Whether its app's VRAM is promised to it, and whether it gave it up to an
@@ -168,7 +164,7 @@ class Slot:
 
     @property
     def holds_vram_reservation(self) -> bool:
-        """The app's VRAM budget stays promised to the slot while it is admitted and
+        """The app's VRAM budget stays promised to the replica while it is admitted and
         has not failed or stopped: a child that has not allocated it yet, or a
         restart, must still find it free."""
         return self.claim.admitted and self.lifecycle.state not in (
@@ -177,7 +173,7 @@ class Slot:
             ReplicaState.STOPPED,
         )
 
-    # -- running the slot -----------------------------------------------------
+    # -- running the replica -----------------------------------------------------
 
     async def run(
         self,
@@ -185,11 +181,11 @@ class Slot:
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Own the slot's tasks and serve the app's queue, until cancelled."""
+        """Own the replica's tasks and serve the app's queue, until cancelled."""
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             task_status.started()
-            await self._take_from(queue)
+            await self.serving.take_from(queue)
 
     async def cancel(self, request: Request) -> bool:
         """Cancel a request running here (see ``RunningChild.cancel``); False if it is not."""
@@ -198,107 +194,31 @@ class Slot:
 
     @property
     def tasks(self) -> anyio.abc.TaskGroup:
-        assert self._tasks is not None, "the slot is not running"
+        assert self._tasks is not None, "the replica is not running"
         return self._tasks
 
     # -- serving requests -------------------------------------------------------
 
-    async def _take_from(self, queue: RequestQueue) -> None:
-        """Take requests while there is capacity, until the queue closes."""
-        while await queue.wait():
-            await self._capacity.acquire()
-            request = queue.take()
-            if request is None:  # another slot, or a caller, was first
-                self._capacity.release()
-            elif self.spec.max_concurrency == 1:
-                await self.serve(request)  # nothing else can run here meanwhile
-            else:
-                self.tasks.start_soon(self.serve, request)
-
-    def try_take(self, request: Request) -> RunningChild | None:
-        """The child to run ``request`` on at once, with capacity taken for it (to be
-        given to ``serve``); None when the slot has no child that can take it now, or
-        no room."""
+    def child_for(self, key: str) -> RunningChild | None:
+        """The current child, if it can take a request with setup values ``key`` now
+        (the replica is ready or busy, and the child's own check lets it)."""
         child = self.child
         if (
             child is None
             or self.lifecycle.state not in (ReplicaState.READY, ReplicaState.BUSY)
-            or child.refusal(request.config_key) is not None
+            or child.refusal(key) is not None
         ):
-            return None
-        try:
-            self._capacity.acquire_nowait()
-        except anyio.WouldBlock:
             return None
         return child
 
+    def try_take(self, request: Request) -> RunningChild | None:
+        """The child to run ``request`` on at once, with capacity taken for it
+        (``Serving.try_take``); None when there is none, or no room."""
+        return self.serving.try_take(request)
+
     async def serve(self, request: Request, child: RunningChild | None = None) -> None:
-        """Run a request, for which capacity was taken, to its end: on ``child`` (from
-        ``try_take``), or on the child ``ensure`` gives. Whatever goes wrong is the
-        request's own failure, never the caller's task's.
-
-        If the task running this is cancelled while the child has the request, the
-        slot's tasks adopt it: the capacity is given back only once the child has
-        let the request go.
-        """
-        adopted = False
-        try:
-            for _ in range(UNDELIVERED_RETRIES + 1):
-                if child is None:
-                    try:
-                        child = await self.ensure(request.config, request.config_key)
-                    except errors.SupervisorError as exc:
-                        request.fail(exc)
-                        return
-                if request.finished:
-                    return
-                entry = child.enter(request)
-                delivery: Delivery | None = None
-                try:
-                    delivery = await child.send(entry)
-                    if delivery is Delivery.SENT:
-                        await child.follow(entry)
-                except anyio.get_cancelled_exc_class():
-                    if delivery is Delivery.SENT and request.id in child.in_flight:
-                        adopted = self._adopt(child, entry)
-                    if not adopted:  # it never reached the child, or nothing can follow it
-                        request.fail(errors.RequestCancelledError("the request was cancelled"))
-                    raise
-                finally:
-                    if not adopted:
-                        child.leave(entry)
-                if delivery is not Delivery.UNDELIVERED:
-                    return
-                self.logger.info(
-                    "%s: request %s never reached its child; retrying", self.name, request.id
-                )
-                child = None
-            request.fail(
-                errors.ChildCrashedError("the request could not be delivered to a live child")
-            )
-        except Exception as exc:
-            self.logger.exception("%s: request %s failed", self.name, request.id)
-            request.fail(errors.InternalError(f"the request failed inside the supervisor: {exc!r}"))
-        finally:
-            if not adopted:
-                self._capacity.release()
-
-    def _adopt(self, child: RunningChild, entry: InFlight) -> bool:
-        """Let the slot's tasks follow a request to its end; False when they are gone
-        (the app has stopped), and nothing is left to wait for."""
-
-        async def follow() -> None:
-            try:
-                await child.follow(entry)
-            finally:
-                child.leave(entry)
-                self._capacity.release()
-
-        try:
-            self.tasks.start_soon(follow)
-        except RuntimeError:  # not active any more
-            return False
-        return True
+        """Run a request, for which capacity was taken, to its end (``Serving.serve``)."""
+        await self.serving.serve(request, child)
 
     def _busy(self, busy: bool) -> None:
         """A request entered the current child (True), or its last one left (False)."""
@@ -370,13 +290,13 @@ class Slot:
                 if not self.claim.admitted and self._readmit is not None:
                     await self._readmit(self)
                 self.readmitted()
-                child = self._take_standby(config, key)
+                child = self.standby.take(config, key)
                 if child is None:
                     child = await self._spawn(config, key)
                     await self._load(child)
                 # A stop() that ran while the load's answer was on its way has
                 # cancelled this scope, but the cancellation only lands at the next
-                # checkpoint: the slot may already be STOPPED (handled below).
+                # checkpoint: the replica may already be STOPPED (handled below).
                 if not scope.cancel_called:
                     self.lifecycle.to(ReplicaState.SETTING_UP)
                     await self._call(child, Setup(new_request_id(), config, self.metadata()))
@@ -384,7 +304,7 @@ class Slot:
             await self._abort_start(child, exc, restarting)
             raise AssertionError("unreachable") from None
         except BaseException:
-            # Cancelled (the slot is stopping): leave no child behind.
+            # Cancelled (the replica is stopping): leave no child behind.
             await self._terminate(child)
             raise
         if scope.cancel_called or self.stopping:
@@ -401,8 +321,8 @@ class Slot:
         self._refill_pool()
         self.tasks.start_soon(self._heartbeat, child)
         if self.spec.standby:
-            self._standby_replaced = False
-            self.tasks.start_soon(self._keep_standby)
+            self.standby.renew()
+            self.tasks.start_soon(self.standby.fill)
         self.changed()
 
     async def _spawn(self, config: dict[str, Any], key: str, prewarm: bool = False) -> RunningChild:
@@ -470,63 +390,27 @@ class Slot:
 
     # -- the standby ------------------------------------------------------------
 
-    def _take_standby(self, config: dict[str, Any], key: str) -> RunningChild | None:
-        """The standby, now this start's child, if it is still alive."""
-        child, self.standby = self.standby, None
-        if child is None or not child.take_standby(config, key):
-            return None
-        self.logger.info("%s: setting up standby pid %d", self.name, child.process.app_pid)
-        return child
-
-    async def _keep_standby(self) -> None:
-        """Load the app into a spare child for the next start to set up.
-
-        Started once a start is over, after a pause, so that it does not compete
-        with that start's first requests. A standby that fails to load is not
-        replaced until the slot's next start; one that dies, once before then.
-        """
-        await anyio.sleep(STANDBY_DELAY)
-        if self._standby_loading or self.standby is not None or self.child is None:
-            return
-        self._standby_loading = True
+    async def _load_spare(self) -> RunningChild | None:
+        """A new child with the app loaded, for the standby; None when that failed
+        (logged), or the replica stopped meanwhile."""
         child: RunningChild | None = None
-        scope = self._standby_scope = anyio.CancelScope()
         try:
-            with anyio.fail_after(self.spec.setup_timeout), scope:
+            with anyio.fail_after(self.spec.setup_timeout):
                 child = await self._spawn({}, "", prewarm=True)
                 await self._load(child)
         except (TimeoutError, _StartFailed, errors.SupervisorError) as exc:
             self.logger.warning("%s: no standby: %s", self.name, getattr(exc, "message", exc))
             await self._terminate(child)
-            return
+            return None
         except BaseException:
             await self._terminate(child)
             raise
         finally:
-            self._standby_loading = False
             self._refill_pool()
-        if scope.cancel_called or self.stopping or child is None:
+        if self.stopping:
             await self._terminate(child)
-            return
-        child.stand_by()
-        self.standby = child
-        self.logger.info("%s: standby pid %d loaded", self.name, child.process.app_pid)
-
-    def _standby_died(self, child: RunningChild, status: ExitStatus) -> None:
-        """Replace a standby that died, once per start: one that keeps dying would
-        otherwise cost a spawn and an import over and over."""
-        self.standby = None
-        self.logger.warning(
-            "%s: standby pid %d died (%s)", self.name, child.process.app_pid, status.describe()
-        )
-        if not self._standby_replaced and self.child is not None and not self.stopping:
-            self._standby_replaced = True
-            self.tasks.start_soon(self._keep_standby)
-
-    async def _drop_standby(self) -> None:
-        self._standby_scope.cancel()
-        child, self.standby = self.standby, None
-        await self._terminate(child)
+            return None
+        return child
 
     async def _terminate(self, child: RunningChild | None) -> None:
         """Stop a child that never served (a start or a standby given up): it has
@@ -580,7 +464,7 @@ class Slot:
         good = self._good_config
         callers_values = good is not None and config_key(good) != config_key(self._last_config)
         if self.stopping:
-            pass  # stop() ran meanwhile and has set the slot's state
+            pass  # stop() ran meanwhile and has set the replica's state
         elif isinstance(error, errors.LoadFailedError):
             self._fail(error.message, "load", self.spec.restart_policy.cooldown)
         elif (
@@ -647,8 +531,9 @@ class Slot:
     async def _watch(self, child: RunningChild) -> None:
         """Wait for the child to die, reap it, and decide what comes next."""
         status = await child.reaped()
-        if child is self.standby:
-            self._standby_died(child, status)
+        if self.standby.holds(child):
+            if self.standby.died(child, status):
+                self.tasks.start_soon(self.standby.fill)
             return
         if self.child is not child:
             return  # a start given up, a standby being loaded, or retired on purpose
@@ -716,7 +601,7 @@ class Slot:
         self.lifecycle.to(ReplicaState.RESTARTING, f"{reason}; restart {when}")
 
     def _fail(self, failure: str, limit: str, retry_after: float | None = None) -> None:
-        """Give up on the slot until ``retry_after`` seconds have passed (or for good
+        """Give up on the replica until ``retry_after`` seconds have passed (or for good
         when None); its standby has nothing left to stand in for.
 
         ``limit`` names what gave out: ``restarts`` (too many faults in the
@@ -729,17 +614,17 @@ class Slot:
         self.lifecycle.to(ReplicaState.FAILED, failure)
         if self._tasks is None:
             return
-        if self.standby is not None or self._standby_loading:
-            self._tasks.start_soon(self._drop_standby)
+        if self.standby.state is not StandbyState.EMPTY:
+            self._tasks.start_soon(self.standby.drop)
         if retry_after is not None:
             self._retry_scope.cancel()
             self._tasks.start_soon(self._retry_after_cooldown, retry_after)
 
     def failed_error(self) -> errors.AppFailedError:
-        """What a request to the failed slot is told: why, and when it is tried again."""
+        """What a request to the failed replica is told: why, and when it is tried again."""
         retry = ""
         failed = self.failed
-        assert failed is not None, "the slot has not failed"
+        assert failed is not None, "the replica has not failed"
         details: dict[str, Any] = {"limit": failed.limit}
         if failed.retry_at is not None:
             retry_in = max(0.0, failed.retry_at - time.time())
@@ -771,7 +656,7 @@ class Slot:
             await self.ensure(config)
 
     async def restart(self) -> None:
-        """An operator's restart: a failed slot is tried again at once; a running one
+        """An operator's restart: a failed replica is tried again at once; a running one
         gets a fresh child once its requests are done."""
         if self.lifecycle.state is ReplicaState.FAILED:
             await self.retry()
@@ -807,7 +692,7 @@ class Slot:
         ):
             await child.channel.send(Unload())
         # Wait on the process itself, not on its watcher: a retire may outlive the
-        # slot's tasks (an eviction running while the app stops), and must still end.
+        # replica's tasks (an eviction running while the app stops), and must still end.
         with anyio.move_on_after(self.spec.unload_timeout, shield=True):
             await child.process.wait()
         if child.process.exit_status is None:
@@ -829,7 +714,7 @@ class Slot:
             await self._retire(child, ReplicaState.UNLOADED, reason)
             self.claim = VramClaim.EVICTED
             self.evictions += 1
-            await self._drop_standby()
+            await self.standby.drop()
         return True
 
     async def stop(self) -> None:
@@ -843,7 +728,7 @@ class Slot:
             await self._retire(child, ReplicaState.STOPPED, "stop")
         else:
             self.lifecycle.to(ReplicaState.STOPPING, "stop")
-        await self._drop_standby()
+        await self.standby.drop()
         self.lifecycle.to(ReplicaState.STOPPED)
         self.changed()
 
@@ -852,7 +737,7 @@ class Slot:
         return self.lifecycle.state in (ReplicaState.STOPPING, ReplicaState.STOPPED)
 
     def changed(self) -> None:
-        """Tell the owner that the slot's child (or its absence) changed."""
+        """Tell the owner that the replica's child (or its absence) changed."""
         if self._on_change is not None:
             self._on_change(self)
 
@@ -865,7 +750,7 @@ class Slot:
             "state": self.lifecycle.state.value,
             "state_reason": self.lifecycle.reason,
             "pid": child.process.app_pid if child else None,
-            "standby_pid": self.standby.process.app_pid if self.standby else None,
+            "standby_pid": self.standby.pid,
             "gpus": list(self.gpus),
             "restarts": self.restarts,
             "restarts_by_reason": dict(self.restarts_by_reason),
