@@ -192,6 +192,19 @@ class ChildPool:
         """Idle children pre-started for this interpreter (an app environment's), any preloads."""
         return sum(len(v) for k, v in self._idle.items() if k.python == python)
 
+    def settled(self) -> bool:
+        """Every key asked for has its idle children and, where it gets one, its
+        fork server ready (or given up): a start now takes a pre-started child."""
+        return all(
+            len(self._idle.get(key, [])) >= self.size
+            and (not self._wants_server(key) or key in self._servers or key in self._no_server)
+            for key in self._wanted
+        )
+
+    async def drain(self) -> None:
+        """Stop the idle children; until a start asks for a refill, starts fork (or spawn)."""
+        await self._terminate_idle()
+
     def status(self) -> dict[str, object]:
         return {
             "size": self.size,
@@ -242,13 +255,7 @@ class ChildPool:
 
     async def _start_server(self, key: PoolKey) -> None:
         """Start the key's fork server, and wait until it is ready to fork."""
-        if (
-            not self.fork_server
-            or not sys.platform.startswith("linux")  # pidfds, SOCK_SEQPACKET, PDEATHSIG
-            or key.runtime != "python"
-            or key in self._servers
-            or key in self._no_server
-        ):
+        if not self._wants_server(key) or key in self._servers or key in self._no_server:
             return
         assert self._tasks is not None and self._workdir is not None
         env = child_environment(dict(key.import_env), cuda_visible_devices="", python=key.python)
@@ -282,6 +289,13 @@ class ChildPool:
         logger.info("%s ready: pid %d", name, server.process.pid)
         self._servers[key] = server
         self._tasks.start_soon(self._forget_server_when_gone, key, server)
+
+    def _wants_server(self, key: PoolKey) -> bool:
+        return (
+            self.fork_server
+            and sys.platform.startswith("linux")  # pidfds, SOCK_SEQPACKET, PDEATHSIG
+            and key.runtime == "python"
+        )
 
     async def _forget_server_when_gone(self, key: PoolKey, server: ForkServer) -> None:
         await server.gone.wait()
