@@ -360,8 +360,8 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--fork-server"]:  # only the fork server's checks and timings
 
         async def fork_server_only() -> None:
-            await forked()
             await cold_starts()
+            await forked()
 
         anyio.run(fork_server_only)
     else:

@@ -332,7 +332,18 @@ async def _exit_of(pid: int) -> None:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
         return
+    except (OSError, AttributeError):  # no pidfds (Linux before 5.3, gVisor): poll
+        while _exists(pid):  # noqa: ASYNC110 - another process's exit sets no event here
+            await anyio.sleep(0.01)
+        return
     try:
         await anyio.wait_readable(pidfd)
     finally:
         os.close(pidfd)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
