@@ -174,6 +174,43 @@ async def test_without_a_fork_server_the_pool_spawns() -> None:
         assert sup.pool.forked == 0
 
 
+ZYGOTE_SPOILERS = {
+    "starts_a_thread": (
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n",
+        "is not used (its preloads started 1 Python thread(s))",
+    ),
+    "kills_the_zygote": (
+        "import os, sys\nif sys.argv[0].endswith('fork_server.py'):\n    os._exit(3)\n",
+        "did not start",
+    ),
+}
+
+
+@pytest.mark.parametrize("spoiler", sorted(ZYGOTE_SPOILERS))
+async def test_a_fork_server_that_cannot_serve_is_logged_and_starts_spawn(
+    spoiler: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    source, message = ZYGOTE_SPOILERS[spoiler]
+    (tmp_path / f"{spoiler}.py").write_text(source)
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    )
+    with caplog.at_level("WARNING", logger="supervisor.pool"):
+        async with make_supervisor(pool_size=1, pool_preload=(spoiler,)) as sup:
+            with anyio.fail_after(60):
+                while not sup.pool.settled():
+                    await anyio.sleep(0.02)
+            assert sup.pool.status()["fork_servers"] == {}
+            app = await sup.start(APPS / "sup_crashy")
+            assert start_of(app) == "pool"  # a spawned pre-started child
+            await sup.pool.drain()
+            second = await sup.start(APPS / "sup_crashy", name="second")
+            assert start_of(second) == "spawn"
+            assert sup.pool.forked == 0
+    assert message in caplog.text
+
+
 def test_a_zygote_with_threads_or_cuda_is_not_used() -> None:
     assert _unsafe_to_fork({"python_threads": 1, "threads": 3, "cuda": False}) is None
     assert "thread" in str(_unsafe_to_fork({"python_threads": 2, "cuda": False}))
