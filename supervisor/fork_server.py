@@ -115,7 +115,7 @@ class ForkServer:
         self._socket = sock
         self.ready = anyio.Event()
         self.info: dict[str, Any] = {}
-        """What the zygote said when ready: its threads, CUDA, modules."""
+        """What the zygote said when ready: its threads, CUDA, how many modules."""
         self.forked = 0
         self.gone = anyio.Event()
         self._ids = itertools.count(1)
@@ -212,7 +212,14 @@ class ForkServer:
                 return
             if not data:
                 return
-            self._dispatch(msgpack.unpackb(data))
+            try:
+                message = msgpack.unpackb(data)
+                self._dispatch(message)
+            except (ValueError, TypeError, KeyError) as exc:
+                logger.error(
+                    "%s sent a message that makes no sense (%s); stopping it", self.name, exc
+                )
+                return
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         if "forked" in message:

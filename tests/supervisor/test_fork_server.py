@@ -180,6 +180,11 @@ ZYGOTE_SPOILERS = {
         "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n",
         "is not used (its preloads started 1 Python thread(s))",
     ),
+    "garbles_its_socket": (
+        "import os, sys\nif sys.argv[0].endswith('fork_server.py'):\n"
+        "    os.write(int(sys.argv[sys.argv.index('--socket') + 1]), b'\\xc1')\n",
+        "sent a message that makes no sense",
+    ),
     "kills_the_zygote": (
         "import os, sys\nif sys.argv[0].endswith('fork_server.py'):\n    os._exit(3)\n",
         "did not start",
