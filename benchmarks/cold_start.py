@@ -374,13 +374,14 @@ async def burst(sup: Any, kind: str, app_dir: Path, round_: int) -> float:
     return elapsed
 
 
-def idle_cost(pid: int) -> dict[str, float]:
-    """RSS, USS and CPU share of an idle process and its descendants (a pooled
-    child is its reaper and the runtime below it), over ``IDLE_WINDOW`` seconds."""
+def idle_cost(pid: int, descendants: bool = True) -> dict[str, float]:
+    """RSS, USS and CPU share of an idle process, with its descendants (a pooled
+    child is its reaper and the runtime below it; a fork server's are the
+    children it forked, counted apart), over ``IDLE_WINDOW`` seconds."""
     import psutil
 
     top = psutil.Process(pid)
-    procs = [top, *top.children(recursive=True)]
+    procs = [top, *(top.children(recursive=True) if descendants else [])]
     before = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
     time.sleep(IDLE_WINDOW)
     after = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
@@ -415,12 +416,15 @@ async def measure_fork_server(args: argparse.Namespace, heavy: AppCase | None) -
                     samples[kind].append(await start_as(sup, kind, heavy, f"bench-{i}"))
             await settle(fork)
             for name, server in fork.pool.status()["fork_servers"].items():
-                cost = await anyio.to_thread.run_sync(idle_cost, server["pid"])
+                cost = await anyio.to_thread.run_sync(idle_cost, server["pid"], False)
                 out["idle"][f"fork server [{name}]"] = cost
             await settle(pool)
             for idle in _idle_processes(pool)[:1]:
                 cost = await anyio.to_thread.run_sync(idle_cost, idle.pid)
-                out["idle"]["idle pre-started child, heavy preloads (pool)"] = cost
+                out["idle"]["idle pre-started child, heavy preloads, spawned (pool)"] = cost
+            for idle in _idle_processes(fork)[:1]:
+                cost = await anyio.to_thread.run_sync(idle_cost, idle.pid)
+                out["idle"]["idle pre-started child, heavy preloads, forked (pool)"] = cost
         out["first_result"][heavy.key] = samples
     empty = APPS_DIR / "empty"
     times: dict[str, list[float]] = {kind: [] for kind in START_KINDS}
@@ -438,7 +442,7 @@ async def measure_fork_server(args: argparse.Namespace, heavy: AppCase | None) -
                 times[kind].append(await burst(sup, kind, empty, i))
         await settle(fork)
         for name, server in fork.pool.status()["fork_servers"].items():
-            cost = await anyio.to_thread.run_sync(idle_cost, server["pid"])
+            cost = await anyio.to_thread.run_sync(idle_cost, server["pid"], False)
             out["idle"][f"fork server [{name}]"] = cost
     out["burst"] = times
     return out

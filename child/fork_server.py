@@ -34,6 +34,7 @@ parent-death signal).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import select
 import signal
@@ -91,6 +92,10 @@ def main() -> None:
         with contextlib.suppress(Exception):  # worth having where it is installed
             importlib.import_module(name)
     prewarm()
+    # Objects made so far are shared with every fork: the collector must not walk
+    # (and so copy) their pages in each child.
+    gc.collect()
+    gc.freeze()
     Zygote(server, msgpack).serve()
 
 
