@@ -122,7 +122,7 @@ class ForkServer:
         self._waiting: dict[int, anyio.Event] = {}
         self._answers: dict[int, ForkedProcess] = {}
         self._children: dict[int, ForkedProcess] = {}
-        self._scope: anyio.CancelScope | None = None
+        self._scope = anyio.CancelScope()
 
     @classmethod
     async def start(
@@ -184,7 +184,7 @@ class ForkServer:
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self.process.read_stderr)
-                with anyio.CancelScope() as self._scope:
+                with self._scope:  # cancelled by ``close``, even before it is entered
                     await self._read()
                 tasks.cancel_scope.cancel()
         finally:
@@ -197,8 +197,7 @@ class ForkServer:
 
     async def close(self) -> None:
         """Stop the zygote (its children die with it); returns once ``run`` is over."""
-        if self._scope is not None:
-            self._scope.cancel()
+        self._scope.cancel()
         await self.gone.wait()
 
     async def _read(self) -> None:
@@ -239,9 +238,12 @@ class ForkServer:
     async def _settle(self) -> None:
         """Stop the zygote, and report its children that nobody can reap any more
         (they die with it: their reapers' parent-death signal) as killed."""
-        with anyio.move_on_after(LOST_TIMEOUT):  # it exits at the end of its socket
+        with anyio.move_on_after(LOST_TIMEOUT) as waiting:  # it exits at its socket's end
             await _exit_of(self.process.pid)
-        await self.process.terminate(1.0)
+        if waiting.cancelled_caught:
+            await self.process.terminate(1.0)
+        else:
+            await self.process.wait()  # reaps it at once
         self.process.close_pipes()
         lost, self._children = list(self._children.values()), {}
         for child in lost:
