@@ -28,6 +28,19 @@ message over a Pipe; both again after defining one pydantic model (as every app
 does), and the worker once more answering from inside ``asyncio.run`` (as a
 server of async apps must). A one-off ``python -X importtime`` profile of the runtime's
 imports says where the import time goes.
+
+The fork server section (``--fork-server-only`` runs it alone; skipped where
+``Supervisor`` takes no ``fork_server``) compares three ways to start, each with
+the app's heavy modules preloaded where it preloads: ``spawn`` (``pool_size=0``),
+``pool`` (a warm pre-start pool, ``fork_server=False``) and ``fork`` (a warm
+fork server with the pool emptied first, so that the start is forked):
+
+* (a) the embedding app (``examples/embeddings``) to its first result;
+* (b) ten starts of benchmarks/apps/empty issued at once, until all are ready;
+* (d) each fork server's idle memory (RSS and USS) and CPU over a few seconds,
+  beside an idle pre-started child's.
+
+(c), swaps back to back with the fork server, is ``benchmarks/swap.py``.
 """
 
 from __future__ import annotations
@@ -305,6 +318,204 @@ async def measure(args: argparse.Namespace, cases: list[AppCase]) -> dict[str, A
     return {"has_pool": has_pool, "has_preload": has_preload, "interpreter_only": interpreter_only}
 
 
+# -- the fork server -----------------------------------------------------------------
+
+START_KINDS = ("spawn", "pool", "fork")
+BURST = 10
+IDLE_WINDOW = 3.0
+"""Seconds over which an idle fork server's CPU time is measured."""
+
+
+def start_options(kind: str, preload: tuple[str, ...] = ()) -> dict[str, Any]:
+    if kind == "spawn":
+        return {"pool_size": 0}
+    return {"pool_size": 1, "pool_preload": list(preload), "fork_server": kind == "fork"}
+
+
+async def settle(sup: Any, timeout: float = 300.0) -> None:
+    """Wait until the pool (and its fork servers) are ready for every key asked for."""
+    import anyio
+
+    with anyio.fail_after(timeout):
+        while not sup.pool.settled():
+            await anyio.sleep(0.02)
+    await anyio.sleep(0.05)
+
+
+async def start_as(sup: Any, kind: str, case: AppCase, name: str) -> dict[str, float]:
+    """One start to first result, the pool settled first; a ``fork`` start finds
+    the pool drained, so that its child is forked."""
+    if kind != "spawn":
+        await settle(sup)
+    if kind == "fork":
+        await sup.pool.drain()
+    return await public_start(sup, case, name)
+
+
+async def burst(sup: Any, kind: str, app_dir: Path, round_: int) -> float:
+    """Seconds from issuing ``BURST`` starts at once until all are ready."""
+    import anyio
+
+    if kind != "spawn":
+        await settle(sup)
+    apps: list[Any] = []
+
+    async def start(i: int) -> None:
+        apps.append(await sup.start(app_dir, name=f"burst-{round_}-{i}"))
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as tasks:
+        for i in range(BURST):
+            tasks.start_soon(start, i)
+    elapsed = time.monotonic() - started
+    async with anyio.create_task_group() as tasks:
+        for app in apps:
+            tasks.start_soon(app.stop)
+    return elapsed
+
+
+def idle_cost(pid: int, descendants: bool = True) -> dict[str, float]:
+    """RSS, USS and CPU share of an idle process, with its descendants (a pooled
+    child is its reaper and the runtime below it; a fork server's are the
+    children it forked, counted apart), over ``IDLE_WINDOW`` seconds."""
+    import psutil
+
+    top = psutil.Process(pid)
+    procs = [top, *(top.children(recursive=True) if descendants else [])]
+    before = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+    time.sleep(IDLE_WINDOW)
+    after = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+    memory = [p.memory_full_info() for p in procs]
+    return {
+        "rss": sum(m.rss for m in memory),
+        "uss": sum(m.uss for m in memory),
+        "cpu": (after - before) / IDLE_WINDOW,
+    }
+
+
+async def measure_fork_server(args: argparse.Namespace, heavy: AppCase | None) -> dict[str, Any]:
+    import anyio
+    from _common import make_supervisor
+
+    out: dict[str, Any] = {"first_result": {}, "burst": {}, "idle": {}}
+    if heavy is not None and args.heavy_runs > 0:
+        preload = heavy.modules[len(RUNTIME_THIRD_PARTY) :]
+        samples: dict[str, list[dict[str, float]]] = {kind: [] for kind in START_KINDS}
+        async with (
+            make_supervisor(**start_options("spawn")) as spawn,
+            make_supervisor(**start_options("pool", preload)) as pool,
+            make_supervisor(**start_options("fork", preload)) as fork,
+        ):
+            sups = {"spawn": spawn, "pool": pool, "fork": fork}
+            log(f"fork server: {heavy.key}: warming up (the app's key, its fork server)")
+            for kind, sup in sups.items():
+                await start_as(sup, kind, heavy, "warm")
+            for i in range(args.heavy_runs):
+                log(f"fork server: {heavy.key}: round {i + 1}/{args.heavy_runs}")
+                for kind, sup in sups.items():
+                    samples[kind].append(await start_as(sup, kind, heavy, f"bench-{i}"))
+            await settle(fork)
+            for name, server in fork.pool.status()["fork_servers"].items():
+                cost = await anyio.to_thread.run_sync(idle_cost, server["pid"], False)
+                out["idle"][f"fork server [{name}]"] = cost
+            await settle(pool)
+            for idle in _idle_processes(pool)[:1]:
+                cost = await anyio.to_thread.run_sync(idle_cost, idle.pid)
+                out["idle"]["idle pre-started child, heavy preloads, spawned (pool)"] = cost
+            for idle in _idle_processes(fork)[:1]:
+                cost = await anyio.to_thread.run_sync(idle_cost, idle.pid)
+                out["idle"]["idle pre-started child, heavy preloads, forked (pool)"] = cost
+        out["first_result"][heavy.key] = samples
+    empty = APPS_DIR / "empty"
+    times: dict[str, list[float]] = {kind: [] for kind in START_KINDS}
+    async with (
+        make_supervisor(**start_options("spawn")) as spawn,
+        make_supervisor(**start_options("pool")) as pool,
+        make_supervisor(**start_options("fork")) as fork,
+    ):
+        sups = {"spawn": spawn, "pool": pool, "fork": fork}
+        for kind, sup in sups.items():  # warm-up
+            await burst(sup, kind, empty, -1)
+        for i in range(args.runs):
+            log(f"fork server: {BURST} empty apps at once: round {i + 1}/{args.runs}")
+            for kind, sup in sups.items():
+                times[kind].append(await burst(sup, kind, empty, i))
+        await settle(fork)
+        for name, server in fork.pool.status()["fork_servers"].items():
+            cost = await anyio.to_thread.run_sync(idle_cost, server["pid"], False)
+            out["idle"][f"fork server [{name}]"] = cost
+    out["burst"] = times
+    return out
+
+
+def _idle_processes(sup: Any) -> list[Any]:
+    return [
+        pooled.process for children in sup.pool._idle.values() for pooled in children
+    ]  # benchmark only: which processes are the pool's idle children
+
+
+def report_fork_server(results: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for app, samples in results["first_result"].items():
+        medians = {k: median([s["first result"] for s in v]) for k, v in samples.items() if v}
+        rows = [
+            [
+                kind,
+                len(samples[kind]),
+                ms(medians[kind]),
+                ms(median([s["ready"] for s in samples[kind]])),
+                fx(ratio(medians[kind], medians["spawn"])),
+                fx(ratio(medians[kind], medians["pool"])),
+            ]
+            for kind in START_KINDS
+            if kind in medians
+        ]
+        print_table(
+            f"Fork server: {app} to its first result (heavy modules preloaded)",
+            ["start", "runs", "first result p50 ms", "ready p50 ms", "/ spawn", "/ pool"],
+            rows,
+        )
+        out[f"{app}_first_result"] = {
+            kind: summary([s["first result"] for s in v]) for kind, v in samples.items()
+        }
+    times = results["burst"]
+    if any(times.values()):
+        medians = {k: median(v) for k, v in times.items() if v}
+        print_table(
+            f"Fork server: {BURST} empty apps started at once, until all are ready",
+            ["start", "runs", "all ready p50 ms", "p90 ms", "/ spawn", "/ pool"],
+            [
+                [
+                    kind,
+                    len(times[kind]),
+                    ms(medians[kind]),
+                    ms(p90(times[kind])),
+                    fx(ratio(medians[kind], medians["spawn"])),
+                    fx(ratio(medians[kind], medians["pool"])),
+                ]
+                for kind in START_KINDS
+                if kind in medians
+            ],
+        )
+        out["burst"] = {kind: summary(v) for kind, v in times.items()}
+    if results["idle"]:
+        print_table(
+            f"Idle cost (CPU over {IDLE_WINDOW:g} s)",
+            ["process", "RSS MiB", "USS MiB", "CPU %"],
+            [
+                [
+                    name,
+                    f"{c['rss'] / 2**20:.1f}",
+                    f"{c['uss'] / 2**20:.1f}",
+                    f"{100 * c['cpu']:.2f}",
+                ]
+                for name, c in results["idle"].items()
+            ],
+        )
+        out["idle"] = results["idle"]
+    return out
+
+
 def pool_safe_env(app_dir: Path) -> bool:
     from supervisor.app_config import read_manifest
 
@@ -565,6 +776,9 @@ def main() -> None:
     parser.add_argument(
         "--no-bytecode-row", action="store_true", help="skip the cached-bytecode probe"
     )
+    parser.add_argument(
+        "--fork-server-only", action="store_true", help="only the fork server section"
+    )
     args = parser.parse_args()
     if args.quick:
         args.runs, args.heavy_runs = min(args.runs, 3), min(args.heavy_runs, 1)
@@ -581,6 +795,18 @@ def main() -> None:
     if heavy is not None:
         cases.append(heavy)
     started = time.monotonic()
+    from _common import supervisor_kwargs
+
+    fork_results = None
+    if "fork_server" in supervisor_kwargs():
+        fork_results = anyio.run(measure_fork_server, args, heavy)
+    if args.fork_server_only:
+        results = {"fork_server": report_fork_server(fork_results) if fork_results else None}
+        results["machine"] = info
+        results["elapsed"] = time.monotonic() - started
+        print(f"Total benchmark time: {results['elapsed']:.1f} s")
+        write_json("cold_start_fork_server", results)
+        return
     extra = anyio.run(measure, args, cases)
     log("import profiles")
     profiles = {"empty app": import_profile(APPS_DIR / "empty")}
@@ -590,6 +816,8 @@ def main() -> None:
         )
     profiles["numpy app"] = import_profile(APPS_DIR / "numpy_app")
     results = report(cases, extra, profiles)
+    if fork_results is not None:
+        results["fork_server"] = report_fork_server(fork_results)
     results["machine"] = info
     results["settings"] = {
         "runs": args.runs,

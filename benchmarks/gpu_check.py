@@ -19,13 +19,20 @@ declares half the device must be admitted by unloading idle apps; one that
 declares twice the device must be refused at once, without waiting out
 ``admission_timeout``.
 
+Then the fork server with torch imported: the zygote must hold no CUDA context
+and say it initialised none; a torch app forked from it (the pool drained
+first, so that the start forks) must be pinned to its device, initialise CUDA
+normally and allocate memory that NVML sees, while the zygote still holds no
+context; a fork started with no GPU must see none. Start to first CUDA result
+is timed for spawn, pool and fork.
+
 Then swapping: two apps that each declare 60% of the device cannot both be
 loaded, so the second one's admission evicts the first (its budget counts even
 before it allocates), and each request for the unloaded one evicts the other;
 NVML must then list only the child that holds the GPU. The swaps are timed.
 Prints what it saw and exits non-zero if a check fails.
 
-    python benchmarks/gpu_check.py
+    python benchmarks/gpu_check.py [--fork-server]
 """
 
 from __future__ import annotations
@@ -157,26 +164,79 @@ async def pooled() -> None:
         )
 
 
+async def settled(sup: Supervisor) -> None:
+    """The pool and its fork servers are ready for every key asked for."""
+    with anyio.fail_after(300):
+        while not sup.pool.settled():
+            await anyio.sleep(0.05)
+
+
+async def forked() -> None:
+    async with Supervisor(monitor_interval=0.2, pool_size=1, pool_preload=["torch"]) as sup:
+        await settled(sup)
+        (server,) = sup.pool.status()["fork_servers"].values()
+        zygote = server["pid"]
+        check(
+            zygote not in nvml_pids(sup),
+            f"the fork server {zygote}, torch imported, holds no CUDA context",
+        )
+        await sup.pool.drain()  # the next start finds no idle child: it forks
+        app = await sup.start(APP, name="forked", gpus=[0])
+        start = app.status()["replicas"][0]["start"]
+        check(start == "fork", f"the app's child was forked from the fork server ({start})")
+        probe = await app.run({}, function="probe")
+        print(json.dumps(probe, indent=1))
+        check(not probe["cuda_initialized_before"], "the forked child inherited no CUDA state")
+        check(
+            probe["cuda_available"] and probe["device_count"] == 1,
+            f"it sees one GPU (CUDA_VISIBLE_DEVICES={probe['cuda_visible_devices']!r})",
+        )
+        out = await app.run({"mib": 512})
+        check(out["allocated_mib"] == 512, "it allocated 512 MiB on the GPU")
+        check(out["cuda_visible_devices"] == "0", "pinned to GPU 0")
+        await anyio.sleep(0.5)
+        listed = nvml_pids(sup)
+        check(probe["pid"] in listed, f"NVML lists the forked child ({sorted(listed)})")
+        check(zygote not in listed, "the fork server still holds no CUDA context")
+        await sup.pool.drain()
+        hidden = await sup.start(APP, name="forked-hidden", gpus=0)
+        probe = await hidden.run({}, function="probe")
+        check(
+            hidden.status()["replicas"][0]["start"] == "fork"
+            and not probe["cuda_available"]
+            and probe["device_count"] == 0,
+            f"a fork started with gpus=0 sees no GPU "
+            f"(CUDA_VISIBLE_DEVICES={probe['cuda_visible_devices']!r})",
+        )
+
+
 async def cold_starts(runs: int = 3) -> None:
-    """Start to ready and to the first CUDA result, torch app, with and without the pool."""
+    """Start to ready and to the first CUDA result, torch app: spawned, from the
+    pool, forked by the fork server."""
     rows = []
-    for pool_size in (0, 1):
+    for kind in ("spawn", "pool", "fork"):
         ready: list[float] = []
         first: list[float] = []
+        options: dict[str, object] = {"pool_size": 0 if kind == "spawn" else 1}
+        if kind != "spawn":
+            options["fork_server"] = kind == "fork"
         for _ in range(runs):
-            async with Supervisor(pool_size=pool_size, pool_preload=["torch"]) as sup:
-                if pool_size:
-                    await pool_idle(sup)
+            async with Supervisor(pool_preload=["torch"], **options) as sup:  # type: ignore[arg-type]
+                if kind != "spawn":
+                    await settled(sup)
+                if kind == "fork":
+                    await sup.pool.drain()
                 started = time.monotonic()
                 app = await sup.start(APP, name="cold", gpus=[0])
                 ready.append(time.monotonic() - started)
                 await app.run({"mib": 1})
                 first.append(time.monotonic() - started)
-        rows.append((pool_size, statistics.median(ready), statistics.median(first)))
-    print(f"\n| pool_size | to ready (median of {runs}) | to first CUDA result |")
+                check(app.status()["replicas"][0]["start"] == kind, f"a {kind} start")
+        rows.append((kind, statistics.median(ready), statistics.median(first)))
+    print(f"\n| start | to ready (median of {runs}) | to first CUDA result |")
     print("|---|---|---|")
-    for pool_size, ready_s, first_s in rows:
-        print(f"| {pool_size} | {ready_s * 1000:.0f} ms | {first_s * 1000:.0f} ms |")
+    for kind, ready_s, first_s in rows:
+        print(f"| {kind} | {ready_s * 1000:.0f} ms | {first_s * 1000:.0f} ms |")
 
 
 def device_total() -> int:
@@ -283,6 +343,7 @@ async def swaps(rounds: int = 2) -> None:
 async def main() -> None:
     await budget_and_oom()
     await pooled()
+    await forked()
     await pressure_and_admission()
     await swaps()
     await cold_starts()
@@ -296,4 +357,12 @@ if __name__ == "__main__":
             sys.exit("no CUDA device: this check needs an NVIDIA GPU")
     except ImportError:
         sys.exit("torch is not installed: this check needs torch with CUDA")
-    anyio.run(main)
+    if sys.argv[1:] == ["--fork-server"]:  # only the fork server's checks and timings
+
+        async def fork_server_only() -> None:
+            await cold_starts()
+            await forked()
+
+        anyio.run(fork_server_only)
+    else:
+        anyio.run(main)

@@ -18,7 +18,8 @@ Rows, medians of ``--runs`` swaps, the baselines measured in the same run:
   pre-start pool (the default), and without it.
 * ``swap``: a request for the evicted app, with a pause before each so that the
   pool has refilled, and without the pause (swaps faster than the pool refills
-  fall back to spawning), and with ``pool_size=0``.
+  get a child forked by the fork server, the default; with ``--no-fork-server``
+  rows, ``fork_server=False``, they fall back to spawning), and with ``pool_size=0``.
 """
 
 from __future__ import annotations
@@ -56,12 +57,19 @@ def fake_gpu(directory: Path) -> None:
     os.environ["SUPERVISOR_FAKE_NVML"] = str(path)
 
 
-async def cold_starts(pool_size: int, runs: int) -> list[float]:
+def _options(pool_size: int, fork_server: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {"pool_size": pool_size, "monitor_interval": 0.1}
+    if not fork_server:
+        options["fork_server"] = False
+    return options
+
+
+async def cold_starts(pool_size: int, runs: int, fork_server: bool = True) -> list[float]:
     import anyio
     from _common import make_supervisor, wait_pool_ready
 
     times = []
-    async with make_supervisor(pool_size=pool_size, monitor_interval=0.1) as sup:
+    async with make_supervisor(**_options(pool_size, fork_server)) as sup:
         for _ in range(runs):
             if pool_size:
                 await wait_pool_ready(sup)
@@ -74,12 +82,14 @@ async def cold_starts(pool_size: int, runs: int) -> list[float]:
     return times
 
 
-async def swaps(pool_size: int, runs: int, pause: float) -> dict[str, list[float]]:
+async def swaps(
+    pool_size: int, runs: int, pause: float, fork_server: bool = True
+) -> dict[str, list[float]]:
     import anyio
     from _common import make_supervisor, wait_pool_ready
 
     swapped, calls = [], []
-    async with make_supervisor(pool_size=pool_size, monitor_interval=0.1) as sup:
+    async with make_supervisor(**_options(pool_size, fork_server)) as sup:
         apps = [await sup.start(APP, name=name, **BUDGET) for name in ("a", "b")]
         for i in range(runs + 1):
             wanted = apps[i % 2]
@@ -108,6 +118,11 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     out["swap_pool"] = await swaps(1, args.runs, args.pause)
     log("swaps, warm pool, no pause")
     out["swap_pool_nopause"] = await swaps(1, args.runs, 0.0)
+    if args.fork_server_rows:
+        log("cold starts, warm pool, no fork server")
+        out["cold_pool_nofork"] = await cold_starts(1, args.runs, fork_server=False)
+        log("swaps, warm pool, no pause, no fork server")
+        out["swap_pool_nopause_nofork"] = await swaps(1, args.runs, 0.0, fork_server=False)
     log("swaps, pool_size=0")
     out["swap_nopool"] = await swaps(0, max(3, args.runs // 3), args.pause)
     return out
@@ -118,7 +133,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10, help="swaps timed per row")
     parser.add_argument("--pause", type=float, default=0.3, help="seconds before each swap")
     parser.add_argument("--quick", action="store_true", help="--runs 3")
+    parser.add_argument(
+        "--no-fork-server-rows",
+        dest="fork_server_rows",
+        action="store_false",
+        help="skip the rows with fork_server=False (for a checkout without one)",
+    )
     args = parser.parse_args()
+    from _common import supervisor_kwargs
+
+    args.fork_server_rows = args.fork_server_rows and "fork_server" in supervisor_kwargs()
     if args.quick:
         args.runs = min(args.runs, 3)
 
@@ -139,6 +163,18 @@ def main() -> None:
         ["swap, warm pool, back to back", out["swap_pool_nopause"]["swap"], None],
         ["swap, pool_size=0", out["swap_nopool"]["swap"], None],
     ]
+    if args.fork_server_rows:
+        rows[3:3] = [
+            ["cold start to first result, warm pool, no fork server", out["cold_pool_nofork"], None]
+        ]
+        rows.insert(
+            -1,
+            [
+                "swap, warm pool, back to back, no fork server",
+                out["swap_pool_nopause_nofork"]["swap"],
+                None,
+            ],
+        )
     print_table(
         "A request for an evicted app (6 GiB each on a fake 8 GiB GPU)",
         ["what", "n", "p50 ms", "p90 ms", "p50 / warm-pool cold start"],
@@ -156,6 +192,16 @@ def main() -> None:
         "swap_pool": summary(out["swap_pool"]["swap"]),
         "swap_pool_back_to_back": summary(out["swap_pool_nopause"]["swap"]),
         "swap_nopool": summary(out["swap_nopool"]["swap"]),
+        **(
+            {
+                "cold_start_pool_no_fork_server": summary(out["cold_pool_nofork"]),
+                "swap_pool_back_to_back_no_fork_server": summary(
+                    out["swap_pool_nopause_nofork"]["swap"]
+                ),
+            }
+            if args.fork_server_rows
+            else {}
+        ),
         "elapsed": time.monotonic() - started,
     }
     print(f"Total benchmark time: {results['elapsed']:.1f} s")

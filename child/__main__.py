@@ -27,6 +27,15 @@ from child.stdio_guard import take_over_stdio
 def main() -> None:
     die_with_parent()
     split_off_runtime()
+    options, app_dir = _parse(sys.argv[1:])
+    serve(options, app_dir)
+
+
+def serve(options: dict[str, str], app_dir: str | None) -> None:
+    """Everything after the split: guard the streams, preload, serve, exit.
+
+    A child forked by the fork server (``child.fork_server``) comes here too,
+    with its preloads already imported."""
     stdio = take_over_stdio()
 
     import faulthandler
@@ -42,7 +51,6 @@ def main() -> None:
     from protocol import BlobReader, BlobWriter, Connection
     from protocol.shared_memory import map_arena
 
-    options, app_dir = _parse(sys.argv[1:])
     blobs: dict[str, Any] = {}
     if "--shared-memory" in options:
         to_child, from_child = (int(fd) for fd in options["--shared-memory"].split(","))

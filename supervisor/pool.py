@@ -18,6 +18,16 @@ started with the same values once it has asked for one, instead of a spawn
 every time.
 Node.js apps get pre-started node children of their own, keyed apart by
 ``PoolKey.runtime``.
+
+With ``fork_server`` (the default), each Python key also gets a fork server
+(``fork_server``, a zygote with the same interpreter, preloads and library
+settings, plus the ``inferencesh`` SDK where installed): once it is ready the
+pool's idle children are forked from it instead of spawned, and a start that
+finds no idle child left (starts closer together than the refill: swaps in a
+row, a burst of replicas) gets a child forked for it at once (``acquire``)
+instead of a spawn. A child says how it was started (``ChildProcess.start``):
+``pool`` (an idle pre-started one), ``fork`` (forked for this start) or
+``spawn`` (the replica's own, when the pool had nothing).
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from .child_channel import ChildChannel
 from .child_launch import DEFAULT_SHARED_MEMORY, launch_child
 from .confinement import Confinement
 from .environment import child_environment
+from .fork_server import READY_TIMEOUT, ForkServer, ForkServerError
 from .process import ChildProcess
 
 logger = logging.getLogger("supervisor.pool")
@@ -86,15 +97,25 @@ def _describe(key: PoolKey, default: PoolKey) -> str:
     return preload if key.python == default.python else f"{key.python}:{preload}"
 
 
+FORK_SERVER_EXTRAS = ("inferencesh",)
+"""Imported by every fork server where installed: almost every app imports the SDK."""
+
 REFILL_DELAY = 0.05
 """Seconds between a start taking a pooled child and the pool spawning its replacement."""
 
 
 class ChildPool:
     def __init__(
-        self, size: int, preload: Sequence[str] = (), shared_memory: int = DEFAULT_SHARED_MEMORY
+        self,
+        size: int,
+        preload: Sequence[str] = (),
+        shared_memory: int = DEFAULT_SHARED_MEMORY,
+        fork_server: bool = True,
     ) -> None:
+        """``fork_server``: a zygote per Python key forks the pool's children and
+        those of starts that find the pool empty (only with ``size`` > 0)."""
         self.size = size
+        self.fork_server = fork_server
         self.shared_memory = shared_memory
         self.default_key = PoolKey(sys.executable, tuple(preload))
         self.confinement: Confinement | None = None
@@ -106,8 +127,13 @@ class ChildPool:
         """The pooled children's working directory, while ``run`` runs."""
         self._tasks: anyio.abc.TaskGroup | None = None
         self._closed = False
+        self._servers: dict[PoolKey, ForkServer] = {}
+        self._no_server: set[PoolKey] = set()
+        """Keys whose fork server failed: their children are spawned."""
         self.spawned = 0
         self.handed_out = 0
+        self.forked = 0
+        """Children forked for a start that found no idle one."""
 
     def take(self, key: PoolKey) -> PooledChild | None:
         """A ready pooled child for ``key``, or None; ``refill`` replaces it later."""
@@ -122,7 +148,33 @@ class ChildPool:
                 child = candidate
         if child is not None:
             self.handed_out += 1
+            child.process.start = "pool"
         return child
+
+    async def acquire(self, key: PoolKey) -> PooledChild | None:
+        """An idle child for ``key`` (``take``), else one forked now by the key's
+        fork server, else None (the caller spawns)."""
+        child = self.take(key)
+        if child is not None:
+            return child
+        server = self._servers.get(key)
+        if server is None or not server.alive or self._tasks is None:
+            return None
+        try:
+            process, channel = await server.fork(
+                f"fork[{server.forked}]",
+                shared_memory=self.shared_memory,
+                confinement=self.confinement,
+                logger=logger,
+            )
+        except (ForkServerError, OSError) as exc:
+            logger.warning("%s cannot fork (%s); the start spawns instead", server.name, exc)
+            return None
+        self._tasks.start_soon(channel.read_loop)
+        self._tasks.start_soon(process.read_stderr)
+        self.forked += 1
+        process.start = "fork"
+        return PooledChild(process, channel)
 
     def refill(self) -> None:
         """Top the pool up in the background, once a start no longer needs the CPU."""
@@ -140,12 +192,30 @@ class ChildPool:
         """Idle children pre-started for this interpreter (an app environment's), any preloads."""
         return sum(len(v) for k, v in self._idle.items() if k.python == python)
 
+    def settled(self) -> bool:
+        """Every key asked for has its idle children and, where it gets one, its
+        fork server ready (or given up): a start now takes a pre-started child."""
+        return all(
+            len(self._idle.get(key, [])) >= self.size
+            and (not self._wants_server(key) or key in self._servers or key in self._no_server)
+            for key in self._wanted
+        )
+
+    async def drain(self) -> None:
+        """Stop the idle children; until a start asks for a refill, starts fork (or spawn)."""
+        await self._terminate_idle()
+
     def status(self) -> dict[str, object]:
         return {
             "size": self.size,
             "idle": {_describe(k, self.default_key): len(v) for k, v in self._idle.items()},
             "spawned": self.spawned,
             "handed_out": self.handed_out,
+            "forked": self.forked,
+            "fork_servers": {
+                _describe(k, self.default_key): server.status()
+                for k, server in self._servers.items()
+            },
         }
 
     async def run(
@@ -164,6 +234,7 @@ class ChildPool:
                     # is then not lost.
                     refill = self._refill = anyio.Event()
                     for key in list(self._wanted):
+                        await self._start_server(key)
                         while len(self._idle.setdefault(key, [])) < self.size:
                             if not await self._spawn(key):
                                 break
@@ -176,11 +247,79 @@ class ChildPool:
             self._closed = True
             with anyio.CancelScope(shield=True):
                 await self._terminate_idle()
+                async with anyio.create_task_group() as closing:
+                    for server in self._servers.values():
+                        closing.start_soon(server.close)
             self._workdir.cleanup()
             self._workdir = None
 
-    async def _spawn(self, key: PoolKey) -> bool:
+    async def _start_server(self, key: PoolKey) -> None:
+        """Start the key's fork server, and wait until it is ready to fork."""
+        if not self._wants_server(key) or key in self._servers or key in self._no_server:
+            return
         assert self._tasks is not None and self._workdir is not None
+        env = child_environment(dict(key.import_env), cuda_visible_devices="", python=key.python)
+        name = f"fork-server[{_describe(key, self.default_key)}]"
+        try:
+            server = await ForkServer.start(
+                key.python,
+                key.preload,
+                optional=[m for m in FORK_SERVER_EXTRAS if m not in key.preload],
+                env=env,
+                cwd=self._workdir.name,
+                name=name,
+                confinement=self.confinement,
+            )
+        except OSError as exc:
+            logger.warning("cannot start %s (%s): its children are spawned", name, exc)
+            self._no_server.add(key)
+            return
+        self._tasks.start_soon(server.run)
+        if not await server.wait_ready(READY_TIMEOUT):
+            logger.warning("%s did not start: its children are spawned", name)
+            self._no_server.add(key)
+            await server.close()
+            return
+        refusal = _unsafe_to_fork(server.info)
+        if refusal is not None:
+            logger.warning("%s is not used (%s): its children are spawned", name, refusal)
+            self._no_server.add(key)
+            await server.close()
+            return
+        logger.info("%s ready: pid %d", name, server.process.pid)
+        self._servers[key] = server
+        self._tasks.start_soon(self._forget_server_when_gone, key, server)
+
+    def _wants_server(self, key: PoolKey) -> bool:
+        return (
+            self.fork_server
+            and sys.platform.startswith("linux")  # pidfds, SOCK_SEQPACKET, PDEATHSIG
+            and key.runtime == "python"
+        )
+
+    async def _forget_server_when_gone(self, key: PoolKey, server: ForkServer) -> None:
+        await server.gone.wait()
+        if self._servers.get(key) is server and not self._closed:
+            logger.warning("%s exited: its children are spawned from now on", server.name)
+            del self._servers[key]
+            self._no_server.add(key)
+
+    async def _spawn(self, key: PoolKey) -> bool:
+        """Pre-start a child for ``key``: forked by its fork server, or spawned."""
+        assert self._tasks is not None and self._workdir is not None
+        server = self._servers.get(key)
+        if server is not None and server.alive:
+            try:
+                process, channel = await server.fork(
+                    f"pool[{self.spawned}]",
+                    shared_memory=self.shared_memory,
+                    confinement=self.confinement,
+                    logger=logger,
+                )
+            except (ForkServerError, OSError) as exc:
+                logger.warning("%s cannot fork (%s); spawning instead", server.name, exc)
+            else:
+                return await self._add_idle(key, process, channel)
         env = child_environment(dict(key.import_env), cuda_visible_devices="", python=key.python)
         name = f"pool[{self.spawned}]"
         try:
@@ -199,6 +338,11 @@ class ChildPool:
         except OSError as exc:
             logger.warning("cannot pre-start a child: %s", exc)
             return False
+        return await self._add_idle(key, process, channel)
+
+    async def _add_idle(self, key: PoolKey, process: ChildProcess, channel: ChildChannel) -> bool:
+        """Wait for a pre-started child's hello, then keep it idle for ``key``."""
+        assert self._tasks is not None
         self.spawned += 1
         self._tasks.start_soon(channel.read_loop)
         self._tasks.start_soon(process.read_stderr)
@@ -222,7 +366,7 @@ class ChildPool:
         process.close_pipes()
 
     async def _reap_when_dead(self, process: ChildProcess, channel: ChildChannel) -> None:
-        """Reap a pooled child that dies while idle (a handed-out one is reaped by its slot)."""
+        """Reap a pooled child that dies while idle (a handed-out one is reaped by its replica)."""
         await channel.closed.wait()
         for idle in self._idle.values():
             for pooled in list(idle):
@@ -237,3 +381,17 @@ class ChildPool:
         async with anyio.create_task_group() as tasks:
             for pooled in idle:
                 tasks.start_soon(self._discard, pooled.process)
+
+
+def _unsafe_to_fork(info: Mapping[str, object]) -> str | None:
+    """Why a ready zygote must not fork, from what it reported, or None.
+
+    A Python thread may hold a lock that its forks would inherit locked; a CUDA
+    context does not survive a fork. (Native threads that a library starts when
+    imported, torch's among them, are idle then and are tolerated.)"""
+    threads = info.get("python_threads")
+    if isinstance(threads, int) and threads > 1:
+        return f"its preloads started {threads - 1} Python thread(s)"
+    if info.get("cuda"):
+        return "its preloads initialised CUDA"
+    return None

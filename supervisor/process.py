@@ -117,6 +117,8 @@ class ChildProcess:
         group and tree hold them all; signals and memory figures start here."""
         self.app_pid = process.pid
         """The process that runs the app (its ``hello`` says which), for reports."""
+        self.start = "spawn"
+        """How it was started: ``spawn``, ``pool`` (pre-started) or ``fork`` (``fork_server``)."""
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.mask: Callable[[str], str] | None = None
         """Hides secret values in what the child writes to stderr, before it is kept."""

@@ -335,7 +335,7 @@ class Replica:
             cuda_visible_devices=",".join(str(g) for g in self.gpus),
             python=self.spec.python,
         )
-        pooled = self._from_pool()
+        pooled = await self._from_pool()
         if pooled is not None:
             process, channel, load_env = pooled.process, pooled.channel, env
             process.name = self.name
@@ -358,6 +358,7 @@ class Replica:
             load_env = {}
             self.tasks.start_soon(channel.read_loop)
             self.tasks.start_soon(process.read_stderr)
+        self.logger.info("%s: child pid %d (%s)", self.name, process.pid, process.start)
         child = RunningChild(
             process,
             channel,
@@ -420,13 +421,15 @@ class Replica:
             with anyio.CancelScope(shield=True):
                 await child.process.terminate(self.spec.kill_grace)
 
-    def _from_pool(self) -> PooledChild | None:
+    async def _from_pool(self) -> PooledChild | None:
+        """A pre-started child, or one forked by the pool's fork server."""
         if self.pool is None or not pool_safe(self.spec.env):
             return None
         if self.spec.node is not None:
             return self.pool.take(PoolKey(self.spec.node, runtime="node"))
         settings = import_env(self.spec.env, self.spec.preload)
-        return self.pool.take(PoolKey(self.spec.python, self.spec.preload, import_env=settings))
+        key = PoolKey(self.spec.python, self.spec.preload, import_env=settings)
+        return await self.pool.acquire(key)
 
     def _refill_pool(self) -> None:
         """Replace a pooled child we may have taken, now that the start is over."""
@@ -750,6 +753,7 @@ class Replica:
             "state": self.lifecycle.state.value,
             "state_reason": self.lifecycle.reason,
             "pid": child.process.app_pid if child else None,
+            "start": child.process.start if child else None,
             "standby_pid": self.standby.pid,
             "gpus": list(self.gpus),
             "restarts": self.restarts,

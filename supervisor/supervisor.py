@@ -65,6 +65,7 @@ class Supervisor:
         admission_timeout: float = 60.0,
         pool_size: int = 1,
         pool_preload: Sequence[str] = (),
+        fork_server: bool = True,
         shared_memory: int = DEFAULT_SHARED_MEMORY,
         containment: str = "auto",
         child_user: str | None = None,
@@ -77,6 +78,10 @@ class Supervisor:
     ) -> None:
         """``shared_memory``: bytes of shared memory per child and direction that
         large byte strings travel through instead of the pipe (0 turns it off).
+
+        ``fork_server``: with a pool (``pool_size`` > 0), a zygote per environment
+        (``fork_server``) forks the pool's children and those of starts that find no
+        idle one, in milliseconds instead of a spawn; False: spawns only.
 
         ``containment``: ``auto`` (a cgroup per child where the host allows it, with a
         hard limit at the app's RAM budget, else the child's subreaper), ``cgroup``
@@ -108,8 +113,10 @@ class Supervisor:
         self.budget_grace = budget_grace
         self.admission_timeout = admission_timeout
         self.apps: dict[str, App] = {}
-        self.pool = ChildPool(pool_size, pool_preload, shared_memory=shared_memory)
-        """Pre-started children; ``pool_size=0`` turns it off."""
+        self.pool = ChildPool(
+            pool_size, pool_preload, shared_memory=shared_memory, fork_server=fork_server
+        )
+        """Pre-started children; ``pool_size=0`` turns it off (and the fork servers)."""
         self.pool.confinement = self.confinement
         self.monitor: ResourceMonitor | None = None
         self.governor: ResourceGovernor | None = None

@@ -40,6 +40,7 @@ class FakeProcess:
     def __init__(self, pid: int = 4242) -> None:
         self.pid = self.app_pid = pid
         self.name = "fake"
+        self.start = "spawn"
         self.mask: Any = None
         self.cgroup = None
         self.memory_limit: int | None = None

@@ -234,3 +234,53 @@ def test_serve_with_a_child_user_takes_uploads_and_keeps_its_secrets(tmp_path: P
         server.wait(timeout=30)
         log.close()
     assert "children run as 'nobody'" in (tmp_path / "server.log").read_text()
+
+
+SUPERVISE_FORKED = textwrap.dedent(
+    """
+    import json, sys
+    import anyio
+    from supervisor import Supervisor
+    from supervisor.pool import PoolKey
+
+    async def main() -> None:
+        async with Supervisor(gpu_backend=None, pool_size=1, child_user="nobody") as sup:
+            while not any(s["ready"] for s in sup.pool.status()["fork_servers"].values()):
+                await anyio.sleep(0.02)
+            while sup.pool.idle_count() < 1:
+                await anyio.sleep(0.02)
+            pooled = sup.pool.take(PoolKey(sup.pool.default_key.python))
+            await pooled.process.terminate(1.0)
+            pooled.process.close_pipes()
+            app = await sup.start(sys.argv[1])
+            me = await app.run({}, function="whoami")
+            start = app.status()["replicas"][0]["start"]
+            print(json.dumps({"me": me, "start": start}))
+
+    anyio.run(main)
+    """
+)
+
+
+def test_children_forked_by_the_fork_server_run_as_the_child_user(tmp_path: Path) -> None:
+    """The fork server is started as the child user, with its limits: its forks
+    inherit them."""
+    script = tmp_path / "supervise.py"
+    script.write_text(SUPERVISE_FORKED)
+    done = subprocess.run(
+        [SYSTEM_PYTHON, str(script), str(APP)],
+        env={"PYTHONPATH": PYTHONPATH, "PATH": os.environ.get("PATH", ""), "SECRET": SECRET},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["start"] == "fork"
+    me = report["me"]
+    assert (me["uid"], me["gid"]) == (65534, 65534)
+    assert me["core_limit"] == [0, 0]
+    assert me["open_files_limit"] == [16384, 16384]
+    assert me["no_new_privs"] == "1"
+    assert int(me["cap_eff"], 16) == 0
