@@ -32,7 +32,7 @@ before it allocates), and each request for the unloaded one evicts the other;
 NVML must then list only the child that holds the GPU. The swaps are timed.
 Prints what it saw and exits non-zero if a check fails.
 
-    python benchmarks/gpu_check.py [--fork-server]
+    python benchmarks/gpu_check.py [--fork-server | --swaps]
 """
 
 from __future__ import annotations
@@ -330,7 +330,10 @@ async def swaps(rounds: int = 2) -> None:
                 states(apps) == {name: "ready", other: "unloaded"},
                 f"swap {turn + 1}: {name} in, {other} out ({times[-1] * 1000:.0f} ms)",
             )
-            check(out["allocated_mib"] == use_mib, f"{name} holds {use_mib} MiB of CUDA memory")
+            check(
+                out["allocated_mib"] == use_mib,
+                f"{name} holds {out['allocated_mib']} MiB of CUDA memory (asked for {use_mib})",
+            )
             listed = nvml_pids(sup) & descendants()
             check(listed == {out["pid"]}, f"NVML lists only {name}'s child ({sorted(listed)})")
         print(json.dumps({"gpus": sup.status()["gpus"]}, indent=1))
@@ -364,5 +367,7 @@ if __name__ == "__main__":
             await forked()
 
         anyio.run(fork_server_only)
+    elif sys.argv[1:] == ["--swaps"]:  # only the swaps
+        anyio.run(swaps)
     else:
         anyio.run(main)
