@@ -308,7 +308,7 @@ async def pressure_and_admission() -> None:
 
 async def swaps(rounds: int = 2) -> None:
     total = device_total()
-    use_mib = total // 2 // MIB
+    use_mib = total // 2 // MIB // 2 * 2  # torch's allocator rounds large blocks up to 2 MiB
     async with Supervisor(
         monitor_interval=0.2, pool_size=1, pool_preload=["torch"], admission_timeout=60.0
     ) as sup:
