@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -99,7 +99,9 @@ from .request import Request as SubmittedRequest
 from .request_log import failure_record, log_failure
 from .startup import FAILED, Startup, started
 from .status_page import render_page as render_status_page
-from .url_fetch import FetchError, UrlFetcher
+
+if TYPE_CHECKING:
+    from .url_fetch import UrlFetcher
 
 AppsFactory = Callable[[], AbstractAsyncContextManager[Mapping[str, App] | Startup]]
 """Entered in the lifespan: running apps, or a ``Startup`` starting them in the background."""
@@ -160,13 +162,18 @@ class NotReady(Reject):
 
 
 class HttpApi:
-    def __init__(self, settings: ServerSettings, gpus: GpuFigures | None = None) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        gpus: GpuFigures | None = None,
+        logs: RecentLogs | None = None,
+    ) -> None:
         self.settings = settings
         self.startup: Startup | None = None
         self.files = FileRegistry(settings.max_served_files)
         self.metrics = Metrics(lambda: self.apps, gpus)
         self.gpus = gpus
-        self.logs = RecentLogs()
+        self.logs = logs if logs is not None else RecentLogs()
         self.policy = PathPolicy(tuple(Path(p) for p in settings.allowed_paths))
         self.upload_root: Path | None = None
         self.fetch_policy = FetchPolicy(
@@ -175,6 +182,9 @@ class HttpApi:
             timeout=settings.fetch_timeout,
         )
         self.fetcher: UrlFetcher | None = None
+        """Made by the first request with a file URL: its HTTP client (httpx, TLS) is
+        not worth loading before that."""
+        self._fetcher_made = anyio.Lock()
         self.token = settings.auth_token.encode() if settings.auth_token else None
 
     @property
@@ -410,17 +420,20 @@ class HttpApi:
                         wanted.append((where, data, loc, url))
         if not wanted:
             return upload_dir
-        assert self.fetcher is not None and self.upload_root is not None, "not started"
+        from .url_fetch import FetchError
+
+        assert self.upload_root is not None, "the server is not started"
+        fetcher = await self.url_fetcher()
         made = upload_dir is None
         directory = _request_dir(self.upload_root) if upload_dir is None else upload_dir
         errors: list[dict[str, Any]] = []
         for where, data, loc, url in wanted:
             try:
-                fetched = await self.fetcher.fetch(url, pin=where == "setup")
+                fetched = await fetcher.fetch(url, pin=where == "setup")
             except FetchError as exc:
                 errors.append({"loc": [where, *loc], "msg": str(exc), "type": exc.kind})
                 continue
-            path = fetched.path if where == "setup" else self.fetcher.link_into(fetched, directory)
+            path = fetched.path if where == "setup" else fetcher.link_into(fetched, directory)
             old = get_at(data, loc)
             value = (
                 {k: v for k, v in old.items() if k not in ("uri", "path")}
@@ -436,6 +449,17 @@ class HttpApi:
                 self.cleanup(directory)
             raise Reject(422, "validation", "a file input could not be fetched", errors=errors)
         return directory
+
+    async def url_fetcher(self) -> UrlFetcher:
+        """The fetcher, made (off the loop: httpx and a TLS context) by its first user."""
+        async with self._fetcher_made:
+            if self.fetcher is None:
+                root = self.upload_root
+                assert root is not None, "the server is not started"
+                self.fetcher = await anyio.to_thread.run_sync(
+                    lambda: _url_fetcher(self.fetch_policy, root / "fetched")
+                )
+        return self.fetcher
 
     def cleanup(self, upload_dir: Path | None) -> None:
         """Remove a request's uploads, unless the app returned one of them as an output."""
@@ -701,6 +725,12 @@ async def _follow(
                 await app.cancel(submitted.id)
 
 
+def _url_fetcher(policy: FetchPolicy, cache_dir: Path) -> UrlFetcher:
+    from .url_fetch import UrlFetcher
+
+    return UrlFetcher(policy, cache_dir)
+
+
 def _failure(error: E.SupervisorError) -> tuple[str, int, str]:
     return error.type, status_for(error), error.message
 
@@ -774,6 +804,7 @@ def create_app(
     apps: Mapping[str, App] | AppsFactory,
     settings: ServerSettings | None = None,
     gpus: GpuFigures | None = None,
+    logs: RecentLogs | None = None,
 ) -> Starlette:
     """The ASGI app serving ``apps``: a mapping of running apps, or a factory of them.
 
@@ -781,10 +812,11 @@ def create_app(
     that starts them in the background (the server then answers health checks,
     and requests wait for their app, while they start); leaving it (at shutdown,
     after in-flight requests) stops them.
-    ``gpus``, for ``/metrics``, returns the per-GPU figures of ``Supervisor.status()``.
+    ``gpus``, for ``/metrics``, returns the per-GPU figures of ``Supervisor.status()``;
+    ``logs``, for the status page, may be attached before the server (and its apps) start.
     """
     settings = settings or ServerSettings()
-    api = HttpApi(settings, gpus)
+    api = HttpApi(settings, gpus, logs)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -795,7 +827,6 @@ def create_app(
         )
         api.logs.attach()
         api.upload_root.chmod(0o711)
-        api.fetcher = UrlFetcher(api.fetch_policy, api.upload_root / "fetched")
         try:
             if isinstance(apps, Mapping):
                 api.startup = started(apps)
@@ -806,7 +837,8 @@ def create_app(
                     yield
         finally:
             api.logs.detach()
-            await api.fetcher.aclose()
+            if api.fetcher is not None:
+                await api.fetcher.aclose()
             shutil.rmtree(api.upload_root, ignore_errors=True)
 
     server = Starlette(
