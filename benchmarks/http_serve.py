@@ -202,7 +202,7 @@ def library(calls: int) -> dict[str, Any]:
     return result
 
 
-def coglet_server(python: str | None, workdir: Path) -> Server | None:
+def coglet_server(python: str | None, workdir: Path, env: dict[str, str]) -> Server | None:
     """Coglet serving a no-op predictor from ``workdir``; None (with a note) without it."""
     if not python:
         print(
@@ -221,7 +221,7 @@ def coglet_server(python: str | None, workdir: Path) -> Server | None:
     (workdir / "predict.py").write_text(COG_PREDICTOR)
     (workdir / "cog.yaml").write_text('predict: "predict.py:Predictor"\n')
     # Coglet starts its worker with the `python` it finds on PATH.
-    env = {**os.environ, "PATH": f"{Path(python).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**env, "PATH": f"{Path(python).parent}{os.pathsep}{env.get('PATH', '')}"}
     code = (
         "import coglet; coglet.server.serve('predict.py:Predictor', host='127.0.0.1', port={port})"
     )
@@ -239,27 +239,61 @@ def main() -> None:
         default=os.environ.get("COGLET_PYTHON"),
         help="an interpreter that imports coglet and cog (default: $COGLET_PYTHON)",
     )
+    parser.add_argument(
+        "--no-bytecode",
+        action="store_true",
+        help="keep PYTHONDONTWRITEBYTECODE if it is set (by default the servers run without "
+        "it, after one untimed start, as an installed package runs with compiled bytecode)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout of this repository (a git worktree of the commit to compare "
+        "with): its `serve` runs in the same rounds, as 'serve (baseline)'",
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.calls = min(args.rounds, 2), min(args.calls, 500)
     info = machine_info()
     print(f"# serve's start and HTTP path\n\n{machine_line(info)}\n")
     workdir = Path(tempfile.mkdtemp(prefix="http-serve-bench-"))
+    # An installed package has its bytecode compiled (pip does it); a checkout run
+    # with PYTHONDONTWRITEBYTECODE compiles every module of its own at every start.
+    env = dict(os.environ)
+    if not args.no_bytecode:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
     servers = [
         Server(
             "serve",
             [sys.executable, "-m", "supervisor", "serve", str(APP), "--port", "{port}"],
             "/run",
+            env=env,
         ),
         Server(
             "starlette echo",
             [sys.executable, str(BENCH_DIR / "_starlette_echo.py"), "{port}"],
             "/run",
+            env=env,
         ),
     ]
-    cog = coglet_server(args.coglet_python, workdir)
+    if args.baseline is not None:
+        servers.insert(
+            1,
+            Server(
+                "serve (baseline)",
+                [sys.executable, "-m", "supervisor", "serve", str(APP), "--port", "{port}"],
+                "/run",
+                cwd=args.baseline.resolve(),
+                env=env,
+            ),
+        )
+    cog = coglet_server(args.coglet_python, workdir, env)
     if cog is not None:
         servers.append(cog)
+    if not args.no_bytecode:
+        for server in servers:
+            log(f"untimed start: {server.name}")
+            measure(server, 0)
     rounds: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
     rounds["library"] = []
     for r in range(args.rounds):

@@ -55,12 +55,9 @@ from .events import LogEvent, ProgressEvent, ResultEvent
 from .fetch_policy import DEFAULT_MAX_BYTES as DEFAULT_FETCH_MAX_BYTES
 from .fetch_policy import parse_allow
 from .http_limits import HttpLimits, guarded_protocol
-from .input_fields import FieldSyntaxError, apply_fields, split_field, unknown_fields
 from .input_limits import InputLimits
 from .log_setup import APP_LOGGER, LOG_FORMATS, configure_logging, log_progress
-from .output_files import keep_output_files
 from .recent_logs import RecentLogs
-from .start_display import show_start
 from .startup import AppStart, Startup
 from .supervisor import Supervisor
 
@@ -578,6 +575,8 @@ def _graceful_server(config: Any, grace: float, stop_apps: Callable[[], Awaitabl
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .input_fields import FieldSyntaxError, split_field  # what only `run` needs
+
     app_dir = _app_dirs([args.app_dir])[0]
     if args.input is not None:
         data = load_json_object(args.input, "--input")
@@ -615,6 +614,10 @@ async def _run_once(
     secrets: dict[str, str],
     args: argparse.Namespace,
 ) -> Any:
+    from .input_fields import apply_fields, unknown_fields
+    from .output_files import keep_output_files
+    from .start_display import show_start
+
     output: Any = None
     async with Supervisor(**supervisor_options(args)) as supervisor:
         failure: E.SupervisorError | None = None
