@@ -51,7 +51,7 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -69,6 +69,7 @@ from .http_files import (
     check_file_inputs,
     file_locations,
     get_at,
+    may_hold_files,
     parse_field_path,
     publish_files,
     publishable,
@@ -193,8 +194,16 @@ class HttpApi:
         return self.startup.apps if self.startup is not None else {}
 
     def routes(self) -> list[Route]:
+        """Calls first: Starlette tries the routes in order, and no path of the others
+        overlaps theirs."""
         run, cancel = ["POST"], ["POST"]
         return [
+            Route("/run", self.run, methods=run),
+            Route("/run/{function}", self.run, methods=run),
+            Route("/apps/{app}/run", self.run, methods=run),
+            Route("/apps/{app}/run/{function}", self.run, methods=run),
+            Route("/cancel/{request_id}", self.cancel, methods=cancel),
+            Route("/apps/{app}/cancel/{request_id}", self.cancel, methods=cancel),
             Route("/health", self.health, methods=["GET"]),
             Route("/health/live", self.live, methods=["GET"]),
             Route("/health/ready", self.ready, methods=["GET"]),
@@ -206,13 +215,7 @@ class HttpApi:
             Route("/docs", self.docs, methods=["GET"]),
             Route("/docs/{asset}", self.docs_asset, methods=["GET"]),
             Route("/files/{request_id}/{token}/{filename}", self.download, methods=["GET"]),
-            Route("/run", self.run, methods=run),
-            Route("/run/{function}", self.run, methods=run),
-            Route("/cancel/{request_id}", self.cancel, methods=cancel),
             Route("/restart", self.restart, methods=["POST"]),
-            Route("/apps/{app}/run", self.run, methods=run),
-            Route("/apps/{app}/run/{function}", self.run, methods=run),
-            Route("/apps/{app}/cancel/{request_id}", self.cancel, methods=cancel),
             Route("/apps/{app}/restart", self.restart, methods=["POST"]),
         ]
 
@@ -330,7 +333,7 @@ class HttpApi:
         limits = self.settings.limits
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             try:
-                raw = await request.body()
+                raw = await _body(request)
             except BodyRejected as exc:
                 raise Reject(exc.status, exc.type, exc.message) from None
             return await self.parse_json(raw) if raw.strip() else {}, None, {}
@@ -516,6 +519,8 @@ class HttpApi:
     def publish(self, request: Request, app: App, call: Call, output: Any) -> Any:
         """Only what the function's output schema declares as files becomes a URL."""
         schema = app.functions.get(call.function, {}).get("output_schema")
+        if not may_hold_files(schema):
+            return output
         return publish_files(
             schema,
             output,
@@ -725,6 +730,20 @@ async def _follow(
                 await app.cancel(submitted.id)
 
 
+async def _body(request: Request) -> bytes:
+    """The whole body, read straight from ``receive`` (``Request.body`` does the same
+    through a stream and a cache, which a body read once does not need)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+
+
 def _url_fetcher(policy: FetchPolicy, cache_dir: Path) -> UrlFetcher:
     from .url_fetch import UrlFetcher
 
@@ -737,7 +756,7 @@ def _failure(error: E.SupervisorError) -> tuple[str, int, str]:
 
 def _parse_json(raw: bytes) -> Any:
     try:
-        return json.loads(raw, parse_constant=_no_constant)
+        return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except ValueError as exc:
         raise Reject(400, "bad_request", f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -747,6 +766,10 @@ def _parse_json(raw: bytes) -> Any:
 def _no_constant(name: str) -> Any:
     """JSON has no NaN or Infinity; Python's parser accepts them unless told not to."""
     raise ValueError(f"{name} is not a JSON value")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+"""``json.loads(raw, parse_constant=...)`` without a new decoder per body."""
 
 
 def _request_dir(root: Path) -> Path:
