@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
+import pytest
 from http_helpers import APPS, Server, cli
+
+from supervisor import cli as cli_module
 
 SLOW = str(APPS / "sup_slow_setup")
 
@@ -126,3 +133,44 @@ def test_sigterm_while_an_app_sets_up_stops_it_and_exits_0(tmp_path: Path) -> No
         assert not alive
     finally:
         server.stop()
+
+
+def _never_built(serving: Any, startup: Any) -> Any:
+    raise AssertionError("the server was built although serve was told to stop")
+
+
+def test_sigterm_while_the_server_loads_stops_the_started_apps_and_exits_0(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The apps start before the HTTP server's modules load: a signal in between
+    must still stop them, and no server is started."""
+
+    def load() -> Callable[[Any, Any], Any]:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return _never_built
+
+    monkeypatch.setattr(cli_module, "_load_http_server", load)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert cli_module.main(["serve", SLOW, "--setup", '{"seconds": 60}', "--port", "0"]) == 0
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    _, alive = psutil.wait_procs(left, timeout=10)
+    assert not alive
+
+
+def test_an_app_failing_while_the_server_loads_exits_with_its_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    failed = threading.Event()
+    original = cli_module._Serving.failed
+
+    def failing(self: Any, name: str, error: Any) -> None:
+        original(self, name, error)
+        failed.set()
+
+    def load() -> Callable[[Any, Any], Any]:
+        assert failed.wait(60), "the app did not fail"
+        return _never_built
+
+    monkeypatch.setattr(cli_module._Serving, "failed", failing)
+    monkeypatch.setattr(cli_module, "_load_http_server", load)
+    assert cli_module.main(["serve", str(APPS / "sup_setup_fail"), "--port", "0"]) == 4
