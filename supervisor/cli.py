@@ -5,11 +5,13 @@
     schema APP_DIR                the app's functions and schemas, without running setup
 
 ``serve`` binds its port first (a port in use is a usage error before any app
-is imported), then runs uvicorn programmatically in the same event loop as the
-Supervisor, which lives in the server's lifespan: the server answers health
-checks at once while the apps start in the background (``startup.Startup``),
-and on SIGTERM/SIGINT it stops accepting, lets in-flight requests finish (up to
-``--shutdown-timeout``), then unloads every child and exits 0. A token is
+is imported), then enters the Supervisor and starts the apps in the background
+(``startup.Startup``), and only then imports the HTTP server, in a worker thread
+while the loop drives the first children's start: on two cores the two overlap.
+uvicorn then runs programmatically in the same event loop and answers health
+checks while the apps still start; on SIGTERM/SIGINT it stops accepting, lets
+in-flight requests finish (up to ``--shutdown-timeout``), then unloads every
+child and exits 0. A token is
 required to bind anything but loopback, since the server runs code on request.
 
 ``run`` and ``schema`` are for scripts, so their exit status says what went
