@@ -319,6 +319,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if serving.failures:
             return exit_code_for(serving.failures[0])
         return ExitCode.RUNTIME if exc.code else ExitCode.OK
+    except E.SupervisorError as error:  # the supervisor itself could not start
+        _report(error, args.debug)
+        return exit_code_for(error)
     finally:
         sock.close()
     if serving.failures:
@@ -372,6 +375,7 @@ class _Serving:
 
         previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         self.logs.attach()
+        ended: SystemExit | None = None
         try:
             async with (
                 Supervisor(
@@ -392,12 +396,17 @@ class _Serving:
                 build = await anyio.to_thread.run_sync(_load_http_server)
                 if not self.failures and not self.stop_asked:
                     self.server = build(self, startup)
-                    await self.server.serve(sockets=[sock])
+                    try:
+                        await self.server.serve(sockets=[sock])
+                    except SystemExit as exc:  # raised as itself, not wrapped in a group
+                        ended = exc
                 tasks.cancel_scope.cancel()
         finally:
             self.logs.detach()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        if ended is not None:
+            raise ended
 
     def starter(self, supervisor: Supervisor, directory: Path) -> Callable[[], Awaitable[App]]:
         args = self.args

@@ -19,6 +19,7 @@ import pytest
 from http_helpers import APPS, Server, cli
 
 from supervisor import cli as cli_module
+from supervisor.errors import LoadFailedError
 
 SLOW = str(APPS / "sup_slow_setup")
 
@@ -174,3 +175,36 @@ def test_an_app_failing_while_the_server_loads_exits_with_its_code(
     monkeypatch.setattr(cli_module._Serving, "failed", failing)
     monkeypatch.setattr(cli_module, "_load_http_server", load)
     assert cli_module.main(["serve", str(APPS / "sup_setup_fail"), "--port", "0"]) == 4
+
+
+def test_a_server_that_fails_to_start_exits_1_not_with_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Failing:
+        started = False
+
+        async def serve(self, sockets: Any = None) -> None:
+            raise SystemExit(1)  # what uvicorn does when its configuration cannot load
+
+    monkeypatch.setattr(cli_module, "_load_http_server", lambda: lambda serving, startup: Failing())
+    code = cli_module.main(["serve", SLOW, "--setup", '{"seconds": 60}', "--port", "0"])
+    assert code == cli_module.ExitCode.RUNTIME
+
+
+def test_a_supervisor_that_cannot_start_is_reported_with_its_code(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Unstartable:
+        def __init__(self, **options: Any) -> None:
+            pass
+
+        async def __aenter__(self) -> Any:
+            raise LoadFailedError("cannot contain the children here")
+
+        async def __aexit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(cli_module, "Supervisor", Unstartable)
+    code = cli_module.main(["serve", SLOW, "--port", "0"])
+    assert code == cli_module.exit_code_for(LoadFailedError("x"))
+    assert "cannot contain the children here" in capsys.readouterr().err
