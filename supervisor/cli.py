@@ -5,11 +5,13 @@
     schema APP_DIR                the app's functions and schemas, without running setup
 
 ``serve`` binds its port first (a port in use is a usage error before any app
-is imported), then runs uvicorn programmatically in the same event loop as the
-Supervisor, which lives in the server's lifespan: the server answers health
-checks at once while the apps start in the background (``startup.Startup``),
-and on SIGTERM/SIGINT it stops accepting, lets in-flight requests finish (up to
-``--shutdown-timeout``), then unloads every child and exits 0. A token is
+is imported), then enters the Supervisor and starts the apps in the background
+(``startup.Startup``), and only then imports the HTTP server, in a worker thread
+while the loop drives the first children's start: on two cores the two overlap.
+uvicorn then runs programmatically in the same event loop and answers health
+checks while the apps still start; on SIGTERM/SIGINT it stops accepting, lets
+in-flight requests finish (up to ``--shutdown-timeout``), then unloads every
+child and exits 0. A token is
 required to bind anything but loopback, since the server runs code on request.
 
 ``run`` and ``schema`` are for scripts, so their exit status says what went
@@ -31,12 +33,13 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 from . import errors as E
 from . import json_values
@@ -54,11 +57,9 @@ from .events import LogEvent, ProgressEvent, ResultEvent
 from .fetch_policy import DEFAULT_MAX_BYTES as DEFAULT_FETCH_MAX_BYTES
 from .fetch_policy import parse_allow
 from .http_limits import HttpLimits, guarded_protocol
-from .input_fields import FieldSyntaxError, apply_fields, split_field, unknown_fields
 from .input_limits import InputLimits
 from .log_setup import APP_LOGGER, LOG_FORMATS, configure_logging, log_progress
-from .output_files import keep_output_files
-from .start_display import show_start
+from .recent_logs import RecentLogs
 from .startup import AppStart, Startup
 from .supervisor import Supervisor
 
@@ -269,10 +270,9 @@ def _report(error: E.SupervisorError, debug: bool = False) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .http_server import ServerSettings, create_app
-
+    """Bind, start the apps' first children, and only then load the HTTP server's
+    modules (uvicorn, Starlette, the endpoints): on two cores the children's start
+    and the server's imports overlap instead of adding up."""
     try:
         token = _auth_token(args)
     except OSError as exc:
@@ -312,108 +312,181 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"cannot bind {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return ExitCode.USAGE
     _show_env_progress()
-    failures: list[E.SupervisorError] = []
-    running: list[Supervisor] = []
-    server: Any = None
+    serving = _Serving(args, token, confinement, dirs, setups, secrets)
+    try:
+        anyio.run(serving.run, sock, backend_options=_loop_options())
+    except SystemExit as exc:  # uvicorn's way out when its startup fails
+        if serving.failures:
+            return exit_code_for(serving.failures[0])
+        return ExitCode.RUNTIME if exc.code else ExitCode.OK
+    except E.SupervisorError as error:  # the supervisor itself could not start
+        _report(error, args.debug)
+        return exit_code_for(error)
+    finally:
+        sock.close()
+    if serving.failures:
+        return exit_code_for(serving.failures[0])
+    if serving.server is None:  # stopped by a signal before the server was up
+        return ExitCode.OK
+    return ExitCode.OK if serving.server.started else ExitCode.RUNTIME
 
-    def failed(name: str, error: E.SupervisorError) -> None:
-        failures.append(error)
+
+class _Serving:
+    """One ``serve`` run: the supervisor and its apps' start, then the HTTP server."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        token: str | None,
+        confinement: Confinement,
+        dirs: Sequence[Path],
+        setups: Mapping[Path, dict[str, Any] | None],
+        secrets: dict[str, str],
+    ) -> None:
+        self.args, self.token, self.confinement = args, token, confinement
+        self.dirs, self.setups, self.secrets = dirs, setups, secrets
+        self.failures: list[E.SupervisorError] = []
+        self.supervisor: Supervisor | None = None
+        self.server: Any = None
+        self.stop_asked = False
+        self.logs = RecentLogs()
+        """Attached before the apps start, so that the status page shows their start."""
+
+    def failed(self, name: str, error: E.SupervisorError) -> None:
+        self.failures.append(error)
         logger.error(
             "cannot start %s: %s (%s)%s",
             name,
             error.message,
             error.type,
-            "".join(f"\n{k}:\n{v}" for k, v in error_details(error, args.debug)),
+            "".join(f"\n{k}:\n{v}" for k, v in error_details(error, self.args.debug)),
         )
-        server.should_exit = True
+        if self.server is not None:
+            self.server.should_exit = True
 
-    @contextlib.asynccontextmanager
-    async def start_apps() -> AsyncIterator[Startup]:
-        async with (
-            Supervisor(
-                containment=args.containment,
-                child_user=args.child_user,
-                **supervisor_options(args),
-            ) as supervisor,
-            anyio.create_task_group() as tasks,
-        ):
-            running.append(supervisor)
+    async def run(self, sock: socket.socket) -> None:
+        args = self.args
 
-            def starter(directory: Path) -> Callable[[], Awaitable[App]]:
-                return lambda: supervisor.start(
-                    directory,
-                    setup=setups[directory],
-                    gpus=args.gpus,
-                    replicas=args.replicas,
-                    max_concurrency=args.max_concurrency,
-                    run_timeout=args.run_timeout,
-                    standby=args.standby,
-                    lock_setup=args.lock_setup,
-                    limits=input_limits,
-                    secrets=secrets,
+        def stop(signum: int, frame: FrameType | None) -> None:
+            if self.server is not None:
+                self.server.handle_exit(signum, frame)
+            else:  # the server's modules are still loading: stop once they are
+                self.stop_asked = True
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.logs.attach()
+        ended: SystemExit | None = None
+        try:
+            async with (
+                Supervisor(
+                    containment=args.containment,
+                    child_user=args.child_user,
+                    **supervisor_options(args),
+                ) as supervisor,
+                anyio.create_task_group() as tasks,
+            ):
+                self.supervisor = supervisor
+                startup = Startup(
+                    [AppStart(_manifest_name(d), self.starter(supervisor, d)) for d in self.dirs],
+                    starting=supervisor.apps.get,
+                    on_failure=self.failed,
                 )
+                tasks.start_soon(startup.run)
+                # The children start (on the loop) while the server's modules load.
+                build = await anyio.to_thread.run_sync(_load_http_server)
+                if not self.failures and not self.stop_asked:
+                    self.server = build(self, startup)
+                    try:
+                        await self.server.serve(sockets=[sock])
+                    except SystemExit as exc:  # raised as itself, not wrapped in a group
+                        ended = exc
+                tasks.cancel_scope.cancel()
+        finally:
+            self.logs.detach()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if ended is not None:
+            raise ended
 
-            startup = Startup(
-                [AppStart(_manifest_name(d), starter(d)) for d in dirs],
-                starting=supervisor.apps.get,
-                on_failure=failed,
-            )
-            tasks.start_soon(startup.run)
-            yield startup
-            tasks.cancel_scope.cancel()
+    def starter(self, supervisor: Supervisor, directory: Path) -> Callable[[], Awaitable[App]]:
+        args = self.args
+        limits = InputLimits(max_depth=args.max_input_depth, max_values=args.max_input_values)
+        return lambda: supervisor.start(
+            directory,
+            setup=self.setups[directory],
+            gpus=args.gpus,
+            replicas=args.replicas,
+            max_concurrency=args.max_concurrency,
+            run_timeout=args.run_timeout,
+            standby=args.standby,
+            lock_setup=args.lock_setup,
+            limits=limits,
+            secrets=self.secrets,
+        )
 
-    input_limits = InputLimits(max_depth=args.max_input_depth, max_values=args.max_input_values)
-    http_limits = HttpLimits(
-        max_body_size=args.max_body_size,
-        max_upload_size=args.max_upload_size,
-        body_timeout=args.body_timeout,
-        header_timeout=args.header_timeout,
-        keep_alive_timeout=args.keep_alive_timeout,
-        max_connections=args.max_connections,
-    )
-    settings = ServerSettings(
-        auth_token=token,
-        allowed_paths=tuple(args.allow_path),
-        limits=http_limits,
-        allow_fetch=tuple(args.allow_fetch),
-        fetch_max_bytes=args.fetch_max_bytes,
-        output_file_owner=confinement.user.uid if confinement.user else None,
-        start_wait=args.start_wait,
-        sse_keepalive=args.sse_keepalive or None,
-        debug=args.debug,
-    )
-    config = uvicorn.Config(
-        create_app(start_apps, settings, gpus=lambda: running[-1].gpu_status() if running else []),
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        lifespan="on",
-        ws="none",
-        http=guarded_protocol(http_limits.header_timeout),
-        limit_concurrency=http_limits.max_connections,
-        timeout_keep_alive=http_limits.keep_alive_timeout,
-        # Past --shutdown-timeout the apps are stopped, which answers what still runs
-        # with 503 app_stopped; uvicorn's own deadline only has to let those out.
-        timeout_graceful_shutdown=args.shutdown_timeout + SHUTDOWN_MARGIN,
-        access_log=args.access_log,
-    )
+    def http_limits(self) -> HttpLimits:
+        args = self.args
+        return HttpLimits(
+            max_body_size=args.max_body_size,
+            max_upload_size=args.max_upload_size,
+            body_timeout=args.body_timeout,
+            header_timeout=args.header_timeout,
+            keep_alive_timeout=args.keep_alive_timeout,
+            max_connections=args.max_connections,
+        )
 
-    async def stop_apps() -> None:
-        if running:
-            await running[-1].stop_all()
+    def gpu_status(self) -> Sequence[Mapping[str, Any]]:
+        return self.supervisor.gpu_status() if self.supervisor is not None else []
 
-    server = _graceful_server(config, args.shutdown_timeout, stop_apps)
-    try:
-        anyio.run(_serve, server, sock, backend_options=_loop_options())
-    except SystemExit as exc:  # uvicorn's way out when its startup fails
-        if failures:
-            return exit_code_for(failures[0])
-        return ExitCode.RUNTIME if exc.code else ExitCode.OK
-    finally:
-        sock.close()
-    if failures:
-        return exit_code_for(failures[0])
-    return ExitCode.OK if server.started else ExitCode.RUNTIME
+    async def stop_apps(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.stop_all()
+
+
+def _load_http_server() -> Callable[[_Serving, Startup], Any]:
+    """Import the HTTP server (in a worker thread, while the apps start); returns
+    what builds it."""
+    import uvicorn
+
+    from .http_server import ServerSettings, create_app
+
+    def build(serving: _Serving, startup: Startup) -> Any:
+        args, limits = serving.args, serving.http_limits()
+        user = serving.confinement.user
+        settings = ServerSettings(
+            auth_token=serving.token,
+            allowed_paths=tuple(args.allow_path),
+            limits=limits,
+            allow_fetch=tuple(args.allow_fetch),
+            fetch_max_bytes=args.fetch_max_bytes,
+            output_file_owner=user.uid if user else None,
+            start_wait=args.start_wait,
+            sse_keepalive=args.sse_keepalive or None,
+            debug=args.debug,
+        )
+        config = uvicorn.Config(
+            create_app(
+                lambda: contextlib.nullcontext(startup),
+                settings,
+                gpus=serving.gpu_status,
+                logs=serving.logs,
+            ),
+            host=args.host,
+            port=args.port,
+            log_config=None,
+            lifespan="on",
+            ws="none",
+            http=guarded_protocol(limits.header_timeout),
+            limit_concurrency=limits.max_connections,
+            timeout_keep_alive=limits.keep_alive_timeout,
+            # Past --shutdown-timeout the apps are stopped, which answers what still runs
+            # with 503 app_stopped; uvicorn's own deadline only has to let those out.
+            timeout_graceful_shutdown=args.shutdown_timeout + SHUTDOWN_MARGIN,
+            access_log=args.access_log,
+        )
+        return _graceful_server(config, args.shutdown_timeout, serving.stop_apps)
+
+    return build
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -509,26 +582,12 @@ def _graceful_server(config: Any, grace: float, stop_apps: Callable[[], Awaitabl
     return GracefulServer(config)
 
 
-async def _serve(server: Any, sock: socket.socket) -> None:
-    """Serve until a signal; the signal then means "shut down", not "die"."""
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        server.handle_exit(signum, frame)
-
-    # uvicorn restores the handlers it found and re-raises the signal it caught
-    # once it has shut down; finding ours, that re-raise is harmless and we exit 0.
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        await server.serve(sockets=[sock])
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 # -- run --------------------------------------------------------------------------
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .input_fields import FieldSyntaxError, split_field  # what only `run` needs
+
     app_dir = _app_dirs([args.app_dir])[0]
     if args.input is not None:
         data = load_json_object(args.input, "--input")
@@ -566,6 +625,10 @@ async def _run_once(
     secrets: dict[str, str],
     args: argparse.Namespace,
 ) -> Any:
+    from .input_fields import apply_fields, unknown_fields
+    from .output_files import keep_output_files
+    from .start_display import show_start
+
     output: Any = None
     async with Supervisor(**supervisor_options(args)) as supervisor:
         failure: E.SupervisorError | None = None

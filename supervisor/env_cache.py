@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-import filelock
 
 from . import errors as E
 from .env_spec import RUNTIME_REQUIREMENTS, EnvSpec, failing_requirement
@@ -242,6 +241,8 @@ class EnvCache:
         for record in self.records():
             if record.complete and now - record.last_used < older_than:
                 continue
+            import filelock  # only an environment's build or removal needs it
+
             lock = filelock.FileLock(str(self.root / f"{record.key}.lock"))
             try:
                 lock.acquire(timeout=0)
@@ -260,6 +261,8 @@ class EnvCache:
 @contextlib.asynccontextmanager
 async def _file_lock(path: Path, report: Progress) -> AsyncIterator[None]:
     """Hold ``path``'s file lock, polling so that a cancelled start stops waiting."""
+    import filelock  # only an environment's build needs it
+
     lock = filelock.FileLock(str(path))
     waiting = False
     while True:

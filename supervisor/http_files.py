@@ -51,8 +51,40 @@ def is_file_schema(schema: Any) -> bool:
     )
 
 
+def may_hold_files(schema: Any) -> bool:
+    """Whether any part of ``schema`` (its ``$defs`` included) is a file schema: when
+    none is, no value of it holds a file, and the per-request walks are skipped.
+
+    Remembered per schema object (an app's schemas live as long as its description;
+    the object is kept with the answer, so that a reused ``id`` cannot mislead)."""
+    known = _HOLDS_FILES.get(id(schema))
+    if known is not None and known[0] is schema:
+        return known[1]
+    answer = _holds_files(schema, 0)
+    if len(_HOLDS_FILES) >= _HOLDS_FILES_SIZE:
+        _HOLDS_FILES.clear()
+    _HOLDS_FILES[id(schema)] = (schema, answer)
+    return answer
+
+
+_HOLDS_FILES: dict[int, tuple[Any, bool]] = {}
+_HOLDS_FILES_SIZE = 1024
+
+
+def _holds_files(node: Any, depth: int) -> bool:
+    if depth > 4 * MAX_DEPTH:
+        return True  # too deep to tell: let the walk decide
+    if isinstance(node, Mapping):
+        return is_file_schema(node) or any(_holds_files(v, depth + 1) for v in node.values())
+    if isinstance(node, list):
+        return any(_holds_files(v, depth + 1) for v in node)
+    return False
+
+
 def file_locations(schema: Mapping[str, Any], value: Any) -> list[Loc]:
     """Where ``value`` holds files according to ``schema``, as paths of keys and indices."""
+    if not may_hold_files(schema):
+        return []
     defs = schema.get("$defs", {})
     found: dict[Loc, None] = {}
     for loc in _walk(schema, value, (), defs if isinstance(defs, Mapping) else {}, 0):

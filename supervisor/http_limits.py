@@ -132,14 +132,17 @@ async def _reject(rejected: BodyRejected, scope: Scope, receive: Receive, send: 
 def guarded_protocol(header_timeout: float) -> type[Any]:
     """uvicorn's httptools protocol, closing connections whose headers take longer
     than ``header_timeout`` seconds to arrive (a slow-loris client holds a
-    connection for ever otherwise)."""
+    connection for ever otherwise), and sending each response in one write
+    (``http_writes``)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from .http_writes import CoalescedTransport
 
     class HeaderTimeoutProtocol(HttpToolsProtocol):
         _header_timer: Any = None
 
         def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
+            super().connection_made(CoalescedTransport(transport, self.loop))
             self._arm()
 
         def on_message_begin(self) -> None:

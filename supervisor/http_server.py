@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -51,7 +51,7 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -69,6 +69,7 @@ from .http_files import (
     check_file_inputs,
     file_locations,
     get_at,
+    may_hold_files,
     parse_field_path,
     publish_files,
     publishable,
@@ -99,7 +100,9 @@ from .request import Request as SubmittedRequest
 from .request_log import failure_record, log_failure
 from .startup import FAILED, Startup, started
 from .status_page import render_page as render_status_page
-from .url_fetch import FetchError, UrlFetcher
+
+if TYPE_CHECKING:
+    from .url_fetch import UrlFetcher
 
 AppsFactory = Callable[[], AbstractAsyncContextManager[Mapping[str, App] | Startup]]
 """Entered in the lifespan: running apps, or a ``Startup`` starting them in the background."""
@@ -160,13 +163,18 @@ class NotReady(Reject):
 
 
 class HttpApi:
-    def __init__(self, settings: ServerSettings, gpus: GpuFigures | None = None) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        gpus: GpuFigures | None = None,
+        logs: RecentLogs | None = None,
+    ) -> None:
         self.settings = settings
         self.startup: Startup | None = None
         self.files = FileRegistry(settings.max_served_files)
         self.metrics = Metrics(lambda: self.apps, gpus)
         self.gpus = gpus
-        self.logs = RecentLogs()
+        self.logs = logs if logs is not None else RecentLogs()
         self.policy = PathPolicy(tuple(Path(p) for p in settings.allowed_paths))
         self.upload_root: Path | None = None
         self.fetch_policy = FetchPolicy(
@@ -175,6 +183,9 @@ class HttpApi:
             timeout=settings.fetch_timeout,
         )
         self.fetcher: UrlFetcher | None = None
+        """Made by the first request with a file URL: its HTTP client (httpx, TLS) is
+        not worth loading before that."""
+        self._fetcher_made = anyio.Lock()
         self.token = settings.auth_token.encode() if settings.auth_token else None
 
     @property
@@ -183,8 +194,16 @@ class HttpApi:
         return self.startup.apps if self.startup is not None else {}
 
     def routes(self) -> list[Route]:
+        """Calls first: Starlette tries the routes in order, and no path of the others
+        overlaps theirs."""
         run, cancel = ["POST"], ["POST"]
         return [
+            Route("/run", self.run, methods=run),
+            Route("/run/{function}", self.run, methods=run),
+            Route("/apps/{app}/run", self.run, methods=run),
+            Route("/apps/{app}/run/{function}", self.run, methods=run),
+            Route("/cancel/{request_id}", self.cancel, methods=cancel),
+            Route("/apps/{app}/cancel/{request_id}", self.cancel, methods=cancel),
             Route("/health", self.health, methods=["GET"]),
             Route("/health/live", self.live, methods=["GET"]),
             Route("/health/ready", self.ready, methods=["GET"]),
@@ -196,13 +215,7 @@ class HttpApi:
             Route("/docs", self.docs, methods=["GET"]),
             Route("/docs/{asset}", self.docs_asset, methods=["GET"]),
             Route("/files/{request_id}/{token}/{filename}", self.download, methods=["GET"]),
-            Route("/run", self.run, methods=run),
-            Route("/run/{function}", self.run, methods=run),
-            Route("/cancel/{request_id}", self.cancel, methods=cancel),
             Route("/restart", self.restart, methods=["POST"]),
-            Route("/apps/{app}/run", self.run, methods=run),
-            Route("/apps/{app}/run/{function}", self.run, methods=run),
-            Route("/apps/{app}/cancel/{request_id}", self.cancel, methods=cancel),
             Route("/apps/{app}/restart", self.restart, methods=["POST"]),
         ]
 
@@ -320,7 +333,7 @@ class HttpApi:
         limits = self.settings.limits
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             try:
-                raw = await request.body()
+                raw = await _body(request)
             except BodyRejected as exc:
                 raise Reject(exc.status, exc.type, exc.message) from None
             return await self.parse_json(raw) if raw.strip() else {}, None, {}
@@ -410,17 +423,20 @@ class HttpApi:
                         wanted.append((where, data, loc, url))
         if not wanted:
             return upload_dir
-        assert self.fetcher is not None and self.upload_root is not None, "not started"
+        from .url_fetch import FetchError
+
+        assert self.upload_root is not None, "the server is not started"
+        fetcher = await self.url_fetcher()
         made = upload_dir is None
         directory = _request_dir(self.upload_root) if upload_dir is None else upload_dir
         errors: list[dict[str, Any]] = []
         for where, data, loc, url in wanted:
             try:
-                fetched = await self.fetcher.fetch(url, pin=where == "setup")
+                fetched = await fetcher.fetch(url, pin=where == "setup")
             except FetchError as exc:
                 errors.append({"loc": [where, *loc], "msg": str(exc), "type": exc.kind})
                 continue
-            path = fetched.path if where == "setup" else self.fetcher.link_into(fetched, directory)
+            path = fetched.path if where == "setup" else fetcher.link_into(fetched, directory)
             old = get_at(data, loc)
             value = (
                 {k: v for k, v in old.items() if k not in ("uri", "path")}
@@ -436,6 +452,17 @@ class HttpApi:
                 self.cleanup(directory)
             raise Reject(422, "validation", "a file input could not be fetched", errors=errors)
         return directory
+
+    async def url_fetcher(self) -> UrlFetcher:
+        """The fetcher, made (off the loop: httpx and a TLS context) by its first user."""
+        async with self._fetcher_made:
+            if self.fetcher is None:
+                root = self.upload_root
+                assert root is not None, "the server is not started"
+                self.fetcher = await anyio.to_thread.run_sync(
+                    lambda: _url_fetcher(self.fetch_policy, root / "fetched")
+                )
+        return self.fetcher
 
     def cleanup(self, upload_dir: Path | None) -> None:
         """Remove a request's uploads, unless the app returned one of them as an output."""
@@ -492,6 +519,8 @@ class HttpApi:
     def publish(self, request: Request, app: App, call: Call, output: Any) -> Any:
         """Only what the function's output schema declares as files becomes a URL."""
         schema = app.functions.get(call.function, {}).get("output_schema")
+        if not may_hold_files(schema):
+            return output
         return publish_files(
             schema,
             output,
@@ -701,13 +730,33 @@ async def _follow(
                 await app.cancel(submitted.id)
 
 
+async def _body(request: Request) -> bytes:
+    """The whole body, read straight from ``receive`` (``Request.body`` does the same
+    through a stream and a cache, which a body read once does not need)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+
+
+def _url_fetcher(policy: FetchPolicy, cache_dir: Path) -> UrlFetcher:
+    from .url_fetch import UrlFetcher
+
+    return UrlFetcher(policy, cache_dir)
+
+
 def _failure(error: E.SupervisorError) -> tuple[str, int, str]:
     return error.type, status_for(error), error.message
 
 
 def _parse_json(raw: bytes) -> Any:
     try:
-        return json.loads(raw, parse_constant=_no_constant)
+        return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except ValueError as exc:
         raise Reject(400, "bad_request", f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -717,6 +766,10 @@ def _parse_json(raw: bytes) -> Any:
 def _no_constant(name: str) -> Any:
     """JSON has no NaN or Infinity; Python's parser accepts them unless told not to."""
     raise ValueError(f"{name} is not a JSON value")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+"""``json.loads(raw, parse_constant=...)`` without a new decoder per body."""
 
 
 def _request_dir(root: Path) -> Path:
@@ -774,6 +827,7 @@ def create_app(
     apps: Mapping[str, App] | AppsFactory,
     settings: ServerSettings | None = None,
     gpus: GpuFigures | None = None,
+    logs: RecentLogs | None = None,
 ) -> Starlette:
     """The ASGI app serving ``apps``: a mapping of running apps, or a factory of them.
 
@@ -781,10 +835,11 @@ def create_app(
     that starts them in the background (the server then answers health checks,
     and requests wait for their app, while they start); leaving it (at shutdown,
     after in-flight requests) stops them.
-    ``gpus``, for ``/metrics``, returns the per-GPU figures of ``Supervisor.status()``.
+    ``gpus``, for ``/metrics``, returns the per-GPU figures of ``Supervisor.status()``;
+    ``logs``, for the status page, may be attached before the server (and its apps) start.
     """
     settings = settings or ServerSettings()
-    api = HttpApi(settings, gpus)
+    api = HttpApi(settings, gpus, logs)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -795,7 +850,6 @@ def create_app(
         )
         api.logs.attach()
         api.upload_root.chmod(0o711)
-        api.fetcher = UrlFetcher(api.fetch_policy, api.upload_root / "fetched")
         try:
             if isinstance(apps, Mapping):
                 api.startup = started(apps)
@@ -806,7 +860,8 @@ def create_app(
                     yield
         finally:
             api.logs.detach()
-            await api.fetcher.aclose()
+            if api.fetcher is not None:
+                await api.fetcher.aclose()
             shutil.rmtree(api.upload_root, ignore_errors=True)
 
     server = Starlette(

@@ -147,7 +147,8 @@ class BearerAuth:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
-            scope["type"] == "http"
+            self.token is not None
+            and scope["type"] == "http"
             and scope["path"] not in self.public
             and not authorized(Headers(scope=scope), self.token)
         ):

@@ -17,9 +17,10 @@ import json
 import logging
 import sys
 import time
-from typing import IO, Any, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
@@ -111,6 +112,8 @@ class ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.move_bar(record.name.rsplit(".", 1)[-1], figures)
             return
         if self.draw_bars:  # print above any bar (ours or another's), not through it
+            from tqdm import tqdm  # only a terminal draws bars
+
             tqdm.write(self.format(record), file=self.stream)
             return
         super().emit(record)
@@ -119,6 +122,8 @@ class ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
         key = (app, str(figures.get("phase")))
         bar = self.bars.get(key)
         if bar is None:
+            from tqdm import tqdm
+
             bar = self.bars[key] = tqdm(
                 total=100,
                 desc=f"{app} {key[1]}",

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from .process_memory import tree_memory
 
 PREFIX = "appvisor"
+MAX_CACHED_SERIES = 4096
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -58,13 +59,24 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        """Each (app, function, outcome)'s counter and histogram, looked up once."""
         self.registry.register(StatusCollector(apps))
         if gpus is not None:
             self.registry.register(GpuCollector(gpus))
 
     def observe(self, app: str, function: str, outcome: str, seconds: float) -> None:
-        self.requests.labels(app, function, outcome).inc()
-        self.latency.labels(app, function).observe(seconds)
+        key = (app, function, outcome)
+        series = self._series.get(key)
+        if series is None:
+            if len(self._series) >= MAX_CACHED_SERIES:
+                self._series.clear()
+            series = self._series[key] = (
+                self.requests.labels(app, function, outcome),
+                self.latency.labels(app, function),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.http_files import FileRegistry, publish_files
+from supervisor.http_files import FileRegistry, file_locations, may_hold_files, publish_files
 
 FILE = {"type": "string", "format": "file"}
 BASE = "http://server"
@@ -20,6 +20,26 @@ def _schema(**properties: Any) -> dict[str, Any]:
 
 def _publish(schema: Any, value: Any, max_size: int = 1 << 20) -> Any:
     return publish_files(schema, value, "req", FileRegistry(), BASE, max_size)
+
+
+def test_a_file_anywhere_in_a_schema_is_found_and_none_means_no_walk() -> None:
+    under_defs = {
+        "type": "object",
+        "properties": {"image": {"$ref": "#/$defs/Image"}},
+        "$defs": {"Image": {"anyOf": [FILE, {"type": "null"}]}},
+    }
+    assert may_hold_files(under_defs)
+    assert file_locations(under_defs, {"image": "a.png"}) == [("image",)]
+    plain = _schema(x={"type": "integer"}, tags={"type": "array", "items": {"type": "string"}})
+    assert not may_hold_files(plain)
+    assert file_locations(plain, {"x": 1, "tags": ["a"]}) == []
+    assert not may_hold_files(None)
+
+
+def test_what_a_schema_holds_is_remembered_per_object_not_per_id() -> None:
+    for _ in range(3):  # new dicts may reuse the id of a freed one
+        assert not may_hold_files(_schema(x={"type": "integer"}))
+        assert may_hold_files(_schema(x=FILE))
 
 
 def test_a_plain_dict_with_a_path_is_data(tmp_path: Path) -> None:

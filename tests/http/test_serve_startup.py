@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
+import pytest
 from http_helpers import APPS, Server, cli
+
+from supervisor import cli as cli_module
+from supervisor.errors import LoadFailedError
 
 SLOW = str(APPS / "sup_slow_setup")
 
@@ -126,3 +134,77 @@ def test_sigterm_while_an_app_sets_up_stops_it_and_exits_0(tmp_path: Path) -> No
         assert not alive
     finally:
         server.stop()
+
+
+def _never_built(serving: Any, startup: Any) -> Any:
+    raise AssertionError("the server was built although serve was told to stop")
+
+
+def test_sigterm_while_the_server_loads_stops_the_started_apps_and_exits_0(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The apps start before the HTTP server's modules load: a signal in between
+    must still stop them, and no server is started."""
+
+    def load() -> Callable[[Any, Any], Any]:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return _never_built
+
+    monkeypatch.setattr(cli_module, "_load_http_server", load)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert cli_module.main(["serve", SLOW, "--setup", '{"seconds": 60}', "--port", "0"]) == 0
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    _, alive = psutil.wait_procs(left, timeout=10)
+    assert not alive
+
+
+def test_an_app_failing_while_the_server_loads_exits_with_its_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    failed = threading.Event()
+    original = cli_module._Serving.failed
+
+    def failing(self: Any, name: str, error: Any) -> None:
+        original(self, name, error)
+        failed.set()
+
+    def load() -> Callable[[Any, Any], Any]:
+        assert failed.wait(60), "the app did not fail"
+        return _never_built
+
+    monkeypatch.setattr(cli_module._Serving, "failed", failing)
+    monkeypatch.setattr(cli_module, "_load_http_server", load)
+    assert cli_module.main(["serve", str(APPS / "sup_setup_fail"), "--port", "0"]) == 4
+
+
+def test_a_server_that_fails_to_start_exits_1_not_with_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Failing:
+        started = False
+
+        async def serve(self, sockets: Any = None) -> None:
+            raise SystemExit(1)  # what uvicorn does when its configuration cannot load
+
+    monkeypatch.setattr(cli_module, "_load_http_server", lambda: lambda serving, startup: Failing())
+    code = cli_module.main(["serve", SLOW, "--setup", '{"seconds": 60}', "--port", "0"])
+    assert code == cli_module.ExitCode.RUNTIME
+
+
+def test_a_supervisor_that_cannot_start_is_reported_with_its_code(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Unstartable:
+        def __init__(self, **options: Any) -> None:
+            pass
+
+        async def __aenter__(self) -> Any:
+            raise LoadFailedError("cannot contain the children here")
+
+        async def __aexit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(cli_module, "Supervisor", Unstartable)
+    code = cli_module.main(["serve", SLOW, "--port", "0"])
+    assert code == cli_module.exit_code_for(LoadFailedError("x"))
+    assert "cannot contain the children here" in capsys.readouterr().err

@@ -1,0 +1,41 @@
+"""A bare Starlette JSON echo on uvicorn: the floor under ``serve``'s HTTP layer.
+
+``python benchmarks/_starlette_echo.py PORT`` serves ``POST /run`` answering
+``{"output": <input>}`` with the loop and protocol ``serve`` uses (uvloop,
+httptools), without access log, lifespan or middleware. ``http_serve.py`` starts it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+
+async def run(request: Request) -> JSONResponse:
+    body = json.loads(await request.body())
+    return JSONResponse({"output": body.get("input", {})})
+
+
+def main() -> None:
+    app = Starlette(routes=[Route("/run", run, methods=["POST"])])
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        loop="uvloop",
+        http="httptools",
+        ws="none",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+    )
+
+
+if __name__ == "__main__":
+    main()
