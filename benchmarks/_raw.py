@@ -1,4 +1,4 @@
-"""Drive a child the way ``supervisor/replica.py`` does, without the Replica/App/queue layers.
+"""Drive a child the way ``supervisor/core/replica.py`` does, without the Replica/App/queue layers.
 
 This isolates the cost of the process, the protocol and the child runtime from the
 supervisor's own request machinery, and lets cold_start.py timestamp each step of a
@@ -26,9 +26,9 @@ import anyio
 import anyio.abc
 
 from protocol import Error, Load, Log, Result, Run, Setup, Unload
-from supervisor.child_channel import ChildChannel
-from supervisor.environment import child_environment
-from supervisor.process import ChildProcess
+from supervisor.environments.environment import child_environment
+from supervisor.process.child_channel import ChildChannel
+from supervisor.process.child_process import ChildProcess
 
 WRAPPER = (
     "import os, time\n"

@@ -8,7 +8,7 @@ For each app (benchmarks/apps/empty, benchmarks/apps/numpy_app and a CPU torch
 embedding app when torch is importable) it measures, interleaving the variants in
 every round so that machine noise hits them alike:
 
-* ``probe``: the start sequence of ``supervisor/replica.py`` reproduced step by step
+* ``probe``: the start sequence of ``supervisor/core/replica.py`` reproduced step by step
   (ChildProcess + ChildChannel + protocol messages), timestamped at spawn, at the
   child's first Python statement, at hello, after load, after setup and at the first
   result. This gives the breakdown: interpreter start, runtime imports, app import,
@@ -155,7 +155,7 @@ async def probe(case: AppCase, *, cached_bytecode: bool = False) -> dict[str, fl
     import anyio
     from _raw import RawChild
 
-    from supervisor.app_config import read_manifest
+    from supervisor.environments.app_config import read_manifest
 
     env_extra: dict[str, str] = dict(read_manifest(case.app_dir).env)  # as sup.start() does
     drop: tuple[str, ...] = ()
@@ -239,7 +239,7 @@ async def measure(args: argparse.Namespace, cases: list[AppCase]) -> dict[str, A
             if has_pool and not safe:
                 case.notes.append(
                     "No pool rows: the app's inf.yml env sets variables read at start-up "
-                    "(supervisor.pool.pool_safe() is False), so sup.start() never uses a "
+                    "(supervisor.process.pool.pool_safe() is False), so sup.start() never uses a "
                     "pooled child for it."
                 )
             async with (
@@ -517,10 +517,10 @@ def report_fork_server(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def pool_safe_env(app_dir: Path) -> bool:
-    from supervisor.app_config import read_manifest
+    from supervisor.environments.app_config import read_manifest
 
     try:
-        from supervisor.pool import pool_safe
+        from supervisor.process.pool import pool_safe
     except ImportError:
         return True
     return bool(pool_safe(read_manifest(app_dir).env))
@@ -587,7 +587,7 @@ async def child_import_lines(app_dir: Path, cached_bytecode: bool) -> tuple[floa
     import anyio
     from _raw import RawChild
 
-    from supervisor.app_config import read_manifest
+    from supervisor.environments.app_config import read_manifest
 
     env = {**read_manifest(app_dir).env, "PYTHONPROFILEIMPORTTIME": "1"}
     drop: tuple[str, ...] = ()

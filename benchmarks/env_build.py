@@ -39,9 +39,9 @@ from _common import log, machine_info, machine_line, median, print_table, write_
 from env_apps import NEW_LOCK, make_app
 
 from supervisor import Supervisor
-from supervisor.env_cache import EnvCache, Installer
-from supervisor.env_spec import env_spec
-from supervisor.interpreters import host_interpreter
+from supervisor.environments.env_cache import EnvCache, Installer
+from supervisor.environments.env_spec import env_spec
+from supervisor.environments.interpreters import host_interpreter
 
 EMPTY = Path(__file__).resolve().parent / "apps" / "empty"
 HOST_PINS = """\

@@ -49,7 +49,7 @@ import psutil
 
 from supervisor import App, Supervisor
 from supervisor import errors as E
-from supervisor.gpu_backend import open_backend
+from supervisor.gpu.backend import open_backend
 
 APP = Path(__file__).resolve().parent / "apps" / "gpu_alloc"
 MIB = 1024 * 1024

@@ -14,7 +14,7 @@ a Zod schema), interleaved round by round so that machine noise hits both alike:
 
 Baselines in the same run: ``python -c pass``, ``node -e 0`` and node importing
 zod (what a node child of this app cannot avoid). The Node app's npm packages are
-installed before timing starts (they are cached; see supervisor/node_packages.py).
+installed before timing starts (they are cached; see supervisor/environments/node_packages.py).
 """
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if node is None:
         print("node is not installed: nothing to compare", file=sys.stderr)
         return 0
-    from supervisor.app_config import open_app_dir
-    from supervisor.node_runtime import prepare_node_app
+    from supervisor.environments.app_config import open_app_dir
+    from supervisor.environments.node_runtime import prepare_node_app
 
     packages = prepare_node_app(*open_app_dir(APPS["node"])).env["APPVISOR_NODE_PACKAGE_DIR"]
     info = machine_info()

@@ -16,7 +16,7 @@ each layer adds one thing to the one above it, all measured in the same run:
    message (the floor for a child that keeps reading while a request runs).
 3. ``raw protocol``: the real child runtime (``python -m child`` with
    benchmarks/apps/noop_async) driven with protocol messages through ChildChannel,
-   as supervisor/replica.py does, but without App/Replica/queue.
+   as supervisor/core/replica.py does, but without App/Replica/queue.
 4. ``library app.run()``: ``Supervisor.start(...)`` + ``await app.run(...)``, one
    caller (max_concurrency=1); then the same with the caller's event loop on uvloop
    (when installed), as ``python -m supervisor serve`` runs.

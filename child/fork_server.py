@@ -1,6 +1,6 @@
 """``python -m child.fork_server --socket FD [--preload MODS] [--optional MODS]``: a zygote.
 
-Started by the supervisor (``supervisor.fork_server``) once per environment
+Started by the supervisor (``supervisor.process.fork_server``) once per environment
 key: the interpreter, the preloads and the library settings read at import
 time. It imports the child runtime and the heavy modules, pays the first-use
 costs a pooled child pays (``child.prewarm``); ``--optional`` modules (the

@@ -2,7 +2,7 @@
 
 It only moves bytes; every protocol decision stays in ``Connection``. (The
 supervisor drives its connections from asyncio pipe transports instead, see
-``supervisor/child_channel.py``; the child from a loop reader callback, see
+``supervisor/process/child_channel.py``; the child from a loop reader callback, see
 ``child/runtime.py``.)
 """
 

@@ -8,10 +8,10 @@ Embed it as a library::
 """
 
 from . import errors
-from .app import App
+from .core.app import App
+from .core.restart_policy import RestartPolicy
+from .core.supervisor import Supervisor
 from .events import Event, LogEvent, PartialEvent, ProgressEvent, ResultEvent
-from .restart_policy import RestartPolicy
-from .supervisor import Supervisor
 
 __all__ = [
     "App",

@@ -42,26 +42,26 @@ import anyio
 import anyio.to_thread
 
 from . import errors as E
-from . import json_values
-from .app import App
-from .app_config import AppConfigError, open_app_dir, read_manifest
-from .app_interpreter import app_interpreter
-from .app_secrets import read_secrets_file
 from .app_traceback import for_people
-from .confinement import MODES as CONTAINMENT_MODES
-from .confinement import Confinement, ConfinementError
-from .env_cache import ENV_CACHE_VAR, EnvCache
-from .environment import child_environment
+from .core.app import App
+from .core.input_limits import InputLimits
+from .core.startup import AppStart, Startup
+from .core.supervisor import Supervisor
+from .environments.app_config import AppConfigError, open_app_dir, read_manifest
+from .environments.app_interpreter import app_interpreter
+from .environments.app_secrets import read_secrets_file
+from .environments.env_cache import ENV_CACHE_VAR, EnvCache
+from .environments.environment import child_environment
 from .errors import ExitCode
 from .events import LogEvent, ProgressEvent, ResultEvent
-from .fetch_policy import DEFAULT_MAX_BYTES as DEFAULT_FETCH_MAX_BYTES
-from .fetch_policy import parse_allow
-from .http_limits import HttpLimits, guarded_protocol
-from .input_limits import InputLimits
+from .http import json_values
+from .http.fetch_policy import DEFAULT_MAX_BYTES as DEFAULT_FETCH_MAX_BYTES
+from .http.fetch_policy import parse_allow
+from .http.limits import HttpLimits, guarded_protocol
+from .http.recent_logs import RecentLogs
 from .log_setup import APP_LOGGER, LOG_FORMATS, configure_logging, log_progress
-from .recent_logs import RecentLogs
-from .startup import AppStart, Startup
-from .supervisor import Supervisor
+from .process.confinement import MODES as CONTAINMENT_MODES
+from .process.confinement import Confinement, ConfinementError
 
 logger = logging.getLogger("supervisor.cli")
 
@@ -448,7 +448,7 @@ def _load_http_server() -> Callable[[_Serving, Startup], Any]:
     what builds it."""
     import uvicorn
 
-    from .http_server import ServerSettings, create_app
+    from .http.server import ServerSettings, create_app
 
     def build(serving: _Serving, startup: Startup) -> Any:
         args, limits = serving.args, serving.http_limits()
@@ -524,7 +524,7 @@ def _serve_on_ray(
     except UsageError as exc:
         raise UsageError(str(exc).replace("--setup", "--deployment-options")) from None
     try:
-        from .ray_launch import DeployFailed, serve_on_ray
+        from .ray.launch import DeployFailed, serve_on_ray
     except ImportError as exc:
         raise UsageError(f"--ray needs the ray extra (appvisor[ray]): {exc}") from None
     try:
@@ -586,7 +586,7 @@ def _graceful_server(config: Any, grace: float, stop_apps: Callable[[], Awaitabl
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .input_fields import FieldSyntaxError, split_field  # what only `run` needs
+    from .http.input_fields import FieldSyntaxError, split_field  # what only `run` needs
 
     app_dir = _app_dirs([args.app_dir])[0]
     if args.input is not None:
@@ -625,8 +625,8 @@ async def _run_once(
     secrets: dict[str, str],
     args: argparse.Namespace,
 ) -> Any:
-    from .input_fields import apply_fields, unknown_fields
-    from .output_files import keep_output_files
+    from .http.input_fields import apply_fields, unknown_fields
+    from .http.output_files import keep_output_files
     from .start_display import show_start
 
     output: Any = None
@@ -730,7 +730,7 @@ def _schema_interpreter(app_dir: Path, args: argparse.Namespace) -> str:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from .describe import describe_app
+    from .process.describe import describe_app
 
     app_dir = _app_dirs([args.app_dir])[0]
     configure_logging(args.log_format, args.log_level, timestamps=False)

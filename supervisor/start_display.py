@@ -14,7 +14,7 @@ from typing import IO, Any
 import anyio
 from tqdm import tqdm
 
-from .app import App
+from .core.app import App
 
 
 async def show_start(

@@ -7,7 +7,7 @@ import pytest
 
 from child.runtime import _exception_info
 from protocol import ErrorType
-from supervisor.eviction_policy import is_cuda_oom as policy_is_cuda_oom
+from supervisor.gpu.eviction_policy import is_cuda_oom as policy_is_cuda_oom
 
 
 @pytest.mark.parametrize(

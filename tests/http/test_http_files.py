@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.http_files import FileRegistry, file_locations, may_hold_files, publish_files
+from supervisor.http.files import FileRegistry, file_locations, may_hold_files, publish_files
 
 FILE = {"type": "string", "format": "file"}
 BASE = "http://server"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from supervisor.http_writes import CoalescedTransport
+from supervisor.http.writes import CoalescedTransport
 
 
 class Recording(asyncio.Transport):

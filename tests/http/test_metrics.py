@@ -6,7 +6,7 @@ from typing import Any
 
 from http_helpers import metric_value
 
-from supervisor.metrics import Metrics
+from supervisor.http.metrics import Metrics
 
 
 class FakeApp:

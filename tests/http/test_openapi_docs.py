@@ -11,7 +11,7 @@ import pytest
 from http_helpers import EXAMPLES, TOKEN, Server
 from openapi_spec_validator import validate
 
-from supervisor.openapi import file_fields
+from supervisor.http.openapi import file_fields
 
 
 @pytest.fixture(params=["hello", "multi"])

@@ -6,8 +6,8 @@ import logging
 
 from http_helpers import Server
 
-from supervisor.recent_logs import RecentLogs
-from supervisor.request_log import failure_record, log_failure
+from supervisor.http.recent_logs import RecentLogs
+from supervisor.http.request_log import failure_record, log_failure
 
 
 def test_status_has_every_app_its_replicas_gpus_and_logs(hello: Server) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from node_helpers import APPS, NODE_PROBLEM, NodeChildDriver
 
-from supervisor.app_config import open_app_dir
-from supervisor.environment import child_environment
-from supervisor.node_runtime import prepare_node_app
+from supervisor.environments.app_config import open_app_dir
+from supervisor.environments.environment import child_environment
+from supervisor.environments.node_runtime import prepare_node_app
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -28,8 +28,8 @@ if importlib.util.find_spec("supervisor") is None:  # pragma: no cover - not ins
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "http"))  # http_helpers, for the serve tests
 
-from supervisor.child_launch import node_command  # noqa: E402
-from supervisor.node_runtime import MINIMUM_VERSION, parse_version  # noqa: E402
+from supervisor.environments.node_runtime import MINIMUM_VERSION, parse_version  # noqa: E402
+from supervisor.process.child_launch import node_command  # noqa: E402
 
 
 def _node_problem() -> str | None:

@@ -23,12 +23,13 @@ import psutil
 import pytest
 from node_helpers import APPS
 
-from supervisor import RestartPolicy, Supervisor, node_runtime
+from supervisor import RestartPolicy, Supervisor
 from supervisor import errors as E
-from supervisor.describe import describe_app
+from supervisor.environments import node_runtime
+from supervisor.environments.node_packages import PACKAGE_DIR_ENV, app_packages
+from supervisor.environments.node_runtime import find_node
 from supervisor.events import LogEvent, PartialEvent, ResultEvent
-from supervisor.node_packages import PACKAGE_DIR_ENV, app_packages
-from supervisor.node_runtime import find_node
+from supervisor.process.describe import describe_app
 
 pytestmark = pytest.mark.anyio
 KITCHEN = APPS / "node_kitchen"

@@ -17,7 +17,7 @@ import pytest
 from node_helpers import APPS, NodeChildDriver, SpawnNode
 
 from protocol import Error, Hello, Log, Partial, Progress, Result
-from supervisor import node_runtime
+from supervisor.environments import node_runtime
 
 KITCHEN = str(APPS / "node_kitchen")
 

@@ -31,7 +31,7 @@ import ray
 from ray import serve
 from ray.cluster_utils import Cluster
 
-from supervisor.ray_serve import NODE_HEADER, REPLICA_HEADER, RayOptions, serve_app
+from supervisor.ray.serve import NODE_HEADER, REPLICA_HEADER, RayOptions, serve_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "http"))
 from http_helpers import metric_value, sse_events

@@ -17,9 +17,9 @@ from starlette.routing import Route
 
 from supervisor import errors as E
 from supervisor.cli import main
-from supervisor.ray_board import StatusBoard, cancel_outcome, live_entries
-from supervisor.ray_launch import route_prefix
-from supervisor.ray_serve import (
+from supervisor.ray.board import StatusBoard, cancel_outcome, live_entries
+from supervisor.ray.launch import route_prefix
+from supervisor.ray.serve import (
     AppReplica,
     RayOptions,
     ReplicaHeaders,

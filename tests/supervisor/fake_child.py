@@ -31,7 +31,7 @@ from protocol import (
     Setup,
     Unload,
 )
-from supervisor.process import ExitStatus
+from supervisor.process.child_process import ExitStatus
 
 Handler = Callable[[Message | None], None]
 

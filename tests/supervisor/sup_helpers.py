@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import anyio
 
 from supervisor import App, RestartPolicy, Supervisor
-from supervisor.request import Request
+from supervisor.core.request import Request
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.app_config import AppConfigError, AppManifest, read_manifest
+from supervisor.environments.app_config import AppConfigError, AppManifest, read_manifest
 
 APPS = Path(__file__).resolve().parents[1] / "apps"
 

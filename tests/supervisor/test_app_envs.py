@@ -18,9 +18,9 @@ from env_apps import NEW_LOCK, OLD_LOCK, make_app
 from sup_helpers import make_supervisor, wait_for
 
 from supervisor import errors
-from supervisor.env_cache import EnvCache
-from supervisor.env_spec import env_spec
-from supervisor.interpreters import find_interpreter, host_interpreter
+from supervisor.environments.env_cache import EnvCache
+from supervisor.environments.env_spec import env_spec
+from supervisor.environments.interpreters import find_interpreter, host_interpreter
 
 pytestmark = [
     pytest.mark.anyio,

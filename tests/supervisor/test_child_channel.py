@@ -12,10 +12,10 @@ import anyio
 import pytest
 
 from protocol import Load, Log, Message, Result, Run, Setup
-from supervisor.child_channel import ChildChannel, Inbox
-from supervisor.child_launch import launch_child
-from supervisor.environment import child_environment
-from supervisor.process import ChildProcess
+from supervisor.environments.environment import child_environment
+from supervisor.process.child_channel import ChildChannel, Inbox
+from supervisor.process.child_launch import launch_child
+from supervisor.process.child_process import ChildProcess
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
 logger = logging.getLogger("test.channel")

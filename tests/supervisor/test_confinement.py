@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.cgroups import CgroupHost
-from supervisor.confinement import Confinement, ConfinementError
+from supervisor.process.cgroups import CgroupHost
+from supervisor.process.confinement import Confinement, ConfinementError
 
 
 def test_no_writable_cgroup_means_the_subreaper(

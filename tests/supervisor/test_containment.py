@@ -24,7 +24,7 @@ from conftest import WaitGone
 from sup_helpers import make_supervisor, wait_for
 
 from supervisor import errors as E
-from supervisor.cgroups import CgroupHost
+from supervisor.process.cgroups import CgroupHost
 
 APP = Path(__file__).resolve().parents[1] / "apps" / "security"
 MEM_APP = Path(__file__).resolve().parents[1] / "apps" / "mem_gpu"

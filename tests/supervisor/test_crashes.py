@@ -22,8 +22,9 @@ from sup_helpers import in_flight, make_supervisor, only_pid, outcome, wait_for
 
 from protocol import Load, Message
 from supervisor import App, RestartPolicy
-from supervisor import replica as replica_module
-from supervisor.child_channel import ChildChannel
+from supervisor.core import replica as replica_module
+from supervisor.core.replica import Replica
+from supervisor.core.request import Request
 from supervisor.errors import (
     AppFailedError,
     ChildCrashedError,
@@ -33,8 +34,7 @@ from supervisor.errors import (
     RequestTimeoutError,
     SupervisorError,
 )
-from supervisor.replica import Replica
-from supervisor.request import Request
+from supervisor.process.child_channel import ChildChannel
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
 

@@ -10,10 +10,10 @@ import filelock
 import pytest
 
 from supervisor import errors
-from supervisor.app_config import read_manifest
-from supervisor.app_interpreter import plan_environment
-from supervisor.env_cache import MARKER, RUNTIME_DIR, EnvCache, runtime_path
-from supervisor.env_spec import (
+from supervisor.environments.app_config import read_manifest
+from supervisor.environments.app_interpreter import plan_environment
+from supervisor.environments.env_cache import MARKER, RUNTIME_DIR, EnvCache, runtime_path
+from supervisor.environments.env_spec import (
     RUNTIME_REQUIREMENTS,
     EnvSpec,
     env_spec,
@@ -21,8 +21,8 @@ from supervisor.env_spec import (
     requirement_lines,
     requirements_file,
 )
-from supervisor.environment import child_environment
-from supervisor.interpreters import (
+from supervisor.environments.environment import child_environment
+from supervisor.environments.interpreters import (
     Interpreter,
     find_interpreter,
     host_interpreter,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.environment import PARENT_PID, child_environment
+from supervisor.environments.environment import PARENT_PID, child_environment
 
 PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 

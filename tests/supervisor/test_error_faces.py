@@ -10,7 +10,7 @@ import pytest
 
 from supervisor import errors as E
 from supervisor.cli import exit_code_for
-from supervisor.http_wire import status_for
+from supervisor.http.wire import status_for
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.eviction_policy import (
+from supervisor.gpu.backend import DeviceMemory
+from supervisor.gpu.eviction_policy import (
     AdmissionPlan,
     BudgetViolation,
     ChildFigures,
@@ -13,7 +14,6 @@ from supervisor.eviction_policy import (
     pressure_evictions,
     replica_plans,
 )
-from supervisor.gpu_backend import DeviceMemory
 
 GIB = 1024**3
 

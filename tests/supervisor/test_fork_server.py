@@ -25,7 +25,7 @@ from sup_helpers import FakeGpus, make_supervisor, only_pid, wait_for
 
 from supervisor import App, Supervisor
 from supervisor.errors import ChildCrashedError
-from supervisor.pool import PoolKey, _unsafe_to_fork
+from supervisor.process.pool import PoolKey, _unsafe_to_fork
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
 
@@ -227,7 +227,7 @@ SCRIPT = textwrap.dedent(
     import json, sys
     import anyio, psutil
     from supervisor import Supervisor
-    from supervisor.pool import PoolKey
+    from supervisor.process.pool import PoolKey
 
     async def main() -> None:
         async with Supervisor(gpu_backend=None, pool_size=1) as sup:

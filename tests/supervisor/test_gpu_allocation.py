@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.gpu_allocation import (
+from supervisor.gpu.allocation import (
     AllocationError,
     allocate_gpus,
     check_explicit,
@@ -11,7 +11,7 @@ from supervisor.gpu_allocation import (
     gpu_environment,
     rank_devices,
 )
-from supervisor.gpu_backend import DeviceMemory
+from supervisor.gpu.backend import DeviceMemory
 
 GIB = 1024**3
 

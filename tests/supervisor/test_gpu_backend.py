@@ -14,7 +14,7 @@ import psutil
 import pynvml
 import pytest
 
-from supervisor.gpu_backend import (
+from supervisor.gpu.backend import (
     FAKE_NVML_ENV,
     MIB,
     DeviceMemory,
@@ -353,7 +353,7 @@ def test_nvml_backend_wraps_errors() -> None:
 
 def test_open_backend_none_when_no_devices(monkeypatch: pytest.MonkeyPatch) -> None:
     stub = StubNvml([])
-    monkeypatch.setattr("supervisor.gpu_backend.pynvml", stub)
+    monkeypatch.setattr("supervisor.gpu.backend.pynvml", stub)
     assert open_backend({}) is None
     assert stub.calls == ["init", "shutdown"]
 

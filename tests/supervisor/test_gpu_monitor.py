@@ -11,10 +11,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from supervisor.eviction_policy import ChildFigures
-from supervisor.gpu_backend import DeviceMemory, FakeNvmlBackend, GpuBackendError, GpuSample
-from supervisor.gpu_monitor import ChildUsage, MonitorSnapshot, ResourceMonitor
-from supervisor.resource_governor import policy_figures
+from supervisor.core.resource_governor import policy_figures
+from supervisor.gpu.backend import DeviceMemory, FakeNvmlBackend, GpuBackendError, GpuSample
+from supervisor.gpu.eviction_policy import ChildFigures
+from supervisor.gpu.monitor import ChildUsage, MonitorSnapshot, ResourceMonitor
 
 MIB = 1024 * 1024
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.input_fields import FieldSyntaxError, apply_fields, split_field, unknown_fields
+from supervisor.http.input_fields import FieldSyntaxError, apply_fields, split_field, unknown_fields
 
 SCHEMA = {
     "type": "object",

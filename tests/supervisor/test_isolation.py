@@ -18,6 +18,7 @@ import pytest
 from sup_helpers import make_supervisor, only_pid, outcome, wait_for
 
 from supervisor import RestartPolicy
+from supervisor.core.input_limits import InputLimits
 from supervisor.errors import (
     AppFailedError,
     ChildCrashedError,
@@ -25,7 +26,6 @@ from supervisor.errors import (
     RequestTimeoutError,
     SetupFailedError,
 )
-from supervisor.input_limits import InputLimits
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from supervisor import json_values
-from supervisor.http_wire import dumps as http_dumps
+from supervisor.http import json_values
+from supervisor.http.wire import dumps as http_dumps
 
 
 def test_bytes_become_base64_and_text_stays_as_it_is() -> None:

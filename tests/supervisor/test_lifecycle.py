@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from supervisor.lifecycle import LIVE, TRANSITIONS, IllegalTransition, Lifecycle, ReplicaState
+from supervisor.core.lifecycle import LIVE, TRANSITIONS, IllegalTransition, Lifecycle, ReplicaState
 
 S = ReplicaState
 

@@ -14,7 +14,11 @@ import pytest
 from sup_helpers import make_supervisor
 
 from supervisor import errors
-from supervisor.system_packages import dpkg_installed, listed_packages, missing_packages
+from supervisor.environments.system_packages import (
+    dpkg_installed,
+    listed_packages,
+    missing_packages,
+)
 
 APPS = Path(__file__).resolve().parent.parent / "apps"
 ABSENT = "appvisor-absent-package-9d2c"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.app_config import AppConfigError, choose_runtime, open_app_dir
+from supervisor.environments.app_config import AppConfigError, choose_runtime, open_app_dir
+from supervisor.environments.node_packages import package_key
+from supervisor.environments.node_runtime import check_version, kernel_major, parse_version
 from supervisor.errors import EnvironmentFailedError
-from supervisor.node_packages import package_key
-from supervisor.node_runtime import check_version, kernel_major, parse_version
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from supervisor.output_files import keep_output_files
+from supervisor.http.output_files import keep_output_files
 
 SCHEMA = {
     "type": "object",

@@ -10,7 +10,7 @@ import pytest
 from sup_helpers import FakeGpus
 
 from supervisor import Supervisor
-from supervisor.pool import PoolKey
+from supervisor.process.pool import PoolKey
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
 

@@ -168,7 +168,7 @@ async def test_a_child_user_that_cannot_run_the_interpreter_is_a_clear_error() -
 
 
 def test_unknown_and_root_child_users_are_refused() -> None:
-    from supervisor.confinement import ConfinementError
+    from supervisor.process.confinement import ConfinementError
 
     with pytest.raises(ConfinementError, match="no user"):
         Supervisor(child_user="no-such-user-here")
@@ -241,7 +241,7 @@ SUPERVISE_FORKED = textwrap.dedent(
     import json, sys
     import anyio
     from supervisor import Supervisor
-    from supervisor.pool import PoolKey
+    from supervisor.process.pool import PoolKey
 
     async def main() -> None:
         async with Supervisor(gpu_backend=None, pool_size=1, child_user="nobody") as sup:

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from supervisor.gpu_sample import GpuSample
-from supervisor.process_memory import pids_memory, tree_memory, tree_pids
+from supervisor.gpu.sample import GpuSample
+from supervisor.process.process_memory import pids_memory, tree_memory, tree_pids
 
 MIB = 1024 * 1024
 

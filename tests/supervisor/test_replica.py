@@ -15,16 +15,16 @@ from fake_child import FakeChannel, FakeProcess, error
 
 from protocol import Cancel, ErrorType, Message, Result, Run
 from supervisor import errors
-from supervisor import replica as replica_module
-from supervisor import standby as standby_module
-from supervisor.lifecycle import ReplicaState, VramClaim
-from supervisor.process import ExitStatus
-from supervisor.replica import Replica, ReplicaSpec
-from supervisor.request import Request
-from supervisor.request_queue import RequestQueue
-from supervisor.restart_policy import RestartPolicy
-from supervisor.running_child import ChildState, Fault
-from supervisor.standby import StandbyState
+from supervisor.core import replica as replica_module
+from supervisor.core import standby as standby_module
+from supervisor.core.lifecycle import ReplicaState, VramClaim
+from supervisor.core.replica import Replica, ReplicaSpec
+from supervisor.core.request import Request
+from supervisor.core.request_queue import RequestQueue
+from supervisor.core.restart_policy import RestartPolicy
+from supervisor.core.running_child import ChildState, Fault
+from supervisor.core.standby import StandbyState
+from supervisor.process.child_process import ExitStatus
 
 pytestmark = pytest.mark.anyio
 GUARD = 10.0

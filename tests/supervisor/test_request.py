@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from supervisor.request import config_key, new_request_id
+from supervisor.core.request import config_key, new_request_id
 
 
 def test_request_ids_are_32_random_hex_digits() -> None:

@@ -13,9 +13,9 @@ from fake_child import FakeChannel, FakeProcess
 
 from protocol import Message, Result, Run
 from supervisor import errors
-from supervisor import replica as replica_module
-from supervisor.app import App
-from supervisor.replica import Replica, ReplicaSpec
+from supervisor.core import replica as replica_module
+from supervisor.core.app import App
+from supervisor.core.replica import Replica, ReplicaSpec
 
 pytestmark = pytest.mark.anyio
 GUARD = 10.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from supervisor.request import Request
-from supervisor.request_queue import RequestQueue
+from supervisor.core.request import Request
+from supervisor.core.request_queue import RequestQueue
 
 pytestmark = pytest.mark.anyio
 

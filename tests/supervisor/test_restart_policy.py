@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.restart_policy import GiveUp, Restart, RestartPolicy
+from supervisor.core.restart_policy import GiveUp, Restart, RestartPolicy
 
 
 def test_first_crash_restarts_at_once() -> None:

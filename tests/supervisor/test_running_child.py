@@ -14,11 +14,9 @@ from fake_child import FakeChannel, FakeProcess, error
 
 from protocol import Cancel, ErrorType, Log, Message, Partial, Result, Run
 from supervisor import errors
-from supervisor.events import LogEvent, PartialEvent, ResultEvent
-from supervisor.lifecycle import IllegalTransition
-from supervisor.process import ExitStatus
-from supervisor.request import Request
-from supervisor.running_child import (
+from supervisor.core.lifecycle import IllegalTransition
+from supervisor.core.request import Request
+from supervisor.core.running_child import (
     TRANSITIONS,
     ChildLimits,
     ChildState,
@@ -27,6 +25,8 @@ from supervisor.running_child import (
     Refusal,
     RunningChild,
 )
+from supervisor.events import LogEvent, PartialEvent, ResultEvent
+from supervisor.process.child_process import ExitStatus
 
 pytestmark = pytest.mark.anyio
 GUARD = 10.0

@@ -13,8 +13,8 @@ import pytest
 from sup_helpers import make_supervisor
 
 from supervisor import errors
-from supervisor.app_config import read_manifest
-from supervisor.app_secrets import (
+from supervisor.environments.app_config import read_manifest
+from supervisor.environments.app_secrets import (
     MASK,
     DeclaredSecret,
     SecretMask,
@@ -22,7 +22,7 @@ from supervisor.app_secrets import (
     resolve_secrets,
 )
 from supervisor.events import LogEvent
-from supervisor.process import ChildProcess
+from supervisor.process.child_process import ChildProcess
 
 APPS = Path(__file__).resolve().parent.parent / "apps"
 SECRETS_APP = APPS / "secrets"

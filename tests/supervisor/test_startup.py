@@ -8,8 +8,8 @@ import anyio
 import pytest
 
 from supervisor import errors as E
-from supervisor.app import App
-from supervisor.startup import AppStart, Startup
+from supervisor.core.app import App
+from supervisor.core.startup import AppStart, Startup
 
 pytestmark = pytest.mark.anyio
 

@@ -13,8 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "http"))
 from fetch_server import FetchServer, fetch_server
 
-from supervisor.fetch_policy import AllowRule, FetchPolicy, address_class, parse_allow
-from supervisor.url_fetch import FetchError, UrlFetcher
+from supervisor.http.fetch_policy import AllowRule, FetchPolicy, address_class, parse_allow
+from supervisor.http.url_fetch import FetchError, UrlFetcher
 
 # -- the policy ---------------------------------------------------------------------
 

@@ -1,0 +1,397 @@
+"""Pre-started children, so that starting an app skips the interpreter's start-up.
+
+A pooled child is ``python -m child`` started with no app: the runtime is
+imported, optional modules are preloaded, no CUDA context exists, and it has
+already said hello. ``start()`` hands it the app with a ``load`` request that
+also carries the complete environment a freshly spawned child would have had;
+the child replaces its environment with it, changes to the app directory and
+puts that directory first on ``sys.path``. A pooled child serves one app, once,
+and is never returned to the pool, so nothing leaks between apps.
+
+It is used only where that is indistinguishable from a fresh start: not when
+the app's environment sets variables read at interpreter start-up
+(``PYTHON*``, ``NODE_*``, ``LD_*``, the allocator's). Variables that a
+numerical library reads when it loads (thread-pool sizes: ``OMP_*``, ``MKL_*``
+...) matter only to a child that preloaded one; they are part of its key
+(``PoolKey.import_env``), so an app that sets them is served by children
+started with the same values once it has asked for one, instead of a spawn
+every time.
+Node.js apps get pre-started node children of their own, keyed apart by
+``PoolKey.runtime``.
+
+With ``fork_server`` (the default), each Python key also gets a fork server
+(``fork_server``, a zygote with the same interpreter, preloads and library
+settings, plus the ``inferencesh`` SDK where installed): once it is ready the
+pool's idle children are forked from it instead of spawned, and a start that
+finds no idle child left (starts closer together than the refill: swaps in a
+row, a burst of replicas) gets a child forked for it at once (``acquire``)
+instead of a spawn. A child says how it was started (``ChildProcess.start``):
+``pool`` (an idle pre-started one), ``fork`` (forked for this start) or
+``spawn`` (the replica's own, when the pool had nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+
+from ..environments.environment import child_environment
+from .child_channel import ChildChannel
+from .child_launch import DEFAULT_SHARED_MEMORY, launch_child
+from .child_process import ChildProcess
+from .confinement import Confinement
+from .fork_server import READY_TIMEOUT, ForkServer, ForkServerError
+
+logger = logging.getLogger("supervisor.pool")
+
+INTERPRETER_ENV_PREFIXES = ("PYTHON", "LD_", "MALLOC", "NODE_", "UV_")
+"""Read when the interpreter starts: a pre-started child has already read them."""
+LIBRARY_ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_", "GOMP_", "KMP_")
+"""Read when a numerical library loads: they matter only if the pool preloaded one."""
+
+
+def pool_safe(app_env: Mapping[str, str]) -> bool:
+    """True when a pooled child can serve an app with this environment."""
+    return not any(key.startswith(INTERPRETER_ENV_PREFIXES) for key in app_env)
+
+
+def import_env(app_env: Mapping[str, str], preload: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """The app's variables that a preloaded library has read by the time it is
+    handed out: they must be the pooled child's own from its start."""
+    if not preload:
+        return ()
+    return tuple(sorted((k, v) for k, v in app_env.items() if k.startswith(LIBRARY_ENV_PREFIXES)))
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    python: str
+    """The interpreter: python, or node for ``runtime="node"``."""
+    preload: tuple[str, ...] = ()
+    runtime: str = "python"
+    import_env: tuple[tuple[str, str], ...] = ()
+    """Library settings (``import_env()``) the child is started with."""
+
+
+@dataclass(eq=False)
+class PooledChild:
+    process: ChildProcess
+    channel: ChildChannel
+
+
+def _describe(key: PoolKey, default: PoolKey) -> str:
+    """A pool key for status: its preloads, and its runtime (node) or interpreter
+    unless it is the default."""
+    preload = ",".join(key.preload) or "(none)"
+    preload += "".join(f" {k}={v}" for k, v in key.import_env)
+    if key.runtime != "python":
+        return f"{key.runtime}:{preload}"
+    return preload if key.python == default.python else f"{key.python}:{preload}"
+
+
+FORK_SERVER_EXTRAS = ("inferencesh",)
+"""Imported by every fork server where installed: almost every app imports the SDK."""
+
+REFILL_DELAY = 0.05
+"""Seconds between a start taking a pooled child and the pool spawning its replacement."""
+
+
+class ChildPool:
+    def __init__(
+        self,
+        size: int,
+        preload: Sequence[str] = (),
+        shared_memory: int = DEFAULT_SHARED_MEMORY,
+        fork_server: bool = True,
+    ) -> None:
+        """``fork_server``: a zygote per Python key forks the pool's children and
+        those of starts that find the pool empty (only with ``size`` > 0)."""
+        self.size = size
+        self.fork_server = fork_server
+        self.shared_memory = shared_memory
+        self.default_key = PoolKey(sys.executable, tuple(preload))
+        self.confinement: Confinement | None = None
+        """Set by the supervisor: its children's cgroups and user."""
+        self._idle: dict[PoolKey, list[PooledChild]] = {}
+        self._wanted: set[PoolKey] = {self.default_key} if size > 0 else set()
+        self._refill = anyio.Event()
+        self._workdir: tempfile.TemporaryDirectory[str] | None = None
+        """The pooled children's working directory, while ``run`` runs."""
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._closed = False
+        self._servers: dict[PoolKey, ForkServer] = {}
+        self._no_server: set[PoolKey] = set()
+        """Keys whose fork server failed: their children are spawned."""
+        self.spawned = 0
+        self.handed_out = 0
+        self.forked = 0
+        """Children forked for a start that found no idle one."""
+
+    def take(self, key: PoolKey) -> PooledChild | None:
+        """A ready pooled child for ``key``, or None; ``refill`` replaces it later."""
+        if self.size <= 0 or self._closed:
+            return None
+        self._wanted.add(key)
+        idle = self._idle.get(key, [])
+        child = None
+        while idle and child is None:
+            candidate = idle.pop(0)
+            if not candidate.channel.closed.is_set():
+                child = candidate
+        if child is not None:
+            self.handed_out += 1
+            child.process.start = "pool"
+        return child
+
+    async def acquire(self, key: PoolKey) -> PooledChild | None:
+        """An idle child for ``key`` (``take``), else one forked now by the key's
+        fork server, else None (the caller spawns)."""
+        child = self.take(key)
+        if child is not None:
+            return child
+        server = self._servers.get(key)
+        if server is None or not server.alive or self._tasks is None:
+            return None
+        try:
+            process, channel = await server.fork(
+                f"fork[{server.forked}]",
+                shared_memory=self.shared_memory,
+                confinement=self.confinement,
+                logger=logger,
+            )
+        except (ForkServerError, OSError) as exc:
+            logger.warning("%s cannot fork (%s); the start spawns instead", server.name, exc)
+            return None
+        self._tasks.start_soon(channel.read_loop)
+        self._tasks.start_soon(process.read_stderr)
+        self.forked += 1
+        process.start = "fork"
+        return PooledChild(process, channel)
+
+    def refill(self) -> None:
+        """Top the pool up in the background, once a start no longer needs the CPU."""
+        self._refill.set()
+
+    def idle_count(
+        self, preload: tuple[str, ...] = (), import_env: tuple[tuple[str, str], ...] = ()
+    ) -> int:
+        """Idle children pre-started for this interpreter with these preloads (and
+        these library settings)."""
+        key = PoolKey(self.default_key.python, preload, import_env=import_env)
+        return len(self._idle.get(key, []))
+
+    def idle_count_for(self, python: str) -> int:
+        """Idle children pre-started for this interpreter (an app environment's), any preloads."""
+        return sum(len(v) for k, v in self._idle.items() if k.python == python)
+
+    def settled(self) -> bool:
+        """Every key asked for has its idle children and, where it gets one, its
+        fork server ready (or given up): a start now takes a pre-started child."""
+        return all(
+            len(self._idle.get(key, [])) >= self.size
+            and (not self._wants_server(key) or key in self._servers or key in self._no_server)
+            for key in self._wanted
+        )
+
+    async def drain(self) -> None:
+        """Stop the idle children; until a start asks for a refill, starts fork (or spawn)."""
+        await self._terminate_idle()
+
+    def status(self) -> dict[str, object]:
+        return {
+            "size": self.size,
+            "idle": {_describe(k, self.default_key): len(v) for k, v in self._idle.items()},
+            "spawned": self.spawned,
+            "handed_out": self.handed_out,
+            "forked": self.forked,
+            "fork_servers": {
+                _describe(k, self.default_key): server.status()
+                for k, server in self._servers.items()
+            },
+        }
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep ``size`` idle children per wanted key, until cancelled."""
+        self._workdir = tempfile.TemporaryDirectory(prefix="supervisor-pool-")
+        os.chmod(self._workdir.name, 0o711)  # a child user must be able to start there
+        try:
+            async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
+                task_status.started()
+                while True:
+                    # A fresh event before spawning, not after: a start that asks
+                    # for a refill (or for another key) while a spawn is under way
+                    # is then not lost.
+                    refill = self._refill = anyio.Event()
+                    for key in list(self._wanted):
+                        await self._start_server(key)
+                        while len(self._idle.setdefault(key, [])) < self.size:
+                            if not await self._spawn(key):
+                                break
+                    await refill.wait()
+                    # Spawning forks this process and then keeps a core busy for a
+                    # while: let the start that took a child serve its first
+                    # requests first.
+                    await anyio.sleep(REFILL_DELAY)
+        finally:
+            self._closed = True
+            with anyio.CancelScope(shield=True):
+                await self._terminate_idle()
+                async with anyio.create_task_group() as closing:
+                    for server in self._servers.values():
+                        closing.start_soon(server.close)
+            self._workdir.cleanup()
+            self._workdir = None
+
+    async def _start_server(self, key: PoolKey) -> None:
+        """Start the key's fork server, and wait until it is ready to fork."""
+        if not self._wants_server(key) or key in self._servers or key in self._no_server:
+            return
+        assert self._tasks is not None and self._workdir is not None
+        env = child_environment(dict(key.import_env), cuda_visible_devices="", python=key.python)
+        name = f"fork-server[{_describe(key, self.default_key)}]"
+        try:
+            server = await ForkServer.start(
+                key.python,
+                key.preload,
+                optional=[m for m in FORK_SERVER_EXTRAS if m not in key.preload],
+                env=env,
+                cwd=self._workdir.name,
+                name=name,
+                confinement=self.confinement,
+            )
+        except OSError as exc:
+            logger.warning("cannot start %s (%s): its children are spawned", name, exc)
+            self._no_server.add(key)
+            return
+        self._tasks.start_soon(server.run)
+        if not await server.wait_ready(READY_TIMEOUT):
+            logger.warning("%s did not start: its children are spawned", name)
+            self._no_server.add(key)
+            await server.close()
+            return
+        refusal = _unsafe_to_fork(server.info)
+        if refusal is not None:
+            logger.warning("%s is not used (%s): its children are spawned", name, refusal)
+            self._no_server.add(key)
+            await server.close()
+            return
+        logger.info("%s ready: pid %d", name, server.process.pid)
+        self._servers[key] = server
+        self._tasks.start_soon(self._forget_server_when_gone, key, server)
+
+    def _wants_server(self, key: PoolKey) -> bool:
+        return (
+            self.fork_server
+            and sys.platform.startswith("linux")  # pidfds, SOCK_SEQPACKET, PDEATHSIG
+            and key.runtime == "python"
+        )
+
+    async def _forget_server_when_gone(self, key: PoolKey, server: ForkServer) -> None:
+        await server.gone.wait()
+        if self._servers.get(key) is server and not self._closed:
+            logger.warning("%s exited: its children are spawned from now on", server.name)
+            del self._servers[key]
+            self._no_server.add(key)
+
+    async def _spawn(self, key: PoolKey) -> bool:
+        """Pre-start a child for ``key``: forked by its fork server, or spawned."""
+        assert self._tasks is not None and self._workdir is not None
+        server = self._servers.get(key)
+        if server is not None and server.alive:
+            try:
+                process, channel = await server.fork(
+                    f"pool[{self.spawned}]",
+                    shared_memory=self.shared_memory,
+                    confinement=self.confinement,
+                    logger=logger,
+                )
+            except (ForkServerError, OSError) as exc:
+                logger.warning("%s cannot fork (%s); spawning instead", server.name, exc)
+            else:
+                return await self._add_idle(key, process, channel)
+        env = child_environment(dict(key.import_env), cuda_visible_devices="", python=key.python)
+        name = f"pool[{self.spawned}]"
+        try:
+            process, channel = await launch_child(
+                key.python,
+                key.preload,
+                env=env,
+                cwd=self._workdir.name,
+                name=name,
+                logger=logger,
+                shared_memory=self.shared_memory if key.runtime == "python" else 0,
+                prewarm=True,
+                confinement=self.confinement,
+                runtime=key.runtime,
+            )
+        except OSError as exc:
+            logger.warning("cannot pre-start a child: %s", exc)
+            return False
+        return await self._add_idle(key, process, channel)
+
+    async def _add_idle(self, key: PoolKey, process: ChildProcess, channel: ChildChannel) -> bool:
+        """Wait for a pre-started child's hello, then keep it idle for ``key``."""
+        assert self._tasks is not None
+        self.spawned += 1
+        self._tasks.start_soon(channel.read_loop)
+        self._tasks.start_soon(process.read_stderr)
+        self._tasks.start_soon(self._reap_when_dead, process, channel)
+        try:
+            hello = await channel.wait_hello()
+        except BaseException:  # the pool is closing while this child starts
+            with anyio.CancelScope(shield=True):
+                await self._discard(process)
+            raise
+        if hello is None or hello.app is not None:
+            logger.warning("pre-started child pid %d did not say hello", process.pid)
+            await self._discard(process)
+            return False
+        self._idle.setdefault(key, []).append(PooledChild(process, channel))
+        return True
+
+    @staticmethod
+    async def _discard(process: ChildProcess) -> None:
+        await process.terminate(1.0)
+        process.close_pipes()
+
+    async def _reap_when_dead(self, process: ChildProcess, channel: ChildChannel) -> None:
+        """Reap a pooled child that dies while idle (a handed-out one is reaped by its replica)."""
+        await channel.closed.wait()
+        for idle in self._idle.values():
+            for pooled in list(idle):
+                if pooled.process is process:
+                    idle.remove(pooled)
+                    with contextlib.suppress(Exception):
+                        await self._discard(process)
+
+    async def _terminate_idle(self) -> None:
+        idle = [pooled for children in self._idle.values() for pooled in children]
+        self._idle.clear()
+        async with anyio.create_task_group() as tasks:
+            for pooled in idle:
+                tasks.start_soon(self._discard, pooled.process)
+
+
+def _unsafe_to_fork(info: Mapping[str, object]) -> str | None:
+    """Why a ready zygote must not fork, from what it reported, or None.
+
+    A Python thread may hold a lock that its forks would inherit locked; a CUDA
+    context does not survive a fork. (Native threads that a library starts when
+    imported, torch's among them, are idle then and are tolerated.)"""
+    threads = info.get("python_threads")
+    if isinstance(threads, int) and threads > 1:
+        return f"its preloads started {threads - 1} Python thread(s)"
+    if info.get("cuda"):
+        return "its preloads initialised CUDA"
+    return None

@@ -1,0 +1,1 @@
+"""The Ray Serve face: app directories as Ray Serve deployments."""
