@@ -41,7 +41,6 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from . import errors as E
 from .app_traceback import for_people
 from .core.app import App
 from .core.input_limits import InputLimits
@@ -52,7 +51,7 @@ from .environments.app_interpreter import app_interpreter
 from .environments.app_secrets import read_secrets_file
 from .environments.env_cache import ENV_CACHE_VAR, EnvCache
 from .environments.environment import child_environment
-from .errors import ExitCode
+from .errors import ExitCode, LoadFailedError, SupervisorError
 from .events import LogEvent, ProgressEvent, ResultEvent
 from .http import json_values
 from .http.fetch_policy import DEFAULT_MAX_BYTES as DEFAULT_FETCH_MAX_BYTES
@@ -73,7 +72,7 @@ SHUTDOWN_MARGIN = 5.0
 def exit_code_for(error: BaseException) -> ExitCode:
     """A failure's exit status: its class says (``exit_code``); anything else is a
     runtime failure."""
-    if isinstance(error, E.SupervisorError):
+    if isinstance(error, SupervisorError):
         return error.exit_code
     return ExitCode.RUNTIME
 
@@ -245,7 +244,7 @@ def _app_dirs(values: Sequence[str]) -> list[Path]:
     return dirs
 
 
-def error_details(error: E.SupervisorError, debug: bool) -> list[tuple[str, str]]:
+def error_details(error: SupervisorError, debug: bool) -> list[tuple[str, str]]:
     """An error's field errors, traceback (the app's frames only, unless ``debug``) and
     stderr, as text."""
     details = []
@@ -260,7 +259,7 @@ def error_details(error: E.SupervisorError, debug: bool) -> list[tuple[str, str]
     return details
 
 
-def _report(error: E.SupervisorError, debug: bool = False) -> None:
+def _report(error: SupervisorError, debug: bool = False) -> None:
     print(f"error ({error.type}): {error.message}", file=sys.stderr)
     for key, text in error_details(error, debug):
         print(f"{key}:\n{text}", file=sys.stderr)
@@ -319,7 +318,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if serving.failures:
             return exit_code_for(serving.failures[0])
         return ExitCode.RUNTIME if exc.code else ExitCode.OK
-    except E.SupervisorError as error:  # the supervisor itself could not start
+    except SupervisorError as error:  # the supervisor itself could not start
         _report(error, args.debug)
         return exit_code_for(error)
     finally:
@@ -345,14 +344,14 @@ class _Serving:
     ) -> None:
         self.args, self.token, self.confinement = args, token, confinement
         self.dirs, self.setups, self.secrets = dirs, setups, secrets
-        self.failures: list[E.SupervisorError] = []
+        self.failures: list[SupervisorError] = []
         self.supervisor: Supervisor | None = None
         self.server: Any = None
         self.stop_asked = False
         self.logs = RecentLogs()
         """Attached before the apps start, so that the status page shows their start."""
 
-    def failed(self, name: str, error: E.SupervisorError) -> None:
+    def failed(self, name: str, error: SupervisorError) -> None:
         self.failures.append(error)
         logger.error(
             "cannot start %s: %s (%s)%s",
@@ -529,7 +528,7 @@ def _serve_on_ray(
         raise UsageError(f"--ray needs the ray extra (appvisor[ray]): {exc}") from None
     try:
         serve_on_ray(args, dirs, setups, deployments, token)
-    except (DeployFailed, E.SupervisorError, ValueError) as exc:
+    except (DeployFailed, SupervisorError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.RUNTIME
     return ExitCode.OK
@@ -610,7 +609,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return ExitCode.INTERRUPTED
     except FieldSyntaxError as exc:
         raise UsageError(str(exc)) from None
-    except E.SupervisorError as error:
+    except SupervisorError as error:
         _report(error, args.debug)
         return exit_code_for(error)
     sys.stdout.write(json_values.dumps(output) + "\n")
@@ -631,7 +630,7 @@ async def _run_once(
 
     output: Any = None
     async with Supervisor(**supervisor_options(args)) as supervisor:
-        failure: E.SupervisorError | None = None
+        failure: SupervisorError | None = None
         async with anyio.create_task_group() as display:  # raises a failure as a group:
             if args.log_format == "text" and sys.stderr.isatty():
                 name = _manifest_name(app_dir)
@@ -644,7 +643,7 @@ async def _run_once(
                     run_timeout=args.run_timeout,
                     secrets=secrets,
                 )
-            except E.SupervisorError as exc:  # so it is taken here, and raised as itself
+            except SupervisorError as exc:  # so it is taken here, and raised as itself
                 failure = exc
             display.cancel_scope.cancel()
         if failure is not None:
@@ -670,7 +669,7 @@ async def _run_once(
         try:
             output = keep_output_files(output, schema, Path(args.output_dir))
         except OSError as exc:
-            raise E.SupervisorError(f"cannot keep the output files: {exc}") from exc
+            raise SupervisorError(f"cannot keep the output files: {exc}") from exc
     return output
 
 
@@ -715,7 +714,7 @@ def _schema_interpreter(app_dir: Path, args: argparse.Namespace) -> str:
     try:
         directory, manifest = open_app_dir(app_dir)
     except AppConfigError as exc:
-        raise E.LoadFailedError(str(exc)) from exc
+        raise LoadFailedError(str(exc)) from exc
     choice = anyio.run(
         functools.partial(
             app_interpreter,
@@ -737,7 +736,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
     _show_env_progress()
     try:
         description = describe_app(app_dir, python=_schema_interpreter(app_dir, args))
-    except E.SupervisorError as exc:
+    except SupervisorError as exc:
         _report(exc, args.debug)
         return exit_code_for(exc)
     functions = description.get("functions") or {}

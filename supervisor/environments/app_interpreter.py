@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 
-from .. import errors as E
+from ..errors import InterpreterMissingError, LoadFailedError
 from .app_config import AppManifest
 from .env_cache import EnvCache
 from .env_spec import EnvSpec, env_spec, requirements_file
@@ -46,7 +46,7 @@ def plan_environment(
     try:
         version = requested_version(manifest.kernel)
     except ValueError as exc:
-        raise E.LoadFailedError(f"{directory / 'inf.yml'}: {exc}") from exc
+        raise LoadFailedError(f"{directory / 'inf.yml'}: {exc}") from exc
     if requirements_file(directory) is None:
         # No environment to build: the fast path, whatever the kernel asks for.
         if version is None or version == host.minor:
@@ -59,7 +59,7 @@ def plan_environment(
     interpreter = find_interpreter(version) if version else host
     if interpreter is None:
         if not allow_host_python:
-            raise E.InterpreterMissingError(
+            raise InterpreterMissingError(
                 f"{manifest.name}: kernel {manifest.kernel!r} needs Python {version}, which is "
                 "not installed (looked for the supervisor's own, pyenv's and uv's Pythons, and "
                 f"python{version} on PATH); install it, or allow the host's Python "

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import errors as E
+from ..errors import MissingSecretError
 
 MASK = "********"
 MIN_MASKED_LENGTH = 4
@@ -47,7 +47,7 @@ def resolve_secrets(
         names = "; ".join(
             f"{s.key}" + (f" ({s.description})" if s.description else "") for s in missing
         )
-        raise E.MissingSecretError(
+        raise MissingSecretError(
             f"{app}: missing required secret(s): {names}. Give them with --secret KEY=VALUE, "
             "--secrets-file FILE, --secrets-from-env, or start(secrets=...)",
             missing=[{"key": s.key, "description": s.description} for s in missing],

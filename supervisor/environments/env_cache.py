@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import anyio
 
-from .. import errors as E
+from ..errors import EnvironmentFailedError
 from .env_spec import RUNTIME_REQUIREMENTS, EnvSpec, failing_requirement
 
 ENV_CACHE_VAR = "APPVISOR_ENV_CACHE"
@@ -202,7 +202,7 @@ class EnvCache:
             output = "\n".join(tail)
             requirement = failing_requirement(output, spec.content)
             about = f" ({requirement})" if requirement else ""
-            raise E.EnvironmentFailedError(
+            raise EnvironmentFailedError(
                 f"installing {spec.requirements} for Python {spec.python.version} "
                 f"failed{about}: {Path(argv[0]).name} exited with {code}",
                 requirement=requirement,

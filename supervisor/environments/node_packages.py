@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import errors as E
+from ..errors import EnvironmentFailedError
 
 CACHE_ENV = "APPVISOR_CACHE_DIR"
 PACKAGE_DIR_ENV = "APPVISOR_NODE_PACKAGE_DIR"
@@ -103,7 +103,7 @@ def install_packages(
     """Fill a fresh directory with ``prepare``, run npm in it, and move it to ``target``."""
     npm = shutil.which("npm")
     if npm is None:
-        raise E.EnvironmentFailedError(f"cannot install {what}: npm was not found on PATH")
+        raise EnvironmentFailedError(f"cannot install {what}: npm was not found on PATH")
     target.parent.mkdir(parents=True, exist_ok=True)
     work = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     work.mkdir()
@@ -143,7 +143,7 @@ def _run_logged(argv: list[str], cwd: Path, logger: logging.Logger, what: str) -
             errors="replace",
         )
     except OSError as exc:
-        raise E.EnvironmentFailedError(f"cannot install {what}: {exc}") from exc
+        raise EnvironmentFailedError(f"cannot install {what}: {exc}") from exc
     assert process.stdout is not None
     timer = threading.Timer(timeout, process.kill)
     timer.start()
@@ -160,7 +160,7 @@ def _run_logged(argv: list[str], cwd: Path, logger: logging.Logger, what: str) -
         tail.append(f"(killed; the limit is {timeout:g} s, set by {INSTALL_TIMEOUT_ENV})")
     if process.returncode != 0:
         detail = "\n".join(tail)
-        raise E.EnvironmentFailedError(
+        raise EnvironmentFailedError(
             f"cannot install {what}: npm {argv[1]} exited with {process.returncode}"
             + (f":\n{detail}" if detail else ""),
             installer_output=detail,

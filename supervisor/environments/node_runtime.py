@@ -22,7 +22,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import errors as E
+from ..errors import EnvironmentFailedError
 from .app_config import AppManifest
 from .node_packages import (
     APP_LINK_ENV,
@@ -63,7 +63,7 @@ def check_version(found: Version, kernel: str | None, allow_older: bool) -> str 
     raises ``EnvironmentFailedError`` otherwise."""
     shown = ".".join(map(str, found))
     if found < MINIMUM_VERSION:
-        raise E.EnvironmentFailedError(
+        raise EnvironmentFailedError(
             f"node {shown} is too old for the child runtime, which needs "
             f"{'.'.join(map(str, MINIMUM_VERSION))} or newer"
         )
@@ -72,7 +72,7 @@ def check_version(found: Version, kernel: str | None, allow_older: bool) -> str 
         return None
     text = f"the app asks for {kernel} but node is {shown}"
     if not allow_older:
-        raise E.EnvironmentFailedError(
+        raise EnvironmentFailedError(
             f"{text}; install node {wanted} or newer, or set {ALLOW_OLDER_ENV}=1 to run it anyway"
         )
     return f"{text}; running it anyway ({ALLOW_OLDER_ENV} is set)"
@@ -82,7 +82,7 @@ def find_node(kernel: str | None, env: dict[str, str] | None = None) -> tuple[st
     environ = os.environ if env is None else env
     node = environ.get(NODE_ENV) or shutil.which("node")
     if not node:
-        raise E.EnvironmentFailedError(
+        raise EnvironmentFailedError(
             f"this is a Node.js app ({kernel or 'inference.js'}) but no node executable was found "
             f"on PATH (or in ${NODE_ENV})"
         )
@@ -109,10 +109,10 @@ def _version_of(node: str, mtime: int) -> Version:
             [node, "--version"], capture_output=True, text=True, timeout=30, check=True
         ).stdout
     except (OSError, subprocess.SubprocessError) as exc:
-        raise E.EnvironmentFailedError(f"cannot run {node} --version: {exc}") from exc
+        raise EnvironmentFailedError(f"cannot run {node} --version: {exc}") from exc
     version = parse_version(out)
     if version is None:
-        raise E.EnvironmentFailedError(f"{node} --version printed {out.strip()!r}, not a version")
+        raise EnvironmentFailedError(f"{node} --version printed {out.strip()!r}, not a version")
     return version
 
 

@@ -55,12 +55,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .. import errors as E
 from ..app_traceback import for_people
 from ..core.app import App
 from ..core.request import Item
 from ..core.request import Request as SubmittedRequest
 from ..core.startup import FAILED, Startup, started
+from ..errors import SupervisorError
 from ..events import Event, LogEvent, PartialEvent, ProgressEvent, ResultEvent
 from .docs_page import ASSETS, asset_paths, assets_dir, render_page
 from .fetch_policy import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, FetchPolicy, parse_allow
@@ -272,7 +272,7 @@ class HttpApi:
             # event, and the request id in the `start` event can be cancelled at once.
             try:
                 submitted = self.submit(app, call)
-            except E.SupervisorError as exc:
+            except SupervisorError as exc:
                 self.cleanup(upload_dir)
                 self.finish(app.name, function, call.request_id, started, _failure(exc))
                 return error_response(status_for(exc), self.error_body(exc), headers)
@@ -298,7 +298,7 @@ class HttpApi:
         self.finish(app.name, call.function, call.request_id, started, failure)
         return response
 
-    def error_body(self, error: E.SupervisorError) -> dict[str, Any]:
+    def error_body(self, error: SupervisorError) -> dict[str, Any]:
         """The error as the client sees it: an app's traceback without the runtime's
         frames, unless the server runs with ``debug``."""
         body = error.to_dict()
@@ -474,7 +474,7 @@ class HttpApi:
 
     async def until_done(
         self, request: Request, app: App, call: Call
-    ) -> tuple[ResultEvent | None, E.SupervisorError | None]:
+    ) -> tuple[ResultEvent | None, SupervisorError | None]:
         """Run the call to its end; both None when the client went away (and it was cancelled).
 
         Most calls end within ``QUICK_CALL`` seconds; only a call that takes longer gets
@@ -482,7 +482,7 @@ class HttpApi:
         """
         try:
             submitted = self.submit(app, call)
-        except E.SupervisorError as exc:
+        except SupervisorError as exc:
             return None, exc
         try:
             with anyio.move_on_after(QUICK_CALL):
@@ -563,7 +563,7 @@ class HttpApi:
                     elif isinstance(event, ResultEvent):
                         failure = None
                         yield sse_event("result", self.result_body(request, app, call, event))
-            except E.SupervisorError as exc:
+            except SupervisorError as exc:
                 failure = _failure(exc)
                 yield sse_event("error", {"error": self.error_body(exc), "status": status_for(exc)})
         finally:
@@ -597,7 +597,7 @@ class HttpApi:
             return exc.response()
         try:
             await app.restart()
-        except E.SupervisorError as exc:
+        except SupervisorError as exc:
             return error_response(status_for(exc), exc.to_dict())
         return JSONResponse({"restarted": True, "app": app.name, "status": app.status()})
 
@@ -721,7 +721,7 @@ async def _follow(
                 continue
             if item is None:
                 return
-            if isinstance(item, E.SupervisorError):
+            if isinstance(item, SupervisorError):
                 raise item
             yield item
     finally:
@@ -750,7 +750,7 @@ def _url_fetcher(policy: FetchPolicy, cache_dir: Path) -> UrlFetcher:
     return UrlFetcher(policy, cache_dir)
 
 
-def _failure(error: E.SupervisorError) -> tuple[str, int, str]:
+def _failure(error: SupervisorError) -> tuple[str, int, str]:
     return error.type, status_for(error), error.message
 
 
@@ -790,11 +790,11 @@ def _save(part: UploadFile, target: Path) -> None:
 
 async def _outcome(
     submitted: SubmittedRequest,
-) -> tuple[ResultEvent | None, E.SupervisorError | None]:
+) -> tuple[ResultEvent | None, SupervisorError | None]:
     """Wait for a request's result or error, passing over its other events."""
     try:
         return await submitted.result(), None
-    except E.SupervisorError as exc:
+    except SupervisorError as exc:
         return None, exc
 
 

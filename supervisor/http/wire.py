@@ -19,8 +19,8 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .. import errors as E
 from ..core.request import new_request_id
+from ..errors import SupervisorError
 from . import json_values
 
 CLIENT_CLOSED = 499
@@ -28,7 +28,7 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 PUBLIC_PATHS = frozenset({"/health"})
 
 
-def status_for(error: E.SupervisorError) -> int:
+def status_for(error: SupervisorError) -> int:
     """The HTTP status an error is answered with: its class says (``http_status``)."""
     return error.http_status
 

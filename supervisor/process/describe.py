@@ -21,10 +21,10 @@ from typing import Any
 from protocol import Connection, Error, Hello, Shutdown
 from protocol.streams import SyncChannel
 
-from .. import errors as E
 from ..environments.app_config import AppConfigError, open_app_dir
 from ..environments.environment import child_environment
 from ..environments.node_runtime import prepare_node_app
+from ..errors import LoadFailedError, ProtocolViolationError, SetupFailedError, from_error_info
 from .child_launch import node_command
 
 
@@ -39,7 +39,7 @@ def describe_app(
     try:
         directory, manifest = open_app_dir(app_dir)
     except AppConfigError as exc:
-        raise E.LoadFailedError(str(exc)) from exc
+        raise LoadFailedError(str(exc)) from exc
     env = child_environment(manifest.env, cuda_visible_devices="", python=python)
     if manifest.runtime == "node":
         node = prepare_node_app(directory, manifest)
@@ -64,19 +64,19 @@ def describe_app(
     try:
         hello = channel.receive()
         if not isinstance(hello, Hello):  # pragma: no cover - the protocol layer checks this
-            raise E.ProtocolViolationError(f"expected hello, got {hello.TYPE}")
+            raise ProtocolViolationError(f"expected hello, got {hello.TYPE}")
         if hello.app is None:
             notice = channel.receive()
             if isinstance(notice, Error):
-                raise E.from_error_info(notice.error)
-            raise E.LoadFailedError(f"{directory}: the child loaded no app")
+                raise from_error_info(notice.error)
+            raise LoadFailedError(f"{directory}: the child loaded no app")
         description = dict(hello.app)
         with contextlib.suppress(OSError, ValueError):
             channel.send(Shutdown())
         return description
     except EOFError:
         timed_out = not timer.is_alive()
-        raise E.SetupFailedError(
+        raise SetupFailedError(
             f"{directory}: the child "
             + (
                 f"took longer than {timeout:g} s"

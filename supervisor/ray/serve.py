@@ -41,11 +41,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import errors as E
 from ..core.app import App
 from ..core.input_limits import InputLimits
 from ..core.supervisor import Supervisor
 from ..environments.app_config import open_app_dir
+from ..errors import AdmissionError, SupervisorError
 from ..http.server import ServerSettings, create_app
 from ..http.wire import JSONResponse, error_response
 from . import board
@@ -117,7 +117,7 @@ def pinned_gpus(ray_ids: Sequence[int | str]) -> tuple[int, ...]:
         try:
             index = int(value)
         except ValueError:
-            raise E.AdmissionError(
+            raise AdmissionError(
                 f"Ray assigned GPU {value!r}, which is not a device index; start the "
                 "Ray node with CUDA_VISIBLE_DEVICES as indices"
             ) from None
@@ -228,7 +228,7 @@ class AppReplica:
             self.supervisor = supervisor
             try:
                 app = await self._start(supervisor)
-            except E.SupervisorError as exc:
+            except SupervisorError as exc:
                 # Serve reports only that the lifespan failed: say why in the replica's log.
                 logger.error("cannot start %s: %s (%s)", spec.app_dir, exc.message, exc.type)
                 raise
