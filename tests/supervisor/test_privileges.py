@@ -93,7 +93,7 @@ def test_a_same_user_child_cannot_read_a_non_dumpable_parents_environment(
             SYSTEM_PYTHON,
             "-c",
             READ_PARENT,
-            str(REPO / "supervisor" / "non_dumpable.py"),
+            str(REPO / "supervisor" / "process" / "non_dumpable.py"),
             mode,
         ],
         env={"SECRET": SECRET, "PATH": os.environ.get("PATH", "")},
