@@ -91,8 +91,8 @@ def test_openapi_and_docs_list_the_node_functions(server: Server) -> None:
     assert server.client.get("/docs").status_code == 200
 
 
-def test_the_example_runs_as_its_input_json_says() -> None:
-    result = cli("run", str(HTML))
+def test_the_example_runs_as_its_input_json_says(tmp_path: Path) -> None:
+    result = cli("run", str(HTML), "--output-dir", str(tmp_path))  # not into the checkout
     assert result.returncode == 0, result.stderr
     card = json.loads(result.stdout)["card"]
     assert card["content_type"] == "text/html"
