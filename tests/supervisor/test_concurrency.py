@@ -81,7 +81,7 @@ async def test_replicas_spread_requests_over_two_children(apps_dir: Path, tmp_pa
                 for i in range(6):
                     tasks.start_soon(call, i)
                 # Both children run at once: the first two calls went one to each.
-                await wait_for(lambda: in_flight(app) == 2, timeout=30)
+                await wait_for(lambda: in_flight(app) == 2)
                 gate.touch()
         assert set(seen) == set(pids)
         assert min(seen.count(pids[0]), seen.count(pids[1])) >= 2
@@ -140,7 +140,7 @@ async def test_cancel_a_hung_request_that_ignores_cancel(
         app = await sup.start(apps_dir / "sup_crashy")
         pid = app.status()["pids"][0]
         request = app.submit({"how": "hang", "started": str(inside)})
-        await wait_for(inside.exists, timeout=30)
+        await wait_for(inside.exists)
         started = time.monotonic()
         assert await app.cancel(request.id) is True
         # Killed after the cancel grace (0.5 s), not left hanging for 1000 s.
@@ -353,7 +353,7 @@ async def test_a_caller_cancelled_before_its_request_was_sent_leaves_nothing_beh
         app = await sup.start(apps_dir / "sup_async", max_concurrency=3)
         inside = tmp_path / "inside"
         blocker = app.submit({"text": "blocker", "block": 1.0, "started": str(inside)})
-        await wait_for(inside.exists, timeout=30)  # inside time.sleep: the child reads nothing
+        await wait_for(inside.exists)  # inside time.sleep: the child reads nothing
         big = app.submit({"text": "x" * (8 << 20)})  # fills the pipe and the write buffer
         await wait_for(lambda: in_flight(app) == 2)
         with anyio.move_on_after(0.3) as waited:

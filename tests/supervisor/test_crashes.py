@@ -100,7 +100,7 @@ async def test_sigkill_while_running(apps_dir: Path, wait_gone: Any, tmp_path: P
         app = await sup.start(apps_dir / "sup_crashy")
         pid = only_pid(app)
         request = app.submit({"how": "sleep", "seconds": 60, "started": str(inside)})
-        await wait_for(inside.exists, timeout=30)
+        await wait_for(inside.exists)
         os.kill(pid, signal.SIGKILL)
         # Failed by the kill, not after the 60 s sleep.
         with anyio.fail_after(30), pytest.raises(ChildCrashedError) as info:
@@ -383,7 +383,7 @@ async def test_a_stopped_child_is_caught_by_the_heartbeat(apps_dir: Path, wait_g
         pid = only_pid(app)
         os.kill(pid, signal.SIGSTOP)
         try:
-            await wait_for(lambda: app.status()["restarts"] == 1, timeout=10)
+            await wait_for(lambda: app.status()["restarts"] == 1)
         finally:
             if wait_gone([pid], timeout=0):
                 os.kill(pid, signal.SIGCONT)
