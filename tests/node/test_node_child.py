@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import struct
-import time
 from pathlib import Path
 from typing import Any
 
@@ -202,9 +201,9 @@ def test_cancel_of_an_awaiting_request_answers_cancelled(spawn_node: SpawnNode) 
 
 def test_cancel_aborts_the_requests_signal(spawn_node: SpawnNode, tmp_path: Path) -> None:
     driver = ready(spawn_node)
-    marker = tmp_path / "aborted"
-    request = driver.start_run("hold", {"marker": str(marker)})
-    time.sleep(0.3)
+    marker, started = tmp_path / "aborted", tmp_path / "started"
+    request = driver.start_run("hold", {"marker": str(marker), "started": str(started)})
+    wait_until(started.exists)
     assert not marker.exists()
     driver.cancel(request)
     _, result = driver.collect(request)[request]

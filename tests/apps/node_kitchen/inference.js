@@ -39,7 +39,7 @@ export const NoisyOutput = z.object({ ok: z.boolean() });
 export const ChatterInput = z.object({ tag: z.string(), n: z.number() });
 export const ChatterOutput = z.object({ said: z.number() });
 
-export const HoldInput = z.object({ marker: z.string() });
+export const HoldInput = z.object({ marker: z.string(), started: z.string().optional() });
 export const HoldOutput = z.object({});
 
 export const CrashInput = z.object({ how: z.enum(["exit", "throw", "sigkill", "reject"]) });
@@ -111,6 +111,7 @@ export class App {
   }
 
   async hold(input, metadata) {
+    if (input.started) fs.writeFileSync(input.started, "");
     await new Promise((resolve) => metadata.signal.addEventListener("abort", resolve));
     fs.writeFileSync(input.marker, "aborted");
     return {};
