@@ -74,7 +74,8 @@ async def test_replicas_spread_requests_over_two_children(apps_dir: Path, tmp_pa
         seen: list[int] = []
 
         async def call(i: int) -> None:
-            seen.append((await app.run({"text": str(i), "gate": str(gate)}))["pid"])
+            out = await app.run({"text": str(i), "delay": 0.2, "gate": str(gate)})
+            seen.append(out["pid"])
 
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tasks:
