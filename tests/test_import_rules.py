@@ -171,7 +171,7 @@ def test_no_import_cycles_even_behind_type_checking() -> None:
     ("importer", "imported"),
     [
         ("supervisor.process.pool", "supervisor.core.app"),
-        ("supervisor.gpu.monitor", "supervisor.core.slot"),
+        ("supervisor.gpu.monitor", "supervisor.core.replica"),
         ("supervisor.core.app", "supervisor.http.server"),
         ("supervisor.errors", "supervisor.core.request"),
         ("protocol.framing", "supervisor.errors"),

@@ -81,13 +81,12 @@ def test_message_out_of_state_is_a_protocol_error(child):
 
 def test_protocol_error_while_a_run_is_in_progress(ready):
     driver = ready("child_lifecycle")
-    driver.start_run("sleep_sync", {"seconds": 30})
+    driver.start_run("sleep_sync", {"seconds": 120})
     driver.ping()
     driver.write_raw(b"\xff\xff\xff\xff")
-    started = time.monotonic()
-    messages = driver.receive_all(timeout=10)
-    assert driver.wait(10) == 76
-    assert time.monotonic() - started < 5
+    # It exits at once, not after the 120 s of work.
+    messages = driver.receive_all(timeout=30)
+    assert driver.wait(30) == 76
     assert [m.error.type for m in messages if isinstance(m, Error)] == [ErrorType.PROTOCOL]
 
 
@@ -113,23 +112,19 @@ def test_shutdown_exits_promptly(ready):
 @pytest.mark.parametrize("function", ["sleep", "sleep_sync"])
 def test_shutdown_does_not_wait_for_running_work(ready, function):
     driver = ready("child_lifecycle")
-    driver.start_run(function, {"seconds": 30})
+    driver.start_run(function, {"seconds": 120})
     driver.ping()
-    started = time.monotonic()
     driver.shutdown()
-    assert driver.wait(10) == 0
-    assert time.monotonic() - started < 5
+    assert driver.wait(30) == 0  # not after the 120 s of work
 
 
 @pytest.mark.parametrize("function", ["sleep", "sleep_sync"])
 def test_end_of_file_does_not_wait_for_running_work(ready, function):
     driver = ready("child_lifecycle")
-    driver.start_run(function, {"seconds": 30})
+    driver.start_run(function, {"seconds": 120})
     driver.ping()
-    started = time.monotonic()
     driver.close_stdin()
-    assert driver.wait(10) == 0
-    assert time.monotonic() - started < 5
+    assert driver.wait(30) == 0  # not after the 120 s of work
 
 
 def test_ping_before_load(child):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from http_helpers import EXAMPLES, cli
@@ -22,9 +23,11 @@ def test_i_fields_are_typed_by_the_input_schema() -> None:
     assert "not in the input schema" not in counted.stderr  # input.json is run's, not count's
 
 
-def test_i_at_path_uploads_a_file_field() -> None:
+def test_i_at_path_uploads_a_file_field(tmp_path: Path) -> None:
     sample = EXAMPLES / "image" / "sample.png"
-    result = cli("run", str(EXAMPLES / "image"), "-i", f"image=@{sample}", "-i", "size=16")
+    fields = ["-i", f"image=@{sample}", "-i", "size=16"]
+    # The thumbnail is kept in the test's temp dir, not in the checkout.
+    result = cli("run", str(EXAMPLES / "image"), *fields, "--output-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     image = json.loads(result.stdout)["image"]
     assert image["content_type"] == "image/png"

@@ -84,11 +84,10 @@ def test_app_exception_is_500_with_traceback(multi: Server) -> None:
 
 def test_timeout_is_504(multi: Server) -> None:
     body = {"input": {"seconds": 10}, "timeout": 0.3}
-    started = time.monotonic()
     response = multi.client.post(f"{FAULTS}/run/sleep", json=body)
+    # The 0.3 s timeout: the 10 s sleep itself would have answered 200.
     assert response.status_code == 504
     assert response.json()["error"]["type"] == "timeout"
-    assert time.monotonic() - started < 5
 
 
 def test_cancel_by_request_id_is_409_for_the_cancelled_call(multi: Server) -> None:

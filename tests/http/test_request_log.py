@@ -11,8 +11,8 @@ FAULTS = "/apps/http_faults"
 
 
 def _lines_with(server: Server, text: str, want: int = 1) -> list[str]:
-    """The server's log lines holding ``text`` (waiting briefly for them to be written)."""
-    deadline = time.monotonic() + 5
+    """The server's log lines holding ``text`` (waiting up to 30 s for ``want`` of them)."""
+    deadline = time.monotonic() + 30
     while True:
         lines = [line for line in server.log_path.read_text().splitlines() if text in line]
         if len(lines) >= want or time.monotonic() > deadline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -38,9 +39,9 @@ def wait_live(server: Server, timeout: float = 30.0) -> None:
 
 
 def test_health_answers_while_the_app_sets_up(tmp_path: Path) -> None:
-    server = Server(
-        [SLOW, "--setup", '{"seconds": 4}', "--start-wait", "0"], log=tmp_path / "server.log"
-    )
+    gate = tmp_path / "gate"
+    setup = json.dumps({"seconds": 120, "gate": str(gate)})
+    server = Server([SLOW, "--setup", setup, "--start-wait", "0"], log=tmp_path / "server.log")
     try:
         wait_live(server)
         ready = server.client.get("/health/ready")
@@ -56,6 +57,7 @@ def test_health_answers_while_the_app_sets_up(tmp_path: Path) -> None:
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"]["type"] == "starting"
         assert int(refused.headers["retry-after"]) > 0
+        gate.touch()
         server.wait_ready()
         assert server.client.get("/health/ready").json() == {
             "status": "ready",
@@ -69,13 +71,16 @@ def test_health_answers_while_the_app_sets_up(tmp_path: Path) -> None:
 
 
 def test_a_request_during_start_waits_for_the_app(tmp_path: Path) -> None:
-    server = Server([SLOW, "--setup", '{"seconds": 2}'], log=tmp_path / "server.log")
+    gate = tmp_path / "gate"
+    setup = json.dumps({"seconds": 120, "gate": str(gate)})
+    server = Server([SLOW, "--setup", setup], log=tmp_path / "server.log")
     try:
         wait_live(server)
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(server.client.post, "/run", json={"input": {"text": "wait"}})
             assert server.client.get("/health/ready").status_code == 503
-            response = pending.result(timeout=30)
+            gate.touch()
+            response = pending.result(timeout=60)
         assert response.status_code == 200, response.text
         assert response.json()["output"] == {"text": "wait"}
     finally:

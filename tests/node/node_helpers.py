@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,16 @@ sys.path.insert(0, str(REPO / "tests" / "http"))  # http_helpers, for the serve 
 
 from supervisor.environments.node_runtime import MINIMUM_VERSION, parse_version  # noqa: E402
 from supervisor.process.child_launch import node_command  # noqa: E402
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """Poll ``predicate`` until it returns something true, and return that; fail after
+    ``timeout`` seconds (a bound for a hang, far above what a loaded machine needs)."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"not true within {timeout} s: {predicate}"
+        time.sleep(0.02)
+    return value
 
 
 def _node_problem() -> str | None:

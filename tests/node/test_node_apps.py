@@ -223,11 +223,16 @@ async def test_a_crash_fails_its_request_and_the_app_restarts(
         assert app.status()["restarts"] == 1
 
 
-async def test_cancel_of_a_busy_loop_ends_the_request_and_the_app_recovers() -> None:
+async def test_cancel_of_a_busy_loop_ends_the_request_and_the_app_recovers(
+    tmp_path: Path,
+) -> None:
+    started = tmp_path / "started"
     async with supervisor() as sup:
         app = await sup.start(KITCHEN)
-        request = app.submit({}, function="spin")
-        await anyio.sleep(0.5)
+        request = app.submit({"started": str(started)}, function="spin")
+        with anyio.fail_after(30):
+            while not started.exists():
+                await anyio.sleep(0.02)
         assert await app.cancel(request.id)
         with pytest.raises(E.RequestCancelledError):
             await request.result()
@@ -296,7 +301,7 @@ async def test_a_vram_budget_restarts_a_node_child_over_it(
         assert first["gpus"] == "0"
         usage = {str(first["pid"]): {"0": 4096}}
         nvml.write_text(json.dumps({"devices": devices, "processes": usage}))
-        with anyio.fail_after(20):
+        with anyio.fail_after(30):
             while app.status()["restarts"] < 1:
                 await anyio.sleep(0.05)
         assert "VRAM" in app.status()["last_exit"]["reason"]

@@ -8,13 +8,12 @@ import os
 import shutil
 import signal
 import struct
-import time
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
-from node_helpers import APPS, NodeChildDriver, SpawnNode
+from node_helpers import APPS, NodeChildDriver, SpawnNode, wait_until
 
 from protocol import Error, Hello, Log, Partial, Progress, Result
 from supervisor.environments import node_runtime
@@ -174,14 +173,14 @@ def test_messages_larger_than_a_frame_cross_both_ways(spawn_node: SpawnNode) -> 
     assert isinstance(result, Result) and result.output["text"] == text[::-1]
 
 
-def test_pings_are_answered_while_app_code_spins(spawn_node: SpawnNode) -> None:
+def test_pings_are_answered_while_app_code_spins(spawn_node: SpawnNode, tmp_path: Path) -> None:
     """Section 10.5: the I/O runs on a worker thread that a CPU-bound loop cannot block."""
     driver = ready(spawn_node)
-    request = driver.start_run("spin", {"seconds": 3})
-    time.sleep(0.5)
-    started = time.monotonic()
-    driver.ping(timeout=1.0)
-    assert time.monotonic() - started < 1.0
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    request = driver.start_run("spin", {"started": str(started), "gate": str(gate)})
+    wait_until(started.exists)
+    driver.ping()  # answered while the loop spins: it only ends once the gate exists
+    gate.touch()
     (_, result) = driver.collect(request)[request]
     assert isinstance(result, Result) and result.output["spun"] > 0
 
@@ -190,27 +189,26 @@ def test_cancel_of_an_awaiting_request_answers_cancelled(spawn_node: SpawnNode) 
     """Section 10.2: a streaming run between two awaits stops at once."""
     driver = ready(spawn_node)
     request = driver.start_run("count", {"n": 1000, "delay_ms": 50})
-    time.sleep(0.3)
+    while not isinstance(driver.receive(), Partial):  # the stream is under way
+        pass
     driver.cancel(request)
     events, result = driver.collect(request)[request]
     assert isinstance(result, Error) and result.error.type.value == "cancelled"
-    assert 0 < len(events) < 1000
+    assert len([e for e in events if isinstance(e, Partial)]) < 999
     _, after = driver.run("reverse", {"text": "ab"})
     assert isinstance(after, Result) and after.output == {"text": "ba"}
 
 
 def test_cancel_aborts_the_requests_signal(spawn_node: SpawnNode, tmp_path: Path) -> None:
     driver = ready(spawn_node)
-    marker = tmp_path / "aborted"
-    request = driver.start_run("hold", {"marker": str(marker)})
-    time.sleep(0.3)
+    marker, started = tmp_path / "aborted", tmp_path / "started"
+    request = driver.start_run("hold", {"marker": str(marker), "started": str(started)})
+    wait_until(started.exists)
     assert not marker.exists()
     driver.cancel(request)
     _, result = driver.collect(request)[request]
     assert isinstance(result, Error) and result.error.type.value == "cancelled"
-    deadline = time.monotonic() + 10
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(marker.exists)
     assert marker.read_text() == "aborted"
 
 

@@ -1,5 +1,11 @@
-"""Every test that starts a Ray cluster runs on one pytest-xdist worker, one after
-the other: two clusters on one machine would compete for Ray's ports and CPUs."""
+"""The Ray tests come first in the session.
+
+``--dist loadfile`` (pyproject.toml) runs each test file on one pytest-xdist
+worker, so the tests that start Ray clusters (all in test_ray_cluster.py) run
+one after the other: two clusters on one machine would compete for Ray's ports
+and CPUs. Their chain is the longest of the suite, so it starts first and runs
+beside the rest instead of after it (``--no-loadscope-reorder`` keeps this order).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,5 @@ import pytest
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("ray") is not None:
-            item.add_marker(pytest.mark.xdist_group("ray"))
+    ray = [item for item in items if item.get_closest_marker("ray") is not None]
+    items[:] = ray + [item for item in items if item.get_closest_marker("ray") is None]

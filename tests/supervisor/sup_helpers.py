@@ -34,8 +34,9 @@ async def outcome(request: Request) -> Any:
     return (await request.result()).output
 
 
-async def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
-    """Poll ``predicate`` until it returns something true, and return that."""
+async def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.02) -> T:
+    """Poll ``predicate`` until it returns something true, and return that; ``timeout``
+    only bounds a hang, far above what a loaded machine needs."""
     with anyio.fail_after(timeout):
         while not (value := predicate()):
             await anyio.sleep(interval)

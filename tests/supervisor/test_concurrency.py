@@ -36,21 +36,17 @@ async def test_ten_callers_on_max_concurrency_four(apps_dir: Path) -> None:
         async def call(i: int) -> None:
             results[i] = await app.run({"text": f"caller {i}", "delay": 0.3})
 
-        started = time.monotonic()
-        with anyio.fail_after(15):
+        with anyio.fail_after(60):
             async with anyio.create_task_group() as tasks:
                 for i in range(10):
                     tasks.start_soon(call, i)
-        elapsed = time.monotonic() - started
         assert sorted(results) == list(range(10))
         for i, out in results.items():
             assert out["text"] == f"caller {i}"
             assert out["pid"] == pid
             assert 1 <= out["active"] <= 4
-        # Runs overlapped, but never more than max_concurrency at once.
+        # Runs overlapped, four at a time (not one after the other), never more.
         assert max(out["peak"] for out in results.values()) == 4
-        # Ten 0.3 s runs, four at a time: three waves, not ten.
-        assert elapsed < 2.5
 
 
 async def test_max_concurrency_one_serialises(apps_dir: Path) -> None:
@@ -68,7 +64,8 @@ async def test_max_concurrency_one_serialises(apps_dir: Path) -> None:
         assert sorted(out["text"] for out in results) == ["0", "1", "2", "3", "4"]
 
 
-async def test_replicas_spread_requests_over_two_children(apps_dir: Path) -> None:
+async def test_replicas_spread_requests_over_two_children(apps_dir: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
     async with make_supervisor() as sup:
         app = await sup.start(apps_dir / "sup_async", replicas=2)
         pids = app.status()["pids"]
@@ -77,15 +74,18 @@ async def test_replicas_spread_requests_over_two_children(apps_dir: Path) -> Non
         seen: list[int] = []
 
         async def call(i: int) -> None:
-            seen.append((await app.run({"text": str(i), "delay": 0.2}))["pid"])
+            out = await app.run({"text": str(i), "delay": 0.2, "gate": str(gate)})
+            seen.append(out["pid"])
 
-        started = time.monotonic()
-        async with anyio.create_task_group() as tasks:
-            for i in range(6):
-                tasks.start_soon(call, i)
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tasks:
+                for i in range(6):
+                    tasks.start_soon(call, i)
+                # Both children run at once: the first two calls went one to each.
+                await wait_for(lambda: in_flight(app) == 2)
+                gate.touch()
         assert set(seen) == set(pids)
         assert min(seen.count(pids[0]), seen.count(pids[1])) >= 2
-        assert time.monotonic() - started < 1.5
 
 
 async def test_calls_one_after_the_other_take_turns_over_the_replicas(apps_dir: Path) -> None:
@@ -97,51 +97,57 @@ async def test_calls_one_after_the_other_take_turns_over_the_replicas(apps_dir: 
 
 
 async def test_a_slow_request_does_not_hold_up_others_on_an_idle_replica(
-    apps_dir: Path,
+    apps_dir: Path, tmp_path: Path
 ) -> None:
+    gate = tmp_path / "gate"
     async with make_supervisor() as sup:
         app = await sup.start(apps_dir / "sup_async", replicas=2)
-        slow = app.submit({"text": "slow", "delay": 3})
+        slow = app.submit({"text": "slow", "gate": str(gate)})
         await wait_for(lambda: in_flight(app) == 1)
         quick = [app.submit({"text": str(i)}) for i in range(4)]
-        with anyio.fail_after(2):
+        with anyio.fail_after(30):
             outputs = [await outcome(r) for r in quick]
         assert [o["text"] for o in outputs] == ["0", "1", "2", "3"]
         assert not slow.finished
+        gate.touch()
         assert (await outcome(slow))["text"] == "slow"
 
 
-async def test_full_queue_answers_busy(apps_dir: Path) -> None:
+async def test_full_queue_answers_busy(apps_dir: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
     async with make_supervisor() as sup:
         app = await sup.start(apps_dir / "sup_async", max_concurrency=1, queue_size=1)
-        running = app.submit({"text": "running", "delay": 1})
+        running = app.submit({"text": "running", "gate": str(gate)})
         await wait_for(lambda: in_flight(app) == 1)
         waiting = app.submit({"text": "waiting"})
-        started = time.monotonic()
-        with pytest.raises(BusyError) as info:
+        with anyio.fail_after(30), pytest.raises(BusyError) as info:
             await app.run({"text": "one too many"})
-        assert time.monotonic() - started < 0.5, "BusyError must be immediate"
+        # Immediate: answered while the queue is still full (the gate holds it so).
+        assert not running.finished and not waiting.finished, "BusyError must be immediate"
         assert info.value.to_dict()["type"] == "busy"
         assert app.status()["queued"] == 1
+        gate.touch()
         assert (await outcome(running))["text"] == "running"
         assert (await outcome(waiting))["text"] == "waiting"
         # Room again.
         assert (await app.run({"text": "later"}))["text"] == "later"
 
 
-async def test_cancel_a_hung_request_that_ignores_cancel(apps_dir: Path, wait_gone: Any) -> None:
+async def test_cancel_a_hung_request_that_ignores_cancel(
+    apps_dir: Path, wait_gone: Any, tmp_path: Path
+) -> None:
+    inside = tmp_path / "inside"
     async with make_supervisor() as sup:
         app = await sup.start(apps_dir / "sup_crashy")
         pid = app.status()["pids"][0]
-        request = app.submit({"how": "hang"})
-        await wait_for(lambda: in_flight(app) == 1)
-        await anyio.sleep(0.2)
+        request = app.submit({"how": "hang", "started": str(inside)})
+        await wait_for(inside.exists)
         started = time.monotonic()
         assert await app.cancel(request.id) is True
-        with anyio.fail_after(5), pytest.raises(RequestCancelledError):
+        # Killed after the cancel grace (0.5 s), not left hanging for 1000 s.
+        with anyio.fail_after(30), pytest.raises(RequestCancelledError):
             await outcome(request)
-        # Killed after the cancel grace (0.5 s), not left hanging.
-        assert 0.4 <= time.monotonic() - started < 3
+        assert time.monotonic() - started >= 0.4, "killed before the cancel grace"
         assert wait_gone([pid], zombie_ok=False) == []
         out = await app.run({"how": "ok"})
         assert out["pid"] != pid
@@ -165,7 +171,7 @@ async def test_cancel_a_request_that_honours_cancel_keeps_the_child(apps_dir: Pa
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(consume)
             await wait_for(lambda: in_flight(app) == 1)
-            with anyio.fail_after(2):
+            with anyio.fail_after(30):
                 assert await app.cancel("mine") is True
                 await wait_for(lambda: bool(results))
         assert isinstance(results[0], RequestCancelledError)
@@ -174,18 +180,19 @@ async def test_cancel_a_request_that_honours_cancel_keeps_the_child(apps_dir: Pa
         assert app.status()["restarts"] == 0
 
 
-async def test_cancel_a_queued_request_fails_it_at_once(apps_dir: Path) -> None:
+async def test_cancel_a_queued_request_fails_it_at_once(apps_dir: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
     async with make_supervisor() as sup:
         app = await sup.start(apps_dir / "sup_async", max_concurrency=1)
-        running = app.submit({"text": "running", "delay": 1})
+        running = app.submit({"text": "running", "gate": str(gate)})
         await wait_for(lambda: in_flight(app) == 1)
         queued = app.submit({"text": "queued"})
-        started = time.monotonic()
         assert await app.cancel(queued.id) is True
-        with anyio.fail_after(0.5), pytest.raises(RequestCancelledError):
+        with anyio.fail_after(30), pytest.raises(RequestCancelledError):
             await outcome(queued)
-        assert time.monotonic() - started < 0.5
+        # At once: not after the running request (which the gate holds).
         assert not running.finished
+        gate.touch()
         assert (await outcome(running))["text"] == "running"
         assert (await app.run({"text": "next"}))["text"] == "next"
 
@@ -208,7 +215,7 @@ async def test_request_ids_must_be_unique(apps_dir: Path) -> None:
 async def test_abandoning_a_stream_cancels_its_request(apps_dir: Path) -> None:
     async with make_supervisor() as sup:
         app = await sup.start(apps_dir / "multi")
-        with anyio.fail_after(5):
+        with anyio.fail_after(30):
             async for event in app.stream({"n": 100, "delay": 0.05}, function="count"):
                 assert event.output["n"] == 1
                 break
@@ -241,14 +248,14 @@ async def test_a_cancelled_caller_leaves_its_request_to_the_replica_until_the_ch
                     raise
 
         scope = anyio.CancelScope()
-        with anyio.fail_after(10):
+        with anyio.fail_after(30):
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(caller, scope)
                 await wait_for(lambda: in_flight(app) == 1)
                 scope.cancel()
         assert isinstance(gone[0], anyio.get_cancelled_exc_class())
         assert in_flight(app) == 1, "the child still has the request"
-        with anyio.fail_after(10):
+        with anyio.fail_after(30):
             out = await app.run({"how": "ok"})
         assert out["pid"] != pid
         assert app.status()["restarts"] == 1
@@ -263,7 +270,7 @@ async def test_a_cancelled_caller_whose_request_honours_the_cancel_frees_its_sea
         pid = app.status()["pids"][0]
         with anyio.move_on_after(0.3):
             await app.run({"hang": True})
-        with anyio.fail_after(5):
+        with anyio.fail_after(30):
             out = await app.run({"text": "next"})
         assert (out["pid"], out["peak"], out["active"]) == (pid, 1, 1)
         assert app.status()["restarts"] == 0
@@ -283,7 +290,7 @@ async def _hold_reaping(app: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any,
 
     monkeypatch.setattr(child.process, "wait", held_wait)
     child.process.kill()
-    with anyio.fail_after(5):
+    with anyio.fail_after(30):
         await child.channel.closed.wait()
         await anyio.sleep(0.05)  # the channel's owner closes the pipes
     assert app.status()["state"] == "ready"
@@ -339,15 +346,15 @@ async def test_a_request_cancelled_while_its_child_dies_unsent_is_not_run_later(
 
 
 async def test_a_caller_cancelled_before_its_request_was_sent_leaves_nothing_behind(
-    apps_dir: Path,
+    apps_dir: Path, tmp_path: Path
 ) -> None:
     """The child's loop is held and its stdin is full, so the caller waits to send;
     cancelled there, its request ends at once and frees its place."""
     async with make_supervisor(shared_memory=0) as sup:
         app = await sup.start(apps_dir / "sup_async", max_concurrency=3)
-        blocker = app.submit({"text": "blocker", "block": 1.0})
-        await wait_for(lambda: in_flight(app) == 1)
-        await anyio.sleep(0.1)  # the child is inside time.sleep: it reads nothing
+        inside = tmp_path / "inside"
+        blocker = app.submit({"text": "blocker", "block": 1.0, "started": str(inside)})
+        await wait_for(inside.exists)  # inside time.sleep: the child reads nothing
         big = app.submit({"text": "x" * (8 << 20)})  # fills the pipe and the write buffer
         await wait_for(lambda: in_flight(app) == 2)
         with anyio.move_on_after(0.3) as waited:

@@ -94,18 +94,17 @@ async def test_segfault_is_reported_with_signal_and_traceback(
         assert app.status()["last_exit"]["signal"] == "SIGSEGV"
 
 
-async def test_sigkill_while_running(apps_dir: Path, wait_gone: Any) -> None:
+async def test_sigkill_while_running(apps_dir: Path, wait_gone: Any, tmp_path: Path) -> None:
+    inside = tmp_path / "inside"
     async with make_supervisor() as sup:
         app = await sup.start(apps_dir / "sup_crashy")
         pid = only_pid(app)
-        request = app.submit({"how": "sleep", "seconds": 30})
-        await wait_running(app)
-        await anyio.sleep(0.2)
-        started = time.monotonic()
+        request = app.submit({"how": "sleep", "seconds": 60, "started": str(inside)})
+        await wait_for(inside.exists)
         os.kill(pid, signal.SIGKILL)
-        with anyio.fail_after(5), pytest.raises(ChildCrashedError) as info:
+        # Failed by the kill, not after the 60 s sleep.
+        with anyio.fail_after(30), pytest.raises(ChildCrashedError) as info:
             await outcome(request)
-        assert time.monotonic() - started < 5
         assert info.value.details["signal"] == "SIGKILL"
         assert info.value.details["oom_killed"] is False
         assert "SIGKILL" in info.value.message
@@ -223,11 +222,10 @@ async def test_hang_times_out_then_child_is_killed_and_replaced(
         app = await sup.start(apps_dir / "sup_crashy", run_timeout=0.5)
         pid = only_pid(app)
         started = time.monotonic()
-        with pytest.raises(RequestTimeoutError) as info:
-            await app.run({"how": "hang"})
-        elapsed = time.monotonic() - started
         # run_timeout, then cancel_grace for the (ignored) cancel; not 1000 s.
-        assert 0.5 <= elapsed < 4
+        with anyio.fail_after(30), pytest.raises(RequestTimeoutError) as info:
+            await app.run({"how": "hang"})
+        assert time.monotonic() - started >= 0.5, "timed out before run_timeout"
         assert "0.5 s" in info.value.message
         assert info.value.to_dict()["type"] == "timeout"
         await assert_recovered(app, pid, wait_gone)
@@ -240,7 +238,7 @@ async def test_per_request_timeout_overrides_the_app_default(
     async with make_supervisor() as sup:
         app = await sup.start(apps_dir / "sup_crashy", run_timeout=60)
         pid = only_pid(app)
-        with anyio.fail_after(5), pytest.raises(RequestTimeoutError):
+        with anyio.fail_after(30), pytest.raises(RequestTimeoutError):
             await app.run({"how": "hang"}, timeout=0.3)
         await assert_recovered(app, pid, wait_gone)
 
@@ -258,7 +256,7 @@ async def test_requests_queued_behind_a_crash_are_not_lost(apps_dir: Path) -> No
             except SupervisorError as exc:
                 results[i] = exc
 
-        with anyio.fail_after(20):
+        with anyio.fail_after(30):
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(collect, -1, crashing)
                 for i, request in enumerate(followers):
@@ -280,7 +278,7 @@ async def test_segfault_with_concurrent_requests_only_fails_the_in_flight_ones(
         await wait_running(app)
         crashing = app.submit({"how": "segv"})
         queued = [app.submit({"how": "ok"}) for _ in range(3)]
-        with anyio.fail_after(15):
+        with anyio.fail_after(30):
             with pytest.raises(ChildCrashedError) as info:
                 await outcome(sleeping)
             assert info.value.details["signal"] == "SIGSEGV"
@@ -296,7 +294,7 @@ async def test_run_that_always_crashes_ends_in_failed(apps_dir: Path, wait_gone:
         app = await sup.start(apps_dir / "sup_crashy")
         pids = [only_pid(app)]
         for _ in range(3):
-            with anyio.fail_after(10), pytest.raises(ChildCrashedError):
+            with anyio.fail_after(30), pytest.raises(ChildCrashedError):
                 await app.run({"how": "exit"})
             await wait_for(lambda: app.status()["state"] in ("ready", "failed"))
             pids.extend(app.status()["pids"])
@@ -351,7 +349,7 @@ async def test_a_request_waiting_for_a_doomed_restart_gets_app_failed(
         with pytest.raises(ChildCrashedError):
             await app.run({"how": "exit"})
         # Sent while the replica is still restarting: it must not hang or be lost.
-        with anyio.fail_after(10), pytest.raises(AppFailedError):
+        with anyio.fail_after(30), pytest.raises(AppFailedError):
             await app.run({"how": "ok"})
 
 
@@ -372,7 +370,7 @@ async def test_timeout_of_a_request_that_honours_cancel_keeps_the_child(apps_dir
     async with make_supervisor() as sup:
         app = await sup.start(apps_dir / "sup_async", run_timeout=0.3)
         pid = only_pid(app)
-        with anyio.fail_after(5), pytest.raises(RequestTimeoutError):
+        with anyio.fail_after(30), pytest.raises(RequestTimeoutError):
             await app.run({"hang": True})
         out = await app.run({"text": "after"})
         assert out["pid"] == pid
@@ -385,7 +383,7 @@ async def test_a_stopped_child_is_caught_by_the_heartbeat(apps_dir: Path, wait_g
         pid = only_pid(app)
         os.kill(pid, signal.SIGSTOP)
         try:
-            await wait_for(lambda: app.status()["restarts"] == 1, timeout=10)
+            await wait_for(lambda: app.status()["restarts"] == 1)
         finally:
             if wait_gone([pid], timeout=0):
                 os.kill(pid, signal.SIGCONT)
@@ -396,7 +394,7 @@ async def test_a_stopped_child_is_caught_by_the_heartbeat(apps_dir: Path, wait_g
 async def test_a_request_cancelled_while_waiting_for_a_restart_never_runs(
     apps_dir: Path,
 ) -> None:
-    policy = RestartPolicy(max_restarts=2, window=30, first_delay=1.0)
+    policy = RestartPolicy(max_restarts=2, window=30, first_delay=3.0)
     async with make_supervisor(restart_policy=policy) as sup:
         app = await sup.start(apps_dir / "sup_crashy", max_concurrency=1)
         with pytest.raises(ChildCrashedError):
@@ -405,11 +403,12 @@ async def test_a_request_cancelled_while_waiting_for_a_restart_never_runs(
         doomed = app.submit({"how": "hang"})
         await anyio.sleep(0.2)
         assert await app.cancel(doomed.id) is True
-        with anyio.fail_after(0.5), pytest.raises(RequestCancelledError):
+        with anyio.fail_after(30), pytest.raises(RequestCancelledError):
             await outcome(doomed)
+        assert app.status()["state"] == "restarting", "the cancel waited for the restart"
         # The cancelled request must not occupy the only concurrency slot once
         # the child is back: the next request is served promptly.
-        with anyio.fail_after(5):
+        with anyio.fail_after(30):
             out = await app.run({"how": "ok"})
         assert out["pid"] == only_pid(app)
         assert app.status()["replicas"][0]["in_flight"] == 0
@@ -419,10 +418,10 @@ async def test_hung_child_that_ignores_sigterm_is_sigkilled(apps_dir: Path, wait
     async with make_supervisor() as sup:
         app = await sup.start(apps_dir / "sup_crashy", run_timeout=0.3)
         pid = only_pid(app)
-        with anyio.fail_after(5), pytest.raises(RequestTimeoutError):
+        with anyio.fail_after(30), pytest.raises(RequestTimeoutError):
             await app.run({"how": "ignore_term_hang"})
         # SIGTERM is ignored; the kill must escalate to SIGKILL after its grace.
-        with anyio.fail_after(10):
+        with anyio.fail_after(30):
             await assert_recovered(app, pid, wait_gone)
         assert app.status()["last_exit"]["signal"] == "SIGKILL"
 

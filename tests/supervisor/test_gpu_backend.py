@@ -66,7 +66,7 @@ def test_fake_parses_devices_and_live_processes(tmp_path: Path) -> None:
     assert sample.processes == {me: {0: 3072 * MIB, 1: 1024 * MIB}}
     assert sample.device(1) == sample.devices[1]
     assert sample.device(7) is None
-    assert abs(sample.taken_at - time.monotonic()) < 5
+    assert abs(sample.taken_at - time.monotonic()) < 60  # the monotonic clock, not the epoch
     backend.close()
 
 

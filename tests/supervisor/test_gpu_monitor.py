@@ -37,7 +37,7 @@ def sleeper() -> Iterator[int]:
 
 async def run_until(monitor: ResourceMonitor, done: anyio.Event) -> None:
     """Run the monitor's loop until ``done`` is set (or fail after 10 s)."""
-    with anyio.fail_after(10):
+    with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
             tg.start_soon(monitor.run)
             await done.wait()

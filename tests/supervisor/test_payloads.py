@@ -71,7 +71,7 @@ async def test_large_bytes_go_through_shared_memory(pool_size: int) -> None:
         assert to_child is not None and from_child is not None
         assert to_child.head == 2 * len(data)  # both blobs in, the short part inline
         assert from_child.consumed == 2 * len(data)
-        with anyio.fail_after(10):  # the child's release of the inputs arrives
+        with anyio.fail_after(30):  # the child's release of the inputs arrives
             while to_child.released < to_child.head:
                 await anyio.sleep(0.01)
 

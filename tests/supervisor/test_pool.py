@@ -19,7 +19,7 @@ INTROSPECT = APPS / "introspect"
 
 
 async def pool_filled(sup: Supervisor, key: tuple[str, ...] = ()) -> None:
-    with anyio.fail_after(20):
+    with anyio.fail_after(30):
         while sup.pool.idle_count(key) < sup.pool.size:
             await anyio.sleep(0.02)
 
@@ -93,7 +93,7 @@ async def test_a_refill_asked_for_while_the_pool_spawns_is_not_lost() -> None:
         assert sup.pool.idle_count() == 0  # the first spawn is under way
         assert sup.pool.take(other) is None  # wanted from now on
         sup.pool.refill()
-        with anyio.fail_after(20):
+        with anyio.fail_after(30):
             while sup.pool.idle_count(("json",)) < 1:
                 await anyio.sleep(0.02)
 
@@ -108,7 +108,7 @@ async def test_library_settings_get_children_started_with_them() -> None:
         await pool_filled(sup, ("decimal",))
         first = await snapshot(sup, "first", env=env)
         assert sup.pool.handed_out == 0  # the default child was started without it
-        with anyio.fail_after(20):
+        with anyio.fail_after(30):
             while sup.pool.idle_count(("decimal",), settings) < 1:
                 await anyio.sleep(0.02)
         second = await snapshot(sup, "second", env=env)

@@ -39,13 +39,18 @@ export const NoisyOutput = z.object({ ok: z.boolean() });
 export const ChatterInput = z.object({ tag: z.string(), n: z.number() });
 export const ChatterOutput = z.object({ said: z.number() });
 
-export const HoldInput = z.object({ marker: z.string() });
+export const HoldInput = z.object({ marker: z.string(), started: z.string().optional() });
 export const HoldOutput = z.object({});
 
 export const CrashInput = z.object({ how: z.enum(["exit", "throw", "sigkill", "reject"]) });
 export const CrashOutput = z.object({});
 
-export const SpinInput = z.object({ seconds: z.number().optional() });
+// started: a file created as the loop begins; gate: a file whose creation ends it.
+export const SpinInput = z.object({
+  seconds: z.number().optional(),
+  started: z.string().optional(),
+  gate: z.string().optional(),
+});
 export const SpinOutput = z.object({ spun: z.number() });
 
 export const EnvInput = z.object({});
@@ -106,6 +111,7 @@ export class App {
   }
 
   async hold(input, metadata) {
+    if (input.started) fs.writeFileSync(input.started, "");
     await new Promise((resolve) => metadata.signal.addEventListener("abort", resolve));
     fs.writeFileSync(input.marker, "aborted");
     return {};
@@ -126,7 +132,10 @@ export class App {
   async spin(input) {
     const until = input.seconds === undefined ? Infinity : Date.now() + input.seconds * 1000;
     let spun = 0;
-    while (Date.now() < until) spun++;
+    if (input.started) fs.writeFileSync(input.started, "");
+    while (Date.now() < until && !(input.gate && spun % 1000 === 0 && fs.existsSync(input.gate))) {
+      spun++;
+    }
     return { spun };
   }
 

@@ -23,6 +23,8 @@ class Input(BaseModel):
     delay: float = 0.0
     hang: bool = False
     block: float = 0.0
+    started: str = ""
+    gate: str = ""
 
 
 class Output(BaseModel):
@@ -44,12 +46,16 @@ class App:
         self.active += 1
         self.peak = max(self.peak, self.active)
         active = self.active
+        if input_data.started:
+            Path(input_data.started).touch()
         try:
             if input_data.block:
                 time.sleep(input_data.block)
             if input_data.hang:
                 await asyncio.sleep(1000)
             await asyncio.sleep(input_data.delay)
+            while input_data.gate and not Path(input_data.gate).exists():
+                await asyncio.sleep(0.01)
         finally:
             self.active -= 1
         return Output(

@@ -3,7 +3,8 @@
 ``ok`` answers; ``exit`` calls ``os._exit(3)``; ``segv`` reads address 0;
 ``hang`` and ``sleep`` block in a worker thread (so a cancel cannot interrupt
 them); ``ignore_term_hang`` also ignores SIGTERM; ``spawn_grandchild`` starts
-a long-lived grandchild and returns its pid.
+a long-lived grandchild and returns its pid. ``started`` names a file that
+``run`` creates as it begins, so that a test can wait for it.
 Every answer reports the child's pid, CUDA_VISIBLE_DEVICES, cwd and a few
 environment variables, so tests can check what the child was given.
 """
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -32,6 +34,7 @@ WATCHED_ENV = (
 class Input(BaseModel):
     how: str = "ok"
     seconds: float = 0.0
+    started: str = ""
 
 
 class Output(BaseModel):
@@ -49,6 +52,8 @@ class App:
     def run(self, input_data: Input) -> Output:
         how = input_data.how
         grandchild = None
+        if input_data.started:
+            Path(input_data.started).touch()
         if how == "exit":
             os._exit(3)
         elif how == "segv":
