@@ -18,9 +18,15 @@ FakeGpus = Callable[..., Path]
 
 
 def make_supervisor(**overrides: Any) -> Supervisor:
-    """A supervisor with short grace periods and a small restart budget, no GPUs."""
+    """A supervisor with short grace periods and a small restart budget, no GPUs.
+
+    Its pool spawns (no fork server): a zygote per supervisor would cost every test
+    the SDK's import, and what a fork changes is proven in ``test_fork_server.py``
+    (which asks for one); ``serve`` in the HTTP and CLI tests runs with the defaults.
+    """
     options: dict[str, Any] = {
         "gpu_backend": None,
+        "fork_server": False,
         "cancel_grace": 0.5,
         "unload_timeout": 2.0,
         "restart_policy": RestartPolicy(max_restarts=2, window=30),

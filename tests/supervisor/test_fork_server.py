@@ -100,7 +100,7 @@ async def test_forked_children_draw_their_own_random_numbers_and_share_no_state(
 
 
 async def test_a_forked_child_exit_code_is_reported_and_it_is_restarted(wait_gone: Any) -> None:
-    async with make_supervisor(pool_size=1) as sup:
+    async with make_supervisor(pool_size=1, fork_server=True) as sup:
         await fork_server_ready(sup)
         app = await sup.start(APPS / "sup_crashy")
         assert start_of(app) == "fork"
@@ -120,7 +120,7 @@ async def test_a_forked_child_exit_code_is_reported_and_it_is_restarted(wait_gon
 
 
 async def test_a_forked_child_killed_by_a_signal_is_reported_with_it(wait_gone: Any) -> None:
-    async with make_supervisor(pool_size=1) as sup:
+    async with make_supervisor(pool_size=1, fork_server=True) as sup:
         await fork_server_ready(sup)
         app = await sup.start(APPS / "sup_crashy")
         assert start_of(app) == "fork"
@@ -138,7 +138,7 @@ async def test_a_forked_child_killed_by_a_signal_is_reported_with_it(wait_gone: 
 
 
 async def test_starts_spawn_when_the_fork_server_is_gone() -> None:
-    async with make_supervisor(pool_size=1) as sup:
+    async with make_supervisor(pool_size=1, fork_server=True) as sup:
         await fork_server_ready(sup)
         (server,) = sup.pool.status()["fork_servers"].values()
         os.kill(server["pid"], signal.SIGKILL)
@@ -149,7 +149,7 @@ async def test_starts_spawn_when_the_fork_server_is_gone() -> None:
 
 
 async def test_children_forked_by_a_server_that_died_are_reported_killed() -> None:
-    async with make_supervisor(pool_size=1) as sup:
+    async with make_supervisor(pool_size=1, fork_server=True) as sup:
         await fork_server_ready(sup)
         app = await sup.start(APPS / "sup_crashy")
         assert start_of(app) == "fork"
@@ -202,7 +202,7 @@ async def test_a_fork_server_that_cannot_serve_is_logged_and_starts_spawn(
         "PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
     )
     with caplog.at_level("WARNING", logger="supervisor.pool"):
-        async with make_supervisor(pool_size=1, pool_preload=(spoiler,)) as sup:
+        async with make_supervisor(pool_size=1, fork_server=True, pool_preload=(spoiler,)) as sup:
             with anyio.fail_after(60):
                 while not sup.pool.settled():
                     await anyio.sleep(0.02)
