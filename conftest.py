@@ -1,4 +1,6 @@
-"""Settings for the whole session."""
+"""Settings for the whole test session (here, not in tests/: a conftest.py there
+would put tests/ on sys.path, where tests/protocol and tests/child would shadow
+the real packages)."""
 
 from __future__ import annotations
 
