@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import WaitGone
 from sup_helpers import make_supervisor, wait_for
 
-from conftest import WaitGone
 from supervisor import errors as E
 from supervisor.process.cgroups import CgroupHost
 
