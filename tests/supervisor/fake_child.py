@@ -10,14 +10,11 @@ closes its channel as a real child's stdout closes when it dies.
 
 from __future__ import annotations
 
-import contextlib
-import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from protocol import (
     Check,
@@ -31,6 +28,7 @@ from protocol import (
     Setup,
     Unload,
 )
+from supervisor.process.child_channel import ChildChannel
 from supervisor.process.child_process import ExitStatus
 
 Handler = Callable[[Message | None], None]
@@ -113,18 +111,7 @@ class FakeChannel:
         else:
             self.handlers[request_id] = handler
 
-    def open_inbox(self, request_id: str) -> MemoryObjectReceiveStream[Message]:
-        send, receive = anyio.create_memory_object_stream[Message](math.inf)
-
-        def deliver(message: Message | None) -> None:
-            if message is not None:
-                with contextlib.suppress(anyio.BrokenResourceError):
-                    send.send_nowait(message)
-            if message is None or isinstance(message, (Result, Error)):
-                send.close()
-
-        self.open_request(request_id, deliver)
-        return receive
+    open_inbox = ChildChannel.open_inbox  # the real one, on this fake's open_request
 
     async def send(self, message: Message) -> None:
         if self.closed.is_set():

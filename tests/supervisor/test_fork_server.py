@@ -13,13 +13,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import anyio
-import psutil
 import pytest
 from sup_helpers import FakeGpus, make_supervisor, only_pid, wait_for
 
@@ -252,15 +250,8 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def test_the_fork_server_and_its_children_die_with_a_sigkilled_supervisor(
-    tmp_path: Path,
+    tmp_path: Path, wait_gone: Any
 ) -> None:
     script = tmp_path / "supervise.py"
     script.write_text(SCRIPT)
@@ -282,20 +273,16 @@ def test_the_fork_server_and_its_children_die_with_a_sigkilled_supervisor(
         assert info["start"] == "fork"
         pids = [info["zygote"], *info["forked"]]
         assert len(pids) >= 3  # the zygote, the app's reaper and its runtime
-        assert all(_alive(pid) for pid in pids)
+        assert wait_gone(pids, timeout=0) == pids  # all running
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-        deadline = time.monotonic() + 10.0
-        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert [pid for pid in pids if _alive(pid)] == []
+        assert wait_gone(pids, timeout=10.0) == []
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
-        for pid in pids:
+        for pid in wait_gone(pids, timeout=0):
             with suppress(ProcessLookupError):
-                if _alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
