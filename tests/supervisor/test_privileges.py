@@ -19,6 +19,7 @@ import sys
 import sysconfig
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,9 +125,10 @@ SUPERVISE = textwrap.dedent(
 )
 
 
-def test_children_run_as_the_child_user_and_cannot_read_the_supervisor(tmp_path: Path) -> None:
+def _supervise(tmp_path: Path, script_text: str) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """Run a supervising script as root on the test app; its last line is its report."""
     script = tmp_path / "supervise.py"
-    script.write_text(SUPERVISE)
+    script.write_text(script_text)
     done = subprocess.run(
         [SYSTEM_PYTHON, str(script), str(APP)],
         env={"PYTHONPATH": PYTHONPATH, "PATH": os.environ.get("PATH", ""), "SECRET": SECRET},
@@ -136,7 +138,11 @@ def test_children_run_as_the_child_user_and_cannot_read_the_supervisor(tmp_path:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return done, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_children_run_as_the_child_user_and_cannot_read_the_supervisor(tmp_path: Path) -> None:
+    done, report = _supervise(tmp_path, SUPERVISE)
     assert report["environ"]["outcome"] == "PermissionError"
     assert SECRET not in done.stdout
     me = report["me"]
@@ -265,18 +271,7 @@ SUPERVISE_FORKED = textwrap.dedent(
 def test_children_forked_by_the_fork_server_run_as_the_child_user(tmp_path: Path) -> None:
     """The fork server is started as the child user, with its limits: its forks
     inherit them."""
-    script = tmp_path / "supervise.py"
-    script.write_text(SUPERVISE_FORKED)
-    done = subprocess.run(
-        [SYSTEM_PYTHON, str(script), str(APP)],
-        env={"PYTHONPATH": PYTHONPATH, "PATH": os.environ.get("PATH", ""), "SECRET": SECRET},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    _, report = _supervise(tmp_path, SUPERVISE_FORKED)
     assert report["start"] == "fork"
     me = report["me"]
     assert (me["uid"], me["gid"]) == (65534, 65534)
