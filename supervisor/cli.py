@@ -629,7 +629,9 @@ async def _run_once(
     from .start_display import show_start
 
     output: Any = None
-    async with Supervisor(**supervisor_options(args)) as supervisor:
+    # One child, started at once: a pool or a fork server would only compete with it
+    # for the CPU and be stopped unused.
+    async with Supervisor(pool_size=0, **supervisor_options(args)) as supervisor:
         failure: SupervisorError | None = None
         async with anyio.create_task_group() as display:  # raises a failure as a group:
             if args.log_format == "text" and sys.stderr.isatty():

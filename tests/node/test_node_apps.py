@@ -72,8 +72,11 @@ def serving(directory: Path) -> Iterator[str]:
 
 
 def supervisor(**options: Any) -> Supervisor:
+    """No pool unless a test asks for one: its idle Python children would serve no
+    Node.js app here."""
     defaults: dict[str, Any] = {
         "gpu_backend": None,
+        "pool_size": 0,
         "cancel_grace": 1.0,
         "restart_policy": RestartPolicy(max_restarts=5, window=60),
     }

@@ -20,13 +20,15 @@ FakeGpus = Callable[..., Path]
 def make_supervisor(**overrides: Any) -> Supervisor:
     """A supervisor with short grace periods and a small restart budget, no GPUs.
 
-    Its pool spawns (no fork server): a zygote per supervisor would cost every test
-    the SDK's import, and what a fork changes is proven in ``test_fork_server.py``
-    (which asks for one); ``serve`` in the HTTP and CLI tests runs with the defaults.
+    No pool (and so no fork server): a test starts the children it needs and no
+    idle ones beside them, which would double the CPU a start costs on a 2-core CI
+    machine. What a pooled or forked start changes is proven where a test asks for
+    one (``test_pool.py``, ``test_fork_server.py``, ``pool_size=1`` below), and
+    ``serve`` in the HTTP tests runs with the defaults.
     """
     options: dict[str, Any] = {
         "gpu_backend": None,
-        "fork_server": False,
+        "pool_size": 0,
         "cancel_grace": 0.5,
         "unload_timeout": 2.0,
         "restart_policy": RestartPolicy(max_restarts=2, window=30),

@@ -163,7 +163,8 @@ async def test_a_child_that_exits_by_itself_takes_its_detached_processes(
 @pytest.mark.anyio
 async def test_the_ram_budget_is_a_hard_limit_in_a_cgroup() -> None:
     """The kernel stops the allocation at the budget, long before the sampler's grace."""
-    async with make_supervisor(containment="cgroup", budget_grace=600) as sup:
+    # A pooled child: it is moved into its own cgroup when it is handed the app.
+    async with make_supervisor(containment="cgroup", budget_grace=600, pool_size=1) as sup:
         app = await sup.start(MEM_APP, ram_budget=200 * MIB)
         child = app.status()["pids"][0]
         assert "/appvisor-" in Path(f"/proc/{child}/cgroup").read_text()

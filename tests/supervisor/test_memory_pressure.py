@@ -30,6 +30,9 @@ def anyio_backend() -> str:
 
 
 def supervisor(**kwargs) -> Supervisor:
+    """Fast sampling and short graces; no pool, whose idle children would only take
+    CPU from the ones under test."""
+    kwargs.setdefault("pool_size", 0)
     kwargs.setdefault("monitor_interval", 0.05)
     kwargs.setdefault("budget_grace", 0.5)
     kwargs.setdefault("cancel_grace", 0.5)
