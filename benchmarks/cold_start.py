@@ -54,6 +54,7 @@ import re
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ from _common import (
     print_table,
     ratio,
     summary,
+    supervisor_kwargs,
     time_bare_interpreter,
     time_mp_cold_start,
     write_json,
@@ -321,6 +323,9 @@ async def measure(args: argparse.Namespace, cases: list[AppCase]) -> dict[str, A
 # -- the fork server -----------------------------------------------------------------
 
 START_KINDS = ("spawn", "pool", "fork")
+HEAVY_KINDS = (*START_KINDS, "learned")
+"""``learned``: a fork server with no configured preloads that learned the app's
+imports from its first (warm-up) start, kept in a fresh file."""
 BURST = 10
 IDLE_WINDOW = 3.0
 """Seconds over which an idle fork server's CPU time is measured."""
@@ -329,7 +334,13 @@ IDLE_WINDOW = 3.0
 def start_options(kind: str, preload: tuple[str, ...] = ()) -> dict[str, Any]:
     if kind == "spawn":
         return {"pool_size": 0}
-    return {"pool_size": 1, "pool_preload": list(preload), "fork_server": kind == "fork"}
+    if kind == "learned":
+        learned = Path(tempfile.mkdtemp(prefix="cold-start-learned-")) / "learned.json"
+        return {"pool_size": 1, "fork_server": True, "learn_preloads": str(learned)}
+    options = {"pool_size": 1, "pool_preload": list(preload), "fork_server": kind == "fork"}
+    if "learn_preloads" in supervisor_kwargs():
+        options["learn_preloads"] = False  # the configured preloads only
+    return options
 
 
 async def settle(sup: Any, timeout: float = 300.0) -> None:
@@ -347,7 +358,7 @@ async def start_as(sup: Any, kind: str, case: AppCase, name: str) -> dict[str, f
     the pool drained, so that its child is forked."""
     if kind != "spawn":
         await settle(sup)
-    if kind == "fork":
+    if kind in ("fork", "learned"):
         await sup.pool.drain()
     return await public_start(sup, case, name)
 
@@ -400,13 +411,16 @@ async def measure_fork_server(args: argparse.Namespace, heavy: AppCase | None) -
     out: dict[str, Any] = {"first_result": {}, "burst": {}, "idle": {}}
     if heavy is not None and args.heavy_runs > 0:
         preload = heavy.modules[len(RUNTIME_THIRD_PARTY) :]
-        samples: dict[str, list[dict[str, float]]] = {kind: [] for kind in START_KINDS}
-        async with (
-            make_supervisor(**start_options("spawn")) as spawn,
-            make_supervisor(**start_options("pool", preload)) as pool,
-            make_supervisor(**start_options("fork", preload)) as fork,
-        ):
-            sups = {"spawn": spawn, "pool": pool, "fork": fork}
+        kinds = HEAVY_KINDS if "learn_preloads" in supervisor_kwargs() else START_KINDS
+        samples: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+        async with AsyncExitStack() as stack:
+            sups = {
+                kind: await stack.enter_async_context(
+                    make_supervisor(**start_options(kind, preload))
+                )
+                for kind in kinds
+            }
+            pool, fork = sups["pool"], sups["fork"]
             log(f"fork server: {heavy.key}: warming up (the app's key, its fork server)")
             for kind, sup in sups.items():
                 await start_as(sup, kind, heavy, "warm")
@@ -467,11 +481,12 @@ def report_fork_server(results: dict[str, Any]) -> dict[str, Any]:
                 fx(ratio(medians[kind], medians["spawn"])),
                 fx(ratio(medians[kind], medians["pool"])),
             ]
-            for kind in START_KINDS
+            for kind in HEAVY_KINDS
             if kind in medians
         ]
         print_table(
-            f"Fork server: {app} to its first result (heavy modules preloaded)",
+            f"Fork server: {app} to its first result (heavy modules preloaded; "
+            "learned: none configured, learned from the warm-up start)",
             ["start", "runs", "first result p50 ms", "ready p50 ms", "/ spawn", "/ pool"],
             rows,
         )

@@ -1,11 +1,14 @@
-"""``python -m child.fork_server --socket FD [--preload MODS] [--optional MODS]``: a zygote.
+"""``python -m child.fork_server --socket FD [--preload MODS] [--optional MODS]
+[--optional-file PATH]``: a zygote.
 
 Started by the supervisor (``supervisor.process.fork_server``) once per environment
 key: the interpreter, the preloads and the library settings read at import
 time. It imports the child runtime and the heavy modules, pays the first-use
 costs a pooled child pays (``child.prewarm``); ``--optional`` modules (the
-``inferencesh`` SDK, which nearly every app imports) are imported where they
-are installed, silently skipped elsewhere. Then it waits on one unix socket
+``inferencesh`` SDK, which nearly every app imports) and those named in
+``--optional-file`` (what apps of this environment imported: learned by the
+supervisor, ``child.import_record``) are imported where they are installed and
+import cleanly, silently skipped otherwise. Then it waits on one unix socket
 (``SOCK_SEQPACKET``: a message is one ``send``). It initialises no CUDA, runs
 no event loop and starts no Python thread, so that a fork of it is a sound
 process.
@@ -86,10 +89,20 @@ def main() -> None:
         importlib.import_module(module)
     from child.prewarm import prewarm
 
+    # A library that asks torch whether CUDA is there while it is imported must not
+    # initialise the driver in the zygote (its forks could not use CUDA): ask NVML.
+    # (A forked child's load replaces the whole environment.)
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     if options.get("--preload"):
         child.__main__._preload(options["--preload"])
-    for name in filter(None, options.get("--optional", "").split(",")):
-        with contextlib.suppress(Exception):  # worth having where it is installed
+    optional = options.get("--optional", "").split(",")
+    if options.get("--optional-file"):
+        with open(options["--optional-file"]) as learned:
+            optional += learned.read().split()
+    for name in filter(None, optional):
+        if name in sys.modules:
+            continue
+        with contextlib.suppress(Exception, SystemExit):  # where it is installed and imports
             importlib.import_module(name)
     prewarm()
     # Objects made so far are shared with every fork: the collector must not walk
@@ -227,14 +240,19 @@ def reseed() -> None:
             numpy_random.seed()
 
 
-def _cuda_initialised() -> bool:
+def _cuda_initialised(device_prefix: str = "/dev/nvidia") -> bool:
+    """Whether this process has touched the GPU: a CUDA context in torch, or any
+    NVIDIA device file open (the driver initialised by whichever library)."""
     torch = sys.modules.get("torch")
-    if torch is None:
-        return False
-    try:
-        return bool(torch.cuda.is_initialized())
-    except Exception:
-        return False
+    with contextlib.suppress(Exception):
+        if torch is not None and torch.cuda.is_initialized():
+            return True
+    with contextlib.suppress(OSError):
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/self/fd/{fd}").startswith(device_prefix):
+                    return True
+    return False
 
 
 if __name__ == "__main__":

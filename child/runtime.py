@@ -54,6 +54,7 @@ from protocol import (
 from . import __version__, exit_codes
 from .app_loader import AppLoadError, LoadedApp, load_app
 from .functions import AppFunction
+from .import_record import imported_since
 from .liveness import LivenessWatch
 from .log_capture import PipeForwarder, RequestStream, current_request
 from .metadata import make_metadata
@@ -105,12 +106,15 @@ class ChildRuntime:
         self._loop_reads = 0
         self._input_ended = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._modules_before: frozenset[str] = frozenset()
+        """``sys.modules`` before the app was loaded: what a setup reports is the rest."""
         os.set_blocking(protocol_in, False)
 
     # -- entry points ---------------------------------------------------------
 
     async def serve(self, app_dir: str | None) -> int:
         """Serve until unload, shutdown or end of input; return the exit status."""
+        self._modules_before = frozenset(sys.modules)
         description = None
         if app_dir is not None:
             try:
@@ -349,7 +353,9 @@ class ChildRuntime:
         except pydantic.ValidationError as exc:
             raise RequestFailed(_validation_info(exc, "setup config")) from exc
 
-    async def _setup(self, message: Setup) -> None:
+    async def _setup(self, message: Setup) -> dict[str, Any]:
+        """Set the app up; the result names the library modules that loading and
+        setting it up imported (``child.import_record``), for a fork server to preload."""
         app = self._require_app()
         metadata = self._metadata(message.id, message.metadata)
         try:
@@ -357,12 +363,12 @@ class ChildRuntime:
         except pydantic.ValidationError as exc:
             raise RequestFailed(_validation_info(exc, "setup config")) from exc
         setup = getattr(app.app, "setup", None)
-        if setup is None:
-            return
-        try:
-            await _call(setup, args)
-        except Exception as exc:
-            raise RequestFailed(_exception_info(exc, ErrorType.SETUP_FAILED)) from exc
+        if setup is not None:
+            try:
+                await _call(setup, args)
+            except Exception as exc:
+                raise RequestFailed(_exception_info(exc, ErrorType.SETUP_FAILED)) from exc
+        return {"imports": imported_since(self._modules_before)}
 
     async def _run(self, message: Run) -> Any:
         app = self._require_app()

@@ -39,7 +39,7 @@ from ..log_setup import log_progress
 from ..process.child_launch import DEFAULT_SHARED_MEMORY, launch_child
 from ..process.child_process import ChildProcess, ExitStatus
 from ..process.confinement import Confinement
-from ..process.pool import ChildPool, PooledChild, PoolKey, import_env, pool_safe
+from ..process.pool import ChildPool, PooledChild, PoolKey, pool_safe
 from .lifecycle import LIVE, Failure, Lifecycle, ReplicaState, VramClaim
 from .request import Request, config_key, new_request_id
 from .request_queue import RequestQueue
@@ -299,7 +299,8 @@ class Replica:
                 # checkpoint: the replica may already be STOPPED (handled below).
                 if not scope.cancel_called:
                     self.lifecycle.to(ReplicaState.SETTING_UP)
-                    await self._call(child, Setup(new_request_id(), config, self.metadata()))
+                    setup = Setup(new_request_id(), config, self.metadata())
+                    self._learn_imports(await self._call(child, setup))
         except (TimeoutError, _StartFailed, errors.SupervisorError) as exc:
             await self._abort_start(child, exc, restarting)
             raise AssertionError("unreachable") from None
@@ -421,15 +422,31 @@ class Replica:
             with anyio.CancelScope(shield=True):
                 await child.process.terminate(self.spec.kill_grace)
 
-    async def _from_pool(self) -> PooledChild | None:
-        """A pre-started child, or one forked by the pool's fork server."""
+    def _pool_key(self) -> PoolKey | None:
+        """The pool key this replica's children are taken by, or None (no pool)."""
         if self.pool is None or not pool_safe(self.spec.env):
             return None
         if self.spec.node is not None:
-            return self.pool.take(PoolKey(self.spec.node, runtime="node"))
-        settings = import_env(self.spec.env, self.spec.preload)
-        key = PoolKey(self.spec.python, self.spec.preload, import_env=settings)
+            return PoolKey(self.spec.node, runtime="node")
+        return self.pool.key(self.spec.python, self.spec.preload, self.spec.env)
+
+    async def _from_pool(self) -> PooledChild | None:
+        """A pre-started child, or one forked by the pool's fork server."""
+        key = self._pool_key()
+        if self.pool is None or key is None:
+            return None
+        if key.runtime == "node":
+            return self.pool.take(key)
         return await self.pool.acquire(key)
+
+    def _learn_imports(self, set_up: object) -> None:
+        """Hand what the app imported (its setup's report) to the pool's fork server."""
+        key = self._pool_key()
+        if self.pool is None or key is None or not isinstance(set_up, dict):
+            return
+        imports = set_up.get("imports")
+        if isinstance(imports, list):
+            self.pool.learn(key, imports)
 
     def _refill_pool(self) -> None:
         """Replace a pooled child we may have taken, now that the start is over."""

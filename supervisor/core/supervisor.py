@@ -35,6 +35,7 @@ from ..gpu.monitor import ResourceMonitor
 from ..gpu.sample import DeviceMemory
 from ..process.child_launch import DEFAULT_SHARED_MEMORY
 from ..process.confinement import DEFAULT_MAX_OPEN_FILES, Confinement, ConfinementError
+from ..process.learned_preloads import LEARNED_PRELOADS_FILE, LearnedPreloads
 from ..process.non_dumpable import is_dumpable, make_non_dumpable
 from ..process.pool import ChildPool
 from .app import App
@@ -66,6 +67,7 @@ class Supervisor:
         pool_size: int = 1,
         pool_preload: Sequence[str] = (),
         fork_server: bool = True,
+        learn_preloads: bool | str | Path = True,
         shared_memory: int = DEFAULT_SHARED_MEMORY,
         containment: str = "auto",
         child_user: str | None = None,
@@ -82,6 +84,10 @@ class Supervisor:
         ``fork_server``: with a pool (``pool_size`` > 0), a zygote per environment
         (``fork_server``) forks the pool's children and those of starts that find no
         idle one, in milliseconds instead of a spawn; False: spawns only.
+        ``learn_preloads``: a fork server also imports the library modules that apps
+        of its environment imported when they were set up, kept in a file (a path;
+        True: ``learned-preloads.json`` in the environment cache, or in memory
+        without one); False: only ``pool_preload`` and the SDK.
 
         ``containment``: ``auto`` (a cgroup per child where the host allows it, with a
         hard limit at the app's RAM budget, else the child's subreaper), ``cgroup``
@@ -113,17 +119,27 @@ class Supervisor:
         self.budget_grace = budget_grace
         self.admission_timeout = admission_timeout
         self.apps: dict[str, App] = {}
+        self.env_cache: EnvCache | None = None
+        if app_envs:
+            self.env_cache = env_cache if isinstance(env_cache, EnvCache) else EnvCache(env_cache)
+        learned = None
+        if learn_preloads is not False:
+            path = Path(learn_preloads) if not isinstance(learn_preloads, bool) else None
+            if path is None and self.env_cache is not None:
+                path = self.env_cache.root / LEARNED_PRELOADS_FILE
+            learned = LearnedPreloads(path)
         self.pool = ChildPool(
-            pool_size, pool_preload, shared_memory=shared_memory, fork_server=fork_server
+            pool_size,
+            pool_preload,
+            shared_memory=shared_memory,
+            fork_server=fork_server,
+            learned=learned,
         )
         """Pre-started children; ``pool_size=0`` turns it off (and the fork servers)."""
         self.pool.confinement = self.confinement
         self.monitor: ResourceMonitor | None = None
         self.governor: ResourceGovernor | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
-        self.env_cache: EnvCache | None = None
-        if app_envs:
-            self.env_cache = env_cache if isinstance(env_cache, EnvCache) else EnvCache(env_cache)
         self.allow_host_python = allow_host_python
         self.strict = strict
         self.installing: dict[str, dict[str, Any]] = {}

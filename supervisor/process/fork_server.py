@@ -117,7 +117,10 @@ class ForkServer:
         self.info: dict[str, Any] = {}
         """What the zygote said when ready: its threads, CUDA, how many modules."""
         self.forked = 0
+        self.learned = 0
+        """How many of its preloads were learned from apps (``learned_preloads``)."""
         self.gone = anyio.Event()
+        self._child_exited = anyio.Event()
         self._ids = itertools.count(1)
         self._waiting: dict[int, anyio.Event] = {}
         self._answers: dict[int, ForkedProcess] = {}
@@ -131,18 +134,24 @@ class ForkServer:
         preload: Sequence[str],
         *,
         optional: Sequence[str] = (),
+        optional_file: str | None = None,
         env: dict[str, str],
         cwd: str,
         name: str,
         confinement: Confinement | None = None,
     ) -> ForkServer:
-        """Spawn a zygote; it is usable once ``ready`` is set (``run`` reads its hello)."""
+        """Spawn a zygote; it is usable once ``ready`` is set (``run`` reads its hello).
+
+        ``optional`` and the names in ``optional_file`` (one per line: the learned
+        ones, too many for a command line) are imported where they can be."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [python, "-m", "child.fork_server", "--socket", str(theirs.fileno())]
         if preload:
             argv += ["--preload", ",".join(preload)]
         if optional:
             argv += ["--optional", ",".join(optional)]
+        if optional_file:
+            argv += ["--optional-file", optional_file]
         if confinement is not None and confinement.user is not None:
             # Its forks inherit the user and the limits; cgroups are per child.
             argv, env = confinement.command(argv), confinement.environment(env, None)
@@ -192,6 +201,7 @@ class ForkServer:
             self._socket.close()
             for event in self._waiting.values():
                 event.set()
+            self._child_exited.set()
             with anyio.CancelScope(shield=True):
                 await self._settle()
 
@@ -199,6 +209,13 @@ class ForkServer:
         """Stop the zygote (its children die with it); returns once ``run`` is over."""
         self._scope.cancel()
         await self.gone.wait()
+
+    async def retire(self) -> None:
+        """Stop the zygote once every child it forked has exited (it was replaced)."""
+        while self._children and not self.gone.is_set():
+            self._child_exited = anyio.Event()
+            await self._child_exited.wait()
+        await self.close()
 
     async def _read(self) -> None:
         while True:
@@ -231,6 +248,7 @@ class ForkServer:
             exited = self._children.pop(message["exited"], None)
             if exited is not None:
                 exited.exited(message["returncode"])
+                self._child_exited.set()
         elif "ready" in message:
             self.info = message
             self.ready.set()
@@ -331,6 +349,8 @@ class ForkServer:
             "ready": self.ready.is_set(),
             "forked": self.forked,
             "children": len(self._children),
+            "modules": self.info.get("modules"),
+            "learned": self.learned,
             "rss": rss,
         }
 

@@ -12,10 +12,10 @@ It is used only where that is indistinguishable from a fresh start: not when
 the app's environment sets variables read at interpreter start-up
 (``PYTHON*``, ``NODE_*``, ``LD_*``, the allocator's). Variables that a
 numerical library reads when it loads (thread-pool sizes: ``OMP_*``, ``MKL_*``
-...) matter only to a child that preloaded one; they are part of its key
-(``PoolKey.import_env``), so an app that sets them is served by children
-started with the same values once it has asked for one, instead of a spawn
-every time.
+...) matter only to a child that preloaded one (configured, or learned by its
+fork server); they are then part of its key (``PoolKey.import_env``), so an
+app that sets them is served by children started with the same values once it
+has asked for one, instead of a spawn every time.
 Node.js apps get pre-started node children of their own, keyed apart by
 ``PoolKey.runtime``.
 
@@ -28,11 +28,19 @@ row, a burst of replicas) gets a child forked for it at once (``acquire``)
 instead of a spawn. A child says how it was started (``ChildProcess.start``):
 ``pool`` (an idle pre-started one), ``fork`` (forked for this start) or
 ``spawn`` (the replica's own, when the pool had nothing).
+
+A fork server also imports what apps of its key imported when they were set up
+(``learn``, ``learned_preloads``): the first app of an environment pays its
+imports, and once it is set up the key's fork server is replaced in the
+background by one that has them; the old one stops once its last child has
+exited. Learned modules that make a zygote unusable (a thread, CUDA) are
+forgotten, and the key's server is started with its configured preloads only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -49,6 +57,7 @@ from .child_launch import DEFAULT_SHARED_MEMORY, launch_child
 from .child_process import ChildProcess
 from .confinement import Confinement
 from .fork_server import READY_TIMEOUT, ForkServer, ForkServerError
+from .learned_preloads import LearnedPreloads
 
 logger = logging.getLogger("supervisor.pool")
 
@@ -63,10 +72,10 @@ def pool_safe(app_env: Mapping[str, str]) -> bool:
     return not any(key.startswith(INTERPRETER_ENV_PREFIXES) for key in app_env)
 
 
-def import_env(app_env: Mapping[str, str], preload: Sequence[str]) -> tuple[tuple[str, str], ...]:
+def import_env(app_env: Mapping[str, str], preloads: bool) -> tuple[tuple[str, str], ...]:
     """The app's variables that a preloaded library has read by the time it is
     handed out: they must be the pooled child's own from its start."""
-    if not preload:
+    if not preloads:
         return ()
     return tuple(sorted((k, v) for k, v in app_env.items() if k.startswith(LIBRARY_ENV_PREFIXES)))
 
@@ -111,9 +120,12 @@ class ChildPool:
         preload: Sequence[str] = (),
         shared_memory: int = DEFAULT_SHARED_MEMORY,
         fork_server: bool = True,
+        learned: LearnedPreloads | None = None,
     ) -> None:
         """``fork_server``: a zygote per Python key forks the pool's children and
-        those of starts that find the pool empty (only with ``size`` > 0)."""
+        those of starts that find the pool empty (only with ``size`` > 0).
+        ``learned``: where the modules that apps imported are kept; None: nothing
+        is learned."""
         self.size = size
         self.fork_server = fork_server
         self.shared_memory = shared_memory
@@ -134,6 +146,19 @@ class ChildPool:
         self.handed_out = 0
         self.forked = 0
         """Children forked for a start that found no idle one."""
+        self.learned = learned
+        self._renew: set[PoolKey] = set()
+        """Keys whose fork server lacks modules learned since it started."""
+        self._retiring: set[ForkServer] = set()
+        """Replaced fork servers that still have children."""
+        self._files = 0
+
+    def key(self, python: str, preload: tuple[str, ...], app_env: Mapping[str, str]) -> PoolKey:
+        """The key an app's children are taken by. Where its children may have
+        libraries preloaded (configured, or learned by a fork server), the library
+        settings the app sets are part of it."""
+        learns = self.learned is not None and self.fork_server
+        return PoolKey(python, preload, import_env=import_env(app_env, bool(preload) or learns))
 
     def take(self, key: PoolKey) -> PooledChild | None:
         """A ready pooled child for ``key``, or None; ``refill`` replaces it later."""
@@ -180,6 +205,17 @@ class ChildPool:
         """Top the pool up in the background, once a start no longer needs the CPU."""
         self._refill.set()
 
+    def learn(self, key: PoolKey, modules: Sequence[object]) -> None:
+        """Remember the library modules an app of ``key`` imported (its setup's
+        report); a running fork server of the key that lacks some is replaced."""
+        if self.learned is None or not self._wants_server(key):
+            return
+        if not self.learned.learn(_learned_key(key), modules):
+            return
+        if key in self._servers:
+            self._renew.add(key)
+            self._refill.set()
+
     def idle_count(
         self, preload: tuple[str, ...] = (), import_env: tuple[tuple[str, str], ...] = ()
     ) -> int:
@@ -195,7 +231,7 @@ class ChildPool:
     def settled(self) -> bool:
         """Every key asked for has its idle children and, where it gets one, its
         fork server ready (or given up): a start now takes a pre-started child."""
-        return all(
+        return not self._renew and all(
             len(self._idle.get(key, [])) >= self.size
             and (not self._wants_server(key) or key in self._servers or key in self._no_server)
             for key in self._wanted
@@ -235,6 +271,8 @@ class ChildPool:
                     refill = self._refill = anyio.Event()
                     for key in list(self._wanted):
                         await self._start_server(key)
+                        if key in self._renew:
+                            await self._renew_server(key)
                         while len(self._idle.setdefault(key, [])) < self.size:
                             if not await self._spawn(key):
                                 break
@@ -248,7 +286,7 @@ class ChildPool:
             with anyio.CancelScope(shield=True):
                 await self._terminate_idle()
                 async with anyio.create_task_group() as closing:
-                    for server in self._servers.values():
+                    for server in [*self._servers.values(), *self._retiring]:
                         closing.start_soon(server.close)
             self._workdir.cleanup()
             self._workdir = None
@@ -257,14 +295,69 @@ class ChildPool:
         """Start the key's fork server, and wait until it is ready to fork."""
         if not self._wants_server(key) or key in self._servers or key in self._no_server:
             return
+        server = await self._launch_server(key, learned=True)
+        if server is None and self.learned is not None and self.learned.get(_learned_key(key)):
+            self.learned.forget(_learned_key(key))
+            server = await self._launch_server(key, learned=False)
+        if server is None:
+            self._no_server.add(key)
+            return
+        self._servers[key] = server
+        assert self._tasks is not None
+        self._tasks.start_soon(self._forget_server_when_gone, key, server)
+
+    async def _renew_server(self, key: PoolKey) -> None:
+        """Replace the key's fork server by one that also imports what was learned
+        since; its idle children are replaced by forks of the new one."""
+        old = self._servers.get(key)
+        if old is None:
+            self._renew.discard(key)
+            return
+        try:
+            server = await self._launch_server(key, learned=True)
+        finally:
+            self._renew.discard(key)  # settled() waits for this
+        if server is None:
+            logger.warning("%s keeps its preloads: the learned ones made it unusable", old.name)
+            if self.learned is not None:
+                self.learned.forget(_learned_key(key))
+            return
+        assert self._tasks is not None
+        self._servers[key] = server
+        self._tasks.start_soon(self._forget_server_when_gone, key, server)
+        self._retiring.add(old)
+        self._tasks.start_soon(self._retire, old)
+        stale = self._idle.pop(key, [])
+        async with anyio.create_task_group() as tasks:
+            for pooled in stale:
+                tasks.start_soon(self._discard, pooled.process)
+
+    async def _retire(self, server: ForkServer) -> None:
+        """Stop a replaced fork server once the children it forked have exited."""
+        try:
+            await server.retire()
+        finally:
+            self._retiring.discard(server)
+
+    async def _launch_server(self, key: PoolKey, learned: bool) -> ForkServer | None:
+        """A ready fork server for ``key`` that is safe to fork from, or None (logged)."""
         assert self._tasks is not None and self._workdir is not None
         env = child_environment(dict(key.import_env), cuda_visible_devices="", python=key.python)
         name = f"fork-server[{_describe(key, self.default_key)}]"
+        extra = [m for m in FORK_SERVER_EXTRAS if m not in key.preload]
+        modules = self.learned.get(_learned_key(key)) if learned and self.learned else ()
+        optional_file = None
+        if modules:
+            self._files += 1
+            optional_file = os.path.join(self._workdir.name, f"learned-{self._files}.txt")
+            await anyio.Path(optional_file).write_text("\n".join(modules))
+            os.chmod(optional_file, 0o644)  # a child user's zygote reads it
         try:
             server = await ForkServer.start(
                 key.python,
                 key.preload,
-                optional=[m for m in FORK_SERVER_EXTRAS if m not in key.preload],
+                optional=extra,
+                optional_file=optional_file,
                 env=env,
                 cwd=self._workdir.name,
                 name=name,
@@ -272,23 +365,26 @@ class ChildPool:
             )
         except OSError as exc:
             logger.warning("cannot start %s (%s): its children are spawned", name, exc)
-            self._no_server.add(key)
-            return
+            return None
         self._tasks.start_soon(server.run)
-        if not await server.wait_ready(READY_TIMEOUT):
-            logger.warning("%s did not start: its children are spawned", name)
-            self._no_server.add(key)
-            await server.close()
-            return
-        refusal = _unsafe_to_fork(server.info)
+        ready = await server.wait_ready(READY_TIMEOUT)
+        if optional_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(optional_file)
+        refusal = "it did not start" if not ready else _unsafe_to_fork(server.info)
         if refusal is not None:
-            logger.warning("%s is not used (%s): its children are spawned", name, refusal)
-            self._no_server.add(key)
+            logger.warning("%s is not used (%s)", name, refusal)
             await server.close()
-            return
-        logger.info("%s ready: pid %d", name, server.process.pid)
-        self._servers[key] = server
-        self._tasks.start_soon(self._forget_server_when_gone, key, server)
+            return None
+        logger.info(
+            "%s ready: pid %d, %d modules (%d learned)",
+            name,
+            server.process.pid,
+            server.info.get("modules", 0),
+            len(modules),
+        )
+        server.learned = len(modules)
+        return server
 
     def _wants_server(self, key: PoolKey) -> bool:
         return (
@@ -381,6 +477,11 @@ class ChildPool:
         async with anyio.create_task_group() as tasks:
             for pooled in idle:
                 tasks.start_soon(self._discard, pooled.process)
+
+
+def _learned_key(key: PoolKey) -> str:
+    """A pool key as the learned preloads' file names it."""
+    return json.dumps([key.python, list(key.preload), [list(kv) for kv in key.import_env]])
 
 
 def _unsafe_to_fork(info: Mapping[str, object]) -> str | None:
