@@ -50,7 +50,11 @@ def test_multi_app_full_session(child):
     assert "greeting" in description["setup_schema"]["properties"]
 
     _, done = child.setup({"greeting": "Hi"})
-    assert ok(done) is None
+    # What loading and setting it up imported from the libraries, not its own modules.
+    imports = ok(done)["imports"]
+    assert list(ok(done)) == ["imports"] and imports
+    assert all(isinstance(name, str) for name in imports)
+    assert not [n for n in imports if n.startswith("_app_") or n.split(".")[0] == "helper"]
 
     _, result = child.run("run", {"name": "Ada"})
     assert ok(result)["greeting"] == "Hi, Ada"
