@@ -44,6 +44,7 @@ import signal
 import socket
 import sys
 import threading
+import warnings
 from typing import Any, NoReturn
 
 from child import exit_codes
@@ -99,11 +100,13 @@ def main() -> None:
     if options.get("--optional-file"):
         with open(options["--optional-file"]) as learned:
             optional += learned.read().split()
-    for name in filter(None, optional):
-        if name in sys.modules:
-            continue
-        with contextlib.suppress(Exception, SystemExit):  # where it is installed and imports
-            importlib.import_module(name)
+    with warnings.catch_warnings():  # an app importing them would not show them either
+        warnings.simplefilter("ignore")
+        for name in filter(None, optional):
+            if name in sys.modules:
+                continue
+            with contextlib.suppress(Exception, SystemExit):  # installed, and imports cleanly
+                importlib.import_module(name)
     prewarm()
     # Objects made so far are shared with every fork: the collector must not walk
     # (and so copy) their pages in each child.

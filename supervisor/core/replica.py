@@ -306,6 +306,7 @@ class Replica:
             raise AssertionError("unreachable") from None
         except BaseException:
             # Cancelled (the replica is stopping): leave no child behind.
+            self._refill_pool()
             await self._terminate(child)
             raise
         if scope.cancel_called or self.stopping:

@@ -111,6 +111,9 @@ FORK_SERVER_EXTRAS = ("inferencesh",)
 
 REFILL_DELAY = 0.05
 """Seconds between a start taking a pooled child and the pool spawning its replacement."""
+FIRST_FILL_GRACE = 0.25
+"""Seconds the first fill waits for a start: starts issued with the supervisor's own
+(``serve``'s apps) cannot use the pool yet, and go first instead of sharing the CPU."""
 
 
 class ChildPool:
@@ -152,6 +155,8 @@ class ChildPool:
         self._retiring: set[ForkServer] = set()
         """Replaced fork servers that still have children."""
         self._files = 0
+        self._spawning_start = False
+        """A start found nothing to take or fork (it spawns): the first fill waits for it."""
 
     def key(self, python: str, preload: tuple[str, ...], app_env: Mapping[str, str]) -> PoolKey:
         """The key an app's children are taken by. Where its children may have
@@ -184,6 +189,7 @@ class ChildPool:
             return child
         server = self._servers.get(key)
         if server is None or not server.alive or self._tasks is None:
+            self._spawning_start = True
             return None
         try:
             process, channel = await server.fork(
@@ -264,6 +270,7 @@ class ChildPool:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
                 task_status.started()
+                await self._before_first_fill()
                 while True:
                     # A fresh event before spawning, not after: a start that asks
                     # for a refill (or for another key) while a spawn is under way
@@ -290,6 +297,15 @@ class ChildPool:
                         closing.start_soon(server.close)
             self._workdir.cleanup()
             self._workdir = None
+
+    async def _before_first_fill(self) -> None:
+        """Let the starts that come with the supervisor's own start end first: the
+        first start after ``FIRST_FILL_GRACE`` finds the pool filled, and one before
+        it spawns without a fork server and an idle child starting beside it."""
+        with anyio.move_on_after(FIRST_FILL_GRACE) as grace:
+            await self._refill.wait()
+        if grace.cancelled_caught and self._spawning_start:
+            await self._refill.wait()
 
     async def _start_server(self, key: PoolKey) -> None:
         """Start the key's fork server, and wait until it is ready to fork."""

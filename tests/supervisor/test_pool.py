@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
+import psutil
 import pytest
 from sup_helpers import FakeGpus
 
@@ -120,3 +123,37 @@ async def test_library_settings_get_children_started_with_them() -> None:
         assert sup.pool.handed_out == 1  # another value: not that child
     assert first["environ"]["OMP_NUM_THREADS"] == second["environ"]["OMP_NUM_THREADS"] == "1"
     assert other["environ"]["OMP_NUM_THREADS"] == "2"
+
+
+async def test_the_first_fill_waits_for_starts_issued_with_the_supervisor(tmp_path: Path) -> None:
+    """``serve``'s apps start with the supervisor and cannot use the pool yet: no fork
+    server or idle child may compete with them for the CPU until they are up."""
+    gate = tmp_path / "gate"
+    setup = {"gate": str(gate), "seconds": 60}
+
+    def pool_processes() -> list[str]:
+        found = []
+        for process in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                command = " ".join(process.cmdline())
+                if "child.fork_server" in command or command.endswith("-m child"):
+                    found.append(command)
+        return found
+
+    async with Supervisor(gpu_backend=None, pool_size=1) as sup:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(partial(sup.start, APPS / "sup_slow_setup", setup=setup))
+            with anyio.fail_after(30):
+                while "sup_slow_setup" not in sup.apps or sup.apps[
+                    "sup_slow_setup"
+                ].status()["state"] != "setting_up":
+                    await anyio.sleep(0.02)
+            await anyio.sleep(0.3)  # past the first fill's grace: a start is going on
+            assert pool_processes() == []
+            assert sup.pool.spawned == 0
+            gate.touch()
+        assert sup.apps["sup_slow_setup"].status()["replicas"][0]["start"] == "spawn"
+        with anyio.fail_after(60):  # then the pool fills
+            while not sup.pool.settled():
+                await anyio.sleep(0.02)
+        assert sup.pool.idle_count() == 1
