@@ -242,6 +242,7 @@ class Supervisor:
         """
         if self._tasks is None:
             raise RuntimeError("use the Supervisor as an async context manager")
+        self.pool.start_coming()
         started = time.monotonic()
         try:
             directory, manifest = open_app_dir(app_dir)

@@ -114,6 +114,8 @@ REFILL_DELAY = 0.05
 FIRST_FILL_GRACE = 0.25
 """Seconds the first fill waits for a start: starts issued with the supervisor's own
 (``serve``'s apps) cannot use the pool yet, and go first instead of sharing the CPU."""
+FIRST_FILL_WAIT = 30.0
+"""At most this long for those starts (a torch app's spawn takes seconds)."""
 
 
 class ChildPool:
@@ -155,8 +157,8 @@ class ChildPool:
         self._retiring: set[ForkServer] = set()
         """Replaced fork servers that still have children."""
         self._files = 0
-        self._spawning_start = False
-        """A start found nothing to take or fork (it spawns): the first fill waits for it."""
+        self._start_coming = False
+        """A start was asked for before the first fill: the first fill waits for it."""
 
     def key(self, python: str, preload: tuple[str, ...], app_env: Mapping[str, str]) -> PoolKey:
         """The key an app's children are taken by. Where its children may have
@@ -189,7 +191,6 @@ class ChildPool:
             return child
         server = self._servers.get(key)
         if server is None or not server.alive or self._tasks is None:
-            self._spawning_start = True
             return None
         try:
             process, channel = await server.fork(
@@ -298,14 +299,19 @@ class ChildPool:
             self._workdir.cleanup()
             self._workdir = None
 
+    def start_coming(self) -> None:
+        """An app start was asked for (its manifest and environment come first)."""
+        self._start_coming = True
+
     async def _before_first_fill(self) -> None:
-        """Let the starts that come with the supervisor's own start end first: the
-        first start after ``FIRST_FILL_GRACE`` finds the pool filled, and one before
-        it spawns without a fork server and an idle child starting beside it."""
+        """Let the starts asked for with the supervisor's own start end first: they
+        spawn without a fork server and an idle child starting beside them. The fill
+        begins at their first ``refill()``, or after ``FIRST_FILL_GRACE`` if none came."""
         with anyio.move_on_after(FIRST_FILL_GRACE) as grace:
             await self._refill.wait()
-        if grace.cancelled_caught and self._spawning_start:
-            await self._refill.wait()
+        if grace.cancelled_caught and self._start_coming:
+            with anyio.move_on_after(FIRST_FILL_WAIT):  # a start that failed early
+                await self._refill.wait()
 
     async def _start_server(self, key: PoolKey) -> None:
         """Start the key's fork server, and wait until it is ready to fork."""

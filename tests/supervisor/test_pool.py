@@ -140,7 +140,7 @@ async def test_the_first_fill_waits_for_starts_issued_with_the_supervisor(tmp_pa
                     found.append(command)
         return found
 
-    async with Supervisor(gpu_backend=None, pool_size=1) as sup:
+    async with Supervisor(gpu_backend=None, pool_size=1, learn_preloads=False) as sup:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(partial(sup.start, APPS / "sup_slow_setup", setup=setup))
             with anyio.fail_after(30):
