@@ -59,6 +59,7 @@ from .http.fetch_policy import parse_allow
 from .http.limits import HttpLimits, guarded_protocol
 from .http.recent_logs import RecentLogs
 from .log_setup import APP_LOGGER, LOG_FORMATS, configure_logging, log_progress
+from .process import head_start
 from .process.confinement import MODES as CONTAINMENT_MODES
 from .process.confinement import Confinement, ConfinementError
 
@@ -323,6 +324,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return exit_code_for(error)
     finally:
         sock.close()
+        head_start.discard()
     if serving.failures:
         return exit_code_for(serving.failures[0])
     if serving.server is None:  # stopped by a signal before the server was up
@@ -385,6 +387,9 @@ class _Serving:
                 anyio.create_task_group() as tasks,
             ):
                 self.supervisor = supervisor
+                early = head_start.take()
+                if early is not None:
+                    supervisor.pool.adopt(early)
                 startup = Startup(
                     [AppStart(_manifest_name(d), self.starter(supervisor, d)) for d in self.dirs],
                     starting=supervisor.apps.get,

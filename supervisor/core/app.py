@@ -38,7 +38,7 @@ from ..events import Event
 from .input_limits import InputLimits
 from .lifecycle import ReplicaState
 from .replica import Replica
-from .request import Request, config_key
+from .request import Request, config_key, new_request_id
 from .request_queue import RequestQueue
 from .running_child import RunningChild
 
@@ -211,18 +211,16 @@ class App:
                 key = config_key(config)
         if request_id is not None and request_id in self._requests:
             raise errors.InputValidationError(f"request id {request_id!r} is already in use")
-        request = Request(
+        return Request(
             function=function,
             input=input,
             config=config,
             metadata=dict(metadata or {}),
             timeout=self._timeout(timeout),
+            id=request_id if request_id is not None else new_request_id(),
             config_key=key,
             on_end=self._forget_request,
         )
-        if request_id is not None:
-            request.id = request_id
-        return request
 
     def _timeout(self, timeout: float | None) -> float | None:
         """A caller's timeout, which may shorten the operator's but never lengthen it."""

@@ -259,8 +259,10 @@ class Replica:
                         continue
                     if not checked:
                         checked = True
-                        if not await self._check_config(child, config):
-                            continue  # it died meanwhile: its watcher decides
+                        await self._check_config(child, config)
+                        # Look again: the child may have died, or a stop come, while
+                        # it checked (a stop does not wait for this lock).
+                        continue
                     if child.in_flight:
                         # Look again once it is idle: a stop, a crash or an eviction
                         # may have come meanwhile.
@@ -506,17 +508,14 @@ class Replica:
         self.changed()
         raise error
 
-    async def _check_config(self, child: RunningChild, config: dict[str, Any]) -> bool:
+    async def _check_config(self, child: RunningChild, config: dict[str, Any]) -> None:
         """Have ``child`` validate setup values (``InputValidationError`` if they are
-        invalid); False when the child died before it answered."""
+        invalid); a child that dies before it answers is its watcher's business."""
         hello = child.channel.hello
         if hello is None or "check" not in hello.features:
-            return True  # a child that cannot check: its replacement's setup will
-        try:
+            return  # a child that cannot check: its replacement's setup will
+        with contextlib.suppress(_StartFailed):
             await self._call(child, Check(new_request_id(), config))
-        except _StartFailed:
-            return False
-        return True
 
     async def _call(self, child: RunningChild, message: Load | Setup | Check) -> Any:
         """Send a load or setup request and wait for its outcome."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -27,7 +27,6 @@ from ..environments.app_secrets import SecretMask, resolve_secrets
 from ..environments.env_cache import EnvCache
 from ..environments.env_spec import EnvSpec
 from ..environments.environment import child_environment
-from ..environments.node_runtime import NodeApp, prepare_node_app
 from ..environments.system_packages import listed_packages, missing_packages
 from ..gpu.allocation import AllocationError, allocate_gpus, check_explicit, gpu_environment
 from ..gpu.backend import GpuBackend, open_backend
@@ -43,6 +42,9 @@ from .input_limits import InputLimits
 from .replica import Replica, ReplicaSpec
 from .resource_governor import ResourceGovernor
 from .restart_policy import RestartPolicy
+
+if TYPE_CHECKING:
+    from ..environments.node_runtime import NodeApp
 
 logger = logging.getLogger("supervisor")
 env_logger = logging.getLogger("supervisor.env")
@@ -259,6 +261,8 @@ class Supervisor:
         interpreter = await self._interpreter(directory, manifest, app_name)
         node: NodeApp | None = None
         if manifest.runtime == "node":
+            from ..environments.node_runtime import prepare_node_app  # node apps only
+
             node = await anyio.to_thread.run_sync(prepare_node_app, directory, manifest)
         spec = ReplicaSpec(
             app_dir=directory,

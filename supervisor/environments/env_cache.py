@@ -39,11 +39,12 @@ from typing import Any, Literal
 import anyio
 
 from ..errors import EnvironmentFailedError
+from .env_layout import MARKER as MARKER  # re-exported: the builder's callers use them
+from .env_layout import RUNTIME_DIR as RUNTIME_DIR
+from .env_layout import runtime_path as runtime_path
 from .env_spec import RUNTIME_REQUIREMENTS, EnvSpec, failing_requirement
 
 ENV_CACHE_VAR = "APPVISOR_ENV_CACHE"
-MARKER = "appvisor-env.json"
-RUNTIME_DIR = "appvisor-runtime"
 OUTPUT_TAIL = 30
 """Lines of the installer's output kept for an error report."""
 RUNTIME_PACKAGES = ("child", "protocol")
@@ -73,14 +74,6 @@ def find_uv() -> str | None:
         return str(find_uv_bin())
     except (ImportError, FileNotFoundError):
         return shutil.which("uv")
-
-
-def runtime_path(python: str) -> str | None:
-    """The runtime's directory for an environment's interpreter, or None for
-    an interpreter that is not one of ours."""
-    env = Path(python).parent.parent
-    runtime = env / RUNTIME_DIR
-    return str(runtime) if (env / MARKER).is_file() and runtime.is_dir() else None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from .env_cache import runtime_path
+from .env_layout import runtime_path
 
 ALLOWED = frozenset(
     {

@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -91,7 +90,7 @@ def app_link(packages: Path, app_dir: Path) -> Path:
     if link.is_symlink() and os.readlink(link) == str(app_dir):
         return link
     link.parent.mkdir(exist_ok=True)
-    temporary = link.parent / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    temporary = link.parent / f".{name}.{os.getpid()}.{os.urandom(4).hex()}"
     os.symlink(app_dir, temporary)
     os.replace(temporary, link)
     return link
@@ -105,7 +104,7 @@ def install_packages(
     if npm is None:
         raise EnvironmentFailedError(f"cannot install {what}: npm was not found on PATH")
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    work = target.parent / f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}"
     work.mkdir()
     try:
         prepare(work)

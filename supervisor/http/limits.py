@@ -9,7 +9,8 @@ pure ASGI middleware that wraps ``receive``: a declared ``Content-Length``
 over the limit is refused before a byte is read, a body that grows past it is
 cut off, and a client that stalls between two chunks of its body for
 ``body_timeout`` seconds is dropped. A multipart body (uploads) has its own,
-larger bound.
+larger bound. Under ``guarded_protocol`` a body that has all arrived before the
+app reads it (most do: they come with their headers) is read without a timer.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MiB = 2**20
+BODY_RECEIVED = "appvisor.body_received"
+"""Set in a request's ASGI scope by ``guarded_protocol`` once its whole body is in."""
 
 
 @dataclass(frozen=True)
@@ -80,11 +83,15 @@ class BodyGuard:
             rejected = too_large(what, limit)
             await _reject(rejected, scope, receive, send)
             return
-        await self.app(scope, _GuardedReceive(receive, limit, what, self.limits), send)
+        guarded = _GuardedReceive(scope, receive, limit, what, self.limits)
+        await self.app(scope, guarded, send)
 
 
 class _GuardedReceive:
-    def __init__(self, receive: Receive, limit: int, what: str, limits: HttpLimits) -> None:
+    def __init__(
+        self, scope: Scope, receive: Receive, limit: int, what: str, limits: HttpLimits
+    ) -> None:
+        self._scope = scope
         self._receive = receive
         self._limit = limit
         self._what = what
@@ -95,14 +102,17 @@ class _GuardedReceive:
     async def __call__(self) -> Message:
         if self._body_done:
             return await self._receive()  # only a disconnect can come now
-        with anyio.move_on_after(self._timeout) as scope:
-            message = await self._receive()
-        if scope.cancelled_caught:
-            raise BodyRejected(
-                408,
-                "request_timeout",
-                f"the client sent nothing of its body for {self._timeout:g} s",
-            )
+        if self._scope.get(BODY_RECEIVED):
+            message = await self._receive()  # no wait: it is all here
+        else:
+            with anyio.move_on_after(self._timeout) as timer:
+                message = await self._receive()
+            if timer.cancelled_caught:
+                raise BodyRejected(
+                    408,
+                    "request_timeout",
+                    f"the client sent nothing of its body for {self._timeout:g} s",
+                )
         if message["type"] == "http.request":
             self._seen += len(message.get("body", b""))
             if self._seen > self._limit:
@@ -153,6 +163,12 @@ def guarded_protocol(header_timeout: float) -> type[Any]:
         def on_headers_complete(self) -> None:
             self._disarm()
             super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            if self.cycle is not None:
+                scope: dict[str, Any] = self.cycle.scope  # type: ignore[assignment]
+                scope[BODY_RECEIVED] = True
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

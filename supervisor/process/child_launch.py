@@ -11,14 +11,12 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
-from protocol.shared_memory import create_arena
-
 from .child_channel import ChildChannel
+from .child_command import DEFAULT_SHARED_MEMORY, child_argv, create_arenas
 from .child_process import ChildProcess
 from .confinement import Confinement
 
-DEFAULT_SHARED_MEMORY = 256 * 2**20
-"""Bytes of shared memory per direction: payloads up to this size skip the pipe."""
+__all__ = ["DEFAULT_SHARED_MEMORY", "launch_child", "node_command"]
 
 
 async def launch_child(
@@ -51,20 +49,9 @@ async def launch_child(
         channel = ChildChannel(process, logger, arenas=None)
         process.mask = channel.mask = mask
         return process, channel
-    argv = [python, "-m", "child"]
-    if preload:
-        argv += ["--preload", ",".join(preload)]
-    if prewarm:
-        argv.append("--prewarm")
-    fds: list[int] = []
-    mappings = []
+    fds, mappings = create_arenas(shared_memory)
+    argv = child_argv(python, preload, prewarm=prewarm, arena_fds=fds)
     try:
-        if shared_memory > 0:
-            for _ in ("to the child", "from the child"):
-                fd, mapping = create_arena(shared_memory)
-                fds.append(fd)
-                mappings.append(mapping)
-            argv += ["--shared-memory", ",".join(map(str, fds))]
         process = await ChildProcess.spawn(
             argv, env=env, cwd=cwd, name=name, pass_fds=fds, confinement=confinement
         )

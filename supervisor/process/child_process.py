@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -95,6 +96,81 @@ def oom_kill_count() -> int:
     except OSError:
         pass
     return -1
+
+
+class ExternalProcess(anyio.abc.Process):
+    """A process the event loop did not start (forked by a zygote, or spawned before
+    the loop ran), signalled by pid; a subclass says how it is waited for."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self._pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    async def aclose(self) -> None:
+        await self.wait()
+
+    @property
+    def stdin(self) -> None:
+        return None
+
+    @property
+    def stdout(self) -> None:
+        return None
+
+    @property
+    def stderr(self) -> None:
+        return None
+
+
+class AdoptedProcess(ExternalProcess):
+    """A process spawned before the event loop ran (``head_start``), waited for
+    through its pidfd: the loop's own child watcher does not know it."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        super().__init__(popen.pid)
+        self._popen = popen
+        self._pidfd: int | None = None
+        self._watching: anyio.Event | None = None
+        """Set when the task that watches the pidfd has news (one may watch it)."""
+        with contextlib.suppress(AttributeError, OSError):  # pidfds: Linux 5.3
+            self._pidfd = os.pidfd_open(popen.pid)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    async def wait(self) -> int:
+        while (returncode := self._popen.poll()) is None:
+            if self._watching is not None:  # another task watches: wait for its news
+                await self._watching.wait()
+                continue
+            self._watching = anyio.Event()
+            try:
+                if self._pidfd is not None:
+                    await anyio.wait_readable(self._pidfd)
+                else:
+                    await anyio.sleep(0.05)
+            finally:
+                watching, self._watching = self._watching, None
+                watching.set()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        return returncode
 
 
 class ChildProcess:
@@ -187,6 +263,33 @@ class ChildProcess:
                 await child.wait()
                 child.close_pipes()
                 raise
+        return child
+
+    @classmethod
+    async def adopt(
+        cls,
+        popen: subprocess.Popen[bytes],
+        name: str,
+        protocol_fds: tuple[int, int],
+        stderr_fd: int,
+        confinement: Confinement | None = None,
+    ) -> ChildProcess:
+        """Take over a child spawned before the event loop ran (``head_start``), with
+        our ends of its pipes; where children get cgroups, it and what it started
+        move into a new one (memory it used before stays counted where it was)."""
+        cgroup = confinement.new_cgroup(name) if confinement else None
+        child = cls(AdoptedProcess(popen), name, protocol_fds, stderr_fd, cgroup)
+        if cgroup is not None:
+            try:
+                cgroup.add(popen.pid)  # first: what it forks from now on is inside
+                for process in child._descendants():
+                    cgroup.add(process.pid)
+            except OSError:
+                child.kill()
+                await child.wait()
+                child.close_pipes()
+                raise
+        logger.debug("%s: adopted pid %d", name, popen.pid)
         return child
 
     @classmethod

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import mmap
 import os
 import signal
 import socket
@@ -33,10 +34,9 @@ import anyio.abc
 import msgpack
 import psutil
 
-from protocol.shared_memory import create_arena
-
 from .child_channel import ChildChannel
-from .child_process import ChildProcess
+from .child_command import create_arenas
+from .child_process import ChildProcess, ExternalProcess
 from .confinement import Confinement
 
 logger = logging.getLogger("supervisor.fork_server")
@@ -53,11 +53,11 @@ class ForkServerError(Exception):
     """The zygote cannot fork (it died, or never became ready)."""
 
 
-class ForkedProcess(anyio.abc.Process):
+class ForkedProcess(ExternalProcess):
     """A process the zygote forked: signalled here, reaped and reported by the zygote."""
 
     def __init__(self, pid: int) -> None:
-        self._pid = pid
+        super().__init__(pid)
         self._returncode: int | None = None
         self._exited = anyio.Event()
 
@@ -67,10 +67,6 @@ class ForkedProcess(anyio.abc.Process):
             self._exited.set()
 
     @property
-    def pid(self) -> int:
-        return self._pid
-
-    @property
     def returncode(self) -> int | None:
         return self._returncode
 
@@ -78,32 +74,6 @@ class ForkedProcess(anyio.abc.Process):
         await self._exited.wait()
         assert self._returncode is not None
         return self._returncode
-
-    def send_signal(self, sig: int) -> None:
-        if self._returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(self._pid, sig)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-    async def aclose(self) -> None:
-        await self.wait()
-
-    @property
-    def stdin(self) -> None:
-        return None
-
-    @property
-    def stdout(self) -> None:
-        return None
-
-    @property
-    def stderr(self) -> None:
-        return None
 
 
 class ForkServer:
@@ -290,14 +260,12 @@ class ForkServer:
         stderr_read, stderr_write = os.pipe()
         theirs = [to_child_read, from_child_write, stderr_write]
         ours = [to_child_write, from_child_read, stderr_read]
-        mappings = []
+        mappings: list[mmap.mmap] = []
         request_id = next(self._ids)
         waiter = self._waiting[request_id] = anyio.Event()
         try:
-            for _ in range(2 if shared_memory > 0 else 0):
-                fd, mapping = create_arena(shared_memory)
-                theirs.append(fd)
-                mappings.append(mapping)
+            fds, mappings = create_arenas(shared_memory)
+            theirs += fds
             request = {"id": request_id, "cgroups": ";".join(cgroup.names) if cgroup else ""}
             await self._send(msgpack.packb(request), theirs)
             with anyio.CancelScope(shield=True), anyio.move_on_after(FORK_TIMEOUT):

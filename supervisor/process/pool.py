@@ -43,6 +43,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -57,6 +58,7 @@ from .child_launch import DEFAULT_SHARED_MEMORY, launch_child
 from .child_process import ChildProcess
 from .confinement import Confinement
 from .fork_server import READY_TIMEOUT, ForkServer, ForkServerError
+from .head_start import EarlyChild
 from .learned_preloads import LearnedPreloads
 
 logger = logging.getLogger("supervisor.pool")
@@ -157,6 +159,9 @@ class ChildPool:
         self._retiring: set[ForkServer] = set()
         """Replaced fork servers that still have children."""
         self._files = 0
+        self._arriving: dict[PoolKey, anyio.Event] = {}
+        """Keys whose adopted child (``adopt``) has not said hello yet."""
+        self._adopted_dirs: list[str] = []
         self._start_coming = False
         """A start was asked for before the first fill: the first fill waits for it."""
 
@@ -185,7 +190,11 @@ class ChildPool:
 
     async def acquire(self, key: PoolKey) -> PooledChild | None:
         """An idle child for ``key`` (``take``), else one forked now by the key's
-        fork server, else None (the caller spawns)."""
+        fork server, else None (the caller spawns). An adopted child that is still
+        starting is waited for: it started before this request for it."""
+        arriving = self._arriving.get(key)
+        if arriving is not None and not self._idle.get(key):
+            await arriving.wait()
         child = self.take(key)
         if child is not None:
             return child
@@ -207,6 +216,41 @@ class ChildPool:
         self.forked += 1
         process.start = "fork"
         return PooledChild(process, channel)
+
+    def adopt(self, early: EarlyChild) -> None:
+        """Keep a child spawned before this pool ran (``serve``'s head start) as the
+        default key's idle child once it says hello. One this pool would not have
+        started so (other preloads, arenas or user, or no pool) is stopped."""
+        key = self.default_key
+        matches = (
+            early.python == key.python
+            and early.preload == key.preload
+            and early.shared_memory == self.shared_memory
+            and (self.confinement is None or self.confinement.user is None)
+        )
+        if not matches or self._tasks is None or self._closed:
+            logger.info("the head-start child does not fit this pool: stopped")
+            early.close()
+            return
+        self._adopted_dirs.append(early.workdir)
+        self._arriving[key] = anyio.Event()
+        self._tasks.start_soon(self._adopt, key, early)
+
+    async def _adopt(self, key: PoolKey, early: EarlyChild) -> None:
+        try:
+            process = await ChildProcess.adopt(
+                early.process,
+                f"pool[{self.spawned}]",
+                early.protocol_fds,
+                early.stderr_fd,
+                self.confinement,
+            )
+            arenas = (early.arenas[0], early.arenas[1]) if early.arenas else None
+            await self._add_idle(key, process, ChildChannel(process, logger, arenas=arenas))
+        except OSError as exc:
+            logger.warning("cannot adopt the head-start child: %s", exc)
+        finally:
+            self._arriving.pop(key).set()
 
     def refill(self) -> None:
         """Top the pool up in the background, once a start no longer needs the CPU."""
@@ -298,6 +342,8 @@ class ChildPool:
                         closing.start_soon(server.close)
             self._workdir.cleanup()
             self._workdir = None
+            for directory in self._adopted_dirs:
+                shutil.rmtree(directory, ignore_errors=True)
 
     def start_coming(self) -> None:
         """An app start was asked for (its manifest and environment come first)."""

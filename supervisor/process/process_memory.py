@@ -55,7 +55,6 @@ def process_memory(process: psutil.Process) -> int:
     return pss if pss is not None else int(process.memory_info().rss)
 
 
-
 def tree_memory(pid: int) -> int:
     """Host memory in bytes of ``pid`` and its descendants (PSS); 0 if ``pid`` is gone."""
     return pids_memory(tree_pids(pid))

@@ -132,8 +132,10 @@ async def test_the_first_fill_waits_for_starts_issued_with_the_supervisor(tmp_pa
     setup = {"gate": str(gate), "seconds": 60}
 
     def pool_processes() -> list[str]:
+        """This supervisor's fork servers and pooled children: its own children (a
+        ``serve`` that another test keeps running has its own, one level down)."""
         found = []
-        for process in psutil.Process().children(recursive=True):
+        for process in psutil.Process().children():
             with contextlib.suppress(psutil.Error):
                 command = " ".join(process.cmdline())
                 if "child.fork_server" in command or command.endswith("-m child"):
@@ -144,9 +146,10 @@ async def test_the_first_fill_waits_for_starts_issued_with_the_supervisor(tmp_pa
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(partial(sup.start, APPS / "sup_slow_setup", setup=setup))
             with anyio.fail_after(30):
-                while "sup_slow_setup" not in sup.apps or sup.apps[
-                    "sup_slow_setup"
-                ].status()["state"] != "setting_up":
+                while (
+                    "sup_slow_setup" not in sup.apps
+                    or sup.apps["sup_slow_setup"].status()["state"] != "setting_up"
+                ):
                     await anyio.sleep(0.02)
             await anyio.sleep(0.3)  # past the first fill's grace: a start is going on
             assert pool_processes() == []

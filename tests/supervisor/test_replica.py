@@ -396,3 +396,24 @@ async def test_an_eviction_drops_the_standby_loaded_or_loading(
 
 def test_the_standby_table_lists_every_state() -> None:
     assert set(standby_module.TRANSITIONS) == set(StandbyState)
+
+
+async def test_a_stop_while_new_setup_values_are_checked_ends_the_start_cleanly(
+    replica: Replica, children: Children, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop does not wait for the replica's lock: one that comes while the child
+    checks new setup values must not be followed by retiring the child again."""
+    checked = replica._check_config
+
+    async def check_then_stop(child: Any, config: dict[str, Any]) -> Any:
+        outcome = await checked(child, config)
+        stopping.start_soon(replica.stop)
+        await until(lambda: replica.stopping)
+        return outcome
+
+    monkeypatch.setattr(replica, "_check_config", check_then_stop)
+    async with anyio.create_task_group() as stopping:
+        with pytest.raises(errors.AppStoppedError), anyio.fail_after(GUARD):
+            await replica.ensure({"size": 2})
+    assert replica.lifecycle.state is ReplicaState.STOPPED
+    assert [type(m).__name__ for m in children.channel.sent] == ["Load", "Setup", "Check", "Unload"]

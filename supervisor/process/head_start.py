@@ -1,0 +1,148 @@
+"""``serve``'s head start: its first child, spawned before the supervisor is imported.
+
+``python -m supervisor serve`` spends about 0.2 s importing the supervisor and the
+HTTP server before it could spawn anything, and a child spends about as long
+importing the runtime before it can load an app. Started first, the child does
+its part on the other core meanwhile: ``begin`` spawns the pool's default child
+(``python -m child --prewarm``, the default environment, the pool's arenas) with
+the standard library only, and the pool ``adopt``\\s it once it runs, where the
+first app start whose pool key it matches takes it. An app that needs another
+key (its own environment, library settings) spawns as before, and the early
+child stays in the pool.
+
+Only the parent's own state lives here, for the one ``serve`` a process runs:
+``take`` hands the started child over (once), ``discard`` stops one that was not
+taken (a usage error, ``--ray``), and at exit an untaken child is killed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import mmap
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..environments.environment import child_environment
+from .child_command import DEFAULT_SHARED_MEMORY, child_argv, create_arenas
+
+SKIP_OPTIONS = frozenset({"-h", "--help", "--ray", "--child-user", "--version"})
+"""``serve`` options under which no head start is made: nothing to serve yet, or
+children that the pool starts differently (as another user)."""
+DISABLE_VAR = "APPVISOR_HEAD_START"
+"""``0`` turns the head start off (to measure without it)."""
+
+
+@dataclass
+class EarlyChild:
+    """A pool child spawned before the pool existed; ``adopt`` takes it over."""
+
+    process: subprocess.Popen[bytes]
+    python: str
+    preload: tuple[str, ...]
+    shared_memory: int
+    workdir: str
+    """Its working directory (empty, private); whoever ends the child removes it."""
+    protocol_fds: tuple[int, int]
+    """Our ends of its protocol pipes: read from it, write to it."""
+    stderr_fd: int
+    arenas: list[mmap.mmap] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Kill the child, wait for it, and release its pipes, arenas and directory."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for fd in (*self.protocol_fds, self.stderr_fd):
+            os.close(fd)
+        for arena in self.arenas:
+            arena.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+_started: EarlyChild | None = None
+
+
+def wanted(argv: Sequence[str]) -> bool:
+    """Whether ``python -m supervisor`` with ``argv`` should start a child first."""
+    if os.environ.get(DISABLE_VAR) == "0" or not argv or argv[0] != "serve":
+        return False
+    return not any(arg.split("=", 1)[0] in SKIP_OPTIONS for arg in argv[1:])
+
+
+def begin(argv: Sequence[str]) -> None:
+    """Spawn the head-start child for ``serve``; a failure only costs the head start."""
+    global _started
+    if _started is not None or not wanted(argv):
+        return
+    try:
+        _started = spawn_early(sys.executable)
+    except OSError:
+        return
+    atexit.register(discard)
+
+
+def spawn_early(
+    python: str, preload: Sequence[str] = (), shared_memory: int = DEFAULT_SHARED_MEMORY
+) -> EarlyChild:
+    """Spawn ``python -m child --prewarm`` exactly as the pool spawns its default
+    child (``ChildPool._spawn``), outside any event loop."""
+    workdir = tempfile.mkdtemp(prefix="supervisor-head-")
+    os.chmod(workdir, 0o711)
+    env = child_environment({}, cuda_visible_devices="", python=python)
+    to_child_read, to_child_write = os.pipe()
+    from_child_read, from_child_write = os.pipe()
+    stderr_read, stderr_write = os.pipe()
+    ours = (from_child_read, to_child_write, stderr_read)
+    arena_fds: list[int] = []
+    arenas: list[mmap.mmap] = []
+    try:
+        arena_fds, arenas = create_arenas(shared_memory)
+        process = subprocess.Popen(
+            child_argv(python, preload, prewarm=True, arena_fds=arena_fds),
+            stdin=to_child_read,
+            stdout=from_child_write,
+            stderr=stderr_write,
+            env=env,
+            cwd=workdir,
+            start_new_session=True,
+            pass_fds=arena_fds,
+        )
+    except BaseException:
+        for fd in ours:
+            os.close(fd)
+        for arena in arenas:
+            arena.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    finally:
+        for fd in (to_child_read, from_child_write, stderr_write, *arena_fds):
+            os.close(fd)
+    return EarlyChild(
+        process,
+        python,
+        tuple(preload),
+        shared_memory,
+        workdir,
+        (from_child_read, to_child_write),
+        stderr_read,
+        arenas,
+    )
+
+
+def take() -> EarlyChild | None:
+    """The head-start child, handed over once (the pool owns it then)."""
+    global _started
+    started, _started = _started, None
+    return started
+
+
+def discard() -> None:
+    """Stop the head-start child if nobody took it."""
+    started = take()
+    if started is not None:
+        started.close()

@@ -1,0 +1,82 @@
+"""``serve``'s head start: its first child is spawned before the supervisor is imported,
+and the pool adopts it (``supervisor.process.head_start``, ``ChildPool.adopt``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from supervisor import Supervisor
+from supervisor.process import head_start
+
+REPO = Path(__file__).resolve().parents[2]
+APPS = REPO / "tests" / "apps"
+
+pytestmark = pytest.mark.usefixtures("no_leftover_processes")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "wanted"),
+    [
+        (["serve", "app"], {}, True),
+        (["serve", "app", "--port", "9000"], {}, True),
+        (["serve", "--help"], {}, False),
+        (["serve", "app", "--ray=auto"], {}, False),
+        (["serve", "app", "--child-user", "nobody"], {}, False),
+        (["run", "app"], {}, False),
+        ([], {}, False),
+        (["serve", "app"], {"APPVISOR_HEAD_START": "0"}, False),
+    ],
+)
+def test_only_serve_starts_a_child_first(
+    argv: list[str], env: dict[str, str], wanted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(head_start.DISABLE_VAR, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert head_start.wanted(argv) is wanted
+
+
+@pytest.mark.anyio
+async def test_the_first_start_takes_the_adopted_child(tmp_path: Path) -> None:
+    """The child spawned before the pool is the one the first start gets, although it
+    has not said hello yet when the start asks (the start waits for it rather than
+    spawning another): same pid, started as a pooled child, inside a cgroup of its
+    own where there are any."""
+    early = head_start.spawn_early(sys.executable)
+    async with Supervisor(gpu_backend=None, pool_size=1, learn_preloads=False) as sup:
+        sup.pool.adopt(early)
+        app = await sup.start(APPS / "plain")
+        replica = app.status()["replicas"][0]
+        assert replica["start"] == "pool"
+        child = app.replicas[0].child
+        assert child is not None and child.process.pid == early.process.pid
+        assert (await app.run({"text": "hi"}))["text"] == "HI"
+        if sup.confinement.cgroups is not None:
+            assert child.process.cgroup is not None
+            wanted = set(child.process.cgroup.names)
+            for pid in (child.process.pid, child.process.app_pid):
+                groups = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+                assert any(line.split(":", 2)[2] in wanted for line in groups), groups
+    assert early.process.poll() is not None  # reaped with the supervisor
+    assert not Path(early.workdir).exists()
+
+
+@pytest.mark.anyio
+async def test_a_child_started_unlike_the_pool_is_stopped() -> None:
+    early = head_start.spawn_early(sys.executable, preload=("json",))
+    async with Supervisor(gpu_backend=None, pool_size=1, learn_preloads=False) as sup:
+        sup.pool.adopt(early)
+        assert early.process.poll() is not None  # killed and reaped at once
+        assert not Path(early.workdir).exists()
+
+
+@pytest.mark.anyio
+async def test_without_a_pool_the_child_is_stopped() -> None:
+    early = head_start.spawn_early(sys.executable)
+    async with Supervisor(gpu_backend=None, pool_size=0) as sup:
+        sup.pool.adopt(early)
+        assert early.process.poll() is not None
+        assert not Path(early.workdir).exists()
