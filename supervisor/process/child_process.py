@@ -167,7 +167,9 @@ class AdoptedProcess(ExternalProcess):
             finally:
                 watching, self._watching = self._watching, None
                 watching.set()
-        if self._pidfd is not None:
+        if self._pidfd is not None and self._watching is None:
+            # Never while another task's wait is registered on it: the loop would
+            # keep a watcher for the number, which the next pipe may get.
             os.close(self._pidfd)
             self._pidfd = None
         return returncode

@@ -3,6 +3,7 @@ and the pool adopts it (``supervisor.process.head_start``, ``ChildPool.adopt``).
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -80,3 +81,40 @@ async def test_without_a_pool_the_child_is_stopped() -> None:
         sup.pool.adopt(early)
         assert early.process.poll() is not None
         assert not Path(early.workdir).exists()
+
+
+PIDFD_SCRIPT = """
+import asyncio, os, subprocess, sys
+import anyio
+from supervisor.process.child_process import AdoptedProcess
+
+popen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"])
+
+async def main():
+    process = AdoptedProcess(popen)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(process.wait)  # watches the pidfd
+        await anyio.wait_all_tasks_blocked()
+        popen.wait()  # the child ends and is reaped before the loop hears of it
+        assert await process.wait() == 0  # the second waiter: no pause
+        read, write = os.pipe()  # gets the pidfd's number if it was closed
+        with os.fdopen(read, "rb", buffering=0) as reading:
+            loop = asyncio.get_running_loop()
+            transport, _ = await loop.connect_read_pipe(asyncio.Protocol, reading)
+            transport.close()
+        os.close(write)
+    print("ok")
+
+anyio.run(main, backend_options={"use_uvloop": True})
+"""
+
+
+def test_a_wait_that_finds_the_child_reaped_leaves_the_watchers_pidfd_open() -> None:
+    """Two tasks wait for an adopted child: one watches its pidfd, the other finds
+    it already reaped. The second must not close the pidfd under the watcher: uvloop
+    would keep a watcher for the number, and the next pipe to get that number could
+    not be read (``FileExistsError``, or libuv aborts). In a process of its own."""
+    done = subprocess.run(
+        [sys.executable, "-c", PIDFD_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
