@@ -49,11 +49,19 @@ def no_leftover_processes(kitchen_env: dict[str, str]) -> Iterator[None]:
     yield
     deadline = time.monotonic() + 5.0
     while True:
-        left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+        # Not what those started: a module-scoped ``serve`` may renew its fork server.
+        left = [p for p in psutil.Process().children(recursive=True) if not _started_by(p, before)]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     assert not left, [p.cmdline() for p in left]
+
+
+def _started_by(process: psutil.Process, pids: set[int]) -> bool:
+    try:
+        return bool({process.pid, *(parent.pid for parent in process.parents())} & pids)
+    except psutil.Error:
+        return True  # gone
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ at it (see the README's "The fake NVML backend").
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import sys
@@ -70,9 +71,17 @@ def _status(pid: int) -> str | None:
         return None
 
 
-def _leftovers() -> list[psutil.Process]:
-    """Children (recursively) of this process that still exist, zombies included."""
-    return [p for p in psutil.Process().children(recursive=True) if _status(p.pid) is not None]
+def _leftovers(before: frozenset[int] = frozenset()) -> list[psutil.Process]:
+    """Children (recursively) of this process that still exist, zombies included, but
+    for those in ``before`` and what they started: a ``serve`` that a module-scoped
+    fixture keeps running may replace its fork server while another test runs."""
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            lineage = {process.pid, *(parent.pid for parent in process.parents())}
+            if not lineage & before and _status(process.pid) is not None:
+                found.append(process)
+    return found
 
 
 def _wait_gone(pids: Iterable[int], timeout: float = 5.0, *, zombie_ok: bool = True) -> list[int]:
@@ -103,11 +112,11 @@ def wait_gone() -> WaitGone:
 @pytest.fixture
 def no_leftover_processes() -> Iterator[None]:
     """Fail a test that leaves a child process or a zombie behind (after a short poll)."""
-    before = {p.pid for p in _leftovers()}
+    before = frozenset(p.pid for p in _leftovers())
     yield
     deadline = time.monotonic() + 3.0
     while True:
-        left = [p for p in _leftovers() if p.pid not in before]
+        left = _leftovers(before)
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.05)
