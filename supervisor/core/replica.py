@@ -425,7 +425,7 @@ class Replica:
             with anyio.CancelScope(shield=True):
                 await child.process.terminate(self.spec.kill_grace)
 
-    def _pool_key(self) -> PoolKey | None:
+    def pool_key(self) -> PoolKey | None:
         """The pool key this replica's children are taken by, or None (no pool)."""
         if self.pool is None or not pool_safe(self.spec.env):
             return None
@@ -435,7 +435,7 @@ class Replica:
 
     async def _from_pool(self) -> PooledChild | None:
         """A pre-started child, or one forked by the pool's fork server."""
-        key = self._pool_key()
+        key = self.pool_key()
         if self.pool is None or key is None:
             return None
         if key.runtime == "node":
@@ -444,7 +444,7 @@ class Replica:
 
     def _learn_imports(self, set_up: object) -> None:
         """Hand what the app imported (its setup's report) to the pool's fork server."""
-        key = self._pool_key()
+        key = self.pool_key()
         if self.pool is None or key is None or not isinstance(set_up, dict):
             return
         imports = set_up.get("imports")

@@ -39,12 +39,15 @@ from typing import Any, Literal
 import anyio
 
 from ..errors import EnvironmentFailedError
-from .env_layout import MARKER as MARKER  # re-exported: the builder's callers use them
+from .env_layout import (
+    ENV_CACHE_VAR as ENV_CACHE_VAR,  # re-exported: the builder's callers use them
+)
+from .env_layout import MARKER as MARKER
 from .env_layout import RUNTIME_DIR as RUNTIME_DIR
+from .env_layout import default_root as default_root
 from .env_layout import runtime_path as runtime_path
 from .env_spec import RUNTIME_REQUIREMENTS, EnvSpec, failing_requirement
 
-ENV_CACHE_VAR = "APPVISOR_ENV_CACHE"
 OUTPUT_TAIL = 30
 """Lines of the installer's output kept for an error report."""
 RUNTIME_PACKAGES = ("child", "protocol")
@@ -58,13 +61,6 @@ _PIP_TO_UV = {
 
 Installer = Literal["uv", "pip"]
 Progress = Callable[[str], None]
-
-
-def default_root() -> Path:
-    if os.environ.get(ENV_CACHE_VAR):
-        return Path(os.environ[ENV_CACHE_VAR])
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "appvisor" / "envs"
 
 
 def find_uv() -> str | None:

@@ -218,13 +218,14 @@ class ChildPool:
         return PooledChild(process, channel)
 
     def adopt(self, early: EarlyChild) -> None:
-        """Keep a child spawned before this pool ran (``serve``'s head start) as the
-        default key's idle child once it says hello. One this pool would not have
-        started so (other preloads, arenas or user, or no pool) is stopped."""
-        key = self.default_key
+        """Keep a child spawned before this pool ran (``serve``'s head start) as an
+        idle child of its key (interpreter, library settings) once it says hello. One
+        this pool would not have started so (other preloads, arenas or user, library
+        settings that are no part of this pool's keys, or no pool) is stopped."""
+        key = self.key(early.python, early.preload, dict(early.import_env))
         matches = (
-            early.python == key.python
-            and early.preload == key.preload
+            key.import_env == early.import_env
+            and early.preload == self.default_key.preload
             and early.shared_memory == self.shared_memory
             and (self.confinement is None or self.confinement.user is None)
         )

@@ -3,6 +3,7 @@ the first app gets that child, and a ``serve`` that ends early leaves none behin
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -58,9 +59,12 @@ def test_serve_gives_its_first_app_the_head_start_child(
     head: str, start: str, tmp_path: Path
 ) -> None:
     """With the head start, the first app's child is the pooled one started before the
-    supervisor's imports; without it, the first start spawns (the pool waits for it)."""
+    supervisor's imports; without it, the first start spawns (the pool waits for it).
+    Either way ``serve`` remembers the app's interpreter for the next head start."""
     port = free_port()
-    process = serve([str(APPS / "plain"), "--port", str(port)], tmp_path, APPVISOR_HEAD_START=head)
+    envs = tmp_path / "envs"
+    args = [str(APPS / "plain"), "--port", str(port), "--env-cache", str(envs)]
+    process = serve(args, tmp_path, APPVISOR_HEAD_START=head)
     try:
         assert first_start(port, process) == start
     finally:
@@ -68,6 +72,8 @@ def test_serve_gives_its_first_app_the_head_start_child(
         assert process.wait(30) == 0
     assert children_of(process.pid) == []
     assert list(tmp_path.glob("supervisor-head-*")) == []
+    records = json.loads((envs / "head-start.json").read_text())
+    assert records[os.path.realpath(APPS / "plain")]["python"] == sys.executable
 
 
 def test_serve_that_fails_early_leaves_no_head_start_child(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@ and the pool adopts it (``supervisor.process.head_start``, ``ChildPool.adopt``).
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +120,53 @@ def test_a_wait_that_finds_the_child_reaped_leaves_the_watchers_pidfd_open() -> 
         [sys.executable, "-c", PIDFD_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.mark.anyio
+async def test_a_child_with_an_apps_library_settings_is_taken_by_that_app(tmp_path: Path) -> None:
+    """A head start made for an app's key (here its library settings, as a record from
+    an earlier ``serve`` gives) is adopted under that key and taken by the app."""
+    settings = (("OMP_NUM_THREADS", "1"),)
+    early = head_start.spawn_early(sys.executable, import_env=settings)
+    learned = tmp_path / "learned.json"
+    async with Supervisor(gpu_backend=None, pool_size=1, learn_preloads=learned) as sup:
+        sup.pool.adopt(early)
+        app = await sup.start(APPS / "plain", env={"OMP_NUM_THREADS": "1"})
+        assert app.status()["replicas"][0]["start"] == "pool"
+        child = app.replicas[0].child
+        assert child is not None and child.process.pid == early.process.pid
+    assert early.process.poll() is not None
+
+
+def test_serve_remembers_the_interpreter_of_its_first_app(tmp_path: Path) -> None:
+    app_dir = str(APPS / "plain")
+    head_start.remember(tmp_path, app_dir, sys.executable, [("OMP_NUM_THREADS", "2")])
+    assert head_start.recalled(str(tmp_path), os.path.realpath(app_dir)) == (
+        sys.executable,
+        (("OMP_NUM_THREADS", "2"),),
+    )
+    assert head_start.first_app_dir(["serve", "--port", "80", app_dir]) == os.path.realpath(app_dir)
+
+
+def test_a_record_never_names_a_program_outside_the_environment_cache(tmp_path: Path) -> None:
+    """The record is a file in the user's cache: what it names is run only if it is this
+    interpreter or lies inside the cache (as an environment's interpreter does)."""
+    root = tmp_path / "envs"
+    inside = root / "py3.11-abc" / "bin" / "python"
+    inside.parent.mkdir(parents=True)
+    inside.symlink_to(sys.executable)  # as a virtualenv's interpreter is
+    records = {
+        "/apps/outside": {"python": "/bin/sh", "import_env": []},
+        "/apps/escape": {"python": str(root / ".." / "python"), "import_env": []},
+        "/apps/inside": {"python": str(inside), "import_env": []},
+        "/apps/bad-settings": {"python": sys.executable, "import_env": [["A"]]},
+        "/apps/not-a-dict": ["python"],
+    }
+    (root / head_start.RECORD_FILE).write_text(json.dumps(records))
+    assert head_start.recalled(str(root), "/apps/outside") is None
+    assert head_start.recalled(str(root), "/apps/escape") is None
+    assert head_start.recalled(str(root), "/apps/inside") == (str(inside), ())
+    assert head_start.recalled(str(root), "/apps/bad-settings") is None
+    assert head_start.recalled(str(root), "/apps/not-a-dict") is None
+    (root / head_start.RECORD_FILE).write_text("{not json")
+    assert head_start.recalled(str(root), "/apps/inside") is None
