@@ -257,14 +257,7 @@ class ChildProcess:
                 os.close(fd)
         logger.debug("%s: spawned pid %d", name, process.pid)
         child = cls(process, name, (from_child_read, to_child_write), stderr_read, cgroup)
-        if cgroup is not None:
-            try:
-                cgroup.add(process.pid)
-            except OSError:
-                child.kill()
-                await child.wait()
-                child.close_pipes()
-                raise
+        await child.enter_cgroup()
         return child
 
     @classmethod
@@ -281,18 +274,25 @@ class ChildProcess:
         move into a new one (memory it used before stays counted where it was)."""
         cgroup = confinement.new_cgroup(name) if confinement else None
         child = cls(AdoptedProcess(popen), name, protocol_fds, stderr_fd, cgroup)
-        if cgroup is not None:
-            try:
-                cgroup.add(popen.pid)  # first: what it forks from now on is inside
-                for process in child._descendants():
-                    cgroup.add(process.pid)
-            except OSError:
-                child.kill()
-                await child.wait()
-                child.close_pipes()
-                raise
+        await child.enter_cgroup(with_descendants=True)
         logger.debug("%s: adopted pid %d", name, popen.pid)
         return child
+
+    async def enter_cgroup(self, *, with_descendants: bool = False) -> None:
+        """Move the child (first, so that what it starts from now on is inside; then,
+        ``with_descendants``, what it has started) into its cgroup, if it has one.
+        One that cannot be moved is killed and reaped, and the error raised."""
+        if self.cgroup is None:
+            return
+        try:
+            self.cgroup.add(self.pid)
+            for process in self._descendants() if with_descendants else ():
+                self.cgroup.add(process.pid)
+        except OSError:
+            self.kill()
+            await self.wait()
+            self.close_pipes()
+            raise
 
     @classmethod
     async def spawn_with_captured_stdio(

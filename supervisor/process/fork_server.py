@@ -285,14 +285,7 @@ class ForkServer:
                 os.close(fd)
         self.forked += 1
         process = ChildProcess(forked, name, (from_child_read, to_child_write), stderr_read, cgroup)
-        if cgroup is not None:
-            try:
-                cgroup.add(forked.pid)
-            except OSError:
-                process.kill()
-                await process.wait()
-                process.close_pipes()
-                raise
+        await process.enter_cgroup()
         logger.debug("%s: forked pid %d from %s", name, forked.pid, self.name)
         arenas = (mappings[0], mappings[1]) if mappings else None
         return process, ChildChannel(process, logger, arenas=arenas)
