@@ -445,10 +445,14 @@ class ChildProcess:
         return self.cgroup.memory_usage() if self.cgroup is not None else None
 
     async def terminate(self, grace: float) -> ExitStatus:
-        """SIGTERM the group, wait up to ``grace`` seconds, then SIGKILL; always reaps."""
+        """SIGTERM (and SIGCONT) the group, wait up to ``grace`` seconds, then SIGKILL;
+        always reaps."""
         if self._status is None and self._process.returncode is None:
             logger.info("%s: sending SIGTERM to pid %d", self.name, self.pid)
             self.signal_group(signal.SIGTERM)
+            # A stopped process keeps SIGTERM pending until it runs again; systemd
+            # sends the same pair. Without it a frozen child always sat out the grace.
+            self.signal_group(signal.SIGCONT)
             with anyio.move_on_after(grace, shield=True):
                 await self._process.wait()
             if self._process.returncode is not None:

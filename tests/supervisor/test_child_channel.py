@@ -4,6 +4,8 @@ request's handler, in order, and its failure paths."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -129,3 +131,13 @@ async def test_sending_to_a_dead_child_raises_instead_of_hanging(
             for _ in range(100):  # the first writes may still be buffered
                 await child.channel.send(Run(child.new_id(), "run", {"text": "x"}))
                 await anyio.sleep(0.01)
+
+
+async def test_a_stopped_child_handles_sigterm_instead_of_waiting_out_the_grace(
+    child: Child,
+) -> None:
+    """A frozen child (SIGSTOP, a debugger, a paused container) is told to continue
+    with its SIGTERM: it stops at once rather than being SIGKILLed after the grace."""
+    os.killpg(child.process.pid, signal.SIGSTOP)
+    status = await child.process.terminate(10.0)
+    assert status.signal != signal.SIGKILL, status
