@@ -16,17 +16,15 @@ import importlib.util
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from sup_helpers import FakeGpus
+from sup_helpers import FakeGpus, WaitGone
 
 if importlib.util.find_spec("supervisor") is None:  # pragma: no cover - not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-WaitGone = Callable[..., list[int]]
 
 
 @pytest.fixture

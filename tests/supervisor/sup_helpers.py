@@ -14,6 +14,7 @@ from supervisor.core.request import Request
 T = TypeVar("T")
 
 FakeGpus = Callable[..., Path]
+WaitGone = Callable[..., list[int]]
 """The ``fake_gpus`` fixture (conftest.py): ``fake_gpus(*totals_mib)`` -> the NVML file."""
 
 

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import WaitGone
-from sup_helpers import make_supervisor, wait_for
+from sup_helpers import WaitGone, make_supervisor, wait_for
 
 from supervisor import errors as E
 from supervisor.process.cgroups import CgroupHost
