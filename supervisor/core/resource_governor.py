@@ -84,7 +84,7 @@ class ResourceGovernor:
         """Keep the monitor's registrations in step with the replica's child."""
         child = replica.child
         if child is not None and not child.dead:
-            self.monitor.register(replica.name, child.process.pid)
+            self.monitor.register(replica.name, child.process.pid, child.process.tree_pids)
             ram = next((ram for s, _, ram in self._replicas() if s is replica), None)
             if ram and child.process.memory_limit != ram:
                 child.process.limit_memory(ram)  # hard, where the child has a cgroup
@@ -217,7 +217,7 @@ class ResourceGovernor:
             count = len(only)
         while True:
             async with self._turn:
-                snapshot = await self.monitor.refresh()
+                snapshot = await self.monitor.refresh(host_memory=False)
                 devices = [d for d in snapshot.devices if only is None or d.index in only]
                 if not devices and unmeasured_ok and only:
                     logger.warning(

@@ -513,7 +513,7 @@ class Supervisor:
     async def _devices(self) -> tuple[DeviceMemory, ...]:
         if self.monitor is None or self.gpu_backend is None:
             return ()
-        snapshot = await self.monitor.refresh()
+        snapshot = await self.monitor.refresh(host_memory=False)
         if snapshot.gpu_error:
             raise errors.AdmissionError(f"cannot read GPU figures: {snapshot.gpu_error}")
         return snapshot.devices

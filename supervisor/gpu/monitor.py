@@ -32,7 +32,7 @@ from ..process.process_memory import pids_memory, tree_pids
 from .backend import GpuBackend
 from .sample import DeviceMemory, GpuSample
 
-__all__ = ["ChildUsage", "MonitorSnapshot", "OnSample", "ResourceMonitor"]
+__all__ = ["ChildUsage", "Members", "MonitorSnapshot", "OnSample", "ResourceMonitor"]
 
 logger = logging.getLogger("supervisor.gpu_monitor")
 
@@ -82,6 +82,8 @@ class MonitorSnapshot:
 
 
 OnSample = Callable[[MonitorSnapshot], Awaitable[None]]
+Members = Callable[[], list[int]]
+"""The pids of a watched tree, root first; ``[]`` once it is gone."""
 
 
 class ResourceMonitor:
@@ -98,18 +100,27 @@ class ResourceMonitor:
         self.on_sample = on_sample
         self.latest: MonitorSnapshot | None = None
         self._pids: dict[str, int] = {}
+        self._members: dict[str, Members] = {}
         self._backend_lock = threading.Lock()
         self._last_error: str | None = None
 
     # -- registrations ------------------------------------------------------------
 
-    def register(self, key: str, pid: int) -> None:
-        """Watch the process tree rooted at ``pid`` under ``key`` (replacing any earlier pid)."""
+    def register(self, key: str, pid: int, members: Members | None = None) -> None:
+        """Watch the process tree rooted at ``pid`` under ``key`` (replacing any earlier pid).
+
+        ``members`` lists the tree's pids, root first (``[]`` once it is gone), where
+        the caller knows a cheaper way than walking the process table."""
         self._pids[key] = pid
+        if members is None:
+            self._members.pop(key, None)
+        else:
+            self._members[key] = members
 
     def unregister(self, key: str) -> None:
         """Stop watching ``key``; unknown keys are ignored."""
         self._pids.pop(key, None)
+        self._members.pop(key, None)
 
     @property
     def registered(self) -> Mapping[str, int]:
@@ -119,14 +130,20 @@ class ResourceMonitor:
 
     def sample_now(self) -> MonitorSnapshot:
         """Take a snapshot now, blocking the caller; also stored as ``latest``."""
-        snapshot = self._collect(dict(self._pids))
+        snapshot = self._collect(dict(self._pids), dict(self._members))
         self.latest = snapshot
         return snapshot
 
-    async def refresh(self) -> MonitorSnapshot:
-        """``sample_now`` in a worker thread, so the event loop keeps running."""
-        registrations = dict(self._pids)
-        snapshot = await anyio.to_thread.run_sync(self._collect, registrations)
+    async def refresh(self, host_memory: bool = True) -> MonitorSnapshot:
+        """``sample_now`` in a worker thread, so the event loop keeps running.
+
+        ``host_memory=False`` (an admission, which weighs VRAM only) keeps each
+        child's host memory figure from the last sample instead of reading it again:
+        a process's PSS costs about a millisecond to read."""
+        registrations, members = dict(self._pids), dict(self._members)
+        snapshot = await anyio.to_thread.run_sync(
+            self._collect, registrations, members, host_memory
+        )
         self.latest = snapshot
         return snapshot
 
@@ -146,15 +163,23 @@ class ResourceMonitor:
                         logger.exception("on_sample callback failed; monitoring continues")
             await anyio.sleep(self.interval)
 
-    def _collect(self, registrations: Mapping[str, int]) -> MonitorSnapshot:
+    def _collect(
+        self,
+        registrations: Mapping[str, int],
+        members: Mapping[str, Members],
+        host_memory: bool = True,
+    ) -> MonitorSnapshot:
         sample, error = self._sample_backend()
+        earlier = self.latest.children if self.latest is not None and not host_memory else {}
         children = {}
         for key, pid in registrations.items():
-            pids = tree_pids(pid)
+            listed = members.get(key)
+            pids = listed() if listed is not None else tree_pids(pid)
+            last = earlier.get(key)
             children[key] = ChildUsage(
                 key=key,
                 pid=pid,
-                rss=pids_memory(pids),
+                rss=last.rss if last is not None and last.pid == pid else pids_memory(pids),
                 vram_by_device=sample.vram_of(pids) if sample is not None else {},
                 sampled_at=time.monotonic(),
                 alive=bool(pids),

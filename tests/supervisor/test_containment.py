@@ -24,6 +24,7 @@ from sup_helpers import WaitGone, make_supervisor, wait_for
 
 from supervisor import errors as E
 from supervisor.process.cgroups import CgroupHost
+from supervisor.process.process_memory import tree_pids
 
 APP = Path(__file__).resolve().parents[1] / "apps" / "security"
 MEM_APP = Path(__file__).resolve().parents[1] / "apps" / "mem_gpu"
@@ -98,6 +99,26 @@ async def test_detached_processes_die_when_the_app_stops(
         spawned += await _spawn(app)
         await app.stop()
         assert wait_gone(spawned, timeout=GONE_WITHIN) == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("containment", MECHANISMS)
+async def test_a_childs_tree_holds_what_it_started_the_child_first(
+    spawned: list[int], containment: str
+) -> None:
+    """What the monitor counts a child's VRAM and RAM over: from its cgroup where it
+    has one, the same processes as a walk of the process table finds."""
+    async with make_supervisor(containment=containment) as sup:
+        app = await sup.start(APP)
+        spawned += await _spawn(app)
+        child = app.replicas[0].child
+        assert child is not None
+        listed = child.process.tree_pids()
+        assert listed[0] == child.process.pid
+        assert set(spawned) | {child.process.app_pid} <= set(listed)
+        assert sorted(listed) == sorted(tree_pids(child.process.pid))
+        await app.stop()
+        assert child.process.tree_pids() == []
 
 
 SCRIPT = textwrap.dedent(

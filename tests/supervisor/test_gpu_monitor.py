@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from supervisor.core.resource_governor import policy_figures
+from supervisor.gpu import monitor as monitor_module
 from supervisor.gpu.backend import DeviceMemory, FakeNvmlBackend, GpuBackendError, GpuSample
 from supervisor.gpu.eviction_policy import ChildFigures
 from supervisor.gpu.monitor import ChildUsage, MonitorSnapshot, ResourceMonitor
@@ -101,6 +102,23 @@ def test_sample_now_reports_devices_and_children(tmp_path: Path, sleeper: int) -
     monitor.unregister("app")
     monitor.unregister("never-registered")
     assert monitor.sample_now().children == {}
+
+
+def test_a_member_list_given_at_registration_replaces_the_process_walk(
+    tmp_path: Path, sleeper: int
+) -> None:
+    """A child's cgroup lists its tree (``ChildProcess.tree_pids``); the monitor reads
+    that list rather than walking the process table."""
+    path = tmp_path / "nvml.json"
+    write_fake(path, sleeper, 3072)
+    monitor = ResourceMonitor(FakeNvmlBackend(path), interval=1.0)
+    monitor.register("app", sleeper, lambda: [])
+    usage = monitor.sample_now().children["app"]
+    assert (usage.alive, usage.rss, dict(usage.vram_by_device)) == (False, 0, {})
+    monitor.register("app", sleeper, lambda: [sleeper])
+    assert monitor.sample_now().children["app"].vram == 3072 * MIB
+    monitor.register("app", sleeper)  # the walk again
+    assert monitor.sample_now().children["app"].alive
 
 
 def test_child_gone_reads_as_nothing(tmp_path: Path) -> None:
@@ -245,3 +263,26 @@ async def test_refresh_runs_off_the_loop(tmp_path: Path, sleeper: int) -> None:
     snap = await monitor.refresh()
     assert monitor.latest is snap
     assert snap.children["app"].vram_by_device == {0: 512 * MIB}
+
+
+@pytest.mark.anyio
+async def test_an_admissions_refresh_reads_vram_anew_and_keeps_the_last_host_memory(
+    tmp_path: Path, sleeper: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "nvml.json"
+    write_fake(path, sleeper, 512)
+    monitor = ResourceMonitor(FakeNvmlBackend(path), interval=60)
+    monitor.register("app", sleeper)
+    first = (await monitor.refresh()).children["app"]
+    assert first.rss > 0
+
+    reads: list[list[int]] = []
+    monkeypatch.setattr(monitor_module, "pids_memory", lambda pids: reads.append(pids) or 1)
+    write_fake(path, sleeper, 2048)
+    usage = (await monitor.refresh(host_memory=False)).children["app"]
+    assert (usage.rss, usage.vram_by_device, reads) == (first.rss, {0: 2048 * MIB}, [])
+    # A child it has no figure for yet is read.
+    monitor.register("other", os.getpid())
+    other = (await monitor.refresh(host_memory=False)).children["other"]
+    assert (other.rss, len(reads)) == (1, 1)
+    assert (await monitor.refresh()).children["app"].rss == 1
