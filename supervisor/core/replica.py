@@ -286,15 +286,17 @@ class Replica:
         self._last_config = config
         self.lifecycle.to(ReplicaState.STARTING, "restart" if restarting else "")
         child: RunningChild | None = None
+        pooled: PooledChild | None = None
         scope = self._start_scope = anyio.CancelScope()
         try:
             with anyio.fail_after(self.spec.setup_timeout), scope:
                 if not self.claim.admitted and self._readmit is not None:
-                    await self._readmit(self)
+                    pooled = await self._readmit_fetching_a_child(self._readmit)
                 self.readmitted()
                 child = self.standby.take(config, key)
                 if child is None:
-                    child = await self._spawn(config, key)
+                    child = await self._spawn(config, key, pooled=pooled)
+                    pooled = None
                     await self._load(child)
                 # A stop() that ran while the load's answer was on its way has
                 # cancelled this scope, but the cancellation only lands at the next
@@ -304,13 +306,16 @@ class Replica:
                     setup = Setup(new_request_id(), config, self.metadata())
                     self._learn_imports(await self._call(child, setup))
         except (TimeoutError, _StartFailed, errors.SupervisorError) as exc:
+            await self._discard(pooled)
             await self._abort_start(child, exc, restarting)
             raise AssertionError("unreachable") from None
         except BaseException:
             # Cancelled (the replica is stopping): leave no child behind.
             self._refill_pool()
+            await self._discard(pooled)
             await self._terminate(child)
             raise
+        await self._discard(pooled)  # a standby was taken instead
         if scope.cancel_called or self.stopping:
             await self._terminate(child)
             raise errors.AppStoppedError(f"{self.spec.name} is stopped")
@@ -329,8 +334,59 @@ class Replica:
             self.tasks.start_soon(self.standby.fill)
         self.changed()
 
-    async def _spawn(self, config: dict[str, Any], key: str, prewarm: bool = False) -> RunningChild:
-        """A new child with no app yet, from the pool or spawned, and its watcher.
+    async def _readmit_fetching_a_child(
+        self, readmit: Callable[[Replica], Awaitable[None]]
+    ) -> PooledChild | None:
+        """Admit the app's VRAM again, which may wait for an evicted app's exit, while
+        a child comes from the pool or its fork server: no app is loaded into it
+        before the admission, so it holds no VRAM. That child, or None."""
+        if self.standby.child is not None or self.pool_key() is None:
+            await readmit(self)
+            return None
+        fetched: list[PooledChild | None] = []
+        done = anyio.Event()
+
+        async def fetch() -> None:
+            pooled: PooledChild | None = None
+            try:
+                pooled = await self._from_pool()
+            except Exception:  # the start asks the pool again, and fails there
+                pass
+            finally:
+                fetched.append(pooled)
+                done.set()
+            if pooled is not None:
+                self.logger.debug(
+                    "%s: child pid %d fetched during the admission", self.name, pooled.process.pid
+                )
+
+        self.tasks.start_soon(fetch)
+        try:
+            await readmit(self)
+            await done.wait()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await done.wait()
+                await self._discard(fetched[0] if fetched else None)
+            raise
+        return fetched[0] if fetched else None
+
+    async def _discard(self, pooled: PooledChild | None) -> None:
+        """Stop a pooled child no start will use. Shielded, as ``_terminate``."""
+        if pooled is not None:
+            self.logger.debug("%s: child pid %d not needed: stopped", self.name, pooled.process.pid)
+            with anyio.CancelScope(shield=True):
+                await pooled.process.terminate(self.spec.kill_grace)
+
+    async def _spawn(
+        self,
+        config: dict[str, Any],
+        key: str,
+        prewarm: bool = False,
+        pooled: PooledChild | None = None,
+    ) -> RunningChild:
+        """A new child with no app yet, ``pooled``, else from the pool or spawned, and
+        its watcher.
 
         ``prewarm``: a spawned child pays first-use costs before its hello, as pooled
         ones do; for a standby, which nothing waits for yet."""
@@ -339,7 +395,8 @@ class Replica:
             cuda_visible_devices=",".join(str(g) for g in self.gpus),
             python=self.spec.python,
         )
-        pooled = await self._from_pool()
+        if pooled is None:
+            pooled = await self._from_pool()
         if pooled is not None:
             process, channel, load_env = pooled.process, pooled.channel, env
             process.name = self.name

@@ -7,6 +7,7 @@ would report a real process.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -497,3 +498,51 @@ async def test_an_evicted_app_that_cannot_come_back_is_not_available(
         with pytest.raises(E.LoadFailedError):
             await a.run({})
         assert not a.status()["available"]
+
+
+@pytest.mark.anyio
+async def test_a_swap_fetches_its_child_while_the_evicted_one_exits(
+    fake_gpus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The child that will hold the requested app comes from the pool's fork server
+    while the evicted app unloads; the app is loaded into it only once admitted."""
+    fake_gpus(8192)
+    caplog.set_level(logging.DEBUG, logger="supervisor")
+    async with supervisor(pool_size=1) as sup:
+        a = await sup.start(APP, name="a", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
+        b = await sup.start(APP, name="b", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
+        await wait_for(lambda: sup.status()["gpus"][0]["used"] == 6144 * MIB)
+        await wait_for(lambda: sum(sup.status()["pool"]["idle"].values()) == 1)
+        evicted = b.status()["pids"][0]
+        caplog.clear()
+        assert (await a.run({}))["gpus"] == "0"
+        lines = [r.getMessage() for r in caplog.records]
+        fetched = next(i for i, m in enumerate(lines) if "fetched during the admission" in m)
+        exited = next(i for i, m in enumerate(lines) if "a[0]" not in m and "exited" in m)
+        assert fetched < exited, lines
+        assert not psutil.pid_exists(evicted) or psutil.Process(evicted).status() == "zombie"
+
+
+@pytest.mark.anyio
+async def test_a_child_fetched_for_an_admission_that_fails_is_stopped(
+    fake_gpus, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_gpus(8192)
+    caplog.set_level(logging.DEBUG, logger="supervisor")
+    async with supervisor(pool_size=1, admission_timeout=0.3) as sup:
+        a = await sup.start(APP, name="a", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
+        b = await sup.start(APP, name="b", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
+        await wait_for(lambda: sup.status()["gpus"][0]["used"] == 6144 * MIB)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(b.run, {"sleep": 1.0})
+            await wait_for(lambda: b.status()["state"] == "busy")
+            await wait_for(lambda: sum(sup.status()["pool"]["idle"].values()) == 1)
+            caplog.clear()
+            with pytest.raises(E.AdmissionError):
+                await a.run({})
+            lines = [r.getMessage() for r in caplog.records]
+            stopped = [m for m in lines if "not needed: stopped" in m]
+            assert len(stopped) == 1, lines
+            pid = int(stopped[0].split("child pid ")[1].split()[0])
+            await wait_for(lambda: not psutil.pid_exists(pid))
+        assert (await a.run({}))["gpus"] == "0"
