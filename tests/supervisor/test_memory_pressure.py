@@ -500,6 +500,13 @@ async def test_an_evicted_app_that_cannot_come_back_is_not_available(
         assert not a.status()["available"]
 
 
+def debug(caplog: pytest.LogCaptureFixture) -> None:
+    """DEBUG records of the supervisor and of its apps' loggers (a server run earlier in
+    this process may have set ``supervisor.app`` to INFO)."""
+    for name in ("supervisor", "supervisor.app"):
+        caplog.set_level(logging.DEBUG, logger=name)
+
+
 @pytest.mark.anyio
 async def test_a_swap_fetches_its_child_while_the_evicted_one_exits(
     fake_gpus, caplog: pytest.LogCaptureFixture
@@ -507,7 +514,7 @@ async def test_a_swap_fetches_its_child_while_the_evicted_one_exits(
     """The child that will hold the requested app comes from the pool's fork server
     while the evicted app unloads; the app is loaded into it only once admitted."""
     fake_gpus(8192)
-    caplog.set_level(logging.DEBUG, logger="supervisor")
+    debug(caplog)
     async with supervisor(pool_size=1) as sup:
         a = await sup.start(APP, name="a", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
         b = await sup.start(APP, name="b", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
@@ -528,7 +535,7 @@ async def test_a_child_fetched_for_an_admission_that_fails_is_stopped(
     fake_gpus, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake_gpus(8192)
-    caplog.set_level(logging.DEBUG, logger="supervisor")
+    debug(caplog)
     async with supervisor(pool_size=1, admission_timeout=0.3) as sup:
         a = await sup.start(APP, name="a", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
         b = await sup.start(APP, name="b", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
