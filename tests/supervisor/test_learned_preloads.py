@@ -125,6 +125,14 @@ async def _run(sup: Supervisor, name: str) -> dict[str, Any]:
     return output
 
 
+def _running(pid: int) -> bool:
+    """Not exited (a zombie has); it may exit between any two questions about it."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _server(sup: Supervisor) -> dict[str, Any]:
     (server,) = sup.pool.status()["fork_servers"].values()
     return dict(server)
@@ -158,7 +166,7 @@ async def test_a_fork_server_learns_what_an_app_imported_and_its_next_children_h
 
         await sup.apps["first"].stop()
         with anyio.fail_after(30):
-            while psutil.pid_exists(old["pid"]) and psutil.Process(old["pid"]).status() != "zombie":
+            while _running(old["pid"]):
                 await anyio.sleep(0.05)
 
     (names,) = json.loads((tmp_path / LEARNED_PRELOADS_FILE).read_text()).values()
