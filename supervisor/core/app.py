@@ -34,7 +34,7 @@ import anyio
 import anyio.abc
 
 from .. import errors
-from ..events import Event
+from ..events import Event, ResultEvent
 from .input_limits import InputLimits
 from .lifecycle import ReplicaState
 from .replica import Replica
@@ -107,6 +107,27 @@ class App:
         metadata: dict[str, Any] | None = None,
     ) -> Any:
         """Run a function and return its output (a dict); raise a ``SupervisorError``."""
+        result = await self.call(
+            input,
+            function=function,
+            setup=setup,
+            timeout=timeout,
+            request_id=request_id,
+            metadata=metadata,
+        )
+        return result.output
+
+    async def call(
+        self,
+        input: dict[str, Any],
+        *,
+        function: str = "run",
+        setup: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> ResultEvent:
+        """``run``, returning the whole result (output, request id, timings)."""
         # Not built on ``stream``: an async generator left at its result is closed
         # later by a task of its own, which would cost every call two extra tasks.
         request = self._new_request(input, function, setup, timeout, request_id, metadata)
@@ -115,7 +136,7 @@ class App:
             if taken is not None:
                 replica, child = taken
                 await replica.serve(request, child)  # in this task: no hand-over and back
-            return (await request.result()).output
+            return await request.result()
         finally:
             if not request.finished:
                 with anyio.CancelScope(shield=True):

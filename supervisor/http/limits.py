@@ -142,14 +142,18 @@ async def _reject(rejected: BodyRejected, scope: Scope, receive: Receive, send: 
 def guarded_protocol(header_timeout: float) -> type[Any]:
     """uvicorn's httptools protocol, closing connections whose headers take longer
     than ``header_timeout`` seconds to arrive (a slow-loris client holds a
-    connection for ever otherwise), and sending each response in one write
-    (``http_writes``)."""
+    connection for ever otherwise), sending each response in one write
+    (``writes``), and telling a request's handler when its client leaves
+    (``connection_watch``)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+    from .connection_watch import SCOPE_KEY, ConnectionWatch
     from .writes import CoalescedTransport
 
     class HeaderTimeoutProtocol(HttpToolsProtocol):
         _header_timer: Any = None
+        _watches: list[tuple[Any, ConnectionWatch]] | None = None
+        """The requests of this connection not yet answered (several when pipelined)."""
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(CoalescedTransport(transport, self.loop))
@@ -163,6 +167,16 @@ def guarded_protocol(header_timeout: float) -> type[Any]:
         def on_headers_complete(self) -> None:
             self._disarm()
             super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not None:
+                watch = ConnectionWatch()
+                scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
+                scope[SCOPE_KEY] = watch
+                if self._watches:
+                    self._watches = [(c, w) for c, w in self._watches if not c.response_complete]
+                    self._watches.append((cycle, watch))
+                else:
+                    self._watches = [(cycle, watch)]
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
@@ -178,6 +192,10 @@ def guarded_protocol(header_timeout: float) -> type[Any]:
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
+            for cycle, watch in self._watches or ():
+                if not cycle.response_complete:
+                    watch.fire()
+            self._watches = None
 
         def _arm(self) -> None:
             self._disarm()

@@ -62,6 +62,8 @@ from ..core.request import Request as SubmittedRequest
 from ..core.startup import FAILED, Startup, started
 from ..errors import SupervisorError
 from ..events import Event, LogEvent, PartialEvent, ProgressEvent, ResultEvent
+from .connection_watch import SCOPE_KEY as CONNECTION
+from .connection_watch import ConnectionWatch
 from .docs_page import ASSETS, asset_paths, assets_dir, render_page
 from .fetch_policy import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, FetchPolicy, parse_allow
 from .files import (
@@ -477,9 +479,22 @@ class HttpApi:
     ) -> tuple[ResultEvent | None, SupervisorError | None]:
         """Run the call to its end; both None when the client went away (and it was cancelled).
 
-        Most calls end within ``QUICK_CALL`` seconds; only a call that takes longer gets
-        a task that watches for the client going away, which keeps quick calls cheap.
+        Under ``serve``'s protocol the call runs in this task, and the connection's
+        loss cancels it (``connection_watch``). Under another ASGI server only
+        ``receive`` tells: a call that takes longer than ``QUICK_CALL`` seconds gets
+        a task that watches it, which keeps quick calls cheap there too.
         """
+        watch: ConnectionWatch | None = request.scope.get(CONNECTION)
+        if watch is not None:
+            with anyio.CancelScope() as scope:
+                watch.on_lost(scope.cancel)
+                try:
+                    return await self.call(app, call), None
+                except SupervisorError as exc:
+                    return None, exc
+                finally:
+                    watch.on_lost(None)
+            return None, None
         try:
             submitted = self.submit(app, call)
         except SupervisorError as exc:
@@ -497,6 +512,15 @@ class HttpApi:
             if not submitted.finished:
                 with anyio.CancelScope(shield=True):
                     await app.cancel(submitted.id)
+
+    async def call(self, app: App, call: Call) -> ResultEvent:
+        return await app.call(
+            call.input,
+            function=call.function,
+            setup=call.setup,
+            timeout=call.timeout,
+            request_id=call.request_id,
+        )
 
     def submit(self, app: App, call: Call) -> SubmittedRequest:
         return app.submit(

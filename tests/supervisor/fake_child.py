@@ -6,17 +6,23 @@ test answers with ``reply`` (or lets ``answer`` answer load, setup and check
 requests, and runs with ``on_run``); an ``unload`` ends the child.
 ``FakeProcess`` ends when told (``exit``), when killed or when terminated, and
 closes its channel as a real child's stdout closes when it dies.
+``ScriptedChild`` stands in for ``launch_child``: its one child answers runs or
+holds them, and answers a cancel of a held run as a real child does;
+``serving_app`` serves an ``App`` of one replica on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
 
 from protocol import (
+    Cancel,
     Check,
     Error,
     ErrorInfo,
@@ -25,9 +31,12 @@ from protocol import (
     Load,
     Message,
     Result,
+    Run,
     Setup,
     Unload,
 )
+from supervisor.core.app import App
+from supervisor.core.replica import Replica, ReplicaSpec
 from supervisor.process.child_channel import ChildChannel
 from supervisor.process.child_process import ExitStatus
 
@@ -149,3 +158,48 @@ class FakeChannel:
 
 def error(request_id: str, kind: ErrorType, message: str = "no") -> Error:
     return Error(request_id, ErrorInfo(kind, message))
+
+
+class ScriptedChild:
+    """The one fake child of a replica (``launch`` replaces ``launch_child``); it answers
+    runs when ``answering``, else holds them until they are cancelled."""
+
+    def __init__(self) -> None:
+        self.held: list[str] = []
+        self.answering = True
+        self.channel: FakeChannel | None = None
+
+    async def launch(self, *args: object, **kwargs: object) -> tuple[FakeProcess, FakeChannel]:
+        process = FakeProcess()
+        channel = self.channel = FakeChannel(process)
+        channel.on_run = self.on_run
+        return process, channel
+
+    def on_run(self, message: Message) -> None:
+        assert self.channel is not None
+        if isinstance(message, Run):
+            if self.answering:
+                self.channel.reply(Result(message.id, {"echo": message.input}))
+            else:
+                self.held.append(message.id)
+        elif isinstance(message, Cancel) and message.id in self.held:
+            self.held.remove(message.id)
+            self.channel.reply(error(message.id, ErrorType.CANCELLED, "cancelled"))
+
+    def cancelled(self) -> list[str]:
+        """The ids of the requests the supervisor sent a cancel for."""
+        assert self.channel is not None
+        return [m.id for m in self.channel.sent if isinstance(m, Cancel)]
+
+
+@contextlib.asynccontextmanager
+async def serving_app(directory: Path, guard: float = 10.0) -> AsyncIterator[App]:
+    """An app of one replica, its child started, serving until the block ends."""
+    replica = Replica(ReplicaSpec(directory, "app", kill_grace=0.05), 0, ())
+    app = App("app", directory, [replica], queue_size=1, setup={}, run_timeout=None)
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(app.serve)
+        with anyio.fail_after(guard):
+            await replica.ensure({})
+        yield app
+        await app.stop()

@@ -9,59 +9,29 @@ from pathlib import Path
 
 import anyio
 import pytest
-from fake_child import FakeChannel, FakeProcess
+from fake_child import ScriptedChild, serving_app
 
-from protocol import Message, Result, Run
+from protocol import Result, Run
 from supervisor import errors
 from supervisor.core import replica as replica_module
 from supervisor.core.app import App
-from supervisor.core.replica import Replica, ReplicaSpec
 
 pytestmark = pytest.mark.anyio
 GUARD = 10.0
 """Seconds a test may take before it is stuck (a bound, not a measurement)."""
 
 
-class Child:
-    """The one fake child; it answers runs when ``answering``, else holds them."""
-
-    def __init__(self) -> None:
-        self.held: list[str] = []
-        self.answering = True
-        self.channel: FakeChannel | None = None
-
-    async def launch(self, *args: object, **kwargs: object) -> tuple[FakeProcess, FakeChannel]:
-        process = FakeProcess()
-        channel = self.channel = FakeChannel(process)
-        channel.on_run = self.on_run
-        return process, channel
-
-    def on_run(self, message: Message) -> None:
-        if isinstance(message, Run):
-            if self.answering:
-                assert self.channel is not None
-                self.channel.reply(Result(message.id, {"echo": message.input}))
-            else:
-                self.held.append(message.id)
-
-
 @pytest.fixture
-def child(monkeypatch: pytest.MonkeyPatch) -> Child:
-    fake = Child()
+def child(monkeypatch: pytest.MonkeyPatch) -> ScriptedChild:
+    fake = ScriptedChild()
     monkeypatch.setattr(replica_module, "launch_child", fake.launch)
     return fake
 
 
 @pytest.fixture
-async def app(child: Child, tmp_path: Path) -> AsyncIterator[App]:
-    replica = Replica(ReplicaSpec(tmp_path, "app", kill_grace=0.05), 0, ())
-    app = App("app", tmp_path, [replica], queue_size=1, setup={}, run_timeout=None)
-    async with anyio.create_task_group() as tasks:
-        await tasks.start(app.serve)
-        with anyio.fail_after(GUARD):
-            await replica.ensure({})
+async def app(child: ScriptedChild, tmp_path: Path) -> AsyncIterator[App]:
+    async with serving_app(tmp_path, GUARD) as app:
         yield app
-        await app.stop()
 
 
 async def test_run_and_submit_both_reach_the_child(app: App) -> None:
@@ -72,7 +42,7 @@ async def test_run_and_submit_both_reach_the_child(app: App) -> None:
 
 
 async def test_a_free_replica_takes_a_submitted_request_without_the_queue(
-    app: App, child: Child
+    app: App, child: ScriptedChild
 ) -> None:
     child.answering = False
     request = app.submit({})
@@ -86,7 +56,7 @@ async def test_a_free_replica_takes_a_submitted_request_without_the_queue(
 
 
 async def test_a_busy_replica_leaves_requests_to_the_queue_and_a_full_one_refuses(
-    app: App, child: Child
+    app: App, child: ScriptedChild
 ) -> None:
     child.answering = False
     first = app.submit({})
@@ -108,7 +78,7 @@ async def test_a_busy_replica_leaves_requests_to_the_queue_and_a_full_one_refuse
 
 
 async def test_a_request_cancelled_before_it_reached_a_child_never_runs(
-    app: App, child: Child
+    app: App, child: ScriptedChild
 ) -> None:
     child.answering = False
     app.submit({})
@@ -119,7 +89,7 @@ async def test_a_request_cancelled_before_it_reached_a_child_never_runs(
 
 
 async def test_a_request_cancelled_as_soon_as_a_free_replica_took_it_never_runs(
-    app: App, child: Child
+    app: App, child: ScriptedChild
 ) -> None:
     request = app.submit({})
     assert await app.cancel(request.id)
