@@ -110,17 +110,23 @@ def _reap(runtime: int) -> None:
     except (_SupervisorDied, ChildProcessError):
         pass
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    kill_descendants(os.getpid())
+    kill_descendants()
     _exit_like(status)
 
 
-def kill_descendants(root: int) -> None:
-    """SIGKILL every descendant of ``root`` (this process) and reap them all.
+def kill_descendants() -> None:
+    """SIGKILL every descendant of this process and reap them all.
 
     Orphans come back to us as their parents die, so the walk repeats until no
-    child is left to wait for.
+    child is left to wait for. With no child at all there is nothing below, and
+    the walk of ``/proc`` (a millisecond or more: a swap waits for it) is skipped.
     """
+    root = os.getpid()
     while True:
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
         for pid in descendants(root):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

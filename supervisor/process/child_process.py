@@ -283,12 +283,22 @@ class ChildProcess:
         """Move the child (first, so that what it starts from now on is inside; then,
         ``with_descendants``, what it has started) into its cgroup, if it has one.
         One that cannot be moved is killed and reaped, and the error raised."""
-        if self.cgroup is None:
+        cgroup = self.cgroup
+        if cgroup is None:
             return
-        try:
-            self.cgroup.add(self.pid)
+
+        def move() -> None:
+            cgroup.add(self.pid)
             for process in self._descendants() if with_descendants else ():
-                self.cgroup.add(process.pid)
+                cgroup.add(process.pid)
+
+        try:
+            # Not on the event loop: a migration may wait out an RCU grace period in
+            # the kernel (5 ms and more, seen here), which would hold up every call
+            # and the very eviction that a swap's new child is started beside.
+            # Shielded: a cancellation here would lose a child that nobody owns yet.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(move)
         except OSError:
             self.kill()
             await self.wait()

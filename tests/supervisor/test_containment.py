@@ -15,15 +15,19 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import anyio
 import pytest
 from sup_helpers import WaitGone, make_supervisor, wait_for
 
 from supervisor import errors as E
 from supervisor.process.cgroups import CgroupHost
+from supervisor.process.child_process import ChildProcess
 from supervisor.process.process_memory import tree_pids
 
 APP = Path(__file__).resolve().parents[1] / "apps" / "security"
@@ -251,3 +255,52 @@ def test_a_v1_group_without_cgroup_kill_is_emptied_member_by_member(
         assert wait_gone(spawned, timeout=GONE_WITHIN) == []
     finally:
         host.close()
+
+
+class SlowCgroup:
+    """A cgroup whose move blocks until the event loop has run (``loop_ran``)."""
+
+    def __init__(self) -> None:
+        self.entered, self.loop_ran = threading.Event(), threading.Event()
+        self.added: list[int] = []
+        self.saw_the_loop = False
+
+    def add(self, pid: int) -> None:
+        self.entered.set()
+        self.saw_the_loop = self.loop_ran.wait(GONE_WITHIN)  # only the loop sets it
+        self.added.append(pid)
+
+    async def wait_entered(self) -> None:
+        while not self.entered.is_set():
+            await anyio.sleep(0.001)
+
+
+@pytest.mark.anyio
+async def test_a_slow_cgroup_migration_does_not_hold_up_the_event_loop() -> None:
+    """A move into a cgroup can wait out an RCU grace period in the kernel: meanwhile
+    the loop must go on (a swap's eviction runs beside its new child's move)."""
+    cgroup = SlowCgroup()
+    child = ChildProcess(SimpleNamespace(pid=4242), "slow", cgroup=cgroup)  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(child.enter_cgroup)
+        await cgroup.wait_entered()
+        cgroup.loop_ran.set()
+    assert cgroup.saw_the_loop
+    assert cgroup.added == [4242]
+
+
+@pytest.mark.anyio
+async def test_a_start_cancelled_as_the_child_is_moved_still_moves_and_hands_it_over() -> None:
+    """Whoever spawned the child owns it only once the move returns: a cancellation
+    raised there instead would leave the child unmoved (waiting to be moved, as
+    ``child.reaper`` does) and running with no owner."""
+    cgroup = SlowCgroup()
+    cgroup.loop_ran.set()
+    child = ChildProcess(SimpleNamespace(pid=4242), "slow", cgroup=cgroup)  # type: ignore[arg-type]
+    handed_over: list[bool] = []
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await child.enter_cgroup()
+        handed_over.append(True)  # no checkpoint before: runs although cancelled
+    assert cgroup.added == [4242]
+    assert handed_over == [True]
