@@ -6,7 +6,8 @@ real children opt in with ``pytestmark = pytest.mark.usefixtures(...)``.
 ``wait_gone`` polls until given pids have exited (a zombie counts as alive
 for that purpose only if ``zombie_ok`` is false). ``fake_gpus(*totals_mib)``
 writes a fake NVML file with those devices and points ``SUPERVISOR_FAKE_NVML``
-at it (see the README's "The fake NVML backend").
+at it (see the README's "The fake NVML backend"). ``scripted_app`` is an app of
+one replica whose child is ``scripted_child``, a ``fake_child.ScriptedChild``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ import importlib.util
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+from fake_child import ScriptedChild, serving_app
 from sup_helpers import FakeGpus, WaitGone
+
+from supervisor.core import replica as replica_module
+from supervisor.core.app import App
 
 if importlib.util.find_spec("supervisor") is None:  # pragma: no cover - not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -30,6 +35,19 @@ if importlib.util.find_spec("supervisor") is None:  # pragma: no cover - not ins
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def scripted_child(monkeypatch: pytest.MonkeyPatch) -> ScriptedChild:
+    fake = ScriptedChild()
+    monkeypatch.setattr(replica_module, "launch_child", fake.launch)
+    return fake
+
+
+@pytest.fixture
+async def scripted_app(scripted_child: ScriptedChild, tmp_path: Path) -> AsyncIterator[App]:
+    async with serving_app(tmp_path) as app:
+        yield app
 
 
 @pytest.fixture

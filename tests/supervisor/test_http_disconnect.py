@@ -9,15 +9,13 @@ import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 import uvicorn
-from fake_child import ScriptedChild, serving_app
+from fake_child import ScriptedChild
 
-from supervisor.core import replica as replica_module
 from supervisor.core.app import App
 from supervisor.http.connection_watch import SCOPE_KEY, ConnectionWatch
 from supervisor.http.limits import guarded_protocol
@@ -26,19 +24,6 @@ from supervisor.http.server import create_app
 pytestmark = pytest.mark.anyio
 GUARD = 10.0
 """Seconds a test may take before it is stuck (a bound, not a measurement)."""
-
-
-@pytest.fixture
-def child(monkeypatch: pytest.MonkeyPatch) -> ScriptedChild:
-    fake = ScriptedChild()
-    monkeypatch.setattr(replica_module, "launch_child", fake.launch)
-    return fake
-
-
-@pytest.fixture
-async def app(child: ScriptedChild, tmp_path: Path) -> AsyncIterator[App]:
-    async with serving_app(tmp_path, GUARD) as app:
-        yield app
 
 
 @contextlib.asynccontextmanager
@@ -82,33 +67,36 @@ async def _leave_while_held(port: int, child: ScriptedChild) -> str:
 
 @pytest.mark.parametrize("protocol", ["serve", "plain uvicorn"])
 async def test_a_client_that_leaves_cancels_its_call(
-    app: App, child: ScriptedChild, protocol: str
+    scripted_app: App, scripted_child: ScriptedChild, protocol: str
 ) -> None:
     http = guarded_protocol(10.0) if protocol == "serve" else "httptools"
-    asgi = create_app({"app": app})
+    asgi = create_app({"app": scripted_app})
     async with _serving(asgi, http) as port:
-        held = await _leave_while_held(port, child)
+        held = await _leave_while_held(port, scripted_child)
         with anyio.fail_after(GUARD):
-            while held not in child.cancelled() or app.status()["replicas"][0]["in_flight"]:
+            while (
+                held not in scripted_child.cancelled()
+                or scripted_app.status()["replicas"][0]["in_flight"]
+            ):
                 await anyio.sleep(0.005)
         metrics = asgi.state.api.metrics.render()
         assert b'outcome="disconnected"' in metrics
-        child.answering = True
+        scripted_child.answering = True
         with anyio.fail_after(GUARD):
-            assert await app.run({"n": 2}) == {"echo": {"n": 2}}  # the child is free again
+            assert await scripted_app.run({"n": 2}) == {"echo": {"n": 2}}  # the child is free again
 
 
 async def test_a_call_that_ends_is_answered_and_nothing_is_cancelled(
-    app: App, child: ScriptedChild
+    scripted_app: App, scripted_child: ScriptedChild
 ) -> None:
-    server = _serving(create_app({"app": app}), guarded_protocol(10.0))
+    server = _serving(create_app({"app": scripted_app}), guarded_protocol(10.0))
     async with server as port, await anyio.connect_tcp("127.0.0.1", port) as stream:
         for n in range(3):  # one keep-alive connection, one watch per request
             await stream.send(_post({"input": {"n": n}}))
             answer = await _read_response(stream.receive)
             assert answer.startswith(b"HTTP/1.1 200")
             assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["output"] == {"echo": {"n": n}}
-    assert child.cancelled() == []
+    assert scripted_child.cancelled() == []
 
 
 async def _read_response(receive: Callable[[], Awaitable[bytes]]) -> bytes:

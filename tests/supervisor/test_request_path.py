@@ -4,16 +4,12 @@ once, a busy one leaves it to the queue. Fake children: no process is started.""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import anyio
 import pytest
-from fake_child import ScriptedChild, serving_app
+from fake_child import ScriptedChild
 
 from protocol import Result, Run
 from supervisor import errors
-from supervisor.core import replica as replica_module
 from supervisor.core.app import App
 
 pytestmark = pytest.mark.anyio
@@ -22,16 +18,13 @@ GUARD = 10.0
 
 
 @pytest.fixture
-def child(monkeypatch: pytest.MonkeyPatch) -> ScriptedChild:
-    fake = ScriptedChild()
-    monkeypatch.setattr(replica_module, "launch_child", fake.launch)
-    return fake
+def child(scripted_child: ScriptedChild) -> ScriptedChild:
+    return scripted_child
 
 
 @pytest.fixture
-async def app(child: ScriptedChild, tmp_path: Path) -> AsyncIterator[App]:
-    async with serving_app(tmp_path, GUARD) as app:
-        yield app
+def app(scripted_app: App) -> App:
+    return scripted_app
 
 
 async def test_run_and_submit_both_reach_the_child(app: App) -> None:
