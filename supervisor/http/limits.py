@@ -15,6 +15,7 @@ app reads it (most do: they come with their headers) is read without a timer.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,10 +153,12 @@ def guarded_protocol(header_timeout: float) -> type[Any]:
 
     class HeaderTimeoutProtocol(HttpToolsProtocol):
         _header_timer: Any = None
-        _watches: list[tuple[Any, ConnectionWatch]] | None = None
-        """The requests of this connection not yet answered (several when pipelined)."""
+        _watches: deque[tuple[Any, ConnectionWatch]]
+        """This connection's requests, oldest first; those answered leave from the front
+        (responses complete in order), and those still unanswered when it is lost fire."""
 
         def connection_made(self, transport: Any) -> None:
+            self._watches = deque()
             super().connection_made(CoalescedTransport(transport, self.loop))
             self._arm()
 
@@ -169,14 +172,13 @@ def guarded_protocol(header_timeout: float) -> type[Any]:
             super().on_headers_complete()
             cycle = self.cycle
             if cycle is not None:
+                watches = self._watches
+                while watches and watches[0][0].response_complete:
+                    watches.popleft()
                 watch = ConnectionWatch()
                 scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
                 scope[SCOPE_KEY] = watch
-                if self._watches:
-                    self._watches = [(c, w) for c, w in self._watches if not c.response_complete]
-                    self._watches.append((cycle, watch))
-                else:
-                    self._watches = [(cycle, watch)]
+                watches.append((cycle, watch))
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
@@ -192,10 +194,10 @@ def guarded_protocol(header_timeout: float) -> type[Any]:
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
-            for cycle, watch in self._watches or ():
+            for cycle, watch in self._watches:
                 if not cycle.response_complete:
                     watch.fire()
-            self._watches = None
+            self._watches.clear()
 
         def _arm(self) -> None:
             self._disarm()

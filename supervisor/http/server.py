@@ -489,7 +489,7 @@ class HttpApi:
             with anyio.CancelScope() as scope:
                 watch.on_lost(scope.cancel)
                 try:
-                    return await self.call(app, call), None
+                    return await app.call(call.input, **_call_options(call)), None
                 except SupervisorError as exc:
                     return None, exc
                 finally:
@@ -513,23 +513,8 @@ class HttpApi:
                 with anyio.CancelScope(shield=True):
                     await app.cancel(submitted.id)
 
-    async def call(self, app: App, call: Call) -> ResultEvent:
-        return await app.call(
-            call.input,
-            function=call.function,
-            setup=call.setup,
-            timeout=call.timeout,
-            request_id=call.request_id,
-        )
-
     def submit(self, app: App, call: Call) -> SubmittedRequest:
-        return app.submit(
-            call.input,
-            function=call.function,
-            setup=call.setup,
-            timeout=call.timeout,
-            request_id=call.request_id,
-        )
+        return app.submit(call.input, **_call_options(call))
 
     def result_body(
         self, request: Request, app: App, call: Call, result: ResultEvent
@@ -766,6 +751,16 @@ async def _body(request: Request) -> bytes:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         elif message["type"] == "http.disconnect":
             raise ClientDisconnect()
+
+
+def _call_options(call: Call) -> dict[str, Any]:
+    """The keywords of ``App.call`` and ``App.submit`` that a body gives."""
+    return {
+        "function": call.function,
+        "setup": call.setup,
+        "timeout": call.timeout,
+        "request_id": call.request_id,
+    }
 
 
 def _url_fetcher(policy: FetchPolicy, cache_dir: Path) -> UrlFetcher:
