@@ -17,7 +17,7 @@ import psutil
 import pytest
 from sup_helpers import wait_for
 
-from supervisor import Supervisor
+from supervisor import App, Supervisor
 from supervisor import errors as E
 
 APP = Path(__file__).resolve().parent.parent / "apps" / "mem_gpu"
@@ -423,9 +423,7 @@ async def test_an_evicted_app_is_admitted_again_before_it_restarts(fake_gpus) ->
 async def test_an_evicted_app_waits_for_room_held_by_a_busy_one(fake_gpus) -> None:
     fake_gpus(8192)
     async with supervisor(admission_timeout=0.3) as sup:
-        a = await sup.start(APP, name="a", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
-        b = await sup.start(APP, name="b", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
-        await wait_for(lambda: sup.status()["gpus"][0]["used"] == 6144 * MIB)
+        a, b = await _two_apps_for_one_gpu(sup)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(b.run, {"sleep": 1.0})
             await wait_for(lambda: b.status()["state"] == "busy")
@@ -500,6 +498,14 @@ async def test_an_evicted_app_that_cannot_come_back_is_not_available(
         assert not a.status()["available"]
 
 
+async def _two_apps_for_one_gpu(sup: Supervisor) -> tuple[App, App]:
+    """Apps a and b, 6 GiB each on the one 8 GiB GPU: b is loaded, a was evicted for it."""
+    a = await sup.start(APP, name="a", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
+    b = await sup.start(APP, name="b", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
+    await wait_for(lambda: sup.status()["gpus"][0]["used"] == 6144 * MIB)
+    return a, b
+
+
 def _exited(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -523,9 +529,7 @@ async def test_a_swap_fetches_its_child_while_the_evicted_one_exits(
     fake_gpus(8192)
     debug(caplog)
     async with supervisor(pool_size=1) as sup:
-        a = await sup.start(APP, name="a", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
-        b = await sup.start(APP, name="b", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
-        await wait_for(lambda: sup.status()["gpus"][0]["used"] == 6144 * MIB)
+        a, b = await _two_apps_for_one_gpu(sup)
         await wait_for(lambda: sum(sup.status()["pool"]["idle"].values()) == 1)
         evicted = b.status()["pids"][0]
         caplog.clear()
@@ -544,9 +548,7 @@ async def test_a_child_fetched_for_an_admission_that_fails_is_stopped(
     fake_gpus(8192)
     debug(caplog)
     async with supervisor(pool_size=1, admission_timeout=0.3) as sup:
-        a = await sup.start(APP, name="a", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
-        b = await sup.start(APP, name="b", gpus=1, vram_budget=6 * GIB, setup={"vram_mib": 6144})
-        await wait_for(lambda: sup.status()["gpus"][0]["used"] == 6144 * MIB)
+        a, b = await _two_apps_for_one_gpu(sup)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(b.run, {"sleep": 1.0})
             await wait_for(lambda: b.status()["state"] == "busy")
