@@ -288,9 +288,16 @@ class ChildProcess:
             return
 
         def move() -> None:
-            cgroup.add(self.pid)
+            try:
+                cgroup.add(self.pid)
+            except ProcessLookupError:
+                # Already exited and reaped (asyncio's watcher reaps at once): there
+                # is nothing left to contain, and its channel reports the death.
+                logger.debug("%s: exited before it could be moved into its cgroup", self.name)
+                return
             for process in self._descendants() if with_descendants else ():
-                cgroup.add(process.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    cgroup.add(process.pid)
 
         try:
             # Not on the event loop: a migration may wait out an RCU grace period in

@@ -304,3 +304,41 @@ async def test_a_start_cancelled_as_the_child_is_moved_still_moves_and_hands_it_
         handed_over.append(True)  # no checkpoint before: runs although cancelled
     assert cgroup.added == [4242]
     assert handed_over == [True]
+
+
+@contextlib.contextmanager
+def _real_or_kernel_like_cgroup() -> Iterator[Any]:
+    """A real cgroup where this process can make one; elsewhere a stand-in that,
+    like the kernel, refuses a pid that no longer exists with ESRCH."""
+    host = CgroupHost.probe()
+    if host is None:
+
+        class KernelLike:
+            def add(self, pid: int) -> None:
+                os.kill(pid, 0)  # ProcessLookupError once the pid is reaped
+
+        yield KernelLike()
+        return
+    try:
+        cgroup = host.create("gone")
+        try:
+            yield cgroup
+        finally:
+            cgroup.remove()
+    finally:
+        host.close()
+
+
+@pytest.mark.anyio
+async def test_a_child_that_exited_before_its_move_is_handed_over_not_an_error() -> None:
+    """A child that dies at once (a broken interpreter, a ``sitecustomize`` that
+    exits) is reaped by asyncio's watcher before the thread moves it: the move
+    fails with ESRCH. The death is the handshake's to report, with its exit code
+    and stderr; failing the start with a bare ``ProcessLookupError`` instead hid
+    both (seen in CI)."""
+    process = await anyio.open_process([sys.executable, "-c", "raise SystemExit(7)"])
+    assert await process.wait() == 7  # reaped: the pid is gone
+    with _real_or_kernel_like_cgroup() as cgroup:
+        child = ChildProcess(process, "gone", cgroup=cgroup)
+        await child.enter_cgroup(with_descendants=True)
+    assert process.returncode == 7
