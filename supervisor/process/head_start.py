@@ -21,10 +21,12 @@ taken (a usage error, ``--ray``), and at exit an untaken child is killed.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import mmap
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -63,9 +65,14 @@ class EarlyChild:
     arenas: list[mmap.mmap] = field(default_factory=list)
 
     def close(self) -> None:
-        """Kill the child, wait for it, and release its pipes, arenas and directory."""
-        if self.process.poll() is None:
-            self.process.kill()
+        """Kill the child, wait for it, and release its pipes, arenas and directory.
+
+        The whole group is killed, the runtime the reaper forked with it: killed
+        alone, the reaper would leave the runtime to its parent-death signal, a
+        moment after ``serve`` has gone."""
+        if self.process.poll() is None:  # not reaped: the group's id is still its own
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
         for fd in (*self.protocol_fds, self.stderr_fd):
             os.close(fd)
