@@ -2,7 +2,8 @@
 
 ``python benchmarks/_starlette_echo.py PORT`` serves ``POST /run`` answering
 ``{"output": <input>}`` with the loop and protocol ``serve`` uses (uvloop,
-httptools), without access log, lifespan or middleware. ``http_serve.py`` starts it.
+httptools), without access log, lifespan or middleware. ``http_serve.py`` starts it;
+``http_layer.py`` calls ``make_app()``'s application directly.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ async def run(request: Request) -> JSONResponse:
     return JSONResponse({"output": body.get("input", {})})
 
 
+def make_app() -> Starlette:
+    return Starlette(routes=[Route("/run", run, methods=["POST"])])
+
+
 def main() -> None:
-    app = Starlette(routes=[Route("/run", run, methods=["POST"])])
     uvicorn.run(
-        app,
+        make_app(),
         host="127.0.0.1",
         port=int(sys.argv[1]),
         loop="uvloop",

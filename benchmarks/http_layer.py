@@ -1,0 +1,158 @@
+"""What ``serve``'s HTTP layer costs by itself, without sockets or a client process.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/http_layer.py [--rounds 5] [--calls 3000]
+
+``http_serve.py`` measures the round trip a client sees; this script splits it.
+In one process, on uvloop as ``serve`` runs, each ``POST /run`` is a direct call
+of the ASGI application (a scope, a ``receive`` that returns the body, a ``send``
+that keeps the messages), so that no socket, no client and no scheduling of
+three processes on the cores is in the figures:
+
+- **echo**: the bare Starlette JSON echo of ``http_serve.py`` (``_starlette_echo``);
+- **layer**: ``serve``'s application (``create_app``: its middleware, routing, body
+  checks, metrics and JSON) with the app's call replaced by one that returns a
+  result at once: the HTTP layer alone;
+- **layer + call**: the same application calling ``benchmarks/apps/empty``'s child;
+- **library**: ``app.call()`` on the same app, the call alone.
+
+The scope carries the connection watch that ``serve``'s protocol gives every
+request (``connection_watch``), so the handler takes the path it takes under
+``serve``. Medians over the rounds of each round's median; after ``--calls // 5``
+warm-up calls per round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from _common import APPS_DIR, log, machine_info, machine_line, median, print_table, us, write_json
+
+BODY = json.dumps({"input": {"x": 0}}).encode()
+HEADERS = [
+    (b"host", b"127.0.0.1"),
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(BODY)).encode()),
+]
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+async def post_run(asgi: ASGIApp, calls: int) -> float:
+    """The median seconds of ``calls`` direct ``POST /run`` calls of ``asgi``."""
+    from supervisor.http.connection_watch import SCOPE_KEY, ConnectionWatch
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": BODY, "more_body": False}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    times = []
+    for _ in range(calls + calls // 5):
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/run",
+            "raw_path": b"/run",
+            "query_string": b"",
+            "root_path": "",
+            "headers": list(HEADERS),
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+            "state": {},
+            SCOPE_KEY: ConnectionWatch(),
+        }
+        sent.clear()
+        started = time.perf_counter()
+        await asgi(scope, receive, send)
+        times.append(time.perf_counter() - started)
+        if sent[0]["status"] != 200:
+            raise RuntimeError(f"POST /run answered {sent[0]['status']}: {sent[1:]}")
+    return statistics.median(times[calls // 5 :])
+
+
+async def library(app: Any, calls: int) -> float:
+    times = []
+    for _ in range(calls + calls // 5):
+        started = time.perf_counter()
+        await app.call({"x": 0})
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[calls // 5 :])
+
+
+async def one_round(calls: int) -> dict[str, float]:
+    from _common import make_supervisor
+    from _starlette_echo import make_app
+
+    from supervisor.events import ResultEvent
+    from supervisor.http.server import ServerSettings, create_app
+
+    async with make_supervisor(pool_size=0) as sup:
+        app = await sup.start(APPS_DIR / "empty")
+        server = create_app({"empty": app}, ServerSettings())
+        async with server.router.lifespan_context(server):
+            with_call = await post_run(server, calls)
+            real_call = app.call
+
+            async def answer_at_once(input: dict[str, Any], **_: Any) -> ResultEvent:
+                return ResultEvent("stub", input, {"run": 0.0, "total": 0.0})
+
+            app.call = answer_at_once  # this instance only
+            layer = await post_run(server, calls)
+            app.call = real_call
+        call = await library(app, calls)
+    echo = await post_run(make_app(), calls)
+    return {"echo": echo, "layer": layer, "layer_and_call": with_call, "library": call}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=3000)
+    args = parser.parse_args(argv)
+    import uvloop
+
+    info = machine_info()
+    print(machine_line(info))
+    rounds = []
+    for number in range(1, args.rounds + 1):
+        log(f"round {number}/{args.rounds}")
+        rounds.append(uvloop.run(one_round(args.calls)))
+    medians = {key: median([r[key] for r in rounds]) for key in rounds[0]}
+    extra_layer = medians["layer"] - medians["echo"]
+    extra_call = medians["layer_and_call"] - medians["library"]
+    print_table(
+        f"Medians of {args.rounds} rounds ({args.calls} calls each), direct ASGI calls",
+        ["what", "p50", "above"],
+        [
+            ["echo (bare Starlette)", f"{us(medians['echo'])} us", ""],
+            [
+                "layer (serve's app, the call answered at once)",
+                f"{us(medians['layer'])} us",
+                f"the echo by {us(extra_layer)} us",
+            ],
+            ["library call app.call()", f"{us(medians['library'])} us", ""],
+            [
+                "layer + call (serve's app, the child)",
+                f"{us(medians['layer_and_call'])} us",
+                f"the library call by {us(extra_call)} us",
+            ],
+        ],
+    )
+    write_json("http_layer", {"machine": info, "rounds": rounds, "medians": medians})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
