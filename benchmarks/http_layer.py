@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -44,8 +42,21 @@ HEADERS = [
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
+async def median_seconds(once: Callable[[], Awaitable[object]], calls: int) -> float:
+    """The median seconds of ``calls`` awaits of ``once()``, after a fifth as many
+    warm-up calls."""
+    for _ in range(calls // 5):
+        await once()
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        await once()
+        times.append(time.perf_counter() - started)
+    return median(times)
+
+
 async def post_run(asgi: ASGIApp, calls: int) -> float:
-    """The median seconds of ``calls`` direct ``POST /run`` calls of ``asgi``."""
+    """The median seconds of a direct ``POST /run`` call of ``asgi``."""
     from supervisor.http.connection_watch import SCOPE_KEY, ConnectionWatch
 
     async def receive() -> dict[str, Any]:
@@ -56,8 +67,7 @@ async def post_run(asgi: ASGIApp, calls: int) -> float:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    times = []
-    for _ in range(calls + calls // 5):
+    async def once() -> None:
         scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
@@ -75,21 +85,11 @@ async def post_run(asgi: ASGIApp, calls: int) -> float:
             SCOPE_KEY: ConnectionWatch(),
         }
         sent.clear()
-        started = time.perf_counter()
         await asgi(scope, receive, send)
-        times.append(time.perf_counter() - started)
         if sent[0]["status"] != 200:
             raise RuntimeError(f"POST /run answered {sent[0]['status']}: {sent[1:]}")
-    return statistics.median(times[calls // 5 :])
 
-
-async def library(app: Any, calls: int) -> float:
-    times = []
-    for _ in range(calls + calls // 5):
-        started = time.perf_counter()
-        await app.call({"x": 0})
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[calls // 5 :])
+    return await median_seconds(once, calls)
 
 
 async def one_round(calls: int) -> dict[str, float]:
@@ -112,7 +112,7 @@ async def one_round(calls: int) -> dict[str, float]:
             app.call = answer_at_once  # this instance only
             layer = await post_run(server, calls)
             app.call = real_call
-        call = await library(app, calls)
+        call = await median_seconds(lambda: app.call({"x": 0}), calls)
     echo = await post_run(make_app(), calls)
     return {"echo": echo, "layer": layer, "layer_and_call": with_call, "library": call}
 
@@ -155,4 +155,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
