@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sup_helpers import WaitGone
 
 from supervisor import Supervisor
 from supervisor.process import head_start
@@ -170,3 +171,27 @@ def test_a_record_never_names_a_program_outside_the_environment_cache(tmp_path: 
     assert head_start.recalled(str(root), "/apps/not-a-dict") is None
     (root / head_start.RECORD_FILE).write_text("{not json")
     assert head_start.recalled(str(root), "/apps/inside") is None
+
+
+def test_discarding_the_child_kills_its_whole_group(tmp_path: Path, wait_gone: WaitGone) -> None:
+    """The head-start child's reaper forks the runtime into its own process group:
+    killing the reaper alone would leave the runtime to its parent-death signal,
+    running on after ``serve`` has gone. Here the group holds a process with no
+    such signal, which only a kill of the whole group ends."""
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 600 & echo $!; wait"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert leader.stdout is not None
+    member = int(leader.stdout.readline())
+    leader.stdout.close()
+    from_child, to_child, stderr = (os.open(os.devnull, os.O_RDWR) for _ in range(3))
+    workdir = tmp_path / "head"
+    workdir.mkdir()
+    early = head_start.EarlyChild(
+        leader, sys.executable, (), (), 0, str(workdir), (from_child, to_child), stderr
+    )
+    early.close()  # closes the three descriptors it was given
+    assert wait_gone([member], timeout=10) == []
+    assert not workdir.exists()
