@@ -122,5 +122,5 @@ def serve_on_ray(
         for name in names:
             serve.delete(name)
         if local:
-            serve.shutdown()  # type: ignore[no-untyped-call]
+            serve.shutdown()
             ray.shutdown()
