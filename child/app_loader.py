@@ -65,6 +65,8 @@ class SetupConfig(dict[str, Any]):
 
 @dataclass
 class LoadedApp:
+    """An imported app: its module, its ``App`` instance and its models."""
+
     name: str
     app_dir: str
     module: types.ModuleType

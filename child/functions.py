@@ -36,6 +36,8 @@ _SDK_MODULE_PREFIXES = ("inferencesh", "pydantic", "child.sdk_types")
 
 @dataclass
 class AppFunction:
+    """A callable function of the app (``run`` or an extra one) with its models."""
+
     name: str
     description: str
     input_model: type[BaseModel]

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class GuardedStdio:
+    """The fds the runtime uses once the protocol has taken fds 0 and 1 from the app."""
+
     protocol_in: int
     protocol_out: int
     capture_stdout: int

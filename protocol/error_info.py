@@ -51,6 +51,8 @@ class FieldError:
 
 @dataclass(frozen=True)
 class ErrorInfo:
+    """An error as it travels on the wire (``error`` messages), and as callers see it."""
+
     type: ErrorType
     message: str
     exception: str | None = None

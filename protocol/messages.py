@@ -27,6 +27,8 @@ PROTOCOL_VERSION = 1
 
 @dataclass(frozen=True)
 class Message:
+    """Base of every protocol message; ``TYPE`` is its name on the wire (PROTOCOL.md)."""
+
     TYPE: ClassVar[str] = ""
     TO_CHILD: ClassVar[bool] = False
     BOTH_WAYS: ClassVar[bool] = False
@@ -55,6 +57,8 @@ class Load(Message):
 
 @dataclass(frozen=True)
 class Setup(Message):
+    """Set the app up with a configuration (``App.setup``)."""
+
     TYPE: ClassVar[str] = "setup"
     TO_CHILD: ClassVar[bool] = True
     PAYLOAD: ClassVar[str | None] = "config"
@@ -65,6 +69,8 @@ class Setup(Message):
 
 @dataclass(frozen=True)
 class Run(Message):
+    """Call one of the app's functions with an input."""
+
     TYPE: ClassVar[str] = "run"
     TO_CHILD: ClassVar[bool] = True
     PAYLOAD: ClassVar[str | None] = "input"
@@ -88,6 +94,8 @@ class Check(Message):
 
 @dataclass(frozen=True)
 class Cancel(Message):
+    """Cancel a running request."""
+
     TYPE: ClassVar[str] = "cancel"
     TO_CHILD: ClassVar[bool] = True
     id: str
@@ -95,18 +103,24 @@ class Cancel(Message):
 
 @dataclass(frozen=True)
 class Unload(Message):
+    """Unload the app (``App.unload``), answer ``unloaded`` and exit."""
+
     TYPE: ClassVar[str] = "unload"
     TO_CHILD: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)
 class Shutdown(Message):
+    """Exit: the supervisor is done with this child."""
+
     TYPE: ClassVar[str] = "shutdown"
     TO_CHILD: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)
 class Ping(Message):
+    """A heartbeat; the child answers ``pong`` with the same ``seq``."""
+
     TYPE: ClassVar[str] = "ping"
     TO_CHILD: ClassVar[bool] = True
     seq: int
@@ -117,6 +131,8 @@ class Ping(Message):
 
 @dataclass(frozen=True)
 class Hello(Message):
+    """The child's first message: who it is and what it can do."""
+
     TYPE: ClassVar[str] = "hello"
     protocol_version: int
     pid: int
@@ -132,6 +148,8 @@ class Hello(Message):
 
 @dataclass(frozen=True)
 class Log(Message):
+    """A line the app printed or logged, with the request it belongs to."""
+
     TYPE: ClassVar[str] = "log"
     id: str | None
     stream: str
@@ -140,6 +158,8 @@ class Log(Message):
 
 @dataclass(frozen=True)
 class Progress(Message):
+    """A request's progress report."""
+
     TYPE: ClassVar[str] = "progress"
     id: str
     fraction: float | None = None
@@ -150,6 +170,8 @@ class Progress(Message):
 
 @dataclass(frozen=True)
 class Partial(Message):
+    """One yield of a generator function."""
+
     TYPE: ClassVar[str] = "partial"
     PAYLOAD: ClassVar[str | None] = "output"
     id: str
@@ -158,6 +180,8 @@ class Partial(Message):
 
 @dataclass(frozen=True)
 class Result(Message):
+    """A request's output: the end of a request that succeeded."""
+
     TYPE: ClassVar[str] = "result"
     PAYLOAD: ClassVar[str | None] = "output"
     id: str
@@ -166,6 +190,8 @@ class Result(Message):
 
 @dataclass(frozen=True)
 class Error(Message):
+    """The end of a request that failed, or (``id`` None) a failure of the child."""
+
     TYPE: ClassVar[str] = "error"
     id: str | None
     error: ErrorInfo
@@ -173,11 +199,15 @@ class Error(Message):
 
 @dataclass(frozen=True)
 class Unloaded(Message):
+    """The answer to ``unload``."""
+
     TYPE: ClassVar[str] = "unloaded"
 
 
 @dataclass(frozen=True)
 class Pong(Message):
+    """The answer to ``ping``."""
+
     TYPE: ClassVar[str] = "pong"
     seq: int
 

@@ -11,6 +11,8 @@ from protocol import Log, Message, Partial, Progress
 
 @dataclass(frozen=True)
 class LogEvent:
+    """A line the app printed or logged while the request ran."""
+
     request_id: str
     stream: str
     """``stdout``/``stderr`` for captured output, ``log`` for ``metadata.log``."""
@@ -19,6 +21,8 @@ class LogEvent:
 
 @dataclass(frozen=True)
 class ProgressEvent:
+    """The app's report of how far the request has got."""
+
     request_id: str
     fraction: float | None
     current: float | None
@@ -36,6 +40,8 @@ class PartialEvent:
 
 @dataclass(frozen=True)
 class ResultEvent:
+    """The request's output: the last event of a request that succeeded."""
+
     request_id: str
     output: Any
     timings: dict[str, float] = field(default_factory=dict)

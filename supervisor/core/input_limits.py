@@ -22,6 +22,8 @@ DEFAULT_MAX_VALUES = 250_000
 
 @dataclass(frozen=True)
 class InputLimits:
+    """Bounds on an input's nesting and size, checked before it is sent to a child."""
+
     max_depth: int = DEFAULT_MAX_DEPTH
     max_values: int = DEFAULT_MAX_VALUES
 

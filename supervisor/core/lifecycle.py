@@ -85,6 +85,8 @@ class IllegalTransition(RuntimeError):
 
 @dataclass
 class Lifecycle:
+    """A replica's state, changed only through the transitions allowed above, each logged."""
+
     name: str
     state: ReplicaState = ReplicaState.UNLOADED
     since: float = field(default_factory=time.monotonic)

@@ -37,6 +37,8 @@ def new_request_id() -> str:
 
 @dataclass(eq=False)
 class Request:
+    """One call of an app, from submission to its result or error."""
+
     function: str
     input: dict[str, Any]
     config: dict[str, Any]

@@ -23,11 +23,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Restart:
+    """The policy's answer: start the child again after ``delay`` seconds."""
+
     delay: float
 
 
 @dataclass(frozen=True)
 class GiveUp:
+    """The policy's answer: stop restarting (the app crashes too often)."""
+
     reason: str
     retry_after: float
     """Seconds until the app is tried again."""
@@ -35,6 +39,8 @@ class GiveUp:
 
 @dataclass(frozen=True)
 class RestartPolicy:
+    """When to restart a crashed child: backoff, and a crash budget per window."""
+
     max_restarts: int = 5
     window: float = 60.0
     first_delay: float = 0.0

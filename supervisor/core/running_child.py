@@ -116,6 +116,8 @@ class Fault(enum.Enum):
 
 @dataclass(frozen=True)
 class Kill:
+    """Why a child is being killed, and whom to blame for it."""
+
     reason: errors.SupervisorError
     """What its requests are told."""
     fault: Fault

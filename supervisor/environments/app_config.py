@@ -26,6 +26,8 @@ class AppConfigError(ValueError):
 
 @dataclass(frozen=True)
 class AppManifest:
+    """What an app's ``inf.yml`` asks for, validated."""
+
     name: str
     env: Mapping[str, str] = field(default_factory=dict)
     gpu_count: int = 0

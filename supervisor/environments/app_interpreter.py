@@ -31,6 +31,8 @@ logger = logging.getLogger("supervisor.env")
 
 @dataclass
 class AppInterpreter:
+    """The interpreter an app's children run, and what status shows of it."""
+
     python: str
     info: dict[str, Any]
     """For status: the interpreter, its version and the environment's key."""

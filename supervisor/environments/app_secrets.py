@@ -25,6 +25,8 @@ MIN_MASKED_LENGTH = 4
 
 @dataclass(frozen=True)
 class DeclaredSecret:
+    """A secret an app's ``inf.yml`` names; only declared secrets reach its children."""
+
     key: str
     description: str = ""
     optional: bool = False

@@ -74,6 +74,8 @@ def find_uv() -> str | None:
 
 @dataclass(frozen=True)
 class EnvRecord:
+    """One built (or half-built) environment in the cache."""
+
     key: str
     path: Path
     complete: bool

@@ -36,6 +36,8 @@ _ERROR_START = re.compile(r"^\s*(ERROR|error|\u00d7|\u2570\u2500\u25b6|Because)"
 
 @dataclass(frozen=True)
 class EnvSpec:
+    """What an app's environment is built from; its key names the cache entry."""
+
     requirements: Path
     content: str
     python: Interpreter

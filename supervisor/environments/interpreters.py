@@ -26,6 +26,8 @@ _KERNEL = re.compile(r"^(?:python|py|cpython)?[-_ ]?(3)\.?(\d{1,2})(?:\.\d+)?$",
 
 @dataclass(frozen=True)
 class Interpreter:
+    """A Python interpreter found on this host, with its version."""
+
     path: str
     version: str
     """The full version, e.g. ``3.11.7``."""

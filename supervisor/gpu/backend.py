@@ -16,17 +16,18 @@ NVML does; per-child VRAM then reads as zero while the device totals stay right.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
-import pynvml
 
 from .sample import DeviceMemory, GpuSample
 
@@ -48,6 +49,8 @@ FAKE_NVML_ENV = "SUPERVISOR_FAKE_NVML"
 """Environment variable naming a JSON file that stands in for NVML."""
 
 MIB = 1024 * 1024
+NVML_LIBRARY = "libnvidia-ml.so.1"
+"""The driver's library, as pynvml loads it on Linux."""
 
 
 class GpuBackendError(RuntimeError):
@@ -84,7 +87,11 @@ class NvmlBackend:
     name = "nvml"
 
     def __init__(self, nvml: Any = None) -> None:
-        self._nvml: Any = pynvml if nvml is None else nvml
+        if nvml is None:
+            import pynvml
+
+            nvml = pynvml
+        self._nvml: Any = nvml
         self._nvml.nvmlInit()
         self._open = True
         try:
@@ -305,8 +312,13 @@ def open_backend(environ: Mapping[str, str] = os.environ) -> GpuBackend | None:
     if fake:
         logger.info("using fake NVML figures from %s", fake)
         return FakeNvmlBackend(fake)
+    if not _driver_loads():
+        logger.info("NVML unavailable, GPU monitoring disabled: %s not found", NVML_LIBRARY)
+        return None
+    import pynvml
+
     try:
-        backend = NvmlBackend()
+        backend = NvmlBackend(pynvml)
     except (pynvml.NVMLError, pynvml.NVMLLibraryMismatchError, OSError) as exc:
         logger.info("NVML unavailable, GPU monitoring disabled: %s", exc)
         return None
@@ -316,3 +328,16 @@ def open_backend(environ: Mapping[str, str] = os.environ) -> GpuBackend | None:
         return None
     logger.debug("NVML backend with %d device(s)", backend.device_count)
     return backend
+
+
+def _driver_loads() -> bool:
+    """Whether NVML's library loads here. Only then is ``pynvml`` imported: its
+    thousands of ctypes definitions take about 7 ms, which a CPU-only host's start
+    (``serve``'s first request waits for it) need not pay."""
+    if not sys.platform.startswith("linux"):
+        return True  # pynvml knows where the library lives elsewhere
+    try:
+        ctypes.CDLL(NVML_LIBRARY)
+    except OSError:
+        return False
+    return True

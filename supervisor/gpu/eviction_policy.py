@@ -99,6 +99,8 @@ class ChildFigures:
 
 @dataclass(frozen=True)
 class BudgetViolation:
+    """A child using more than its app declared, for the eviction policy to act on."""
+
     key: str
     budget: Literal["vram", "ram"]
     used: int

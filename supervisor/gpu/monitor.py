@@ -69,6 +69,8 @@ class ChildUsage:
 
 @dataclass(frozen=True)
 class MonitorSnapshot:
+    """One sampling round: the devices' memory and each registered child's use."""
+
     devices: tuple[DeviceMemory, ...]
     """Empty when there is no backend or it failed this round (see ``gpu_error``)."""
     children: Mapping[str, ChildUsage]

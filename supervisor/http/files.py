@@ -248,6 +248,8 @@ def safe_filename(name: str | None, fallback: str = "upload") -> str:
 
 @dataclass(frozen=True)
 class ServedFile:
+    """An output file published for download, found again by its unguessable token."""
+
     request_id: str
     token: str
     path: str

@@ -29,6 +29,8 @@ BODY_RECEIVED = "appvisor.body_received"
 
 @dataclass(frozen=True)
 class HttpLimits:
+    """What one client may cost: the bounds below, each a ``serve`` option."""
+
     max_body_size: int = 32 * MiB
     """A JSON body, or the ``request`` part of a multipart one. Large data belongs
     in uploads or URLs."""

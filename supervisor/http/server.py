@@ -117,6 +117,8 @@ QUICK_CALL = 0.05
 
 @dataclass(frozen=True)
 class ServerSettings:
+    """The operator's choices for one HTTP server (``serve``'s options)."""
+
     auth_token: str | None = None
     """When set, every endpoint but ``/health`` needs ``Authorization: Bearer <token>``."""
     allowed_paths: tuple[str | Path, ...] = ()

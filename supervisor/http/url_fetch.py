@@ -59,6 +59,8 @@ class FetchError(Exception):
 
 @dataclass(frozen=True)
 class Fetched:
+    """A URL's body saved in the cache, with what is needed to reuse or evict it."""
+
     path: Path
     size: int
     content_type: str | None

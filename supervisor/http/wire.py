@@ -76,6 +76,8 @@ def sse_event(name: str, data: Any) -> bytes:
 
 @dataclass
 class Call:
+    """A request body, checked: what to call, with what, and how to answer."""
+
     function: str
     input: dict[str, Any]
     setup: dict[str, Any] | None

@@ -67,6 +67,8 @@ class Hierarchy:
 
 @dataclass
 class CgroupHost:
+    """The cgroup hierarchies this host lets the supervisor create children's groups in."""
+
     hierarchies: list[Hierarchy] = field(default_factory=list)
     _made: int = 0
 

@@ -45,6 +45,8 @@ class ConfinementError(Exception):
 
 @dataclass(frozen=True)
 class ChildUser:
+    """The account children run as (``--child-user``), resolved once."""
+
     name: str
     uid: int
     gid: int

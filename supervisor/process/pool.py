@@ -84,6 +84,8 @@ def import_env(app_env: Mapping[str, str], preloads: bool) -> tuple[tuple[str, s
 
 @dataclass(frozen=True)
 class PoolKey:
+    """What a pre-started child was started with; a start may take only a child of its own key."""
+
     python: str
     """The interpreter: python, or node for ``runtime="node"``."""
     preload: tuple[str, ...] = ()
@@ -94,6 +96,8 @@ class PoolKey:
 
 @dataclass(eq=False)
 class PooledChild:
+    """A started child waiting in the pool, with its open channel."""
+
     process: ChildProcess
     channel: ChildChannel
 

@@ -234,6 +234,7 @@ def test_open_backend_none_when_library_missing(monkeypatch: pytest.MonkeyPatch)
         raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
 
     monkeypatch.setattr(pynvml, "nvmlInit", missing)
+    monkeypatch.setattr("supervisor.gpu.backend._driver_loads", lambda: True)
     assert open_backend({}) is None
     assert open_backend({FAKE_NVML_ENV: ""}) is None
 
@@ -353,7 +354,8 @@ def test_nvml_backend_wraps_errors() -> None:
 
 def test_open_backend_none_when_no_devices(monkeypatch: pytest.MonkeyPatch) -> None:
     stub = StubNvml([])
-    monkeypatch.setattr("supervisor.gpu.backend.pynvml", stub)
+    monkeypatch.setitem(sys.modules, "pynvml", stub)
+    monkeypatch.setattr("supervisor.gpu.backend._driver_loads", lambda: True)
     assert open_backend({}) is None
     assert stub.calls == ["init", "shutdown"]
 
@@ -362,3 +364,18 @@ def test_sample_is_frozen() -> None:
     sample = GpuSample((), {}, 0.0)
     with pytest.raises(AttributeError):
         sample.taken_at = 1.0  # type: ignore[misc]
+
+
+def test_a_host_without_the_driver_library_never_imports_pynvml() -> None:
+    """The library is looked for first: pynvml's import (about 7 ms) is on every
+    start's path, and a CPU-only host has nothing to gain from it."""
+    script = (
+        "import sys\n"
+        "from supervisor.gpu import backend\n"
+        "backend.NVML_LIBRARY = 'libnvidia-ml-absent-for-this-test.so.1'\n"
+        "print(backend.open_backend({}), 'pynvml' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["None", "False"], done.stderr
