@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from ..environments.env_layout import default_root
 from ..environments.environment import child_environment
@@ -47,22 +46,36 @@ RECORD_FILE = "head-start.json"
 MAX_RECORDS = 256
 
 
-@dataclass
 class EarlyChild:
-    """A pool child spawned before the pool existed; ``adopt`` takes it over."""
+    """A pool child spawned before the pool existed; ``adopt`` takes it over.
 
-    process: subprocess.Popen[bytes]
-    python: str
-    preload: tuple[str, ...]
-    import_env: tuple[tuple[str, str], ...]
-    """Library settings it was started with (part of its pool key)."""
-    shared_memory: int
-    workdir: str
-    """Its working directory (empty, private); whoever ends the child removes it."""
-    protocol_fds: tuple[int, int]
-    """Our ends of its protocol pipes: read from it, write to it."""
-    stderr_fd: int
-    arenas: list[mmap.mmap] = field(default_factory=list)
+    A plain class: ``dataclasses`` imports ``inspect`` and ``ast`` (about 8 ms),
+    which would come before the spawn this module exists to make early."""
+
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        python: str,
+        preload: tuple[str, ...],
+        import_env: tuple[tuple[str, str], ...],
+        shared_memory: int,
+        workdir: str,
+        protocol_fds: tuple[int, int],
+        stderr_fd: int,
+        arenas: list[mmap.mmap] | None = None,
+    ) -> None:
+        self.process = process
+        self.python = python
+        self.preload = preload
+        self.import_env = import_env
+        """Library settings it was started with (part of its pool key)."""
+        self.shared_memory = shared_memory
+        self.workdir = workdir
+        """Its working directory (empty, private); whoever ends the child removes it."""
+        self.protocol_fds = protocol_fds
+        """Our ends of its protocol pipes: read from it, write to it."""
+        self.stderr_fd = stderr_fd
+        self.arenas = arenas if arenas is not None else []
 
     def close(self) -> None:
         """Kill the child, wait for it, and release its pipes, arenas and directory.
