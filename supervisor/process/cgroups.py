@@ -177,8 +177,9 @@ class ChildCgroup:
                 return int(text) if text.isdigit() else None
         return None
 
-    def oom_kills(self) -> int:
-        """How many processes the kernel's OOM killer took in this group."""
+    def oom_kills(self) -> int | None:
+        """How many processes an OOM killer took in this group, its own limit's or the
+        host's; None where the group has no memory accounting to tell."""
         for hierarchy, directory in self.dirs:
             if hierarchy.memory_file:
                 source = "memory.oom_control" if hierarchy.kind == "memory" else "memory.events"
@@ -186,7 +187,7 @@ class ChildCgroup:
                     key, _, value = line.partition(" ")
                     if key == "oom_kill" and value.strip().isdigit():
                         return int(value)
-        return 0
+        return None
 
     def kill(self) -> None:
         """SIGKILL every member: at once where the kernel offers it, else one by one."""

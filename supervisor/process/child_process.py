@@ -411,23 +411,32 @@ class ChildProcess:
         if self._status is None:
             with anyio.CancelScope(shield=True):
                 returncode = await self._process.wait()
-                group_ooms = self.cgroup.oom_kills() if self.cgroup is not None else 0
+                group_ooms = self.cgroup.oom_kills() if self.cgroup is not None else None
                 if self.cgroup is not None:
                     # Whatever the reaper left, the group holds; then it goes.
                     await anyio.to_thread.run_sync(self.cgroup.remove)
-            oom = returncode == -signal.SIGKILL and (
-                group_ooms > 0
-                or (
-                    not self._signalled
-                    and self._oom_kills_at_start >= 0
-                    and oom_kill_count() > self._oom_kills_at_start
-                )
-            )
+            oom = returncode == -signal.SIGKILL and self._killed_by_oom(group_ooms)
             self._status = ExitStatus.from_returncode(
                 returncode, oom_killed=oom, memory_limit=self.memory_limit if group_ooms else None
             )
             logger.debug("%s: pid %d %s", self.name, self.pid, self._status.describe())
         return self._status
+
+    def _killed_by_oom(self, group_ooms: int | None) -> bool:
+        """Whether the SIGKILL that ended the child came from an OOM killer.
+
+        The child's memory cgroup counts every OOM kill in it, its own limit's or the
+        host's: that count is the answer. Only without one is the host's count of
+        OOM kills compared with its value at the start, which takes any OOM kill on
+        the host in the child's lifetime for the child's own (unless the supervisor
+        sent the signal itself)."""
+        if group_ooms is not None:
+            return group_ooms > 0
+        return (
+            not self._signalled
+            and self._oom_kills_at_start >= 0
+            and oom_kill_count() > self._oom_kills_at_start
+        )
 
     def signal_group(self, sig: int) -> None:
         """Send ``sig`` to the child's process group and to descendants that left it."""

@@ -23,15 +23,17 @@ from typing import Any
 
 import anyio
 import pytest
-from sup_helpers import WaitGone, make_supervisor, wait_for
+from sup_helpers import WaitGone, make_supervisor, only_pid, outcome, wait_for
 
 from supervisor import errors as E
+from supervisor.process import child_process
 from supervisor.process.cgroups import CgroupHost
 from supervisor.process.child_process import ChildProcess
 from supervisor.process.process_memory import tree_pids
 
 APP = Path(__file__).resolve().parents[1] / "apps" / "security"
 MEM_APP = Path(__file__).resolve().parents[1] / "apps" / "mem_gpu"
+CRASHY_APP = Path(__file__).resolve().parents[1] / "apps" / "sup_crashy"
 MIB = 2**20
 
 
@@ -181,6 +183,31 @@ async def test_a_child_that_exits_by_itself_takes_its_detached_processes(
         with pytest.raises(E.ChildCrashedError):
             await app.run({"how": "exit"}, function="spawn")
         assert wait_gone(spawned, timeout=GONE_WITHIN) == []
+
+
+@needs_cgroups
+@pytest.mark.anyio
+async def test_a_kill_from_outside_is_not_taken_for_an_oom_kill_elsewhere_on_the_host(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An OOM kill of another process while the child lives raises the host's count,
+    not the child's cgroup's: a child killed by someone else was not OOM-killed. (A
+    parallel test's OOM kill made a SIGKILL test fail this way.)"""
+    inside = tmp_path / "inside"
+    async with make_supervisor(containment="cgroup") as sup:
+        app = await sup.start(CRASHY_APP)
+        if app.status()["replicas"][0].get("cgroup_memory") is None:
+            pytest.skip("the child's cgroup has no memory controller here")
+        pid = only_pid(app)
+        request = app.submit({"how": "sleep", "seconds": 60, "started": str(inside)})
+        await wait_for(inside.exists)
+        host_count = child_process.oom_kill_count()
+        monkeypatch.setattr(child_process, "oom_kill_count", lambda: host_count + 1)
+        os.kill(pid, signal.SIGKILL)
+        with anyio.fail_after(30), pytest.raises(E.ChildCrashedError) as caught:
+            await outcome(request)
+        assert caught.value.details["signal"] == "SIGKILL"
+        assert caught.value.details["oom_killed"] is False
 
 
 @needs_cgroups
