@@ -357,12 +357,16 @@ class ChildPool:
     async def _before_first_fill(self) -> None:
         """Let the starts asked for with the supervisor's own start end first: they
         spawn without a fork server and an idle child starting beside them. The fill
-        begins at their first ``refill()``, or after ``FIRST_FILL_GRACE`` if none came."""
+        begins ``REFILL_DELAY`` after their first ``refill()`` (as every refill does:
+        spawning the fork server forks this process, which held up ``serve``'s first
+        request by 5 ms), or after ``FIRST_FILL_GRACE`` if none came."""
         with anyio.move_on_after(FIRST_FILL_GRACE) as grace:
             await self._refill.wait()
         if grace.cancelled_caught and self._start_coming:
             with anyio.move_on_after(FIRST_FILL_WAIT):  # a start that failed early
                 await self._refill.wait()
+        if self._refill.is_set():
+            await anyio.sleep(REFILL_DELAY)
 
     async def _start_server(self, key: PoolKey) -> None:
         """Start the key's fork server, and wait until it is ready to fork."""

@@ -13,12 +13,25 @@ import pytest
 from sup_helpers import FakeGpus
 
 from supervisor import Supervisor
+from supervisor.process import pool as pool_module
 from supervisor.process.pool import PoolKey
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
 
 APPS = Path(__file__).resolve().parent.parent / "apps"
 INTROSPECT = APPS / "introspect"
+
+
+def pool_children() -> list[str]:
+    """This supervisor's fork servers and pooled children: its own children (a
+    ``serve`` that another test keeps running has its own, one level down)."""
+    found = []
+    for process in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            command = " ".join(process.cmdline())
+            if "child.fork_server" in command or command.endswith("-m child"):
+                found.append(command)
+    return found
 
 
 async def pool_filled(sup: Supervisor, key: tuple[str, ...] = ()) -> None:
@@ -125,22 +138,27 @@ async def test_library_settings_get_children_started_with_them() -> None:
     assert other["environ"]["OMP_NUM_THREADS"] == "2"
 
 
+async def test_the_first_fill_gives_the_first_start_its_first_requests_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the start that asked for it, the first fill waits ``REFILL_DELAY`` as every
+    refill does: spawning the fork server forks the supervisor, which held up the
+    first request of ``serve``'s app."""
+    monkeypatch.setattr(pool_module, "REFILL_DELAY", 60.0)
+    async with Supervisor(gpu_backend=None, pool_size=1, learn_preloads=False) as sup:
+        app = await sup.start(APPS / "sup_crashy")
+        assert app.status()["replicas"][0]["start"] == "spawn"
+        await app.run({"how": "ok"})
+        await anyio.sleep(0.3)
+        assert sup.pool.spawned == 0
+        assert pool_children() == []
+
+
 async def test_the_first_fill_waits_for_starts_issued_with_the_supervisor(tmp_path: Path) -> None:
     """``serve``'s apps start with the supervisor and cannot use the pool yet: no fork
     server or idle child may compete with them for the CPU until they are up."""
     gate = tmp_path / "gate"
     setup = {"gate": str(gate), "seconds": 60}
-
-    def pool_processes() -> list[str]:
-        """This supervisor's fork servers and pooled children: its own children (a
-        ``serve`` that another test keeps running has its own, one level down)."""
-        found = []
-        for process in psutil.Process().children():
-            with contextlib.suppress(psutil.Error):
-                command = " ".join(process.cmdline())
-                if "child.fork_server" in command or command.endswith("-m child"):
-                    found.append(command)
-        return found
 
     async with Supervisor(gpu_backend=None, pool_size=1, learn_preloads=False) as sup:
         async with anyio.create_task_group() as tasks:
@@ -152,7 +170,7 @@ async def test_the_first_fill_waits_for_starts_issued_with_the_supervisor(tmp_pa
                 ):
                     await anyio.sleep(0.02)
             await anyio.sleep(0.3)  # past the first fill's grace: a start is going on
-            assert pool_processes() == []
+            assert pool_children() == []
             assert sup.pool.spawned == 0
             gate.touch()
         assert sup.apps["sup_slow_setup"].status()["replicas"][0]["start"] == "spawn"
