@@ -27,13 +27,21 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def sleeper() -> Iterator[int]:
-    """A real child process that idles until killed."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    """A real child process that idles until killed, yielded once its interpreter runs
+    (just after the exec its RSS is a few hundred KiB: a loaded machine showed it)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE,
+    )
     try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"up\n"
         yield proc.pid
     finally:
         proc.kill()
         proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 async def run_until(monitor: ResourceMonitor, done: anyio.Event) -> None:
