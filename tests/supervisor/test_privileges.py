@@ -25,6 +25,7 @@ import pytest
 
 from supervisor import Supervisor
 from supervisor import errors as E
+from supervisor.environments.env_cache import ENV_CACHE_VAR
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "tests" / "apps" / "security"
@@ -32,6 +33,15 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 NOBODY = ["--reuid=65534", "--regid=65534", "--clear-groups"]
 PYTHONPATH = os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]])
 SECRET = "hunter2-not-for-apps"
+
+
+def _supervisor_env() -> dict[str, str]:
+    """The little a supervising process here is given, with the suite's environment
+    cache (``tests/conftest.py``): the user's own is not written by tests."""
+    env = {"PYTHONPATH": PYTHONPATH, "PATH": os.environ.get("PATH", ""), "SECRET": SECRET}
+    if os.environ.get(ENV_CACHE_VAR):
+        env[ENV_CACHE_VAR] = os.environ[ENV_CACHE_VAR]
+    return env
 
 
 def _why_not() -> str | None:
@@ -131,7 +141,7 @@ def _supervise(tmp_path: Path, script_text: str) -> tuple[subprocess.CompletedPr
     script.write_text(script_text)
     done = subprocess.run(
         [SYSTEM_PYTHON, str(script), str(APP)],
-        env={"PYTHONPATH": PYTHONPATH, "PATH": os.environ.get("PATH", ""), "SECRET": SECRET},
+        env=_supervisor_env(),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -200,7 +210,7 @@ def test_serve_with_a_child_user_takes_uploads_and_keeps_its_secrets(tmp_path: P
     command = [SYSTEM_PYTHON, "-m", "supervisor", "serve", str(APP), "--child-user", "nobody"]
     server = subprocess.Popen(
         [*command, "--port", str(port)],
-        env={"PYTHONPATH": PYTHONPATH, "PATH": os.environ.get("PATH", ""), "SECRET": SECRET},
+        env=_supervisor_env(),
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,
