@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import gc
 import ipaddress
 import json
 import logging
@@ -398,6 +399,8 @@ class _Serving:
                 tasks.start_soon(startup.run)
                 # The children start (on the loop) while the server's modules load.
                 build = await anyio.to_thread.run_sync(_load_http_server)
+                if args.collector_paused:
+                    _resume_collection()
                 if not self.failures and not self.stop_asked:
                     self.server = build(self, startup)
                     try:
@@ -461,6 +464,15 @@ class _Serving:
     async def stop_apps(self) -> None:
         if self.supervisor is not None:
             await self.supervisor.stop_all()
+
+
+def _resume_collection() -> None:
+    """Turn the cyclic collector back on after the start's imports (``main``). What
+    they made lives as long as the process: it is frozen out of the collector's
+    way, with the few cycles they left, so that the first collection does not walk
+    it all during the first requests."""
+    gc.freeze()
+    gc.enable()
 
 
 def _load_http_server() -> Callable[[_Serving, Startup], Any]:
@@ -1201,11 +1213,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, collector_paused: bool = False) -> int:
+    """``collector_paused``: the caller (``python -m supervisor``) has turned the
+    cyclic garbage collector off for the start's imports; it is turned back on once
+    they are done, for ``serve`` once the HTTP server's are too."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.log_level is None:
         args.log_level = args.default_level
+    args.collector_paused = collector_paused and args.command == "serve" and args.ray is None
+    if collector_paused and not args.collector_paused:
+        _resume_collection()
     try:
         return int(args.handler(args))
     except UsageError as exc:

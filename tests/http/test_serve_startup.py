@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -196,6 +197,56 @@ def test_a_server_that_fails_to_start_exits_1_not_with_a_traceback(
     monkeypatch.setattr(cli_module, "_load_http_server", lambda: lambda serving, startup: Failing())
     code = cli_module.main(["serve", SLOW, "--setup", '{"seconds": 60}', "--port", "0"])
     assert code == cli_module.ExitCode.RUNTIME
+
+
+def _with_the_collector_paused(argv: list[str], *, paused: bool = True) -> int:
+    """``main`` as ``python -m supervisor`` calls it (the collector off), and the
+    collector's state afterwards undone: this process is the test worker."""
+    gc.disable()
+    try:
+        return cli_module.main(argv, collector_paused=paused)
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
+def test_serve_turns_the_collector_back_on_once_the_http_server_is_imported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``python -m supervisor`` imports without the cyclic garbage collector (a tenth
+    of the start went to it); ``serve`` turns it back on before its server serves."""
+    seen: dict[str, bool] = {}
+
+    class Recording:
+        started = False
+
+        async def serve(self, sockets: Any = None) -> None:
+            seen["serving"] = gc.isenabled()
+            raise SystemExit(1)
+
+    def load() -> Callable[[Any, Any], Any]:
+        seen["importing"] = gc.isenabled()
+        return lambda serving, startup: Recording()
+
+    monkeypatch.setattr(cli_module, "_load_http_server", load)
+    _with_the_collector_paused(["serve", SLOW, "--setup", '{"seconds": 60}', "--port", "0"])
+    assert seen == {"importing": False, "serving": True}
+
+
+def test_other_commands_turn_the_collector_back_on_at_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    collecting: list[bool] = []
+
+    def schema(args: Any) -> int:
+        collecting.append(gc.isenabled())
+        return 0
+
+    monkeypatch.setattr(cli_module, "cmd_schema", schema)
+    _with_the_collector_paused(["schema", str(APPS / "sup_async")])
+    # Embedded, ``main`` leaves the caller's collector as it found it.
+    _with_the_collector_paused(["schema", str(APPS / "sup_async")], paused=False)
+    assert collecting == [True, False]
 
 
 def test_a_supervisor_that_cannot_start_is_reported_with_its_code(

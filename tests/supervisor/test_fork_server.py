@@ -73,6 +73,7 @@ async def test_a_forked_child_looks_exactly_like_a_fresh_one(fake_gpus: FakeGpus
     assert forked["cwd"] == fresh["cwd"] == str(introspect)
     assert forked["path0"] == fresh["path0"] == str(introspect)
     assert forked["app_packages"] == fresh["app_packages"]
+    assert forked["collecting"] == fresh["collecting"] == [True, True]
     assert forked["pid"] != fresh["pid"]
     # Like a pooled child, it paid first-use costs before it was needed.
     assert "child.prewarm" in forked["modules"]

@@ -52,12 +52,15 @@ async def test_the_first_start_takes_the_adopted_child(tmp_path: Path) -> None:
     early = head_start.spawn_early(sys.executable)
     async with Supervisor(gpu_backend=None, pool_size=1, learn_preloads=False) as sup:
         sup.pool.adopt(early)
-        app = await sup.start(APPS / "plain")
+        app = await sup.start(APPS / "introspect")
         replica = app.status()["replicas"][0]
         assert replica["start"] == "pool"
         child = app.replicas[0].child
         assert child is not None and child.process.pid == early.process.pid
-        assert (await app.run({"text": "hi"}))["text"] == "HI"
+        snapshot = await app.run({})
+        assert snapshot["pid"] == child.process.app_pid
+        # It imported the runtime without the garbage collector; the app runs with it.
+        assert snapshot["collecting"] == [True, True]
         if sup.confinement.cgroups is not None:
             assert child.process.cgroup is not None
             wanted = set(child.process.cgroup.names)

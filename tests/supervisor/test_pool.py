@@ -60,6 +60,8 @@ async def test_a_pooled_child_looks_exactly_like_a_fresh_one(fake_gpus: FakeGpus
     assert pooled["cwd"] == fresh["cwd"] == str(INTROSPECT)
     assert pooled["path0"] == fresh["path0"] == str(INTROSPECT)
     assert pooled["app_packages"] == fresh["app_packages"]
+    # The runtime imported without the garbage collector; the app never runs without it.
+    assert pooled["collecting"] == fresh["collecting"] == [True, True]
     # The one difference: only the pooled child paid first-use costs before it was needed.
     assert "child.prewarm" in pooled["modules"]
     assert "child.prewarm" not in fresh["modules"]
@@ -85,12 +87,17 @@ async def test_an_app_env_read_at_interpreter_start_gets_a_fresh_child() -> None
     assert out["environ"]["PYTHONHASHSEED"] == "7"
 
 
-async def test_preloaded_modules_are_imported_before_the_app_asks() -> None:
-    async with Supervisor(pool_size=1, pool_preload=("decimal", "fractions")) as sup:
+@pytest.mark.parametrize("fork_server", [True, False], ids=["forked", "spawned"])
+async def test_preloaded_modules_are_imported_before_the_app_asks(fork_server: bool) -> None:
+    async with Supervisor(
+        pool_size=1, pool_preload=("decimal", "fractions"), fork_server=fork_server
+    ) as sup:
         await pool_filled(sup, ("decimal", "fractions"))
         out = await snapshot(sup, "preloaded")
         assert sup.pool.handed_out == 1
     assert {"decimal", "fractions"} <= set(out["modules"])
+    # Preloaded without the garbage collector; the app runs with it.
+    assert out["collecting"] == [True, True]
 
 
 async def test_turning_the_pool_off_starts_no_spare_process() -> None:

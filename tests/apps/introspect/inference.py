@@ -1,9 +1,12 @@
 """Reports what the process looks like from inside, for the pool's tests."""
 
+import gc
 import os
 import sys
 
 from pydantic import BaseModel
+
+COLLECTING_AT_IMPORT = gc.isenabled()
 
 
 class Empty(BaseModel):
@@ -17,6 +20,8 @@ class Snapshot(BaseModel):
     path0: str
     app_packages: list[str]
     modules: list[str]
+    collecting: list[bool]
+    """Whether the cyclic garbage collector ran when the app was imported, and now."""
 
 
 class App:
@@ -28,4 +33,5 @@ class App:
             path0=sys.path[0],
             app_packages=sorted(m for m in sys.modules if m.startswith("_app_") and "." not in m),
             modules=sorted(sys.modules),
+            collecting=[COLLECTING_AT_IMPORT, gc.isenabled()],
         )
