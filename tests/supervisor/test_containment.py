@@ -22,6 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import anyio
+import psutil
 import pytest
 from sup_helpers import WaitGone, make_supervisor, only_pid, outcome, wait_for
 
@@ -147,6 +148,16 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def _describe(pid: int) -> str:
+    """A process for a failure message: what it runs, in what state, under whom."""
+    try:
+        process = psutil.Process(pid)
+        command = " ".join(process.cmdline())[:100]
+        return f"pid {pid} ({process.status()}, parent {process.ppid()}): {command}"
+    except psutil.Error:
+        return f"pid {pid} (gone)"
+
+
 @pytest.mark.parametrize("containment", MECHANISMS)
 def test_detached_processes_die_with_a_sigkilled_supervisor(
     tmp_path: Path, spawned: list[int], wait_gone: WaitGone, containment: str
@@ -163,7 +174,8 @@ def test_detached_processes_die_with_a_sigkilled_supervisor(
         assert wait_gone(spawned, timeout=0.5) == spawned
         proc.kill()
         proc.wait()
-        assert wait_gone(spawned, timeout=GONE_WITHIN) == []
+        left = wait_gone(spawned, timeout=GONE_WITHIN)
+        assert left == [], [_describe(pid) for pid in spawned]
     finally:
         if proc.poll() is None:
             proc.kill()
