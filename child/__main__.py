@@ -98,8 +98,7 @@ def _collect_from_here() -> None:
     collector's way, as a fork server's is, and with it the few hundred cycles the
     runtime's imports left (about 150 KiB, once: classes and functions of import
     machinery): otherwise the first collection would walk all of it, during the
-    app's load. A child forked by the fork server
-    has its collector on already."""
+    app's load. A child forked by the fork server has its collector on already."""
     gc.freeze()
     gc.enable()
 
