@@ -233,20 +233,28 @@ def test_serve_turns_the_collector_back_on_once_the_http_server_is_imported(
     assert seen == {"importing": False, "serving": True}
 
 
+@pytest.mark.parametrize(
+    ("argv", "collecting"),
+    [
+        (["schema", str(APPS / "sup_async")], True),
+        (["serve", SLOW, "--ray"], True),  # no HTTP server of its own to import
+        (["serve", SLOW], False),  # on once the HTTP server is imported
+    ],
+)
 def test_other_commands_turn_the_collector_back_on_at_once(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    argv: list[str], collecting: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    collecting: list[bool] = []
+    seen: list[bool] = []
 
-    def schema(args: Any) -> int:
-        collecting.append(gc.isenabled())
+    def command(args: Any) -> int:
+        seen.append(gc.isenabled())
         return 0
 
-    monkeypatch.setattr(cli_module, "cmd_schema", schema)
-    _with_the_collector_paused(["schema", str(APPS / "sup_async")])
+    monkeypatch.setattr(cli_module, f"cmd_{argv[0]}", command)
+    _with_the_collector_paused(argv)
     # Embedded, ``main`` leaves the caller's collector as it found it.
-    _with_the_collector_paused(["schema", str(APPS / "sup_async")], paused=False)
-    assert collecting == [True, False]
+    _with_the_collector_paused(argv, paused=False)
+    assert seen == [collecting, False]
 
 
 def test_a_supervisor_that_cannot_start_is_reported_with_its_code(
