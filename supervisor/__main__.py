@@ -9,9 +9,10 @@ on once they are done.
 import gc
 import sys
 
-gc.disable()
+if __name__ == "__main__":  # imported as a module, nothing would turn it back on
+    gc.disable()
 
-from .process import head_start  # noqa: E402
+from .process import head_start
 
 head_start.begin(sys.argv[1:])
 

@@ -257,6 +257,43 @@ def test_other_commands_turn_the_collector_back_on_at_once(
     assert seen == [collecting, False]
 
 
+_MAIN_PROBE = """
+import gc, runpy, sys
+import supervisor.cli as cli
+seen = []
+main = cli.main
+cli.main = lambda *args, **kwargs: seen.append(gc.isenabled()) or main(*args, **kwargs)
+cli.cmd_schema = lambda args: seen.append(gc.isenabled()) or 0
+if sys.argv[1] == "import":
+    import supervisor.__main__
+    print(seen, gc.isenabled())
+else:
+    sys.argv = ["supervisor", "schema", sys.argv[2]]
+    try:
+        runpy.run_module("supervisor", run_name="__main__")
+    except SystemExit as exc:
+        print(seen, gc.isenabled(), exc.code)
+"""
+
+
+def test_python_m_supervisor_pauses_the_collector_and_main_turns_it_back_on() -> None:
+    """``python -m supervisor``: off when ``main`` is called, on when the command runs;
+    imported as a module, ``supervisor.__main__`` leaves the collector alone."""
+
+    def probe(*argv: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", _MAIN_PROBE, *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    assert probe("run", str(APPS / "sup_async")) == "[False, True] True 0"
+    assert probe("import") == "[] True"
+
+
 def test_a_supervisor_that_cannot_start_is_reported_with_its_code(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
