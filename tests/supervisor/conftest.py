@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 from fake_child import ScriptedChild, serving_app
-from sup_helpers import FakeGpus, WaitGone
+from sup_helpers import FakeGpus, WaitGone, describe_process
 
 from supervisor.core import replica as replica_module
 from supervisor.core.app import App
@@ -68,16 +68,6 @@ def fake_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeGpus:
 @pytest.fixture
 def apps_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "apps"
-
-
-def _describe(proc: psutil.Process) -> str:
-    try:
-        return (
-            f"pid {proc.pid} ({proc.status()}, parent {proc.ppid()}, cwd {proc.cwd()}): "
-            f"{' '.join(proc.cmdline())[:120]}"
-        )
-    except psutil.Error:
-        return f"pid {proc.pid} (gone)"
 
 
 def _status(pid: int) -> str | None:
@@ -137,5 +127,7 @@ def no_leftover_processes() -> Iterator[None]:
             break
         time.sleep(0.05)
     zombies = [p for p in left if _status(p.pid) == psutil.STATUS_ZOMBIE]
-    assert not zombies, "zombie processes left: " + "; ".join(map(_describe, zombies))
-    assert not left, "processes left behind: " + "; ".join(map(_describe, left))
+    assert not zombies, "zombie processes left: " + "; ".join(
+        describe_process(p.pid) for p in zombies
+    )
+    assert not left, "processes left behind: " + "; ".join(describe_process(p.pid) for p in left)

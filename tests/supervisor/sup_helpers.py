@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import psutil
 
 from supervisor import App, RestartPolicy, Supervisor
 from supervisor.core.request import Request
@@ -16,6 +17,18 @@ T = TypeVar("T")
 FakeGpus = Callable[..., Path]
 WaitGone = Callable[..., list[int]]
 """The ``fake_gpus`` fixture (conftest.py): ``fake_gpus(*totals_mib)`` -> the NVML file."""
+
+
+def describe_process(pid: int) -> str:
+    """A process for a failure message: its state, parent, working directory and command."""
+    try:
+        proc = psutil.Process(pid)
+        return (
+            f"pid {proc.pid} ({proc.status()}, parent {proc.ppid()}, cwd {proc.cwd()}): "
+            f"{' '.join(proc.cmdline())[:120]}"
+        )
+    except psutil.Error:
+        return f"pid {pid} (gone)"
 
 
 def make_supervisor(**overrides: Any) -> Supervisor:

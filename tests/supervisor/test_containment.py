@@ -22,9 +22,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import anyio
-import psutil
 import pytest
-from sup_helpers import WaitGone, make_supervisor, only_pid, outcome, wait_for
+from sup_helpers import (
+    WaitGone,
+    describe_process,
+    make_supervisor,
+    only_pid,
+    outcome,
+    wait_for,
+)
 
 from supervisor import errors as E
 from supervisor.process import child_process
@@ -148,16 +154,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _describe(pid: int) -> str:
-    """A process for a failure message: what it runs, in what state, under whom."""
-    try:
-        process = psutil.Process(pid)
-        command = " ".join(process.cmdline())[:100]
-        return f"pid {pid} ({process.status()}, parent {process.ppid()}): {command}"
-    except psutil.Error:
-        return f"pid {pid} (gone)"
-
-
 @pytest.mark.parametrize("containment", MECHANISMS)
 def test_detached_processes_die_with_a_sigkilled_supervisor(
     tmp_path: Path, spawned: list[int], wait_gone: WaitGone, containment: str
@@ -175,7 +171,7 @@ def test_detached_processes_die_with_a_sigkilled_supervisor(
         proc.kill()
         proc.wait()
         left = wait_gone(spawned, timeout=GONE_WITHIN)
-        assert left == [], [_describe(pid) for pid in spawned]
+        assert left == [], [describe_process(pid) for pid in spawned]
     finally:
         if proc.poll() is None:
             proc.kill()
