@@ -17,8 +17,9 @@ three processes on the cores is in the figures:
 - **layer + call**: the same application calling ``benchmarks/apps/empty``'s child;
 - **library**: ``app.call()`` on the same app, the call alone.
 
-The scope carries the connection watch that ``serve``'s protocol gives every
-request (``connection_watch``), so the handler takes the path it takes under
+The scope carries what ``serve``'s protocol gives every request: its connection
+watch (``connection_watch``), and the mark that the whole body has arrived (a
+small body comes in one read), so the handler takes the path it takes under
 ``serve``. Medians over the rounds of each round's median; after ``--calls // 5``
 warm-up calls per round.
 """
@@ -58,6 +59,7 @@ async def median_seconds(once: Callable[[], Awaitable[object]], calls: int) -> f
 async def post_run(asgi: ASGIApp, calls: int) -> float:
     """The median seconds of a direct ``POST /run`` call of ``asgi``."""
     from supervisor.http.connection_watch import SCOPE_KEY, ConnectionWatch
+    from supervisor.http.limits import BODY_RECEIVED
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": BODY, "more_body": False}
@@ -83,6 +85,7 @@ async def post_run(asgi: ASGIApp, calls: int) -> float:
             "server": ("127.0.0.1", 8000),
             "state": {},
             SCOPE_KEY: ConnectionWatch(),
+            BODY_RECEIVED: True,
         }
         sent.clear()
         await asgi(scope, receive, send)
