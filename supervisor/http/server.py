@@ -62,6 +62,7 @@ from ..core.request import Request as SubmittedRequest
 from ..core.startup import FAILED, Startup, started
 from ..errors import SupervisorError
 from ..events import Event, LogEvent, PartialEvent, ProgressEvent, ResultEvent
+from .call_dispatch import CallEndpoint, Server
 from .connection_watch import SCOPE_KEY as CONNECTION
 from .connection_watch import ConnectionWatch
 from .docs_page import ASSETS, asset_paths, assets_dir, render_page
@@ -94,10 +95,12 @@ from .wire import (
     PUBLIC_PATHS,
     BearerAuth,
     Call,
+    JsonAnswer,
     JSONResponse,
     Reject,
     authorized,
     error_response,
+    header,
     parse_call,
     sse_event,
     status_for,
@@ -191,6 +194,8 @@ class HttpApi:
         not worth loading before that."""
         self._fetcher_made = anyio.Lock()
         self.token = settings.auth_token.encode() if settings.auth_token else None
+        self.calls = CallEndpoint(self.run)
+        """The endpoint of every call route (``call_dispatch``)."""
 
     @property
     def apps(self) -> dict[str, App]:
@@ -201,11 +206,12 @@ class HttpApi:
         """Calls first: Starlette tries the routes in order, and no path of the others
         overlaps theirs."""
         run, cancel = ["POST"], ["POST"]
+        calls = self.calls
         return [
-            Route("/run", self.run, methods=run),
-            Route("/run/{function}", self.run, methods=run),
-            Route("/apps/{app}/run", self.run, methods=run),
-            Route("/apps/{app}/run/{function}", self.run, methods=run),
+            Route("/run", calls, methods=run),
+            Route("/run/{function}", calls, methods=run),
+            Route("/apps/{app}/run", calls, methods=run),
+            Route("/apps/{app}/run/{function}", calls, methods=run),
             Route("/cancel/{request_id}", self.cancel, methods=cancel),
             Route("/apps/{app}/cancel/{request_id}", self.cancel, methods=cancel),
             Route("/health", self.health, methods=["GET"]),
@@ -253,7 +259,7 @@ class HttpApi:
 
     # -- POST /run ------------------------------------------------------------------
 
-    async def run(self, request: Request) -> Response:
+    async def run(self, request: Request) -> Response | JsonAnswer:
         started = time.monotonic()
         upload_dir: Path | None = None
         app: App | None = None
@@ -271,7 +277,7 @@ class HttpApi:
             self.finish(name, function, None, started, (exc.type, exc.status, str(exc)))
             return exc.response()
         headers = {"X-Request-Id": call.request_id}
-        if call.stream or "text/event-stream" in request.headers.get("accept", ""):
+        if call.stream or "text/event-stream" in header(request.scope, b"accept"):
             # Submit first: a full queue or a stopped app is an HTTP status, not an
             # event, and the request id in the `start` event can be cancelled at once.
             try:
@@ -291,6 +297,7 @@ class HttpApi:
         finally:
             self.cleanup(upload_dir)
         failure: tuple[str, int, str] | None = None
+        response: Response | JsonAnswer
         if error is not None:
             failure = _failure(error)
             response = error_response(status_for(error), self.error_body(error), headers)
@@ -298,7 +305,7 @@ class HttpApi:
             failure = ("disconnected", CLIENT_CLOSED, "the client went away")
             response = Response(status_code=CLIENT_CLOSED, headers=headers)
         else:
-            response = JSONResponse(self.result_body(request, app, call, result), headers=headers)
+            response = JsonAnswer(self.result_body(request, app, call, result), call.request_id)
         self.finish(app.name, call.function, call.request_id, started, failure)
         return response
 
@@ -335,7 +342,7 @@ class HttpApi:
         worker thread, so that it does not hold up every other client.
         """
         limits = self.settings.limits
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        if not header(request.scope, b"content-type").startswith("multipart/form-data"):
             try:
                 raw = await _body(request)
             except BodyRejected as exc:
@@ -885,7 +892,8 @@ def create_app(
                 await api.fetcher.aclose()
             shutil.rmtree(api.upload_root, ignore_errors=True)
 
-    server = Starlette(
+    server = Server(
+        calls=api.calls,
         routes=api.routes(),
         lifespan=lifespan,
         middleware=[

@@ -48,6 +48,27 @@ class JSONResponse(Response):
         return dumps(content)
 
 
+class JsonAnswer:
+    """A call's JSON answer, sent as it is: a call's response always has the same
+    three headers, so it needs none of ``Response``'s header building, which costs
+    a no-op call's round trip more than its share."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, content: Any, request_id: str, status: int = 200) -> None:
+        self.status = status
+        self.body = dumps(content)
+        self.headers = [
+            (b"content-length", str(len(self.body)).encode()),
+            (b"content-type", b"application/json"),
+            (b"x-request-id", request_id.encode()),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
 def error_response(
     status: int, error: dict[str, Any], headers: Mapping[str, str] | None = None
 ) -> Response:
@@ -124,6 +145,17 @@ def parse_call(body: Any, function: str | None) -> Call:
     if errors:
         raise Reject(422, "validation", "the request body is invalid", errors=errors)
     return Call(name, data, setup, stream, request_id, None if timeout is None else float(timeout))
+
+
+def header(scope: Scope, name: bytes) -> str:
+    """A request header's first value ("" without one), read from the scope (whose
+    names are lower case): a call asks for two, and building ``Headers`` for them
+    costs more than the scan."""
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
 
 
 # -- authentication ---------------------------------------------------------------
