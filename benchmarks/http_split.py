@@ -23,7 +23,9 @@ script splits it as a client sees it. Five servers, each asked by the same
   call's is the floor for ``serve``'s ratio to the same sum (the issue asks for
   1.15x).
 
-And the library call alone, ``app.call()`` on uvloop in a thread of this process.
+And the library call alone, ``app.call()`` on uvloop in a thread of this process;
+with ``--baseline DIR``, the ``serve`` of another checkout too (a git worktree of
+the commit to compare with).
 
 This machine's speed drifts by tens of percent within minutes, more than the
 differences between these rows, so they are measured side by side: in each
@@ -47,6 +49,7 @@ import queue
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -87,7 +90,7 @@ app.App.call = answer
 """
 
 
-def servers() -> list[Server]:
+def servers(baseline: Path | None = None) -> list[Server]:
     bench = str(APPS_DIR.parent)
     serve_args = ["serve", str(APP), "--port", "{port}"]
 
@@ -100,7 +103,18 @@ def servers() -> list[Server]:
         Server("layer", patched(_ANSWER_AT_ONCE), "/run"),
         Server("serve", [sys.executable, "-m", "supervisor", *serve_args], "/run"),
         Server(BARE, [sys.executable, f"{bench}/_bare_call.py", "{port}"], "/run"),
-    ]
+    ] + (
+        []
+        if baseline is None
+        else [  # run from its directory, `-m` imports that checkout's supervisor
+            Server(
+                "serve (baseline)",
+                [sys.executable, "-m", "supervisor", *serve_args],
+                "/run",
+                cwd=baseline.resolve(),
+            )
+        ]
+    )
 
 
 def _cpu(process: psutil.Process) -> float:
@@ -210,7 +224,7 @@ def one_round(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """All servers and the library's app up at once, asked in rotating blocks."""
     with contextlib.ExitStack() as stack:
         targets: list[Target] = []
-        for server in servers():
+        for server in servers(args.baseline):
             port = free_port()
             proc = stack.enter_context(running(server, port))
             first_ok(port, server.path, proc, time.perf_counter())
@@ -250,6 +264,12 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=15, help="timed blocks per server and round")
     parser.add_argument("--calls", type=int, default=200, help="timed calls per block")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds after the first 200s")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (a git worktree of the commit to compare with): its `serve` "
+        "runs side by side with the others, as 'serve (baseline)'",
+    )
     args = parser.parse_args()
     info = machine_info()
     print(f"# serve's HTTP round trip, split\n\n{machine_line(info)}\n")
