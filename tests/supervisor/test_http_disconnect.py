@@ -5,9 +5,11 @@ process, a fake child behind the app: no process is started."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,7 +21,8 @@ from fake_child import ScriptedChild
 from supervisor.core.app import App
 from supervisor.http.connection_watch import SCOPE_KEY, ConnectionWatch
 from supervisor.http.limits import guarded_protocol
-from supervisor.http.server import create_app
+from supervisor.http.server import _call_watched, create_app
+from supervisor.http.wire import parse_call
 
 pytestmark = pytest.mark.anyio
 GUARD = 10.0
@@ -150,3 +153,61 @@ def test_a_watch_fires_once_and_at_once_for_a_connection_already_lost() -> None:
     assert calls == ["late"]  # already lost: at once
     watch.fire()
     assert calls == ["late"]
+
+
+async def _held_call(
+    scripted_app: App, scripted_child: ScriptedChild, watch: ConnectionWatch
+) -> tuple[asyncio.Task[None], list[Any]]:
+    """``_call_watched`` of a call that the child holds, in a task of its own; that task
+    and what the call returned (nothing while it runs)."""
+    scripted_child.answering = False
+    outcome: list[Any] = []
+    body = parse_call({"input": {"n": 1}}, None)
+
+    async def call() -> None:
+        outcome.append(await _call_watched(scripted_app, body, watch))
+
+    task: asyncio.Task[None] = asyncio.get_running_loop().create_task(call())
+    with anyio.fail_after(GUARD):
+        while not scripted_child.held:
+            await anyio.sleep(0.005)
+    return task, outcome
+
+
+async def _ended(task: asyncio.Task[None]) -> None:
+    """Wait for ``task`` without cancelling it at the guard (awaiting it would)."""
+    done, _ = await asyncio.wait({task}, timeout=GUARD)
+    assert task in done, "the call did not end"
+
+
+async def test_the_watch_cancels_its_call_and_the_task_goes_on(
+    scripted_app: App, scripted_child: ScriptedChild
+) -> None:
+    watch = ConnectionWatch()
+    task, outcome = await _held_call(scripted_app, scripted_child, watch)
+    held = scripted_child.held[0]
+    watch.fire()
+    await _ended(task)
+    assert outcome == [(None, None)]  # the client went away: nothing to answer
+    if sys.version_info >= (3, 11):
+        assert task.cancelling() == 0  # the watch's cancel was handled, not left pending
+    with anyio.fail_after(GUARD):
+        while held not in scripted_child.cancelled():
+            await anyio.sleep(0.005)
+
+
+async def test_a_cancel_that_is_not_the_watchs_goes_on_up(
+    scripted_app: App, scripted_child: ScriptedChild
+) -> None:
+    """Such as the server's own at its shutdown deadline: the call is cancelled in the
+    child all the same, and the task ends cancelled."""
+    watch = ConnectionWatch()
+    task, outcome = await _held_call(scripted_app, scripted_child, watch)
+    held = scripted_child.held[0]
+    task.cancel()
+    await _ended(task)
+    assert task.cancelled()
+    assert outcome == []
+    assert not watch.lost
+    watch.fire()  # later: no longer watched, nothing happens
+    assert held in scripted_child.cancelled()
