@@ -6,13 +6,17 @@ Run from the repository root::
         [--coglet-python /path/to/venv/bin/python]   (or COGLET_PYTHON=...)
 
 One client for every server: the standard library's ``http.client`` over one
-keep-alive connection, posting ``{"input": {"x": 0}}`` to a no-op. Per round, for
-each server in turn:
+keep-alive connection, posting ``{"input": {"x": 0}}`` to a no-op. Per round:
 
-- **start**: from spawning the server process to its first 200 (the client
-  retries refused connections every millisecond and non-200 answers every 5 ms);
-- **round trip**: after 200 warm-up calls, ``--calls`` sequential calls (p50, p99),
-  non-200 answers counted apart and left out of the percentiles.
+- **start**: each server in turn, from spawning its process to its first 200 (the
+  client retries refused connections every millisecond and non-200 answers every
+  5 ms); it then keeps running, and the next starts ``SETTLE`` seconds later, when
+  the last one's pool and fork server have started;
+- **round trip**: with all of them up (and the library's app, below), 200 warm-up
+  calls each, then ``--calls`` timed calls each, side by side
+  (``_side_by_side.py``): blocks of 200 go round them in a rotating order, so that
+  the machine's drift within minutes falls on all of them alike. p50 and p99;
+  non-200 answers are counted apart and left out of the percentiles.
 
 The servers: ``python -m supervisor serve benchmarks/apps/empty``; a bare Starlette
 JSON echo on uvicorn with the loop and protocol ``serve`` uses (uvloop, httptools;
@@ -20,9 +24,9 @@ JSON echo on uvicorn with the loop and protocol ``serve`` uses (uvloop, httptool
 is given, Replicate Cog's server (coglet) with a ``Predictor`` whose ``predict``
 returns its input. Coglet is optional (install it in a separate virtualenv:
 ``python3 -m venv /tmp/cog && /tmp/cog/bin/pip install cog==0.23.1``); without it
-the script says so and skips it. In the same round, in this process: the library
-call ``app.run()`` on the same app (on uvloop, as ``serve`` runs), from
-``Supervisor()`` to the first result and then the same number of calls.
+the script says so and skips it. In the same round, in a thread of this process:
+the library call ``app.run()`` on the same app (on uvloop, as ``serve`` runs),
+from ``Supervisor()`` to the first result, then its calls in the same rotation.
 
 The figures reported are medians over the rounds; the ratios are the issue's
 targets: ``serve`` start against coglet's, ``serve`` p50 against coglet's (0.6x),
@@ -34,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import json
 import os
 import signal
 import subprocess
@@ -62,11 +65,14 @@ from _common import (
     us,
     write_json,
 )
+from _side_by_side import BODY, HEADERS, HttpTarget, LibraryTarget, Target, rotate
 
 APP = APPS_DIR / "empty"
-BODY = json.dumps({"input": {"x": 0}})
-HEADERS = {"content-type": "application/json"}
 WARMUP = 200
+SETTLE = 2.0
+"""Seconds after a server's first 200 before the next starts: its pool fills then."""
+BLOCK = 200
+"""Timed calls per block of the side-by-side round trips."""
 COG_PREDICTOR = """\
 from cog import BasePredictor
 
@@ -140,66 +146,37 @@ def first_ok(port: int, path: str, proc: subprocess.Popen[bytes], started: float
     raise RuntimeError("no 200 within 120 s")
 
 
-def round_trips(port: int, path: str, calls: int) -> tuple[list[float], int]:
-    """Latencies of ``calls`` sequential 200s after a warm-up, and the non-200 count."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    lat: list[float] = []
-    failed = 0
-    try:
-        for i in range(WARMUP + calls):
-            t = time.perf_counter()
-            conn.request("POST", path, BODY, HEADERS)
-            response = conn.getresponse()
-            response.read()
-            elapsed = time.perf_counter() - t
-            if i < WARMUP:
-                continue
-            if response.status == 200:
-                lat.append(elapsed)
-            else:
-                failed += 1
-    finally:
-        conn.close()
-    return lat, failed
-
-
-def measure(server: Server, calls: int) -> dict[str, Any]:
+def untimed_start(server: Server) -> None:
+    """Start and stop ``server`` once, so that its bytecode is compiled."""
     port = free_port()
-    started = time.perf_counter()
     with running(server, port) as proc:
-        start = first_ok(port, server.path, proc, started)
-        lat, failed = round_trips(port, server.path, calls)
-    return {"start": start, "call": summary(lat), "non_200": failed}
+        first_ok(port, server.path, proc, time.perf_counter())
 
 
-def library(calls: int) -> dict[str, Any]:
-    """``app.run()`` on the same app in this process, on uvloop as ``serve`` runs."""
-    import anyio
-
-    from supervisor import Supervisor
-
-    async def go() -> dict[str, Any]:
-        started = time.perf_counter()
-        async with Supervisor() as sup:
-            app = await sup.start(APP)
-            await app.run({"x": 0})
-            start = time.perf_counter() - started
-            for _ in range(WARMUP):
-                await app.run({"x": 0})
-            lat = []
-            for _ in range(calls):
-                t = time.perf_counter()
-                await app.run({"x": 0})
-                lat.append(time.perf_counter() - t)
-        return {"start": start, "call": summary(lat), "non_200": 0}
-
-    options: dict[str, Any] = {}
-    with contextlib.suppress(ImportError):
-        import uvloop  # noqa: F401
-
-        options = {"use_uvloop": True}
-    result: dict[str, Any] = anyio.run(go, backend_options=options)
-    return result
+def one_round(servers: Sequence[Server], calls: int) -> dict[str, dict[str, Any]]:
+    """Each server's start, then all their round trips side by side with the library's."""
+    with contextlib.ExitStack() as stack:
+        starts: dict[str, float] = {}
+        targets: list[Target] = []
+        for server in servers:
+            port = free_port()
+            started = time.perf_counter()
+            proc = stack.enter_context(running(server, port))
+            starts[server.name] = first_ok(port, server.path, proc, started)
+            targets.append(HttpTarget(server.name, port, server.path, proc.pid))
+            time.sleep(SETTLE)
+        library = LibraryTarget("library", APP, "run", {})
+        stack.callback(library.close)
+        starts["library"] = library.start
+        targets.append(library)
+        time.sleep(SETTLE)
+        for target in targets:
+            target.warm_up(WARMUP)
+        done = rotate(targets, max(1, calls // BLOCK), min(calls, BLOCK))
+    return {
+        name: {"start": starts[name], "call": summary(each.lat), "non_200": each.failed}
+        for name, each in done.items()
+    }
 
 
 def coglet_server(python: str | None, workdir: Path, env: dict[str, str]) -> Server | None:
@@ -293,15 +270,13 @@ def main() -> None:
     if not args.no_bytecode:
         for server in servers:
             log(f"untimed start: {server.name}")
-            measure(server, 0)
+            untimed_start(server)
     rounds: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
     rounds["library"] = []
     for r in range(args.rounds):
-        for server in servers:
-            log(f"round {r + 1}/{args.rounds}: {server.name}")
-            rounds[server.name].append(measure(server, args.calls))
-        log(f"round {r + 1}/{args.rounds}: library")
-        rounds["library"].append(library(args.calls))
+        log(f"round {r + 1}/{args.rounds}")
+        for name, figures in one_round(servers, args.calls).items():
+            rounds[name].append(figures)
     figures = {
         name: {
             "start": median([x["start"] for x in runs]),

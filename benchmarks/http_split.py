@@ -44,15 +44,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
-import queue
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 from _common import (
     APPS_DIR,
     free_port,
@@ -64,9 +60,9 @@ from _common import (
     us,
     write_json,
 )
-from http_serve import APP, BODY, HEADERS, WARMUP, Server, first_ok, running
+from _side_by_side import HttpTarget, LibraryTarget, Target, rotate
+from http_serve import APP, WARMUP, Server, first_ok, running
 
-UNTIMED = 20
 BARE = "bare handler + call"
 
 _PATCHED_SERVE = """\
@@ -117,109 +113,6 @@ def servers(baseline: Path | None = None) -> list[Server]:
     )
 
 
-def _cpu(process: psutil.Process) -> float:
-    try:
-        times = process.cpu_times()
-    except psutil.Error:
-        return 0.0
-    return float(times.user + times.system)
-
-
-class Target:
-    """One thing asked in turns: ``block(n)`` makes ``n`` timed calls and returns their
-    seconds and the CPU seconds they took in the server, its children and this client."""
-
-    name: str
-
-    def block(self, calls: int) -> tuple[list[float], tuple[float, float, float]]:
-        raise NotImplementedError
-
-
-class HttpTarget(Target):
-    def __init__(self, server: Server, port: int, process: psutil.Process) -> None:
-        self.name, self.path = server.name, server.path
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        self.process = process
-        self.children = process.children(recursive=True)
-
-    def call(self) -> None:
-        self.conn.request("POST", self.path, BODY, HEADERS)
-        response = self.conn.getresponse()
-        response.read()
-        if response.status != 200:
-            raise RuntimeError(f"{self.name} answered {response.status}")
-
-    def block(self, calls: int) -> tuple[list[float], tuple[float, float, float]]:
-        for _ in range(UNTIMED):
-            self.call()
-        before = (_cpu(self.process), sum(map(_cpu, self.children)), time.process_time())
-        lat = []
-        for _ in range(calls):
-            started = time.perf_counter()
-            self.call()
-            lat.append(time.perf_counter() - started)
-        after = (_cpu(self.process), sum(map(_cpu, self.children)), time.process_time())
-        server, children, client = (b - a for a, b in zip(before, after, strict=True))
-        return lat, (server, children, client)
-
-
-class LibraryTarget(Target):
-    """``app.call()`` on uvloop in a thread of this process, which waits for blocks."""
-
-    name = "library call"
-
-    def __init__(self) -> None:
-        self.asked: queue.Queue[int | None] = queue.Queue()
-        self.answers: queue.Queue[Any] = queue.Queue()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-        ready = self.answers.get()
-        if isinstance(ready, BaseException):
-            raise ready
-
-    def block(self, calls: int) -> tuple[list[float], tuple[float, float, float]]:
-        self.asked.put(calls)
-        answer = self.answers.get()
-        if isinstance(answer, BaseException):
-            raise answer
-        lat, cpu = answer
-        return lat, cpu
-
-    def close(self) -> None:
-        self.asked.put(None)
-        self.thread.join(30)
-
-    def _serve(self) -> None:
-        import anyio.to_thread
-        import uvloop
-        from _common import make_supervisor
-
-        async def go() -> None:
-            async with make_supervisor(pool_size=0) as sup:
-                app = await sup.start(APP)
-                for _ in range(WARMUP):
-                    await app.call({"x": 0})
-                children = psutil.Process().children(recursive=True)
-                self.answers.put("ready")
-                while (calls := await anyio.to_thread.run_sync(self.asked.get)) is not None:
-                    for _ in range(UNTIMED):
-                        await app.call({"x": 0})
-                    before = (time.thread_time(), sum(map(_cpu, children)))
-                    lat = []
-                    for _ in range(calls):
-                        started = time.perf_counter()
-                        await app.call({"x": 0})
-                        lat.append(time.perf_counter() - started)
-                    after = (time.thread_time(), sum(map(_cpu, children)))
-                    own, child = (b - a for a, b in zip(before, after, strict=True))
-                    self.answers.put((lat, (own, child, 0.0)))
-
-        try:
-            uvloop.run(go())
-        except BaseException as exc:  # the waiting main thread raises it
-            self.answers.put(exc)
-
-
 def one_round(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """All servers and the library's app up at once, asked in rotating blocks."""
     with contextlib.ExitStack() as stack:
@@ -228,34 +121,27 @@ def one_round(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             port = free_port()
             proc = stack.enter_context(running(server, port))
             first_ok(port, server.path, proc, time.perf_counter())
-            targets.append(HttpTarget(server, port, psutil.Process(proc.pid)))
-        library = LibraryTarget()
+            targets.append(HttpTarget(server.name, port, server.path, proc.pid))
+        library = LibraryTarget("library call", APP, "call", {"pool_size": 0})
         stack.callback(library.close)
         targets.append(library)
         time.sleep(args.settle)
         for target in targets:
-            if isinstance(target, HttpTarget):
-                target.children = target.process.children(recursive=True)
-                for _ in range(WARMUP):
-                    target.call()
-        lat: dict[str, list[float]] = {t.name: [] for t in targets}
-        cpu = {t.name: [0.0, 0.0, 0.0] for t in targets}
-        for number in range(args.blocks):
-            shift = number % len(targets)
-            for target in targets[shift:] + targets[:shift]:
-                times, spent = target.block(args.calls)
-                lat[target.name] += times
-                cpu[target.name] = [a + b for a, b in zip(cpu[target.name], spent, strict=True)]
-        calls = args.blocks * args.calls
-        return {
-            name: {
-                "p50": median(lat[name]),
-                "server_cpu": cpu[name][0] / calls,
-                "children_cpu": cpu[name][1] / calls,
-                "client_cpu": cpu[name][2] / calls,
-            }
-            for name in lat
+            target.warm_up(WARMUP)
+        done = rotate(targets, args.blocks, args.calls)
+    for name, calls in done.items():
+        if calls.failed:
+            raise RuntimeError(f"{name} answered {calls.failed} calls with another status than 200")
+    count = args.blocks * args.calls
+    return {
+        name: {
+            "p50": median(calls.lat),
+            "server_cpu": calls.cpu[0] / count,
+            "children_cpu": calls.cpu[1] / count,
+            "client_cpu": calls.cpu[2] / count,
         }
+        for name, calls in done.items()
+    }
 
 
 def main() -> None:
@@ -276,8 +162,8 @@ def main() -> None:
     rounds: dict[str, list[dict[str, float]]] = {}
     for number in range(1, args.rounds + 1):
         log(f"round {number}/{args.rounds}")
-        for name, figures in one_round(args).items():
-            rounds.setdefault(name, []).append(figures)
+        for name, each in one_round(args).items():
+            rounds.setdefault(name, []).append(each)
     figures = {
         name: {key: median([r[key] for r in runs]) for key in runs[0]}
         for name, runs in rounds.items()
