@@ -18,6 +18,7 @@ from typing import Any
 import uvicorn
 import uvloop
 from _common import APPS_DIR, make_supervisor
+from _starlette_echo import SERVER_OPTIONS
 
 HEADERS = [(b"content-type", b"application/json")]
 
@@ -44,17 +45,8 @@ async def serve(port: int) -> None:
             )
             await send({"type": "http.response.body", "body": out})
 
-        config = uvicorn.Config(
-            bare,
-            host="127.0.0.1",
-            port=port,
-            loop="none",
-            http="httptools",
-            ws="none",
-            lifespan="off",
-            access_log=False,
-            log_level="warning",
-        )
+        # The echo's settings; the loop is this one (uvloop), already running.
+        config = uvicorn.Config(bare, port=port, loop="none", **SERVER_OPTIONS)
         await uvicorn.Server(config).serve()
 
 

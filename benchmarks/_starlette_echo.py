@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -27,18 +28,19 @@ def make_app() -> Starlette:
     return Starlette(routes=[Route("/run", run, methods=["POST"])])
 
 
+SERVER_OPTIONS: dict[str, Any] = {
+    "host": "127.0.0.1",
+    "http": "httptools",
+    "ws": "none",
+    "lifespan": "off",
+    "access_log": False,
+    "log_level": "warning",
+}
+"""uvicorn's settings for the bare servers (this echo, ``_bare_call.py``), on uvloop."""
+
+
 def main() -> None:
-    uvicorn.run(
-        make_app(),
-        host="127.0.0.1",
-        port=int(sys.argv[1]),
-        loop="uvloop",
-        http="httptools",
-        ws="none",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-    )
+    uvicorn.run(make_app(), port=int(sys.argv[1]), loop="uvloop", **SERVER_OPTIONS)
 
 
 if __name__ == "__main__":
